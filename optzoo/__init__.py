@@ -1,0 +1,11 @@
+"""optzoo: the complete Apache MXNet optimizer family, its Gluon Trainer and learning-rate schedulers, on PyTorch."""
+
+from . import optimizer
+try:  # written in parallel; see optzoo/lr_scheduler.py
+    from . import lr_scheduler
+except ImportError:  # pragma: no cover
+    lr_scheduler = None
+from .torch_optimizer import TorchOptimizer
+
+__version__ = "0.1.0"
+__all__ = ["optimizer", "lr_scheduler", "TorchOptimizer", "__version__"]

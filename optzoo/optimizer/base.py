@@ -1,0 +1,472 @@
+"""The optimizer base class: MXNet 2.0's scalar bookkeeping, written once.
+
+Everything an update needs besides the rule itself lives here: learning rate and scheduler, per-parameter
+``lr_mult``/``wd_mult`` (``param_dict`` > index > name), update counting per index and device,
+gradient rescaling and clipping, weight decay, multi-precision master copies, row-sparse (lazy)
+updates, argument validation and the choice between the readable and the fast implementation.
+An optimizer family only writes its rule, twice: ``_reference_rule`` (one tensor, mirrors the
+equation) and ``_foreach_rule`` (all tensors at once with ``torch._foreach_*``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .validation import check_bool, check_choice, check_int, check_real, reject_unknown_kwargs
+
+__all__ = ["Optimizer", "register", "create", "state_class", "f32", "one_minus", "rescale_clip", "rescale_clip_foreach", "IMPLS"]
+
+#: implementation names accepted by ``impl=``; "auto" resolves to the fastest one available.
+IMPLS = ("auto", "reference", "foreach")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+#: NamedTuple state classes a checkpoint may name (nothing else is ever instantiated while loading).
+STATE_CLASSES: dict[str, type] = {}
+
+
+def state_class(klass: type) -> type:
+    """Decorator for an optimizer's NamedTuple state, so checkpoints can restore its type."""
+    STATE_CLASSES[klass.__name__] = klass
+    return klass
+
+
+def f32(x: float) -> float:
+    """Rounds a Python scalar to float32, as MXNet's kernels receive every hyperparameter."""
+    return float(np.float32(x))
+
+
+def one_minus(x: float) -> float:
+    """``1 - x`` evaluated in float32, as MXNet's kernels do (``1 - 0.999`` is 0.000999987 there)."""
+    return f32(1.0 - f32(x))
+
+
+def rescale_clip(grad: torch.Tensor, rescale_grad: float, clip_gradient: float | None) -> torch.Tensor:
+    """``clip(rescale_grad * grad, clip_gradient)`` as a new tensor (the caller's gradient is never modified)."""
+    g = grad * f32(rescale_grad)
+    if clip_gradient is not None:
+        c = f32(clip_gradient)
+        g.clamp_(-c, c)
+    return g
+
+
+def rescale_clip_foreach(grads, rescale_grad: float, clip_gradient: float | None) -> list[torch.Tensor]:
+    """:func:`rescale_clip` for a list of gradients (new tensors)."""
+    gs = torch._foreach_mul(list(grads), f32(rescale_grad))
+    if clip_gradient is not None:
+        c = f32(clip_gradient)
+        torch._foreach_clamp_min_(gs, -c)
+        torch._foreach_clamp_max_(gs, c)
+    return gs
+
+
+def _leaves(state):
+    """Tensors of a (nested tuple) state, depth first; ``None`` entries are skipped."""
+    if state is None:
+        return []
+    if isinstance(state, torch.Tensor):
+        return [state]
+    out = []
+    for item in state:
+        out.extend(_leaves(item))
+    return out
+
+
+def _map_state(fn, state):
+    """Applies ``fn`` to every tensor of a state, keeping its (named) tuple structure."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    items = [_map_state(fn, item) for item in state]
+    return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class Optimizer:
+    """Base class of every optzoo optimizer (MXNet 2.0 ``mxnet.optimizer.Optimizer``).
+
+    Args:
+        rescale_grad: multiplies every gradient before clipping (the Trainer sets ``1/batch_size``).
+        param_idx2name: ``{index: name}``; names are used for ``lr_mult``/``wd_mult`` lookups.
+        wd: weight decay (L2 penalty coefficient).
+        clip_gradient: clip the rescaled gradient to ``[-clip_gradient, clip_gradient]``; ``None``: no clipping.
+        learning_rate: the learning rate; ``None`` means the optimizer's default, or the scheduler's when one is given.
+        lr_scheduler: a callable ``num_update -> lr`` (see :mod:`optzoo.lr_scheduler`).
+        begin_num_update: update count to start from (the first update of an index sees ``t = begin_num_update + 1``).
+        multi_precision: keep a float32 master copy (and float32 state) for float16/bfloat16 weights.
+        param_dict: ``{index: obj}`` where ``obj.lr_mult``/``obj.wd_mult`` are read at every update.
+        aggregate_num: accepted for MXNet compatibility; optzoo's fast path always updates all tensors at once.
+        use_fused_step: MXNet's switch: ``True`` = fast path, ``False`` = readable path.
+        impl: ``"auto"`` (fast), ``"reference"`` (readable, one tensor at a time) or ``"foreach"``.
+    """
+
+    opt_registry: dict[str, type] = {}
+    #: how row-sparse gradients are handled: "lazy" (``lazy_update`` decides), "dense" (densified) or "none".
+    sparse_support = "dense"
+    #: dtype of the state tensors (None: the weight's dtype), e.g. MXNet's always-float32 AdaGrad history.
+    state_dtype: torch.dtype | None = None
+    #: default learning rate (the subclass's MXNet 2.0 default).
+    default_learning_rate = 0.01
+
+    def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
+                 lr_scheduler=None, begin_num_update=0, multi_precision=False, param_dict=None,
+                 aggregate_num=None, use_fused_step=None, impl=None, **kwargs):
+        reject_unknown_kwargs(type(self).__name__, kwargs, self._argument_names())
+        self.rescale_grad = check_real("rescale_grad", rescale_grad)
+        self.wd = check_real("wd", wd, 0.0)
+        self.clip_gradient = check_real("clip_gradient", clip_gradient, 0.0, low_open=True, allow_none=True)
+        if lr_scheduler is not None and not callable(lr_scheduler):
+            raise TypeError(f"lr_scheduler must be callable (num_update -> lr) or None, got {lr_scheduler!r}")
+        self.lr_scheduler = lr_scheduler
+        if learning_rate is None and lr_scheduler is None:
+            learning_rate = self.default_learning_rate
+        self.lr = check_real("learning_rate", learning_rate, 0.0, allow_none=True)
+        if self.lr is not None and lr_scheduler is not None and hasattr(lr_scheduler, "base_lr"):
+            lr_scheduler.base_lr = self.lr  # an explicit learning_rate rescales the whole schedule
+        self.begin_num_update = check_int("begin_num_update", begin_num_update, 0)
+        self.num_update = self.begin_num_update
+        self._all_index_update_counts: dict[int, dict] = {0: {}}
+        self._index_update_count = self._all_index_update_counts[0]
+        self.multi_precision = check_bool("multi_precision", multi_precision)
+        if aggregate_num is not None and aggregate_num != math.inf:
+            check_int("aggregate_num", aggregate_num, 0)
+        self.aggregate_num = 1 if aggregate_num is None else aggregate_num
+        if param_idx2name is not None and not isinstance(param_idx2name, dict):
+            raise TypeError(f"param_idx2name must be a dict {{index: name}}, got {type(param_idx2name).__name__}")
+        self.idx2name = dict(param_idx2name or {})
+        if param_dict is not None and not isinstance(param_dict, dict):
+            raise TypeError(f"param_dict must be a dict {{index: parameter}}, got {type(param_dict).__name__}")
+        self.param_dict = param_dict if param_dict is not None else {}
+        self.impl = self._resolve_impl(impl, use_fused_step)
+        self.lr_mult: dict = {}
+        self.wd_mult: dict = {}
+        self._warned_low_precision = False
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def _argument_names(cls) -> set[str]:
+        names = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None and klass is not object:
+                names.update(p for p in inspect.signature(init).parameters if p not in ("self", "kwargs"))
+        names.add("sym")
+        return names
+
+    def _has_fast_rule(self) -> bool:
+        return type(self)._foreach_rule is not Optimizer._foreach_rule
+
+    def _resolve_impl(self, impl, use_fused_step) -> str:
+        if use_fused_step is not None:
+            check_bool("use_fused_step", use_fused_step)
+        if impl is not None:
+            check_choice("impl", impl, IMPLS)
+            if use_fused_step is not None and (impl == "reference") == use_fused_step:
+                raise ValueError(f"impl={impl!r} contradicts use_fused_step={use_fused_step}; pass only one of them")
+        elif use_fused_step is not None:
+            impl = "auto" if use_fused_step else "reference"
+        else:
+            impl = "auto"
+        if impl != "reference" and not self._has_fast_rule():
+            if impl == "foreach" or use_fused_step:
+                raise ValueError(f"{type(self).__name__} has no fast implementation; use impl='reference'")
+            impl = "reference"
+        return "foreach" if impl == "auto" else impl
+
+    @property
+    def use_fused_step(self) -> bool:
+        return self.impl != "reference"
+
+    def get_config(self) -> dict:
+        """The constructor arguments (JSON-able) that rebuild this optimizer, without its state."""
+        config = {}
+        for name in self._argument_names() - {"param_dict", "lr_scheduler", "sym", "use_fused_step"}:
+            if name == "learning_rate":
+                value = self.lr
+            elif name == "param_idx2name":
+                value = {str(k): v for k, v in self.idx2name.items()} or None
+            else:
+                value = getattr(self, name, None)
+            if isinstance(value, float) and math.isinf(value):
+                value = "inf"
+            config[name] = value
+        return config
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_config().items()) if v is not None)
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ learning rate and multipliers
+    @property
+    def learning_rate(self) -> float:
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler(self.num_update)
+        return self.lr
+
+    def set_learning_rate(self, lr: float) -> None:
+        if self.lr_scheduler is not None:
+            raise ValueError("set_learning_rate: this optimizer's learning rate is owned by its lr_scheduler; "
+                             "change the scheduler instead")
+        self.lr = check_real("learning_rate", lr, 0.0)
+
+    def set_lr_mult(self, args_lr_mult: dict) -> None:
+        """Per-parameter learning-rate multipliers, keyed by index or name (replaces earlier ones)."""
+        self.lr_mult = self._check_mults("set_lr_mult", args_lr_mult)
+
+    def set_wd_mult(self, args_wd_mult: dict) -> None:
+        """Per-parameter weight-decay multipliers, keyed by index or name (replaces earlier ones)."""
+        self.wd_mult = self._check_mults("set_wd_mult", args_wd_mult)
+
+    @staticmethod
+    def _check_mults(owner, mults) -> dict:
+        if not isinstance(mults, dict):
+            raise TypeError(f"{owner} expects a dict {{index or name: multiplier}}, got {type(mults).__name__}")
+        return {k: check_real(f"{owner}[{k!r}]", v, 0.0) for k, v in mults.items()}
+
+    def _set_current_device(self, device_id: int) -> None:
+        self._index_update_count = self._all_index_update_counts.setdefault(device_id, {})
+
+    _set_current_context = _set_current_device
+
+    def _update_count(self, index) -> None:
+        for idx in _as_list(index):
+            count = self._index_update_count.get(idx, self.begin_num_update) + 1
+            self._index_update_count[idx] = count
+            self.num_update = max(count, self.num_update)
+
+    def _multiplier(self, index, attr: str, table: dict) -> float:
+        if index in self.param_dict:
+            return getattr(self.param_dict[index], attr, 1.0)
+        if index in table:
+            return table[index]
+        if index in self.idx2name:
+            return table.get(self.idx2name[index], 1.0)
+        return 1.0
+
+    def _get_lrs(self, indices) -> list[float]:
+        base = self.lr_scheduler(self.num_update) if self.lr_scheduler is not None else self.lr
+        return [base * self._multiplier(i, "lr_mult", self.lr_mult) for i in indices]
+
+    def _get_wds(self, indices) -> list[float]:
+        return [self.wd * self._multiplier(i, "wd_mult", self.wd_mult) for i in indices]
+
+    def _get_lr(self, index) -> float:
+        return self._get_lrs([index])[0]
+
+    def _get_wd(self, index) -> float:
+        return self._get_wds([index])[0]
+
+    def extra_state(self) -> dict:
+        """JSON-able optimizer-wide state beyond the per-parameter tensors (e.g. Nadam's momentum schedule)."""
+        return {}
+
+    def load_extra_state(self, extra: dict) -> None:
+        """Restores :meth:`extra_state`."""
+
+    # ------------------------------------------------------------------ states
+    def create_state(self, index, weight: torch.Tensor):
+        """The optimizer state of one weight (``None`` if the rule has none)."""
+        return None
+
+    def _zeros(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(weight, dtype=self.state_dtype or weight.dtype,
+                                memory_format=torch.contiguous_format)
+
+    def _uses_master_copy(self, weight: torch.Tensor) -> bool:
+        return self.multi_precision and weight.dtype in _LOW_PRECISION
+
+    def create_state_multi_precision(self, index, weight: torch.Tensor):
+        """``(weight32, state)`` for low-precision weights with ``multi_precision``, else ``create_state``."""
+        if self._uses_master_copy(weight):
+            weight32 = weight.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+            return (weight32, self.create_state(index, weight32))
+        if weight.dtype in _LOW_PRECISION and not self._warned_low_precision:
+            warnings.warn(f"Accumulating with {weight.dtype} in optimizer can lead to poor accuracy or slow "
+                          "convergence. Consider using multi_precision=True.", stacklevel=2)
+            self._warned_low_precision = True
+        return self.create_state(index, weight)
+
+    # ------------------------------------------------------------------ updates
+    def update(self, indices, weights, grads, states) -> None:
+        """Updates ``weights`` (and ``states``) in place. Lists as in MXNet 2.0, or one index and tensors as in 1.x."""
+        if not isinstance(indices, (list, tuple)):
+            indices, weights, grads, states = [indices], [weights], [grads], [states]
+        indices, weights, grads, states = list(indices), list(weights), list(grads), list(states)
+        self._check_inputs(indices, weights, grads, states)
+        if self.impl == "reference":
+            self.step(indices, weights, grads, states)
+        else:
+            self.fused_step(indices, weights, grads, states)
+
+    def update_multi_precision(self, indices, weights, grads, states) -> None:
+        """As :meth:`update`; low-precision weights with ``multi_precision`` are updated through their float32
+        master copy (the first element of their state) and then rounded back."""
+        if not isinstance(indices, (list, tuple)):
+            indices, weights, grads, states = [indices], [weights], [grads], [states]
+        masters = [self._uses_master_copy(w) for w in weights]
+        if not any(masters):
+            return self._dispatch_update(indices, weights, grads, states)
+        for w, s, master in zip(weights, states, masters):
+            if master and not (isinstance(s, tuple) and len(s) == 2 and isinstance(s[0], torch.Tensor)
+                               and s[0].dtype == torch.float32 and s[0].shape == w.shape):
+                raise ValueError("multi_precision state must be (weight32, state) as made by "
+                                 "create_state_multi_precision")
+        inner_w = [s[0] if m else w for w, s, m in zip(weights, states, masters)]
+        inner_g = [g.to(torch.float32) if m else g for g, m in zip(grads, masters)]
+        inner_s = [s[1] if m else s for s, m in zip(states, masters)]
+        for w, g in zip(weights, grads):  # checked here: the master copies hide the caller's tensors
+            self._check_pair(w, g)
+        self._dispatch_update(list(indices), inner_w, inner_g, inner_s)
+        with torch.no_grad():
+            for w, w32, m in zip(weights, inner_w, masters):
+                if m:
+                    w.copy_(w32)
+
+    def _dispatch_update(self, indices, weights, grads, states):
+        # A custom optimizer written in MXNet 1.x style overrides update(index, weight, grad, state).
+        if type(self).update is not Optimizer.update and type(self).step is Optimizer.step:
+            for i, w, g, s in zip(indices, weights, grads, states):
+                self.update(i, w, g, s)
+        else:
+            self.update(indices, weights, grads, states)
+
+    def step(self, indices, weights, grads, states) -> None:
+        """Readable path: one tensor at a time through ``_reference_rule``."""
+        self._run(indices, weights, grads, states, fast=False)
+
+    def fused_step(self, indices, weights, grads, states) -> None:
+        """Fast path: all dense tensors at once through ``_foreach_rule``."""
+        self._run(indices, weights, grads, states, fast=True)
+
+    def _run(self, indices, weights, grads, states, fast: bool) -> None:
+        self._update_count(indices)
+        lrs, wds = self._get_lrs(indices), self._get_wds(indices)
+        ts = [self._index_update_count[i] for i in indices]
+        self._apply(indices, weights, grads, states, lrs, wds, ts, fast)
+
+    def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast: bool) -> None:
+        """Runs the rule with finished per-tensor scalars (lr, wd, t); used by the torch adapter too."""
+        with torch.no_grad():
+            dense = ([], [], [], [], [], [], [])
+            for item in zip(indices, weights, grads, states, lrs, wds, ts):
+                grad = item[2]
+                if grad.is_sparse:
+                    if self.sparse_support == "lazy" and getattr(self, "lazy_update", False):
+                        self._lazy_update(*item)
+                        continue
+                    item = item[:2] + (grad.to_dense(),) + item[3:]
+                for column, value in zip(dense, item):
+                    column.append(value)
+            if not dense[0]:
+                return
+            if fast:
+                self._foreach_rule(*dense[1:])
+            else:
+                for _, w, g, s, lr, wd, t in zip(*dense):
+                    self._reference_rule(w, g, s, lr, wd, t)
+
+    def _lazy_update(self, index, weight, grad, state, lr, wd, t) -> None:
+        """Row-sparse lazy update: the dense rule applied to the rows present in the gradient only."""
+        grad = grad.coalesce()
+        if grad.sparse_dim() != 1:
+            dense = grad.to_dense()
+            rows = torch.unique(grad.indices()[0])
+            values = dense.index_select(0, rows)
+        else:
+            rows, values = grad.indices()[0], grad.values()
+        if rows.numel() == 0:
+            return
+        sub_weight = weight.index_select(0, rows)
+        sub_state = _map_state(lambda s: s.index_select(0, rows), state)
+        self._reference_rule(sub_weight, values, sub_state, lr, wd, t)
+        weight.index_copy_(0, rows, sub_weight)
+        for full, part in zip(_leaves(state), _leaves(sub_state)):
+            full.index_copy_(0, rows, part)
+
+    # ------------------------------------------------------------------ the rule (subclasses)
+    def _reference_rule(self, weight, grad, state, lr: float, wd: float, t: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement an update rule")
+
+    def _foreach_rule(self, weights, grads, states, lrs, wds, ts) -> None:
+        raise NotImplementedError  # pragma: no cover - only called when overridden (see _has_fast_rule)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_pair(self, weight, grad) -> None:
+        if not isinstance(weight, torch.Tensor) or not isinstance(grad, torch.Tensor):
+            raise TypeError(f"weights and grads must be torch.Tensor, got {type(weight).__name__} and "
+                            f"{type(grad).__name__}")
+        if weight.shape != grad.shape:
+            raise ValueError(f"grad shape {tuple(grad.shape)} does not match weight shape {tuple(weight.shape)}")
+        if weight.dtype != grad.dtype:
+            raise ValueError(f"grad dtype {grad.dtype} does not match weight dtype {weight.dtype}")
+        if weight.device != grad.device:
+            raise ValueError(f"grad is on {grad.device} but weight is on {weight.device}")
+        if not weight.is_floating_point():
+            raise TypeError(f"weights must be floating point tensors, got {weight.dtype}")
+        if grad.is_sparse and self.sparse_support == "none":
+            raise ValueError(f"{type(self).__name__} cannot take a sparse gradient; pass grad.to_dense()")
+
+    def _check_inputs(self, indices, weights, grads, states) -> None:
+        if not (len(indices) == len(weights) == len(grads) == len(states)):
+            raise ValueError(f"update needs as many indices, weights, grads and states; got {len(indices)}, "
+                             f"{len(weights)}, {len(grads)} and {len(states)}")
+        for index, w, g, s in zip(indices, weights, grads, states):
+            self._check_pair(w, g)
+            for leaf in _leaves(s):
+                if leaf.device != w.device:
+                    raise ValueError(f"state of parameter {index!r} is on {leaf.device} but its weight is on "
+                                     f"{w.device}")
+                if leaf.shape[:1] != w.shape[:1] and leaf.numel() != 1:
+                    raise ValueError(f"state of parameter {index!r} has shape {tuple(leaf.shape)}, which does not "
+                                     f"fit weight shape {tuple(w.shape)}")
+
+    # ------------------------------------------------------------------ registry
+    @staticmethod
+    def register(klass: type) -> type:
+        return register(klass)
+
+    @staticmethod
+    def create_optimizer(name: str, **kwargs) -> Optimizer:
+        return create(name, **kwargs)
+
+
+def register(klass: type) -> type:
+    """Class decorator: registers an optimizer under its lower-case class name (``create`` finds it).
+
+    Registering a different class under a name that is taken raises ValueError; re-registering the same
+    class (e.g. on module reload) is allowed.
+    """
+    if not (isinstance(klass, type) and issubclass(klass, Optimizer)):
+        raise TypeError(f"register expects a subclass of optzoo.optimizer.Optimizer, got {klass!r}")
+    name = klass.__name__.lower()
+    existing = Optimizer.opt_registry.get(name)
+    if existing is not None and existing.__qualname__ != klass.__qualname__:
+        raise ValueError(f"an optimizer named {name!r} is already registered ({existing.__module__}."
+                         f"{existing.__qualname__}); rename the class or unregister it first")
+    Optimizer.opt_registry[name] = klass
+    return klass
+
+
+def create(name: str, **kwargs) -> Optimizer:
+    """Creates a registered optimizer by (case-insensitive) name: ``create('adam', learning_rate=0.1)``."""
+    if isinstance(name, Optimizer):
+        if kwargs:
+            raise ValueError("create: keyword arguments cannot be applied to an optimizer instance")
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"optimizer name must be a string, got {type(name).__name__}")
+    klass = Optimizer.opt_registry.get(name.lower())
+    if klass is None:
+        raise ValueError(f"unknown optimizer {name!r}; registered optimizers: "
+                         f"{', '.join(sorted(Optimizer.opt_registry))}")
+    return klass(**kwargs)

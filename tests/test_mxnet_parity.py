@@ -1,0 +1,84 @@
+"""optzoo against real MXNet: identical gradient sequences, many steps, weights and every state compared.
+
+For each table row: MXNet's own hyperparameter grid (spec 10.3, sampled to cover every value of every
+axis plus random combinations), then lr_mult/wd_mult through param_dict, begin_num_update, a scheduler
+with warmup, set_learning_rate mid-run, tiny and huge gradients, float16 with multi_precision, and
+row-sparse gradients (lazy and standard). All MXNet runs happen in one subprocess per MXNet version.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from optimizer_table import ROWS, Row
+from oracle import run_optimizer_cases
+from trajectory import grid_cases, make_case, run_case
+
+ARRAYS: dict[str, np.ndarray] = {}
+CASES: dict[str, tuple[Row, dict]] = {}
+
+
+def _add(row: Row, suffix: str, kwargs: dict, **options) -> None:
+    cid = f"{row.name}-{suffix}"
+    case = make_case(cid, row.name, kwargs, steps=row.steps, seed=len(CASES), arrays=ARRAYS, **options)
+    CASES[cid] = (row, case)
+
+
+def _build_cases() -> None:
+    for row in ROWS:
+        if row.oracle is None:
+            continue
+        axes = [axis for axis in row.grid if not any("multi_precision" in v for v in axis)]
+        for n, kwargs in enumerate(grid_cases(axes, row.n_random, seed=hash(row.name) % 1000)):
+            _add(row, f"grid{n}", kwargs)
+        feature = dict(row.feature_kwargs)
+        lr = {"learning_rate": 0.05} if row.name not in ("adadelta",) else {}
+        _add(row, "mults", {**feature, "wd": 0.05}, lr_mult={0: 0.5, 2: 2.0}, wd_mult={1: 0.0, 2: 3.0})
+        _add(row, "begin5", {**feature, "begin_num_update": 5})
+        sched = {"type": "FactorScheduler", "kwargs": {"step": 15, "factor": 0.7, "base_lr": 0.02,
+                                                       "warmup_steps": 10, "warmup_begin_lr": 0.001}}
+        _add(row, "sched", {**feature, "learning_rate": 0.02}, scheduler=sched)
+        _add(row, "setlr", {**feature, **lr}, set_lr={30: 0.003, 60: 0.03})
+        _add(row, "tiny", dict(feature), grad_scale=1e-4)
+        _add(row, "huge", {**feature, "clip_gradient": 5.0}, grad_scale=30.0)
+        if row.multi_precision:
+            for n, kwargs in enumerate(grid_cases(axes, 3, seed=7)[:6]):
+                _add(row, f"fp16mp{n}", {**kwargs, "multi_precision": True}, dtype="float16")
+        if row.sparse == "lazy":
+            for lazy in (True, False):
+                _add(row, f"sparse-lazy{lazy}", {**feature, "wd": 0.03, "lazy_update": lazy}, sparse=(0, 1))
+        elif row.sparse == "dense":
+            _add(row, "sparse", {**feature, "wd": 0.03}, sparse=(0, 1))
+
+
+_build_cases()
+
+
+@functools.lru_cache(maxsize=None)
+def _mxnet_results(version: str):
+    cases = [case for row, case in CASES.values() if row.oracle == version]
+    prefixes = tuple(f"{case['id']}/" for case in cases)
+    arrays = {k: v for k, v in ARRAYS.items() if k.startswith(prefixes)}
+    return run_optimizer_cases(cases, arrays, version=version)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("cid", sorted(CASES))
+def test_matches_mxnet(cid):
+    row, case = CASES[cid]
+    expected, results = _mxnet_results(row.oracle)
+    kwargs = {k: v for k, v in case["kwargs"].items() if k not in row.optzoo_only}
+    mx_case = dict(case, kwargs=kwargs)
+    actual = run_case(case, ARRAYS)
+    tol = row.tol[case["dtype"]]
+    keys = sorted(k for k in expected if k.startswith(cid + "/"))
+    state_keys = [k for k in keys if "/s/" in k]
+    assert keys and any("/w/" in k for k in keys)
+    assert sorted(k for k in actual if "/s/" in k) == state_keys, "state layout differs from MXNet's"
+    for key in keys:
+        np.testing.assert_allclose(actual[key], expected[key].astype(np.float32), rtol=tol.rtol, atol=tol.atol,
+                                   err_msg=f"{key} ({tol.reason}); case kwargs {mx_case['kwargs']}")
+    assert int(actual[f"{cid}/num_update"]) == results[cid]["num_update"]
