@@ -3,8 +3,11 @@ adding an optimizer means adding one row here (tests/test_table_complete.py chec
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, field
+
+from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +55,13 @@ class Row:
     feature_kwargs: dict = field(default_factory=dict)
     #: arguments only optzoo knows (removed before running MXNet)
     optzoo_only: tuple[str, ...] = ()
+    #: kwargs variants for the row-sparse parity cases (default: lazy_update True/False for "lazy" rows)
+    sparse_kwargs: list[dict] | None = None
+    #: feature parity cases to leave out, by suffix ("mults", "begin5", "sched", "setlr", "tiny", "huge", ...)
+    skip_features: tuple[str, ...] = ()
+    #: more parity cases: dicts with "suffix", "kwargs" and any tests/trajectory.make_case options
+    extra_cases: list[dict] = field(default_factory=list)
+    #: constructs this optimizer can be compared on only after a transform; see tests/test_mxnet_parity.py
     notes: str = ""
 
 
@@ -110,6 +120,10 @@ BASE_ERRORS: list[tuple[dict, type, str]] = [
     ({"lr_scheduler": 0.1}, TypeError, "lr_scheduler"),
     ({"learning_rat": 0.1}, TypeError, "did you mean 'learning_rate'"),
 ]
+
+# Each optimizer family adds its rows in a tests/rows_<family>.py module (one ROWS list each).
+for _path in sorted(Path(__file__).parent.glob("rows_*.py")):
+    ROWS += importlib.import_module(_path.stem).ROWS
 
 ROW_BY_NAME = {row.name: row for row in ROWS}
 

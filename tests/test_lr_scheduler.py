@@ -11,8 +11,8 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from oracle import run_mxnet
+
 from optzoo import lr_scheduler
 from optzoo.lr_scheduler import (
     CosineScheduler,

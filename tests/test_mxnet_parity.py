@@ -22,6 +22,8 @@ CASES: dict[str, tuple[Row, dict]] = {}
 
 
 def _add(row: Row, suffix: str, kwargs: dict, **options) -> None:
+    if suffix in row.skip_features:
+        return
     cid = f"{row.name}-{suffix}"
     case = make_case(cid, row.name, kwargs, steps=row.steps, seed=len(CASES), arrays=ARRAYS, **options)
     CASES[cid] = (row, case)
@@ -47,11 +49,19 @@ def _build_cases() -> None:
         if row.multi_precision:
             for n, kwargs in enumerate(grid_cases(axes, 3, seed=7)[:6]):
                 _add(row, f"fp16mp{n}", {**kwargs, "multi_precision": True}, dtype="float16")
-        if row.sparse == "lazy":
-            for lazy in (True, False):
-                _add(row, f"sparse-lazy{lazy}", {**feature, "wd": 0.03, "lazy_update": lazy}, sparse=(0, 1))
+        if row.sparse_kwargs is not None:
+            sparse_variants = row.sparse_kwargs
+        elif row.sparse == "lazy":
+            sparse_variants = [{"wd": 0.03, "lazy_update": True}, {"wd": 0.03, "lazy_update": False}]
         elif row.sparse == "dense":
-            _add(row, "sparse", {**feature, "wd": 0.03}, sparse=(0, 1))
+            sparse_variants = [{"wd": 0.03}]
+        else:
+            sparse_variants = []
+        for n, kwargs in enumerate(sparse_variants):
+            _add(row, f"sparse{n}", {**feature, **kwargs}, sparse=(0, 1))
+        for extra in row.extra_cases:
+            options = dict(extra)
+            _add(row, options.pop("suffix"), options.pop("kwargs"), **options)
 
 
 _build_cases()
@@ -59,7 +69,8 @@ _build_cases()
 
 @functools.lru_cache(maxsize=None)
 def _mxnet_results(version: str):
-    cases = [case for row, case in CASES.values() if row.oracle == version]
+    cases = [dict(case, kwargs={k: v for k, v in case["kwargs"].items() if k not in row.optzoo_only})
+             for row, case in CASES.values() if row.oracle == version]
     prefixes = tuple(f"{case['id']}/" for case in cases)
     arrays = {k: v for k, v in ARRAYS.items() if k.startswith(prefixes)}
     return run_optimizer_cases(cases, arrays, version=version)
@@ -70,8 +81,6 @@ def _mxnet_results(version: str):
 def test_matches_mxnet(cid):
     row, case = CASES[cid]
     expected, results = _mxnet_results(row.oracle)
-    kwargs = {k: v for k, v in case["kwargs"].items() if k not in row.optzoo_only}
-    mx_case = dict(case, kwargs=kwargs)
     actual = run_case(case, ARRAYS)
     tol = row.tol[case["dtype"]]
     keys = sorted(k for k in expected if k.startswith(cid + "/"))
@@ -80,5 +89,5 @@ def test_matches_mxnet(cid):
     assert sorted(k for k in actual if "/s/" in k) == state_keys, "state layout differs from MXNet's"
     for key in keys:
         np.testing.assert_allclose(actual[key], expected[key].astype(np.float32), rtol=tol.rtol, atol=tol.atol,
-                                   err_msg=f"{key} ({tol.reason}); case kwargs {mx_case['kwargs']}")
+                                   err_msg=f"{key} ({tol.reason}); case kwargs {case['kwargs']}")
     assert int(actual[f"{cid}/num_update"]) == results[cid]["num_update"]
