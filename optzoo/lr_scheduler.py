@@ -18,48 +18,20 @@ for those two; that is a deliberate difference.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
-import numbers
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from .optimizer.validation import check_int, check_real, reject_unknown_kwargs
+
 __all__ = ["CosineScheduler", "FactorScheduler", "LRScheduler", "MultiFactorScheduler", "PolyScheduler",
            "TorchScheduler", "create", "register"]
 
 WARMUP_MODES = ("linear", "constant")
-
-
-def _check_real(name: str, value: Any, low: float = 0.0, high: float | None = None,
-                *, low_open: bool = False, high_open: bool = False) -> float:
-    """``float(value)`` if it is a finite real in the range; written so that NaN fails."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
-    value = float(value)
-    ok = math.isfinite(value) and (value > low if low_open else value >= low)
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        if high is None:
-            expected = f"{'>' if low_open else '>='} {low}"
-        else:
-            expected = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be {expected} (finite), got {value!r}")
-    return value
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        expected = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return value
 
 
 class LRScheduler:
@@ -80,9 +52,9 @@ class LRScheduler:
 
     def __init__(self, base_lr: float = 0.01, warmup_steps: int = 0, warmup_begin_lr: float = 0,
                  warmup_mode: str = "linear") -> None:
-        self.base_lr = _check_real("base_lr", base_lr)
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
-        self.warmup_begin_lr = _check_real("warmup_begin_lr", warmup_begin_lr, 0.0, self.base_lr)
+        self.base_lr = check_real("base_lr", base_lr, 0.0)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+        self.warmup_begin_lr = check_real("warmup_begin_lr", warmup_begin_lr, 0.0, self.base_lr)
         if not isinstance(warmup_mode, str):
             raise TypeError(f"warmup_mode must be a string, got {warmup_mode!r} "
                             f"of type {type(warmup_mode).__name__}")
@@ -98,7 +70,7 @@ class LRScheduler:
 
     def get_warmup_lr(self, num_update: int) -> float:
         """Warmup value for ``0 <= num_update < warmup_steps`` (formulas in the module docstring)."""
-        num_update = _check_int("num_update", num_update, 0)
+        num_update = check_int("num_update", num_update, 0)
         if num_update >= self.warmup_steps:
             raise ValueError(f"num_update must be < warmup_steps={self.warmup_steps} for the warmup, "
                              f"got {num_update}")
@@ -110,7 +82,7 @@ class LRScheduler:
 
     def __call__(self, num_update: int) -> float:
         """Learning rate for update number ``num_update`` (an integer >= 0; the first update is 1)."""
-        num_update = _check_int("num_update", num_update, 0)
+        num_update = check_int("num_update", num_update, 0)
         if num_update < self.warmup_steps:
             return self.get_warmup_lr(num_update)
         return self._decayed_lr(num_update)
@@ -182,11 +154,7 @@ def create(type_name: str, **kwargs: Any) -> LRScheduler:
     if cls is None:
         raise ValueError(f"unknown lr scheduler {type_name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for key in sorted(kwargs):
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid arguments: {', '.join(known)}"
-            raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}{hint}")
+    reject_unknown_kwargs(cls.__name__, {k: v for k, v in kwargs.items() if k not in known}, known)
     return cls(**kwargs)
 
 
@@ -220,9 +188,9 @@ class FactorScheduler(LRScheduler):
     def __init__(self, step: int, factor: float = 1, stop_factor_lr: float = 1e-8, base_lr: float = 0.01,
                  warmup_steps: int = 0, warmup_begin_lr: float = 0, warmup_mode: str = "linear") -> None:
         super().__init__(base_lr, warmup_steps, warmup_begin_lr, warmup_mode)
-        self.step = _check_int("step", step, 1)
-        self.factor = _check_real("factor", factor, 0.0, 1.0, low_open=True)
-        self.stop_factor_lr = _check_real("stop_factor_lr", stop_factor_lr)
+        self.step = check_int("step", step, 1)
+        self.factor = check_real("factor", factor, 0.0, 1.0, low_open=True)
+        self.stop_factor_lr = check_real("stop_factor_lr", stop_factor_lr, 0.0)
 
     def _decayed_lr(self, num_update: int) -> float:
         decays = max(0, (num_update - 1) // self.step)
@@ -262,13 +230,13 @@ class MultiFactorScheduler(LRScheduler):
             raise TypeError(f"step must be a list of integers, got {step!r} of type {type(step).__name__}")
         if not step:
             raise ValueError("step must contain at least one boundary, got []")
-        boundaries = tuple(_check_int(f"step[{i}]", b, 1) for i, b in enumerate(step))
+        boundaries = tuple(check_int(f"step[{i}]", b, 1) for i, b in enumerate(step))
         for i in range(1, len(boundaries)):
             if boundaries[i] <= boundaries[i - 1]:
                 raise ValueError(f"step must be strictly increasing, got {list(step)!r} "
                                  f"(step[{i}]={boundaries[i]} <= step[{i - 1}]={boundaries[i - 1]})")
         self.step = boundaries
-        self.factor = _check_real("factor", factor, 0.0, 1.0, low_open=True)
+        self.factor = check_real("factor", factor, 0.0, 1.0, low_open=True)
 
     def _decayed_lr(self, num_update: int) -> float:
         lr = self.base_lr
@@ -283,10 +251,10 @@ class _AnnealScheduler(LRScheduler):
     def __init__(self, max_update: int, base_lr: float, final_lr: float, warmup_steps: int,
                  warmup_begin_lr: float, warmup_mode: str) -> None:
         super().__init__(base_lr, warmup_steps, warmup_begin_lr, warmup_mode)
-        self.max_update = _check_int("max_update", max_update, 1)
+        self.max_update = check_int("max_update", max_update, 1)
         if self.warmup_steps >= self.max_update:
             raise ValueError(f"warmup_steps must be < max_update={self.max_update}, got {self.warmup_steps}")
-        self.final_lr = _check_real("final_lr", final_lr)
+        self.final_lr = check_real("final_lr", final_lr, 0.0)
 
     @property
     def max_steps(self) -> int:
@@ -323,7 +291,7 @@ class PolyScheduler(_AnnealScheduler):
     def __init__(self, max_update: int, base_lr: float = 0.01, pwr: float = 2, final_lr: float = 0,
                  warmup_steps: int = 0, warmup_begin_lr: float = 0, warmup_mode: str = "linear") -> None:
         super().__init__(max_update, base_lr, final_lr, warmup_steps, warmup_begin_lr, warmup_mode)
-        self.pwr = _check_real("pwr", pwr, 0.0, low_open=True)
+        self.pwr = check_real("pwr", pwr, 0.0, low_open=True)
 
     def _decayed_lr(self, num_update: int) -> float:
         n = min(num_update, self.max_update)

@@ -95,8 +95,7 @@ def optimizer_to_meta(optimizer: Optimizer) -> dict:
     return {
         "name": name,
         "config": optimizer.get_config(),
-        "lr_scheduler": None if scheduler is None else {"type": type(scheduler).__name__,
-                                                         "config": scheduler.get_config()},
+        "lr_scheduler": None if scheduler is None else scheduler.get_config(),
         "num_update": optimizer.num_update,
         "counts": _counts_to_json(optimizer._all_index_update_counts),
         "lr_mult": [[_encode_key(k), v] for k, v in optimizer.lr_mult.items()],
@@ -116,7 +115,8 @@ def optimizer_from_meta(meta: dict, param_dict=None) -> Optimizer:
                                         for k, v in config["param_idx2name"].items()}
         sched = meta.get("lr_scheduler")
         if sched is not None:
-            config["lr_scheduler"] = schedulers.from_config(sched["type"], sched["config"])
+            sched = dict(sched)
+            config["lr_scheduler"] = schedulers.create(sched.pop("type"), **sched)
             config["learning_rate"] = None
         optimizer = create(meta["name"], param_dict=param_dict, **config)
         optimizer.num_update = int(meta["num_update"])
