@@ -6,6 +6,7 @@ try:  # written in parallel; see optzoo/lr_scheduler.py
 except ImportError:  # pragma: no cover
     lr_scheduler = None
 from .torch_optimizer import TorchOptimizer
+from .trainer import StaleGradientError, Trainer
 
 __version__ = "0.1.0"
-__all__ = ["optimizer", "lr_scheduler", "TorchOptimizer", "__version__"]
+__all__ = ["optimizer", "lr_scheduler", "TorchOptimizer", "Trainer", "StaleGradientError", "__version__"]

@@ -121,7 +121,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         packed = super().state_dict()
         packed["state"] = {k: {"step": v.get("step", 0), "state": _plain(v.get("state"))}
                            for k, v in packed["state"].items()}
-        packed["optzoo"] = {"num_update": self.optimizer.num_update}
+        packed["optzoo"] = {"num_update": self.optimizer.num_update, "extra": self.optimizer.extra_state()}
         return packed
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -146,6 +146,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             counts[self._param_index[p]] = int(entry["step"])
         self.optimizer.num_update = int(state_dict.get("optzoo", {}).get("num_update", max(counts.values(),
                                                                                             default=0)))
+        self.optimizer.load_extra_state(state_dict.get("optzoo", {}).get("extra") or {})
 
     def __repr__(self) -> str:
         return f"TorchOptimizer({self.optimizer!r}, groups={len(self.param_groups)})"

@@ -281,3 +281,22 @@ def test_multi_precision_through_the_torch_face_keeps_float32_state():
     restored.load_state_dict(optimizer.state_dict())
     assert restored.state[model.weight]["state"][0].dtype == torch.float32
     assert restored.optimizer.num_update == 3 and math.isclose(restored.param_groups[0]["lr"], 0.01)
+
+
+def test_sparse_embedding_trains_lazily_through_the_torch_face():
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    optimizer = optzoo.TorchOptimizer(embedding.parameters(), "adam", learning_rate=0.1, lazy_update=True, wd=0.1)
+    before = embedding.weight.detach().clone()
+    for _ in range(3):
+        optimizer.zero_grad()
+        embedding(torch.tensor([1, 3, 3])).square().sum().backward()
+        assert embedding.weight.grad.is_sparse
+        optimizer.step()
+    changed = (embedding.weight != before).any(dim=1)
+    assert changed.tolist() == [i in (1, 3) for i in range(10)]
+
+
+def test_symbolic_api_argument_is_rejected():
+    with pytest.raises(TypeError, match="sym"):
+        opt.SGD(sym=object())

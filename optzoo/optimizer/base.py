@@ -160,7 +160,6 @@ class Optimizer:
             init = klass.__dict__.get("__init__")
             if init is not None and klass is not object:
                 names.update(p for p in inspect.signature(init).parameters if p not in ("self", "kwargs"))
-        names.add("sym")
         return names
 
     def _has_fast_rule(self) -> bool:
@@ -190,7 +189,7 @@ class Optimizer:
     def get_config(self) -> dict:
         """The constructor arguments (JSON-able) that rebuild this optimizer, without its state."""
         config = {}
-        for name in self._argument_names() - {"param_dict", "lr_scheduler", "sym", "use_fused_step"}:
+        for name in self._argument_names() - {"param_dict", "lr_scheduler", "use_fused_step"}:
             if name == "learning_rate":
                 value = self.lr
             elif name == "param_idx2name":
