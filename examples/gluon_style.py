@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 from sklearn.datasets import load_digits
 
-from optzoo import lr_scheduler
-from optzoo import Trainer
+from optzoo import Trainer, lr_scheduler
 
 
 def load_data():

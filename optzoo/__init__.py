@@ -1,10 +1,6 @@
 """optzoo: the complete Apache MXNet optimizer family, its Gluon Trainer and learning-rate schedulers, on PyTorch."""
 
-from . import optimizer
-try:  # written in parallel; see optzoo/lr_scheduler.py
-    from . import lr_scheduler
-except ImportError:  # pragma: no cover
-    lr_scheduler = None
+from . import lr_scheduler, optimizer
 from .torch_optimizer import TorchOptimizer
 from .trainer import StaleGradientError, Trainer
 

@@ -1,4 +1,13 @@
-"""The Adam family: Adam, MXNet 2.0 numerics."""
+"""The Adam family: Adam, AdamW, Adamax, Nadam and AdaBelief, MXNet 2.0 numerics.
+
+Two arithmetic styles live here, each mirroring what MXNet 2.0 runs by default:
+
+* C++ kernels (Adam, AdamW, AdaBelief): float32 hyperparameters. Adam's kernel forms ``(1 - beta)`` in
+  float32 (:func:`one_minus`); the aggregated AdamW/AdaBelief kernels write the moving averages as
+  ``beta*(m - g) + g``.
+* Python-only optimizers (Adamax, Nadam): MXNet's readable ``step`` on NDArrays, where every Python scalar
+  (``1 - beta`` included) is computed in float64 and rounded to float32 once (:func:`_ema_`).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +17,12 @@ from typing import NamedTuple
 import torch
 
 from .base import Optimizer, f32, one_minus, register, state_class, rescale_clip, rescale_clip_foreach
-from .validation import check_bool, check_real
+from .validation import check_bool, check_choice, check_real
 
-__all__ = ["Adam", "AdamState", "adam_reference", "adam_foreach", "bias_corrected_lr"]
+__all__ = ["Adam", "AdamW", "Adamax", "Nadam", "AdaBelief", "AdamState", "AdamaxState", "NadamScalars",
+           "adam_reference", "adam_foreach", "adamw_reference", "adamw_foreach", "adamax_reference",
+           "adamax_foreach", "nadam_reference", "nadam_foreach", "adabelief_reference", "adabelief_foreach",
+           "bias_corrected_lr", "nadam_momentum"]
 
 
 @state_class
@@ -101,3 +113,470 @@ class Adam(Optimizer):
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         lr_ts = [bias_corrected_lr(lr, t, self.beta1, self.beta2) for lr, t in zip(lrs, ts)]
         adam_foreach(weights, grads, states, lr_ts=lr_ts, wds=wds, **self._hyper())
+
+
+# ------------------------------------------------------------------------------------------ shared pieces
+@state_class
+class AdamaxState(NamedTuple):
+    mean: torch.Tensor
+    inf_norm: torch.Tensor  # exponentially weighted infinity norm u (MXNet calls it "var")
+
+
+def _ema_(buf, x, beta: float) -> None:
+    """``buf = beta*buf + (1-beta)*x`` as MXNet's Python ``step`` evaluates it (``1-beta`` in float64)."""
+    buf.mul_(f32(beta)).add_(x * f32(1.0 - beta))
+
+
+def _ema_foreach_(bufs, xs, beta: float) -> None:
+    torch._foreach_mul_(bufs, f32(beta))
+    torch._foreach_add_(bufs, torch._foreach_mul(xs, f32(1.0 - beta)))
+
+
+def _kernel_ema_(buf, x, beta: float) -> None:
+    """``buf = beta*(buf - x) + x``: the moving average as MXNet's aggregated AdamW/AdaBelief kernels write it."""
+    buf.sub_(x).mul_(f32(beta)).add_(x)
+
+
+def _kernel_ema_foreach_(bufs, xs, beta: float) -> None:
+    torch._foreach_sub_(bufs, xs)
+    torch._foreach_mul_(bufs, f32(beta))
+    torch._foreach_add_(bufs, xs)
+
+
+def _l2_grad(grad, weight, wd, rescale_grad, clip_gradient):
+    """``clip(rescale_grad*grad) + wd*w`` (MXNet 2.0's usual preprocessing; a new tensor)."""
+    g = rescale_clip(grad, rescale_grad, clip_gradient)
+    if wd:
+        g.add_(weight * f32(wd))
+    return g
+
+
+def _l2_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient):
+    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
+    if any(wds):
+        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+    return gs
+
+
+def _scaled(xs, scalars):
+    """``[x * f32(s)]`` for per-tensor scalars (new tensors)."""
+    return torch._foreach_mul(xs, [f32(s) for s in scalars])
+
+
+# ------------------------------------------------------------------------------------------ AdamW
+def adamw_reference(weight, grad, state: AdamState, *, lr_t, wd, beta1, beta2, epsilon, rescale_grad,
+                    clip_gradient):
+    """One tensor, MXNet's fused kernel (``multi_adamw_update`` with ``lr=1, eta=lr_t``):
+
+    ``g = clip(rg*grad); m = b1*(m-g) + g; v = b2*(v-g^2) + g^2; w -= lr_t*(m/(sqrt(v)+eps) + wd*w)``
+    """
+    g = rescale_clip(grad, rescale_grad, clip_gradient)
+    g2 = g * g
+    _kernel_ema_(state.mean, g, beta1)
+    _kernel_ema_(state.var, g2, beta2)
+    step = state.mean / state.var.sqrt().add_(f32(epsilon))
+    if wd:
+        step.add_(weight * f32(wd))  # decoupled decay of the weight before this update
+    weight.sub_(step.mul_(f32(lr_t)))
+
+
+def adamw_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, rescale_grad, clip_gradient):
+    """All tensors at once; the same arithmetic as :func:`adamw_reference`."""
+    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
+    means, variances = [s.mean for s in states], [s.var for s in states]
+    _kernel_ema_foreach_(means, gs, beta1)
+    _kernel_ema_foreach_(variances, torch._foreach_mul(gs, gs), beta2)
+    denoms = torch._foreach_sqrt(variances)
+    torch._foreach_add_(denoms, f32(epsilon))
+    steps = torch._foreach_div(means, denoms)
+    if any(wds):
+        torch._foreach_add_(steps, _scaled(weights, wds))
+    torch._foreach_mul_(steps, [f32(lr_t) for lr_t in lr_ts])
+    torch._foreach_sub_(weights, steps)
+
+
+# ------------------------------------------------------------------------------------------ AdaBelief
+def _adabelief_grad(grad, weight, wd, rescale_grad, clip_gradient):
+    """``clip(rescale_grad*grad + wd*w)``: AdaBelief decays *before* clipping."""
+    g = rescale_clip(grad, rescale_grad, None)
+    if wd:
+        g.add_(weight * f32(wd))
+    if clip_gradient is not None:
+        g.clamp_(-f32(clip_gradient), f32(clip_gradient))
+    return g
+
+
+def adabelief_reference(weight, grad, state: AdamState, *, lr_t, wd, beta1, beta2, epsilon, rescale_grad,
+                        clip_gradient):
+    """One tensor, MXNet's fused kernel (``multi_adabelief_update`` with ``lr=1, eta=lr_t``):
+
+    ``g = clip(rg*grad + wd*w); m = b1*(m-g) + g; d = (m-g)^2; s = b2*(s-d) + d + eps;
+    w -= lr_t*m/(sqrt(s)+eps)``
+    """
+    g = _adabelief_grad(grad, weight, wd, rescale_grad, clip_gradient)
+    _kernel_ema_(state.mean, g, beta1)
+    belief = state.mean - g
+    belief.mul_(belief)
+    _kernel_ema_(state.var, belief, beta2)
+    state.var.add_(f32(epsilon))
+    weight.sub_((state.mean / state.var.sqrt().add_(f32(epsilon))).mul_(f32(lr_t)))
+
+
+def adabelief_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, rescale_grad,
+                      clip_gradient):
+    """All tensors at once; the same arithmetic as :func:`adabelief_reference`."""
+    gs = rescale_clip_foreach(grads, rescale_grad, None)
+    if any(wds):
+        torch._foreach_add_(gs, _scaled(weights, wds))
+    if clip_gradient is not None:
+        torch._foreach_clamp_min_(gs, -f32(clip_gradient))
+        torch._foreach_clamp_max_(gs, f32(clip_gradient))
+    means, variances = [s.mean for s in states], [s.var for s in states]
+    _kernel_ema_foreach_(means, gs, beta1)
+    beliefs = torch._foreach_sub(means, gs)
+    torch._foreach_mul_(beliefs, beliefs)
+    _kernel_ema_foreach_(variances, beliefs, beta2)
+    torch._foreach_add_(variances, f32(epsilon))
+    denoms = torch._foreach_sqrt(variances)
+    torch._foreach_add_(denoms, f32(epsilon))
+    steps = torch._foreach_div(means, denoms)
+    torch._foreach_mul_(steps, [f32(lr_t) for lr_t in lr_ts])
+    torch._foreach_sub_(weights, steps)
+
+
+class _CorrectedLRAdam(Optimizer):
+    """AdamW and AdaBelief: same arguments and state, the learning rate bias-corrected when ``correct_bias``."""
+
+    default_learning_rate = 0.001
+    _reference_kernel = staticmethod(adamw_reference)
+    _foreach_kernel = staticmethod(adamw_foreach)
+
+    def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-6, correct_bias=True, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0, high_open=True)
+        self.epsilon = check_real("epsilon", epsilon, 0.0)
+        self.correct_bias = check_bool("correct_bias", correct_bias)
+
+    def create_state(self, index, weight):
+        return AdamState(self._zeros(weight), self._zeros(weight))
+
+    def _lr_ts(self, lrs, ts) -> list[float]:
+        if not self.correct_bias:
+            return list(lrs)
+        return [bias_corrected_lr(lr, t, self.beta1, self.beta2) for lr, t in zip(lrs, ts)]
+
+    def _hyper(self):
+        return dict(beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, rescale_grad=self.rescale_grad,
+                    clip_gradient=self.clip_gradient)
+
+    def _reference_rule(self, weight, grad, state, lr, wd, t):
+        (lr_t,) = self._lr_ts([lr], [t])
+        self._reference_kernel(weight, grad, state, lr_t=lr_t, wd=wd, **self._hyper())
+
+    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+        self._foreach_kernel(weights, grads, states, lr_ts=self._lr_ts(lrs, ts), wds=wds, **self._hyper())
+
+
+@register
+class AdamW(_CorrectedLRAdam):
+    r"""Adam with decoupled weight decay (MXNet 2.0 ``adamw``), as MXNet's fused kernel computes it.
+
+    .. math::
+        g_t &= \mathrm{clip}(\mathrm{rescale\_grad}\cdot\nabla, \mathrm{clip\_gradient}) \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t \\
+        v_t &= \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+        \eta_t &= \eta\,\sqrt{1-\beta_2^t}\,/\,(1-\beta_1^t) \quad (\eta_t = \eta \text{ without correct\_bias}) \\
+        w_t &= w_{t-1} - \eta_t \left( m_t / (\sqrt{v_t} + \epsilon) + \mathrm{wd}\cdot w_{t-1} \right)
+
+    The decay uses the weight *before* this step and is scaled by the bias-corrected rate; both paths follow
+    MXNet's fused kernel (MXNet's own readable ``step`` decays the already-updated weight instead).
+    ``rescale_grad = 0`` is an ordinary zero gradient here (MXNet's kernel skips the whole update then).
+
+    Compatibility: ``torch.optim.AdamW`` decays with the *uncorrected* rate (``w *= 1 - lr*wd``) and divides
+    ``m_hat`` by ``sqrt(v_hat) + eps``; here epsilon is added to the uncorrected ``sqrt(v)`` and the decay is
+    multiplied by ``eta_t``, which early in training is up to ``sqrt(1-beta2)/(1-beta1)`` times ``lr``.
+    Loshchilov & Hutter's schedule multiplier ``eta`` is the learning rate (scheduler) here.
+
+    Args:
+        learning_rate: step size (default 0.001).
+        beta1, beta2: decay rates of the first and second moment, in [0, 1).
+        epsilon: added to ``sqrt(v)`` (default 1e-6).
+        correct_bias: fold Adam's bias correction into the learning rate (default True).
+
+    Example:
+        >>> opt = AdamW(learning_rate=0.001, wd=0.01, epsilon=1e-6)
+
+    References:
+        Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+
+
+@register
+class AdaBelief(_CorrectedLRAdam):
+    r"""AdaBelief (MXNet 2.0 ``adabelief``): Adam whose second moment is the variance of the gradient
+    around its moving average, as MXNet's fused kernel computes it.
+
+    .. math::
+        g_t &= \mathrm{clip}(\mathrm{rescale\_grad}\cdot\nabla + \mathrm{wd}\cdot w_{t-1}, \mathrm{clip\_gradient}) \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t \\
+        s_t &= \beta_2 s_{t-1} + (1-\beta_2) (g_t - m_t)^2 + \epsilon \\
+        \eta_t &= \eta\,\sqrt{1-\beta_2^t}\,/\,(1-\beta_1^t) \quad (\eta_t = \eta \text{ without correct\_bias}) \\
+        w_t &= w_{t-1} - \eta_t\, m_t / (\sqrt{s_t} + \epsilon)
+
+    Weight decay is L2 and is added *before* clipping (unlike Adam). Compatibility: the reference
+    implementation (``adabelief_pytorch``) bias-corrects ``s`` inside the square root and offers decoupled
+    decay and rectification; MXNet adds epsilon to the uncorrected ``sqrt(s)`` and folds the correction into
+    the learning rate. ``rescale_grad = 0`` is an ordinary zero gradient (MXNet's kernel skips the update).
+
+    Args:
+        learning_rate: step size (default 0.001).
+        beta1, beta2: decay rates of the first moment and of the belief ``s``, in [0, 1).
+        epsilon: added to ``s`` at every step and to ``sqrt(s)`` (default 1e-6).
+        correct_bias: fold the bias correction into the learning rate (default True).
+
+    Example:
+        >>> opt = AdaBelief(learning_rate=0.001, epsilon=1e-6)
+
+    References:
+        Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
+        NeurIPS 2020.
+    """
+
+    _reference_kernel = staticmethod(adabelief_reference)
+    _foreach_kernel = staticmethod(adabelief_foreach)
+
+
+# ------------------------------------------------------------------------------------------ Adamax
+def adamax_reference(weight, grad, state: AdamaxState, *, lr_t, wd, beta1, beta2, epsilon, rescale_grad,
+                     clip_gradient):
+    """One tensor, ``lr_t = lr/(1 - beta1^t)``:
+
+    ``g = clip(rg*grad) + wd*w; m = b1*m + (1-b1)*g; u = max(b2*u, |g|); w -= lr_t*m/(u + eps)``
+    """
+    g = _l2_grad(grad, weight, wd, rescale_grad, clip_gradient)
+    _ema_(state.mean, g, beta1)
+    torch.maximum(state.inf_norm.mul_(f32(beta2)), g.abs(), out=state.inf_norm)
+    weight.sub_((state.mean / (state.inf_norm + f32(epsilon))).mul_(f32(lr_t)))
+
+
+def adamax_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, rescale_grad, clip_gradient):
+    """All tensors at once; the same arithmetic as :func:`adamax_reference`."""
+    gs = _l2_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
+    means, norms = [s.mean for s in states], [s.inf_norm for s in states]
+    _ema_foreach_(means, gs, beta1)
+    torch._foreach_mul_(norms, f32(beta2))
+    torch._foreach_maximum_(norms, torch._foreach_abs(gs))
+    steps = torch._foreach_div(means, torch._foreach_add(norms, f32(epsilon)))
+    torch._foreach_mul_(steps, [f32(lr_t) for lr_t in lr_ts])
+    torch._foreach_sub_(weights, steps)
+
+
+@register
+class Adamax(Optimizer):
+    r"""AdaMax, Adam with the infinity norm (MXNet 2.0 ``adamax``).
+
+    .. math::
+        g_t &= \mathrm{clip}(\mathrm{rescale\_grad}\cdot\nabla, \mathrm{clip\_gradient}) + \mathrm{wd}\cdot w_{t-1} \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t \\
+        u_t &= \max(\beta_2 u_{t-1}, |g_t|) \\
+        w_t &= w_{t-1} - \frac{\eta}{1-\beta_1^t}\, m_t / (u_t + \epsilon)
+
+    MXNet 2.0 has no fused kernel for Adamax; its numerics are its Python ``step`` (1.9.1 had no epsilon,
+    so a coordinate whose gradient was always 0 became NaN). Compatibility: ``torch.optim.Adamax`` computes
+    ``max(beta2*u, |g| + eps)`` and divides by ``u``; here epsilon is added to ``u`` in the division only.
+
+    Args:
+        learning_rate: step size (default 0.002).
+        beta1: decay rate of the first moment, in [0, 1).
+        beta2: decay rate of the infinity norm, in [0, 1] (1: the running maximum of ``|g|``).
+        epsilon: added to ``u`` in the division (default 1e-8).
+
+    Example:
+        >>> opt = Adamax(learning_rate=0.002, beta1=0.9, beta2=0.999)
+
+    References:
+        Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, section 7.
+    """
+
+    default_learning_rate = 0.002
+
+    def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0)
+        self.epsilon = check_real("epsilon", epsilon, 0.0)
+
+    def create_state(self, index, weight):
+        return AdamaxState(self._zeros(weight), self._zeros(weight))
+
+    def _lr_ts(self, lrs, ts) -> list[float]:
+        return [lr / (1.0 - self.beta1**t) for lr, t in zip(lrs, ts)]
+
+    def _hyper(self):
+        return dict(beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, rescale_grad=self.rescale_grad,
+                    clip_gradient=self.clip_gradient)
+
+    def _reference_rule(self, weight, grad, state, lr, wd, t):
+        (lr_t,) = self._lr_ts([lr], [t])
+        adamax_reference(weight, grad, state, lr_t=lr_t, wd=wd, **self._hyper())
+
+    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+        adamax_foreach(weights, grads, states, lr_ts=self._lr_ts(lrs, ts), wds=wds, **self._hyper())
+
+
+# ------------------------------------------------------------------------------------------ Nadam
+class NadamScalars(NamedTuple):
+    """Per-update scalars of Nadam, computed in float64 by :meth:`Nadam._scalars`."""
+
+    mom_t: float  # mu_t = beta1 * (1 - 0.5 * 0.96^(t * schedule_decay))
+    mom_next: float  # mu_{t+1}
+    m_schedule: float  # product of the mu's so far (see Nadam's schedule_scope)
+    m_schedule_next: float  # m_schedule * mu_{t+1}
+    coef2: float  # 1 - beta2^t
+
+
+def nadam_momentum(t: int, beta1: float, schedule_decay: float) -> float:
+    """The warming momentum schedule ``beta1 * (1 - 0.5 * 0.96^(t * schedule_decay))`` (float64)."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (t * schedule_decay))
+
+
+def nadam_reference(weight, grad, state: AdamState, *, lr, wd, scalars: NadamScalars, beta1, beta2, epsilon,
+                    rescale_grad, clip_gradient):
+    """One tensor: ``g = clip(rg*grad) + wd*w; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2``;
+    ``m_bar = mu_{t+1}*m/(1-m_schedule_next) + (1-mu_t)*g/(1-m_schedule)``;
+    ``w -= lr*m_bar/(sqrt(v/(1-b2^t)) + eps)``."""
+    s = scalars
+    g = _l2_grad(grad, weight, wd, rescale_grad, clip_gradient)
+    _ema_(state.mean, g, beta1)
+    _ema_(state.var, g * g, beta2)
+    g_prime = g.div_(f32(1.0 - s.m_schedule))
+    m_bar = (state.mean / f32(1.0 - s.m_schedule_next)).mul_(f32(s.mom_next))
+    m_bar.add_(g_prime.mul_(f32(1.0 - s.mom_t)))
+    denom = (state.var / f32(s.coef2)).sqrt_().add_(f32(epsilon))
+    weight.sub_(m_bar.div_(denom).mul_(f32(lr)))
+
+
+def nadam_foreach(weights, grads, states, *, lrs, wds, scalars: list[NadamScalars], beta1, beta2, epsilon,
+                  rescale_grad, clip_gradient):
+    """All tensors at once; the same arithmetic as :func:`nadam_reference`."""
+    gs = _l2_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
+    means, variances = [s.mean for s in states], [s.var for s in states]
+    _ema_foreach_(means, gs, beta1)
+    _ema_foreach_(variances, torch._foreach_mul(gs, gs), beta2)
+    torch._foreach_div_(gs, [f32(1.0 - s.m_schedule) for s in scalars])
+    m_bars = torch._foreach_div(means, [f32(1.0 - s.m_schedule_next) for s in scalars])
+    torch._foreach_mul_(m_bars, [f32(s.mom_next) for s in scalars])
+    torch._foreach_mul_(gs, [f32(1.0 - s.mom_t) for s in scalars])
+    torch._foreach_add_(m_bars, gs)
+    denoms = torch._foreach_div(variances, [f32(s.coef2) for s in scalars])
+    torch._foreach_sqrt_(denoms)
+    torch._foreach_add_(denoms, f32(epsilon))
+    torch._foreach_div_(m_bars, denoms)
+    torch._foreach_mul_(m_bars, [f32(lr) for lr in lrs])
+    torch._foreach_sub_(weights, m_bars)
+
+
+@register
+class Nadam(Optimizer):
+    r"""Nesterov-accelerated Adam with Dozat's warming momentum schedule (MXNet 2.0 ``nadam``).
+
+    .. math::
+        g_t &= \mathrm{clip}(\mathrm{rescale\_grad}\cdot\nabla, \mathrm{clip\_gradient}) + \mathrm{wd}\cdot w_{t-1} \\
+        \mu_t &= \beta_1 (1 - \tfrac12\, 0.96^{t\cdot\mathrm{schedule\_decay}}), \qquad
+            M \leftarrow M \mu_t \ (\text{the "m\_schedule"}) \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+        \bar m_t &= \mu_{t+1}\, \frac{m_t}{1 - M\mu_{t+1}} + (1-\mu_t)\, \frac{g_t}{1 - M} \\
+        w_t &= w_{t-1} - \eta\, \bar m_t / \left(\sqrt{v_t / (1-\beta_2^t)} + \epsilon\right)
+
+    ``schedule_scope="optimizer"`` (default, MXNet's behaviour): ``M`` is ONE number on the optimizer,
+    multiplied by ``mu_t`` at every update of every parameter, in update order. With ``P`` parameters it
+    shrinks ``P`` times faster than the paper's, so early updates depend on the number of parameters (and on
+    the number of devices). ``M`` is saved with the optimizer (:meth:`extra_state`).
+    ``schedule_scope="parameter"``: ``M = prod_{s<=t} mu_s`` for each parameter's own count ``t``, as in the
+    paper and ``torch.optim.NAdam`` (a pure function of ``t``; nothing extra to save).
+
+    Compatibility: ``torch.optim.NAdam`` (``momentum_decay=0.004`` is ``schedule_decay``) applies weight
+    decay the same way and keeps a per-parameter product; it adds epsilon to ``sqrt(v_hat)`` as here.
+
+    Args:
+        learning_rate: step size (default 0.001).
+        beta1, beta2: decay rates of the first and second moment, in [0, 1).
+        epsilon: added to ``sqrt(v_hat)`` (default 1e-8).
+        schedule_decay: decay of the momentum schedule, >= 0 (default 0.004).
+        schedule_scope: ``"optimizer"`` (MXNet, one shared ``m_schedule``) or ``"parameter"``.
+
+    Example:
+        >>> opt = Nadam(learning_rate=0.001, schedule_decay=0.004)
+
+    References:
+        Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
+    """
+
+    default_learning_rate = 0.001
+    _CACHE_SIZE = 16
+
+    def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8, schedule_decay=0.004,
+                 schedule_scope="optimizer", **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0, high_open=True)
+        self.epsilon = check_real("epsilon", epsilon, 0.0)
+        self.schedule_decay = check_real("schedule_decay", schedule_decay, 0.0)
+        self.schedule_scope = check_choice("schedule_scope", schedule_scope, ("optimizer", "parameter"))
+        self.m_schedule = 1.0
+        self._products: dict[tuple, float] = {}
+
+    def create_state(self, index, weight):
+        return AdamState(self._zeros(weight), self._zeros(weight))
+
+    def extra_state(self) -> dict:
+        return {"m_schedule": self.m_schedule}
+
+    def load_extra_state(self, extra: dict) -> None:
+        if "m_schedule" in extra:
+            self.m_schedule = check_real("m_schedule", extra["m_schedule"], 0.0, 1.0)
+
+    def _momentum(self, t: int) -> float:
+        return nadam_momentum(t, self.beta1, self.schedule_decay)
+
+    def _product(self, t: int) -> float:
+        """``prod_{s=1..t} mu_s``, extended from the nearest cached count (one multiplication per new step)."""
+        key = (self.beta1, self.schedule_decay)
+        cache = self._products
+        if (*key, t) not in cache:
+            start = max((k[2] for k in cache if k[:2] == key and k[2] < t), default=0)
+            value = cache.get((*key, start), 1.0)
+            for s in range(start + 1, t + 1):
+                value *= self._momentum(s)
+                if value == 0.0:  # underflow: every later product is 0 too
+                    break
+            if len(cache) >= self._CACHE_SIZE:  # keep the latest counts of the current schedule
+                for stale in sorted(cache, key=lambda k: (k[:2] == key, k[2]))[: self._CACHE_SIZE // 2]:
+                    del cache[stale]
+            cache[(*key, t)] = value
+        return cache[(*key, t)]
+
+    def _scalars(self, ts) -> list[NadamScalars]:
+        """The per-update scalars, in update order; advances the optimizer-wide ``m_schedule`` once per update."""
+        out = []
+        for t in ts:
+            mom_t, mom_next = self._momentum(t), self._momentum(t + 1)
+            if self.schedule_scope == "optimizer":
+                self.m_schedule = self.m_schedule * mom_t
+                m_schedule = self.m_schedule
+            else:
+                m_schedule = self._product(t)
+            out.append(NadamScalars(mom_t, mom_next, m_schedule, m_schedule * mom_next, 1.0 - self.beta2**t))
+        return out
+
+    def _hyper(self):
+        return dict(beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, rescale_grad=self.rescale_grad,
+                    clip_gradient=self.clip_gradient)
+
+    def _reference_rule(self, weight, grad, state, lr, wd, t):
+        (scalars,) = self._scalars([t])
+        nadam_reference(weight, grad, state, lr=lr, wd=wd, scalars=scalars, **self._hyper())
+
+    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+        nadam_foreach(weights, grads, states, lrs=lrs, wds=wds, scalars=self._scalars(ts), **self._hyper())
