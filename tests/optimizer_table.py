@@ -61,8 +61,25 @@ class Row:
     skip_features: tuple[str, ...] = ()
     #: more parity cases: dicts with "suffix", "kwargs" and any tests/trajectory.make_case options
     extra_cases: list[dict] = field(default_factory=list)
-    #: constructs this optimizer can be compared on only after a transform; see tests/test_mxnet_parity.py
+    #: the rule only takes 2-D weights (GroupAdaGrad): generic tests reshape their tensors to 2-D
+    only_2d: bool = False
+    #: the rule has no weight decay (wd must be 0): generic tests use wd=0
+    supports_wd: bool = True
     notes: str = ""
+
+    def shape(self, shape: tuple) -> tuple:
+        """A test shape this optimizer accepts (2-D for ``only_2d`` rows)."""
+        if not self.only_2d or len(shape) == 2:
+            return tuple(shape)
+        if len(shape) == 1:
+            return (shape[0], 2)
+        rest = 1
+        for dim in shape[1:]:
+            rest *= dim
+        return (shape[0], rest)
+
+    def wd(self, value: float) -> float:
+        return value if self.supports_wd else 0.0
 
 
 def _neg(name):

@@ -11,7 +11,7 @@ import torch
 
 from optimizer_table import BASE_ERRORS, ROWS, Row
 from optzoo import optimizer as opt
-from trajectory import flatten_state, make_case, run_case
+from trajectory import SHAPES, flatten_state, make_case, run_case
 
 ROW_IDS = [row.name for row in ROWS]
 CONFIG_CASES = [(row, i, cfg) for row in ROWS for i, cfg in enumerate(row.configs)]
@@ -51,7 +51,7 @@ def test_reference_and_fast_paths_agree(row: Row, i, cfg):
     arrays: dict = {}
     case = make_case(f"p{i}", row.name, cfg, steps=40, seed=i, arrays=arrays, set_lr=None if "lr_scheduler" in cfg
                      else {20: 0.5 * (cfg.get("learning_rate") or opt.create(row.name).learning_rate)},
-                     record=(5, 20))
+                     record=(5, 20), shapes=[row.shape(s) for s in SHAPES])
     ref = run_case(case, arrays, impl="reference")
     fast = run_case(case, arrays, impl="auto")
     _assert_close(ref, fast, row.impl_tol.rtol, row.impl_tol.atol, "reference vs fast")
@@ -62,7 +62,7 @@ def test_large_learning_rate_paths_agree(row: Row):
     base = opt.create(row.name, **row.feature_kwargs).learning_rate
     arrays: dict = {}
     case = make_case("big", row.name, {**row.feature_kwargs, "learning_rate": 10 * base}, steps=20, seed=3,
-                     arrays=arrays)
+                     arrays=arrays, shapes=[row.shape(s) for s in SHAPES])
     ref = run_case(case, arrays, impl="reference")
     fast = run_case(case, arrays, impl="auto")
     _assert_close(ref, fast, row.impl_tol.rtol * 10, row.impl_tol.atol * 10, "large lr")
@@ -84,8 +84,8 @@ def test_state_round_trip_continues_identically(row: Row, dtype):
     if dtype == torch.float16 and not row.multi_precision:
         pytest.skip("no multi-precision for this optimizer")
     torch.manual_seed(0)
-    shapes = [(4, 3), (5,)]
-    kwargs = {**row.feature_kwargs, "wd": 0.01, "multi_precision": dtype == torch.float16}
+    shapes = [row.shape((4, 3)), row.shape((5,))]
+    kwargs = {**row.feature_kwargs, "wd": row.wd(0.01), "multi_precision": dtype == torch.float16}
     weights = [torch.randn(s).to(dtype) for s in shapes]
     grads = [[torch.randn(s).to(dtype) for s in shapes] for _ in range(12)]
     first = opt.get_updater(opt.create(row.name, **kwargs))
@@ -123,7 +123,7 @@ def test_state_blob_is_not_pickle_and_rejects_garbage():
 @pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
 @pytest.mark.parametrize("impl", ["reference", "auto"])
 def test_gradient_is_never_modified(row: Row, impl):
-    kwargs = {**row.feature_kwargs, "wd": 0.1, "rescale_grad": 0.5, "clip_gradient": 0.3, "impl": impl}
+    kwargs = {**row.feature_kwargs, "wd": row.wd(0.1), "rescale_grad": 0.5, "clip_gradient": 0.3, "impl": impl}
     optimizer = opt.create(row.name, **kwargs)
     w = torch.randn(6, 3)
     g = torch.randn(6, 3)
@@ -153,8 +153,9 @@ def test_mismatched_inputs_raise_before_writing(row: Row):
     ]
     for grad, exc, match in bad:
         with pytest.raises(exc, match=match):
-            optimizer.update([0, 1], [torch.randn(2), w], [torch.randn(2), grad],
-                             [optimizer.create_state(1, torch.randn(2)), state])
+            other = torch.randn(row.shape((2,)))
+            optimizer.update([0, 1], [other, w], [torch.randn(other.shape), grad],
+                             [optimizer.create_state(1, other), state])
         assert torch.equal(w, before[0])
         assert all(torch.equal(a, b) for a, b in zip(flatten_state(state), before[1]))
     with pytest.raises(ValueError, match="as many"):
@@ -167,8 +168,9 @@ def test_mismatched_inputs_raise_before_writing(row: Row):
 def test_multi_precision_follows_float32(row: Row, dtype):
     """A low-precision weight with a float32 master copy tracks a float32 run to the weight's precision."""
     arrays: dict = {}
-    kwargs = {**row.feature_kwargs, "wd": 0.01}
-    case32 = make_case("f32", row.name, kwargs, steps=50, seed=5, arrays=arrays, shapes=[(8, 5), (6,)])
+    kwargs = {**row.feature_kwargs, "wd": row.wd(0.01)}
+    case32 = make_case("f32", row.name, kwargs, steps=50, seed=5, arrays=arrays,
+                       shapes=[row.shape((8, 5)), row.shape((6,))])
     ref = run_case(case32, arrays)
     optimizer = opt.create(row.name, **kwargs, multi_precision=True)
     updater = opt.get_updater(optimizer)
@@ -192,8 +194,8 @@ def test_low_precision_without_master_copy_warns_once(row: Row):
     optimizer = opt.create(row.name, **row.feature_kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer.create_state_multi_precision(0, torch.zeros(3, dtype=torch.float16))
-        optimizer.create_state_multi_precision(1, torch.zeros(3, dtype=torch.float16))
+        optimizer.create_state_multi_precision(0, torch.zeros(row.shape((3,)), dtype=torch.float16))
+        optimizer.create_state_multi_precision(1, torch.zeros(row.shape((3,)), dtype=torch.float16))
     assert sum("multi_precision" in str(w.message) for w in caught) == 1
 
 
@@ -206,7 +208,7 @@ def _sparse_grad(rows, values, shape, coalesce=True):
 @pytest.mark.parametrize("row", [r for r in ROWS if r.sparse == "lazy"], ids=lambda r: r.name)
 def test_lazy_update_touches_only_present_rows(row: Row):
     torch.manual_seed(1)
-    optimizer = opt.create(row.name, **row.feature_kwargs, wd=0.1, lazy_update=True)
+    optimizer = opt.create(row.name, **row.feature_kwargs, wd=row.wd(0.1), lazy_update=True)
     w = torch.randn(6, 3)
     state = optimizer.create_state(0, w)
     # warm the states so untouched rows have something that a dense update would change
@@ -225,7 +227,7 @@ def test_lazy_update_touches_only_present_rows(row: Row):
 def test_duplicate_and_uncoalesced_indices_are_summed(row: Row, lazy):
     if lazy and row.sparse != "lazy":
         pytest.skip("no lazy update")
-    kwargs = {**row.feature_kwargs, "wd": 0.05}
+    kwargs = {**row.feature_kwargs, "wd": row.wd(0.05)}
     if row.sparse == "lazy":
         kwargs["lazy_update"] = lazy
     values = torch.randn(4, 3)
@@ -262,9 +264,10 @@ def test_torch_optimizer_matches_updater(row: Row):
     import optzoo
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    bias = not row.only_2d
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8, bias=bias), torch.nn.Tanh(), torch.nn.Linear(8, 2, bias=bias))
     clone = copy.deepcopy(model)
-    kwargs = {**row.feature_kwargs, "wd": 0.01}
+    kwargs = {**row.feature_kwargs, "wd": row.wd(0.01)}
     torch_opt = optzoo.TorchOptimizer(model.parameters(), row.name, **kwargs)
     assert isinstance(torch_opt, torch.optim.Optimizer)
     updater = opt.get_updater(opt.create(row.name, **kwargs))
@@ -285,7 +288,7 @@ def test_torch_optimizer_state_dict_resumes_exactly(row: Row, tmp_path):
     import optzoo
 
     torch.manual_seed(0)
-    model = torch.nn.Linear(5, 3)
+    model = torch.nn.Linear(5, 3, bias=not row.only_2d)
     kwargs = {**row.feature_kwargs}
     first = optzoo.TorchOptimizer(model.parameters(), row.name, **kwargs)
     x = torch.randn(8, 5)
@@ -300,7 +303,7 @@ def test_torch_optimizer_state_dict_resumes_exactly(row: Row, tmp_path):
     path = tmp_path / "opt.pt"
     torch.save({"model": model.state_dict(), "opt": first.state_dict()}, path)
     loaded = torch.load(path, weights_only=True)
-    model2 = torch.nn.Linear(5, 3)
+    model2 = torch.nn.Linear(5, 3, bias=not row.only_2d)
     model2.load_state_dict(loaded["model"])
     second = optzoo.TorchOptimizer(model2.parameters(), row.name, **kwargs)
     second.load_state_dict(loaded["opt"])
