@@ -1,0 +1,465 @@
+"""The ``optzoo`` command line, driven as a user drives it: ``python -m optzoo ...`` in a subprocess, real files
+in a temporary folder, checked by reading them back (PNG/GIF headers and frames with PIL, the HTML report as
+XML and, where Debian's chromium is installed, in a headless browser).
+
+Runs are kept tiny (one epoch, one seed, two optimizers, the MLP) so the module takes well under a minute.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from optzoo.cli import main
+from optzoo.cli.common import CLIError, OptimizerSpec, parse_optimizer_specs, parse_value
+from optzoo.optimizer import Optimizer
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("rich")
+pytest.importorskip("sklearn")
+PIL_Image = pytest.importorskip("PIL.Image")
+
+TINY = ["--model", "mlp", "--epochs", "1", "--seeds", "1", "--no-progress"]
+TWO = ["--optimizers", "sgd:momentum=0.9", "adam:learning_rate=0.01"]
+
+
+def optzoo(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "optzoo", *args], cwd=cwd, check=False, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def python_c(code: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, check=False, capture_output=True, text=True, timeout=timeout)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the PNG signature and IHDR chunk (and PIL must decode the whole image)."""
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert raw[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", raw[16:24])
+    with PIL_Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG" and image.size == (width, height)
+    return width, height
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess | tuple, status: int | None = 2) -> str:
+    rc, stderr = (result.returncode, result.stderr) if hasattr(result, "returncode") else result
+    assert rc != 0
+    if status is not None:
+        assert rc == status, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
+    assert "error" in lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- in-process units
+@pytest.fixture
+def one_thread():
+    """Training in this process with one torch thread, as the command does (and restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_optimizer_spec_parsing():
+    specs = parse_optimizer_specs(["adam:learning_rate=0.01,beta1=0.8,lazy_update=true", "SGD", "nag,sgd:momentum=.9"])
+    assert [(s.name, s.params) for s in specs] == [
+        ("adam", {"learning_rate": 0.01, "beta1": 0.8, "lazy_update": True}), ("sgd", {}), ("nag", {}),
+        ("sgd", {"momentum": 0.9})]
+    assert parse_value("3") == 3 and isinstance(parse_value("3"), int)
+    assert parse_value("none") is None and parse_value("1e-3") == 1e-3 and math.isnan(parse_value("nan"))
+    for bad, words in [(["nosuch"], "unknown optimizer"), (["learning_rate=0.1"], "no optimizer before"),
+                       (["adam:beta1"], "expected key=value"), (["adam:beta1=0.1,beta1=0.2"], "twice"),
+                       (["sgdd"], "did you mean 'sgd'"), ([","], "no optimizer given")]:
+        with pytest.raises(CLIError, match=words):
+            parse_optimizer_specs(bad)
+
+
+def test_training_is_deterministic_given_the_seed(one_thread):
+    from optzoo.cli.training import RunConfig, load_digits, train_run
+
+    data = load_digits()
+    config = RunConfig("mlp", "adam", (("learning_rate", 0.01),), "adam", 3, 1, 32, 15)
+    a, b = train_run(config, data), train_run(config, data)
+    assert a["curves"] == b["curves"] and a["final"] == b["final"]
+    other = train_run(RunConfig(**{**config.__dict__, "seed": 4}), data)
+    assert other["curves"]["val_loss"] != a["curves"]["val_loss"]
+    assert a["status"] == "ok" and a["final"]["val_accuracy"] > 0.5  # it learns something in one epoch
+
+
+def test_diverging_runs_are_marked_and_ranked_last(one_thread):
+    from optzoo.cli.report import aggregate
+    from optzoo.cli.training import RunConfig, load_digits, train_run
+
+    data = load_digits()
+    blown = train_run(RunConfig("mlp", "sgd", (("learning_rate", 1e30), ("momentum", 0.9)), "sgd", 0, 1, 32, 15), data)
+    assert blown["status"] == "diverged" and blown["steps"] < 45 and blown["final"]["val_loss"] is None
+    fine = [train_run(RunConfig("mlp", "adam", (("learning_rate", 0.01),), "adam", seed, 1, 32, 15), data)
+            for seed in (0, 1, 2)]
+    ranking = aggregate([blown, *fine], target=0.5)["mlp"]
+    assert [g["label"] for g in ranking] == ["adam", "sgd"] and ranking[1]["diverged"] == 1
+    accs = [r["final"]["val_accuracy"] for r in fine]
+    adam = ranking[0]
+    assert adam["runs"] == 3 and adam["val_accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    assert adam["val_accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    hits = adam["steps_to_target"]
+    assert hits["reached"] == 3 and hits["median"] == np.median(hits["per_seed"]) and hits["median"] % 15 == 0
+
+
+def test_unregistered_guide_optimizers_are_skipped_with_a_note(monkeypatch):
+    from optzoo.cli.common import GUIDE_OPTIMIZERS, guide_specs
+
+    registry = dict(Optimizer.opt_registry)
+    for name in ("sgld", "ftml", "nosuch-guide-entry"):
+        registry.pop(name, None)
+    monkeypatch.setattr(Optimizer, "opt_registry", registry)
+    specs, notes = guide_specs()
+    names = [s.name for s in specs]
+    assert "sgld" not in names and "ftml" not in names
+    assert names == [n for n, _ in GUIDE_OPTIMIZERS if n in registry]
+    assert "skipped sgld: not registered in this optzoo build" in notes
+    assert notes == [f"skipped {n}: not registered in this optzoo build" for n, _ in GUIDE_OPTIMIZERS
+                     if n not in registry]
+    sgd = next(s for s in specs if s.name == "sgd")
+    assert sgd.params == {"learning_rate": 0.1, "momentum": 0.8}
+
+
+def test_trajectory_gradients_and_updates_are_exact():
+    from optzoo.cli.trajectories import FUNCTIONS, optimize_path
+
+    for fn in FUNCTIONS.values():  # analytic gradients against autograd
+        for x, y in [fn.start, (0.3, -0.7), (1.2, 0.4)]:
+            p = torch.tensor([x, y], dtype=torch.float64, requires_grad=True)
+            (g,) = torch.autograd.grad(fn.f(p[0], p[1]), p)
+            np.testing.assert_allclose(fn.grad(x, y), g.numpy(), rtol=1e-12, atol=1e-12)
+    fn = FUNCTIONS["saddle"]  # plain gradient descent, by hand in float32
+    result = optimize_path(OptimizerSpec("sgd", {"learning_rate": 0.1}), fn, steps=5)
+    w = np.array(fn.start, dtype=np.float32)
+    for step in range(1, 6):
+        g = np.array(fn.grad(*map(float, w)), dtype=np.float32)
+        w = w - np.float32(0.1) * g
+        np.testing.assert_allclose(result["path"][step], w, rtol=1e-6)
+    assert result["status"] == "ok" and len(result["f"]) == 6
+
+
+@pytest.mark.parametrize("argv,status,words", [
+    (["compare", "--optimizers", "nosuch"], 2, "unknown optimizer 'nosuch'"),
+    (["compare", "--optimizers", "adam:beta1=1.5"], 2, "beta1"),
+    (["compare", "--optimizers", "adam:lr=0.1"], 2, "unexpected keyword argument 'lr'"),
+    (["compare", "--optimizers", "sgd:momentum=fast"], 2, "momentum"),
+    (["compare", "--optimizers", "sgd:momentum=nan"], 2, "momentum"),
+    (["compare", "--lr", "-0.1"], 2, "must be a finite number > 0"),
+    (["compare", "--lr", "0.1,abc"], 2, "not a number"),
+    (["compare", "--lr", "inf"], 2, "--lr"),
+    (["compare", "--epochs", "0"], 2, "--epochs"),
+    (["compare", "--seeds", "two"], 2, "--seeds"),
+    (["compare", "--model", "rnn"], 2, "--model"),
+    (["compare", "--target-accuracy", "1.5"], 2, "--target-accuracy"),
+    (["trajectories", "--functions", "himmelblau"], 2, "unknown function 'himmelblau'"),
+    (["trajectories", "--steps", "-3"], 2, "--steps"),
+    (["trajectories", "--optimizers", "adam:epsilon=-1"], 2, "epsilon"),
+    (["frobnicate"], 2, "invalid choice"),
+    ([], 2, None),
+])
+def test_bad_arguments_give_one_line_and_status(argv, status, words, capsys):
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if words is not None:
+        assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+# ---------------------------------------------------------------------------------------------- help and list
+def test_help_everywhere(tmp_path, capsys):
+    result = optzoo("--help", cwd=tmp_path)
+    assert result.returncode == 0 and "usage: optzoo" in result.stdout, result.stderr
+    helps = {}
+    for command in ("list", "compare", "trajectories"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        helps[command] = capsys.readouterr().out
+        assert f"usage: optzoo {command}" in helps[command]
+    assert main(["bench", "--help"]) == 0 or "not installed" in capsys.readouterr().err
+    compare_help = helps["compare"]
+    for option in ("--optimizers", "--epochs", "--seeds", "--lr", "--out", "--target-accuracy", "--model"):
+        assert option in compare_help
+
+
+def test_console_script_is_installed(tmp_path):
+    script = Path(sys.executable).with_name("optzoo")
+    if not script.exists():
+        pytest.skip("the optzoo console script is not installed in this environment (pip install -e .)")
+    result = subprocess.run([str(script), "--version"], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("optzoo ")
+
+
+def test_list_shows_every_registered_optimizer(tmp_path, capsys):
+    registry = Optimizer.opt_registry
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    for name, klass in registry.items():
+        summary = inspect.getdoc(klass).strip().splitlines()[0]
+        assert any(line.startswith(f"{name} ") and summary in line for line in lines), name
+    assert "clip_gradient=None" in text and "rescale_grad=1" in text
+
+    result = optzoo("list", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    rows = {row["name"]: row for row in info["optimizers"]}
+    assert set(rows) == set(registry)
+    assert rows["sgd"]["hyperparameters"]["momentum"] == 0.0
+    assert rows["adam"]["hyperparameters"]["beta1"] == 0.9 and rows["adam"]["hyperparameters"]["epsilon"] == 1e-8
+    for name, row in rows.items():  # defaults come from the real signatures
+        klass = registry[name]
+        assert row["hyperparameters"]["learning_rate"] == klass.default_learning_rate
+        for arg, param in inspect.signature(klass.__init__).parameters.items():
+            if arg not in ("self", "kwargs", "learning_rate") and param.default is not inspect.Parameter.empty:
+                expected = "inf" if param.default == math.inf else param.default
+                assert row["hyperparameters"][arg] == expected, (name, arg)
+    assert info["common"]["wd"] == 0.0 and info["common"]["clip_gradient"] is None
+
+
+# ---------------------------------------------------------------------------------------------- compare
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One tiny comparison shared by the tests that read its outputs."""
+    work = tmp_path_factory.mktemp("compare")
+    result = optzoo("compare", *TINY, *TWO, "--out", "out", cwd=work)
+    assert result.returncode == 0, result.stderr
+    return work / "out", result
+
+
+def test_compare_prints_a_ranked_table(compared):
+    _, result = compared
+    table = [line for line in result.stdout.splitlines() if "sgd" in line or "adam" in line]
+    ranked = [line for line in table if line.strip("│ ").split()[0] in ("1", "2")]
+    assert len(ranked) == 2, result.stdout
+    assert "steps to target" in result.stdout and "val acc" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_compare_writes_runs_curves_and_results(compared):
+    out, _ = compared
+    runs = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert runs == ["mlp__adam__seed0.json", "mlp__sgd__seed0.json"]
+    for name in runs:
+        record = json.loads((out / "runs" / name).read_text())
+        assert record["status"] == "ok" and record["steps"] == 45
+        assert record["curves"]["step"][0] == 0 and record["curves"]["step"][-1] == 45
+        assert 0.0 <= record["final"]["val_accuracy"] <= 1.0
+    record = json.loads((out / "runs" / "mlp__adam__seed0.json").read_text())
+    assert record["config"]["params"] == {"learning_rate": 0.01}
+    assert png_size(out / "curves_mlp.png") == (1200, 900)
+    results = json.loads((out / "results.json").read_text())
+    assert results["interrupted"] is False and sorted(results["runs"]) == [f"runs/{r}" for r in runs]
+    assert [g["label"] for g in results["ranking"]["mlp"]] and {g["label"] for g in results["ranking"]["mlp"]} == {
+        "sgd", "adam"}
+    assert (out / "ranking.csv").read_text().count("\n") == 3
+
+
+def test_compare_report_is_self_contained_html(compared):
+    out, _ = compared
+    text = (out / "report.html").read_text()
+    assert "http://" not in text and "https://" not in text and "src=\"data:image/png;base64," in text
+    root = ET.fromstring(text.split("\n", 1)[1])  # well-formed (after the doctype line)
+    assert root.tag == "html"
+    images = root.findall(".//img")
+    assert len(images) == 1 and all(img.get("src").startswith("data:image/png;base64,") for img in images)
+    cells = {"".join(td.itertext()) for td in root.iter("td")}
+    assert {"sgd", "adam"} <= cells
+    assert "sgd(momentum=0.9)" in cells and "adam(learning_rate=0.01)" in cells
+
+
+def test_compare_is_deterministic_and_resumable(compared, tmp_path):
+    out, _ = compared
+    again = optzoo("compare", *TINY, *TWO, "--out", "again", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    for name in ("mlp__adam__seed0.json", "mlp__sgd__seed0.json"):
+        a = json.loads((out / "runs" / name).read_text())
+        b = json.loads((tmp_path / "again" / "runs" / name).read_text())
+        assert a["curves"] == b["curves"] and a["final"] == b["final"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "again" / "runs").glob("*.json")}
+    resumed = optzoo("compare", *TINY, *TWO, "--out", "again", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0 and resumed.stderr.count("(reused)") == 2, resumed.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "again" / "runs").glob("*.json")} == before
+
+
+def test_compare_lr_sweep(tmp_path):
+    result = optzoo("compare", *TINY, "--optimizers", "sgd", "--lr", "0.1,0.02", "--out", "sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "sgd lr=0.1 " in result.stdout and "sgd lr=0.02 " in result.stdout
+    assert png_size(tmp_path / "sweep" / "lr_sweep_mlp.png") == (800, 500)
+    lrs = sorted(json.loads(p.read_text())["config"]["params"]["learning_rate"]
+                 for p in (tmp_path / "sweep" / "runs").glob("*.json"))
+    assert lrs == [0.02, 0.1]
+
+
+def test_compare_errors_from_the_command_line(tmp_path):
+    assert "unknown optimizer 'adamm'; did you mean 'adam'?" in assert_one_line_error(
+        optzoo("compare", "--optimizers", "adamm", cwd=tmp_path))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    line = assert_one_line_error(optzoo("compare", *TINY, "--optimizers", "sgd", "--out", str(blocker / "out"),
+                                        cwd=tmp_path))
+    assert "not a writable folder" in line
+
+
+def test_unwritable_output_folder_in_process(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for command in ("compare", "trajectories"):
+        assert main([command, "--optimizers", "sgd", "--out", str(blocker / "sub")]) == 2
+        assert "not a writable folder" in assert_one_line_error((2, capsys.readouterr().err))
+
+
+@pytest.mark.parametrize("module,command", [("matplotlib", "compare"), ("rich", "compare"),
+                                            ("sklearn", "compare"), ("matplotlib", "trajectories")])
+def test_missing_extra_is_named(module, command, tmp_path, monkeypatch, capsys):
+    for name in list(sys.modules):
+        if name == module or name.startswith(module + "."):
+            monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, module, None)
+    argv = [command, "--optimizers", "sgd", "--out", str(tmp_path / "out")]
+    assert main(argv + (["--model", "mlp", "--epochs", "1", "--seeds", "1"] if command == "compare" else
+                        ["--steps", "2", "--functions", "saddle"])) == 1
+    line = assert_one_line_error((1, capsys.readouterr().err), status=1)
+    assert "pip install 'optzoo[cli]'" in line and {"sklearn": "scikit-learn"}.get(module, module) in line
+
+
+def test_sigint_keeps_completed_runs(tmp_path):
+    out = tmp_path / "out"
+    # the CNN is slow enough (about 0.2-2 s a run) that the interrupt lands while runs remain
+    proc = subprocess.Popen([sys.executable, "-m", "optzoo", "compare", "--model", "cnn", "--epochs", "2",
+                             "--seeds", "4", "--no-progress", "--optimizers", "sgd", "adam", "--out", str(out)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list((out / "runs").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the comparison ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted" in stderr.strip().splitlines()[-1]
+    files = sorted((out / "runs").glob("*.json"))
+    assert 1 <= len(files) < 8
+    for path in files:
+        assert json.loads(path.read_text())["status"] == "ok"
+    assert not list((out / "runs").glob(".*"))  # no temporary file left behind
+    results = json.loads((out / "results.json").read_text())
+    assert results["interrupted"] is True and results["planned_runs"] == 8
+    assert sorted(results["runs"]) == sorted(f"runs/{p.name}" for p in files)
+    report = (out / "report.html").read_text()
+    assert f"Interrupted: {len(files)} of 8 runs completed" in report
+    ET.fromstring(report.split("\n", 1)[1])
+
+
+# ---------------------------------------------------------------------------------------------- trajectories
+def test_trajectories_png_and_gif(tmp_path):
+    from optzoo.cli.trajectories import GIF_DPI, GIF_SIZE, LR_GRID
+    from optzoo.cli.trajectories import png_size as expected_png
+
+    result = optzoo("trajectories", "--functions", "rosenbrock,saddle", "--optimizers", "sgd",
+                    "adam:learning_rate=0.05", "--steps", "40", "--out", "traj", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "traj"
+    gif_size = (round(GIF_SIZE[0] * GIF_DPI), round(GIF_SIZE[1] * GIF_DPI))
+    for name in ("rosenbrock", "saddle"):
+        assert png_size(out / f"{name}.png") == expected_png(2)
+        with PIL_Image.open(out / f"{name}.gif") as gif:
+            assert gif.format == "GIF" and gif.size == gif_size
+            assert getattr(gif, "n_frames", 1) >= 10
+            gif.seek(gif.n_frames - 1)  # every frame decodes
+        assert name in result.stdout
+    assert not (out / "beale.png").exists()
+    info = json.loads((out / "trajectories.json").read_text())
+    sgd, adam = info["functions"]["saddle"]["optimizers"]
+    assert sgd["tuned"] is True and sgd["learning_rate"] in LR_GRID
+    assert adam["tuned"] is False and adam["learning_rate"] == 0.05
+    assert len(sgd["path"]) == 41 and sgd["status"] == "ok"
+    assert sgd["f"][-1] < sgd["f"][0]  # it went downhill
+
+
+# ---------------------------------------------------------------------------------------------- bench
+def test_bench_without_the_benchmark_says_so(tmp_path):
+    code = ("import sys; sys.modules['optzoo.bench'] = None; from optzoo.cli import main; "
+            "sys.exit(main(['bench', '--quick']))")
+    line = assert_one_line_error(python_c(code, tmp_path), status=1)
+    assert "benchmark is not installed" in line
+
+
+def test_bench_forwards_to_the_benchmark(monkeypatch, capsys):
+    module = types.ModuleType("optzoo.bench")
+    module.main = lambda argv: print("bench got", argv) or 3
+    monkeypatch.setitem(sys.modules, "optzoo.bench", module)
+    assert main(["bench", "--optimizers", "adam", "-n", "5"]) == 3
+    assert "bench got ['--optimizers', 'adam', '-n', '5']" in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "optzoo.bench", types.ModuleType("optzoo.bench"))  # no main()
+    assert main(["bench"]) == 1
+    assert "no main(argv)" in assert_one_line_error((1, capsys.readouterr().err), status=1)
+
+
+# ---------------------------------------------------------------------------------------------- browser
+_PROBE = """<script>
+window.__errors = [];
+window.__failed = [];
+window.addEventListener("error", function (e) {
+  if (e instanceof ErrorEvent) { window.__errors.push(String(e.message)); }
+  else if (e.target && e.target.tagName) { window.__failed.push(e.target.id || e.target.src || e.target.href); }
+}, true);
+window.addEventListener("load", function () {
+  var imgs = Array.from(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  var out = {images: imgs.length, broken: broken.map(function (i) { return i.id || i.alt; }),
+             sizes: imgs.map(function (i) { return [i.naturalWidth, i.naturalHeight]; }),
+             resources: performance.getEntriesByType("resource").map(function (e) { return e.name; }),
+             tables: document.querySelectorAll("table").length, errors: window.__errors, failed: window.__failed};
+  var pre = document.createElement("pre"); pre.id = "optzoo-check"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def test_report_renders_in_headless_chromium(request, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    out, _ = request.getfixturevalue("compared")
+    page = (out / "report.html").read_text()
+    # a copy with a probe script, and one image that must fail to decode (so the probe is shown to detect it)
+    control = '<img id="control" alt="control" src="data:image/png;base64,AAAA"/>'
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</head>", _PROBE + "</head>").replace("</body>", control + "</body>"))
+    result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                             "--dump-dom", probed.as_uri()], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    start = dom.index('<pre id="optzoo-check">') + len('<pre id="optzoo-check">')
+    check = json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"').replace("&amp;", "&"))
+    assert check["broken"] == ["control"], check
+    assert check["images"] == 2 and check["sizes"][0] == [1200, 900]
+    assert check["failed"] == ["control"] and check["resources"] == [] and check["errors"] == []
+    assert check["tables"] >= 4
+    assert "optzoo compare: which optimizer should I use?" in dom
