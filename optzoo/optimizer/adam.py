@@ -16,13 +16,13 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, f32, one_minus, register, state_class, rescale_clip, rescale_clip_foreach
+from .base import Optimizer, f32, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
 from .validation import check_bool, check_choice, check_real
 
-__all__ = ["Adam", "AdamW", "Adamax", "Nadam", "AdaBelief", "AdamState", "AdamaxState", "NadamScalars",
-           "adam_reference", "adam_foreach", "adamw_reference", "adamw_foreach", "adamax_reference",
-           "adamax_foreach", "nadam_reference", "nadam_foreach", "adabelief_reference", "adabelief_foreach",
-           "bias_corrected_lr", "nadam_momentum"]
+__all__ = ["AdaBelief", "Adam", "AdamState", "AdamW", "Adamax", "AdamaxState", "Nadam", "NadamScalars",
+           "adabelief_foreach", "adabelief_reference", "adam_foreach", "adam_reference", "adamax_foreach",
+           "adamax_reference", "adamw_foreach", "adamw_reference", "bias_corrected_lr", "nadam_foreach",
+           "nadam_momentum", "nadam_reference"]
 
 
 @state_class
@@ -132,15 +132,23 @@ def _ema_foreach_(bufs, xs, beta: float) -> None:
     torch._foreach_add_(bufs, torch._foreach_mul(xs, f32(1.0 - beta)))
 
 
-def _kernel_ema_(buf, x, beta: float) -> None:
-    """``buf = beta*(buf - x) + x``: the moving average as MXNet's aggregated AdamW/AdaBelief kernels write it."""
-    buf.sub_(x).mul_(f32(beta)).add_(x)
+def _kernel_ema_(buf, x, beta: float, aggregated: bool) -> None:
+    """The moving average as MXNet's AdamW/AdaBelief kernels write it: ``beta*(buf - x) + x`` in the
+    aggregated (multi-tensor) kernel, ``beta*buf + (1-beta)*x`` (float32 ``1-beta``) in the single one."""
+    if aggregated:
+        buf.sub_(x).mul_(f32(beta)).add_(x)
+    else:
+        buf.mul_(f32(beta)).add_(x * one_minus(beta))
 
 
-def _kernel_ema_foreach_(bufs, xs, beta: float) -> None:
-    torch._foreach_sub_(bufs, xs)
-    torch._foreach_mul_(bufs, f32(beta))
-    torch._foreach_add_(bufs, xs)
+def _kernel_ema_foreach_(bufs, xs, beta: float, aggregated: bool) -> None:
+    if aggregated:
+        torch._foreach_sub_(bufs, xs)
+        torch._foreach_mul_(bufs, f32(beta))
+        torch._foreach_add_(bufs, xs)
+    else:
+        torch._foreach_mul_(bufs, f32(beta))
+        torch._foreach_add_(bufs, torch._foreach_mul(xs, one_minus(beta)))
 
 
 def _l2_grad(grad, weight, wd, rescale_grad, clip_gradient):
@@ -165,27 +173,30 @@ def _scaled(xs, scalars):
 
 # ------------------------------------------------------------------------------------------ AdamW
 def adamw_reference(weight, grad, state: AdamState, *, lr_t, wd, beta1, beta2, epsilon, rescale_grad,
-                    clip_gradient):
+                    clip_gradient, aggregated=True):
     """One tensor, MXNet's fused kernel (``multi_adamw_update`` with ``lr=1, eta=lr_t``):
 
     ``g = clip(rg*grad); m = b1*(m-g) + g; v = b2*(v-g^2) + g^2; w -= lr_t*(m/(sqrt(v)+eps) + wd*w)``
+
+    ``aggregated=False``: the moving averages rounded as the single-tensor ``adamw_update`` kernel does.
     """
     g = rescale_clip(grad, rescale_grad, clip_gradient)
     g2 = g * g
-    _kernel_ema_(state.mean, g, beta1)
-    _kernel_ema_(state.var, g2, beta2)
+    _kernel_ema_(state.mean, g, beta1, aggregated)
+    _kernel_ema_(state.var, g2, beta2, aggregated)
     step = state.mean / state.var.sqrt().add_(f32(epsilon))
     if wd:
         step.add_(weight * f32(wd))  # decoupled decay of the weight before this update
     weight.sub_(step.mul_(f32(lr_t)))
 
 
-def adamw_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, rescale_grad, clip_gradient):
+def adamw_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, rescale_grad, clip_gradient,
+                  aggregated=True):
     """All tensors at once; the same arithmetic as :func:`adamw_reference`."""
     gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
     means, variances = [s.mean for s in states], [s.var for s in states]
-    _kernel_ema_foreach_(means, gs, beta1)
-    _kernel_ema_foreach_(variances, torch._foreach_mul(gs, gs), beta2)
+    _kernel_ema_foreach_(means, gs, beta1, aggregated)
+    _kernel_ema_foreach_(variances, torch._foreach_mul(gs, gs), beta2, aggregated)
     denoms = torch._foreach_sqrt(variances)
     torch._foreach_add_(denoms, f32(epsilon))
     steps = torch._foreach_div(means, denoms)
@@ -207,23 +218,23 @@ def _adabelief_grad(grad, weight, wd, rescale_grad, clip_gradient):
 
 
 def adabelief_reference(weight, grad, state: AdamState, *, lr_t, wd, beta1, beta2, epsilon, rescale_grad,
-                        clip_gradient):
+                        clip_gradient, aggregated=True):
     """One tensor, MXNet's fused kernel (``multi_adabelief_update`` with ``lr=1, eta=lr_t``):
 
     ``g = clip(rg*grad + wd*w); m = b1*(m-g) + g; d = (m-g)^2; s = b2*(s-d) + d + eps;
     w -= lr_t*m/(sqrt(s)+eps)``
     """
     g = _adabelief_grad(grad, weight, wd, rescale_grad, clip_gradient)
-    _kernel_ema_(state.mean, g, beta1)
+    _kernel_ema_(state.mean, g, beta1, aggregated)
     belief = state.mean - g
     belief.mul_(belief)
-    _kernel_ema_(state.var, belief, beta2)
+    _kernel_ema_(state.var, belief, beta2, aggregated)
     state.var.add_(f32(epsilon))
     weight.sub_((state.mean / state.var.sqrt().add_(f32(epsilon))).mul_(f32(lr_t)))
 
 
 def adabelief_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, rescale_grad,
-                      clip_gradient):
+                      clip_gradient, aggregated=True):
     """All tensors at once; the same arithmetic as :func:`adabelief_reference`."""
     gs = rescale_clip_foreach(grads, rescale_grad, None)
     if any(wds):
@@ -232,10 +243,10 @@ def adabelief_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsil
         torch._foreach_clamp_min_(gs, -f32(clip_gradient))
         torch._foreach_clamp_max_(gs, f32(clip_gradient))
     means, variances = [s.mean for s in states], [s.var for s in states]
-    _kernel_ema_foreach_(means, gs, beta1)
+    _kernel_ema_foreach_(means, gs, beta1, aggregated)
     beliefs = torch._foreach_sub(means, gs)
     torch._foreach_mul_(beliefs, beliefs)
-    _kernel_ema_foreach_(variances, beliefs, beta2)
+    _kernel_ema_foreach_(variances, beliefs, beta2, aggregated)
     torch._foreach_add_(variances, f32(epsilon))
     denoms = torch._foreach_sqrt(variances)
     torch._foreach_add_(denoms, f32(epsilon))
@@ -245,11 +256,12 @@ def adabelief_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsil
 
 
 class _CorrectedLRAdam(Optimizer):
-    """AdamW and AdaBelief: same arguments and state, the learning rate bias-corrected when ``correct_bias``."""
+    """AdamW and AdaBelief: same arguments and state; the rate is bias-corrected if ``correct_bias``."""
 
     default_learning_rate = 0.001
     _reference_kernel = staticmethod(adamw_reference)
     _foreach_kernel = staticmethod(adamw_foreach)
+    _aggregated = True
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-6, correct_bias=True, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -266,9 +278,17 @@ class _CorrectedLRAdam(Optimizer):
             return list(lrs)
         return [bias_corrected_lr(lr, t, self.beta1, self.beta2) for lr, t in zip(lrs, ts)]
 
+    def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast):
+        # MXNet updates all-dense calls with its multi-tensor kernel and a call holding a row-sparse gradient
+        # with the single-tensor one (densifying the gradient); the two round the moving averages differently.
+        self._aggregated = not any(g.is_sparse for g in grads)
+        try:
+            super()._apply(indices, weights, grads, states, lrs, wds, ts, fast)
+        finally:
+            self._aggregated = True
+
     def _hyper(self):
-        return dict(beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, rescale_grad=self.rescale_grad,
-                    clip_gradient=self.clip_gradient)
+        return {**Adam._hyper(self), "aggregated": self._aggregated}
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         (lr_t,) = self._lr_ts([lr], [t])
@@ -295,7 +315,7 @@ class AdamW(_CorrectedLRAdam):
 
     Compatibility: ``torch.optim.AdamW`` decays with the *uncorrected* rate (``w *= 1 - lr*wd``) and divides
     ``m_hat`` by ``sqrt(v_hat) + eps``; here epsilon is added to the uncorrected ``sqrt(v)`` and the decay is
-    multiplied by ``eta_t``, which early in training is up to ``sqrt(1-beta2)/(1-beta1)`` times ``lr``.
+    multiplied by ``eta_t`` (``0.32*lr`` at the first step with the default betas, tending to ``lr``).
     Loshchilov & Hutter's schedule multiplier ``eta`` is the learning rate (scheduler) here.
 
     Args:
@@ -324,10 +344,11 @@ class AdaBelief(_CorrectedLRAdam):
         \eta_t &= \eta\,\sqrt{1-\beta_2^t}\,/\,(1-\beta_1^t) \quad (\eta_t = \eta \text{ without correct\_bias}) \\
         w_t &= w_{t-1} - \eta_t\, m_t / (\sqrt{s_t} + \epsilon)
 
-    Weight decay is L2 and is added *before* clipping (unlike Adam). Compatibility: the reference
-    implementation (``adabelief_pytorch``) bias-corrects ``s`` inside the square root and offers decoupled
-    decay and rectification; MXNet adds epsilon to the uncorrected ``sqrt(s)`` and folds the correction into
-    the learning rate. ``rescale_grad = 0`` is an ordinary zero gradient (MXNet's kernel skips the update).
+    Weight decay is L2 and is added *before* clipping (unlike Adam). Compatibility: the authors' PyTorch
+    code (``adabelief_pytorch``) divides by ``sqrt(s/(1-beta2^t)) + eps`` (epsilon after the correction) and
+    offers decoupled decay and rectification; MXNet adds epsilon to the uncorrected ``sqrt(s)`` and folds the
+    correction into the learning rate. ``rescale_grad = 0`` is an ordinary zero gradient (MXNet's kernel
+    skips the whole update then).
 
     Args:
         learning_rate: step size (default 0.001).
@@ -413,9 +434,7 @@ class Adamax(Optimizer):
     def _lr_ts(self, lrs, ts) -> list[float]:
         return [lr / (1.0 - self.beta1**t) for lr, t in zip(lrs, ts)]
 
-    def _hyper(self):
-        return dict(beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, rescale_grad=self.rescale_grad,
-                    clip_gradient=self.clip_gradient)
+    _hyper = Adam._hyper
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         (lr_t,) = self._lr_ts([lr], [t])
@@ -490,11 +509,12 @@ class Nadam(Optimizer):
         w_t &= w_{t-1} - \eta\, \bar m_t / \left(\sqrt{v_t / (1-\beta_2^t)} + \epsilon\right)
 
     ``schedule_scope="optimizer"`` (default, MXNet's behaviour): ``M`` is ONE number on the optimizer,
-    multiplied by ``mu_t`` at every update of every parameter, in update order. With ``P`` parameters it
-    shrinks ``P`` times faster than the paper's, so early updates depend on the number of parameters (and on
-    the number of devices). ``M`` is saved with the optimizer (:meth:`extra_state`).
+    multiplied by ``mu_t`` at every update of every parameter, in update order: after ``k`` steps of ``P``
+    parameters it is a product of ``k*P`` factors, not ``k``, so early updates depend on the number of
+    parameters (and of devices). ``M`` is saved with the optimizer (:meth:`extra_state`).
     ``schedule_scope="parameter"``: ``M = prod_{s<=t} mu_s`` for each parameter's own count ``t``, as in the
-    paper and ``torch.optim.NAdam`` (a pure function of ``t``; nothing extra to save).
+    paper and ``torch.optim.NAdam`` (a pure function of ``t``, always taken from ``s = 1`` even with
+    ``begin_num_update``; nothing extra to save).
 
     Compatibility: ``torch.optim.NAdam`` (``momentum_decay=0.004`` is ``schedule_decay``) applies weight
     decay the same way and keeps a per-parameter product; it adds epsilon to ``sqrt(v_hat)`` as here.
@@ -541,7 +561,7 @@ class Nadam(Optimizer):
         return nadam_momentum(t, self.beta1, self.schedule_decay)
 
     def _product(self, t: int) -> float:
-        """``prod_{s=1..t} mu_s``, extended from the nearest cached count (one multiplication per new step)."""
+        """``prod_{s=1..t} mu_s``, extended from the nearest cached count (one multiplication per step)."""
         key = (self.beta1, self.schedule_decay)
         cache = self._products
         if (*key, t) not in cache:
@@ -558,7 +578,7 @@ class Nadam(Optimizer):
         return cache[(*key, t)]
 
     def _scalars(self, ts) -> list[NadamScalars]:
-        """The per-update scalars, in update order; advances the optimizer-wide ``m_schedule`` once per update."""
+        """The per-update scalars in update order; advances the shared ``m_schedule`` once per update."""
         out = []
         for t in ts:
             mom_t, mom_next = self._momentum(t), self._momentum(t + 1)
@@ -570,9 +590,7 @@ class Nadam(Optimizer):
             out.append(NadamScalars(mom_t, mom_next, m_schedule, m_schedule * mom_next, 1.0 - self.beta2**t))
         return out
 
-    def _hyper(self):
-        return dict(beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, rescale_grad=self.rescale_grad,
-                    clip_gradient=self.clip_gradient)
+    _hyper = Adam._hyper
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         (scalars,) = self._scalars([t])
