@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FORMAT_VERSION", "dumps", "loads", "save", "load", "atomic_write", "CheckpointError"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "atomic_write", "dumps", "load", "loads", "save"]
 
 MAGIC = b"OPTZOO\x00\x01"
 FORMAT_VERSION = 1
@@ -87,11 +87,21 @@ def loads(blob: bytes) -> tuple[dict[str, torch.Tensor], object]:
     return tensors, header.get("meta")
 
 
-def atomic_write(path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see either the old or the new file, never a mix."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, data: bytes | str) -> None:
+    """Writes ``data`` to ``path`` so that readers see either the old or the new file, never a mix.
+    The new file gets ordinary permissions (``0o666`` less the umask), like ``open(path, "w")``."""
     path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

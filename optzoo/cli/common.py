@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..serialization import atomic_write as write_atomic
+
 __all__ = [
     "GUIDE_OPTIMIZERS",
     "CLIError",
@@ -275,32 +277,6 @@ def prepare_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
         reason = err.strerror or str(err)
         raise CLIError(f"{option} {str(path)!r} is not a writable folder: {reason}") from None
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Writes a file so that readers see the old content or the new one, never a partial file."""
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's files are private; results are ordinary files
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def jsonable(value):

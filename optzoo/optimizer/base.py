@@ -13,14 +13,24 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .validation import check_bool, check_choice, check_int, check_real, reject_unknown_kwargs
 
-__all__ = ["Optimizer", "register", "create", "state_class", "f32", "one_minus", "rescale_clip", "rescale_clip_foreach", "IMPLS"]
+__all__ = [
+    "IMPLS",
+    "Optimizer",
+    "create",
+    "f32",
+    "one_minus",
+    "register",
+    "rescale_clip",
+    "rescale_clip_foreach",
+    "sparse_rows",
+    "state_class",
+]
 
 #: implementation names accepted by ``impl=``; "auto" resolves to the fastest one available.
 IMPLS = ("auto", "reference", "foreach")
@@ -64,6 +74,16 @@ def rescale_clip_foreach(grads, rescale_grad: float, clip_gradient: float | None
         torch._foreach_clamp_min_(gs, -c)
         torch._foreach_clamp_max_(gs, c)
     return gs
+
+
+def sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, values)`` of a sparse COO gradient seen as MXNet's row_sparse: duplicate indices summed,
+    rows sorted; a gradient sparse in more than its first dimension is gathered row by row."""
+    grad = grad.coalesce()
+    if grad.sparse_dim() == 1:
+        return grad.indices()[0], grad.values()
+    rows = torch.unique(grad.indices()[0])
+    return rows, grad.to_dense().index_select(0, rows)
 
 
 def _leaves(state):
@@ -110,7 +130,7 @@ class Optimizer:
         impl: ``"auto"`` (fast), ``"reference"`` (readable, one tensor at a time) or ``"foreach"``.
     """
 
-    opt_registry: dict[str, type] = {}
+    opt_registry: ClassVar[dict[str, type]] = {}
     #: how row-sparse gradients are handled: "lazy" (``lazy_update`` decides), "dense" (densified) or "none".
     sparse_support = "dense"
     #: dtype of the state tensors (None: the weight's dtype), e.g. MXNet's always-float32 AdaGrad history.
@@ -275,7 +295,7 @@ class Optimizer:
     # ------------------------------------------------------------------ states
     def create_state(self, index, weight: torch.Tensor):
         """The optimizer state of one weight (``None`` if the rule has none)."""
-        return None
+        return
 
     def _zeros(self, weight: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(weight, dtype=self.state_dtype or weight.dtype,
@@ -376,13 +396,7 @@ class Optimizer:
 
     def _lazy_update(self, index, weight, grad, state, lr, wd, t) -> None:
         """Row-sparse lazy update: the dense rule applied to the rows present in the gradient only."""
-        grad = grad.coalesce()
-        if grad.sparse_dim() != 1:
-            dense = grad.to_dense()
-            rows = torch.unique(grad.indices()[0])
-            values = dense.index_select(0, rows)
-        else:
-            rows, values = grad.indices()[0], grad.values()
+        rows, values = sparse_rows(grad)
         if rows.numel() == 0:
             return
         sub_weight = weight.index_select(0, rows)

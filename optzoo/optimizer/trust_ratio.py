@@ -17,7 +17,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .base import Optimizer, f32, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import (
+    Optimizer,
+    f32,
+    one_minus,
+    register,
+    rescale_clip,
+    rescale_clip_foreach,
+    sparse_rows,
+    state_class,
+)
 from .validation import check_bool, check_real
 
 __all__ = ["LAMB", "LANS", "LARS", "LAMBState", "LANSState", "bias_corrections", "lamb_foreach",
@@ -227,13 +236,7 @@ class LARS(Optimizer):
     def _lazy_update(self, index, weight, grad, state, lr, wd, t):
         """Row-sparse lazy update: the ratio from the whole weight's norm and the gradient's norm, the SGD
         step on the rows present only."""
-        grad = grad.coalesce()
-        if grad.sparse_dim() != 1:
-            dense = grad.to_dense()
-            rows = torch.unique(grad.indices()[0])
-            values = dense.index_select(0, rows)
-        else:
-            rows, values = grad.indices()[0], grad.values()
+        rows, values = sparse_rows(grad)
         if rows.numel() == 0:
             return
         lr_t = torch.tensor(f32(lr), dtype=torch.float32, device=weight.device)
