@@ -101,6 +101,10 @@ def test_matches_mxnet(cid):
     assert keys and any("/w/" in k for k in keys)
     assert sorted(k for k in actual if "/s/" in k) == state_keys, "state layout differs from MXNet's"
     for key in keys:
-        np.testing.assert_allclose(actual[key], expected[key].astype(np.float32), rtol=tol.rtol, atol=tol.atol,
+        want = expected[key].astype(np.float32)
+        # Rounding errors scale with the size of the numbers a tensor's update combines, not with each
+        # element: an element near 0 in a tensor of magnitude 15 carries the tensor's absolute error.
+        atol = tol.atol * max(1.0, float(np.abs(want).max(initial=0.0)))
+        np.testing.assert_allclose(actual[key], want, rtol=tol.rtol, atol=atol,
                                    err_msg=f"{key} ({tol.reason}); case kwargs {case['kwargs']}")
     assert int(actual[f"{cid}/num_update"]) == results[cid]["num_update"]
