@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from .optimizer.base import STATE_CLASSES, Optimizer, create
-from .serialization import CheckpointError
 from .optimizer.validation import check_real
+from .serialization import CheckpointError
 
 __all__ = ["TorchOptimizer"]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass, field
-
 from pathlib import Path
 
 import numpy as np

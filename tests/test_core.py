@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from optimizer_table import ROWS
 
 import optzoo
 from optzoo import lr_scheduler
 from optzoo import optimizer as opt
-from optimizer_table import ROWS
 
 
 # ---------------------------------------------------------------------------------------- registry
@@ -27,7 +27,7 @@ def test_unknown_name_lists_registered_optimizers():
 
 
 def test_register_refuses_a_different_class_under_a_taken_name():
-    class SGD(opt.Optimizer):  # noqa: N801 - same name on purpose
+    class SGD(opt.Optimizer):
         pass
 
     with pytest.raises(ValueError, match="already registered"):

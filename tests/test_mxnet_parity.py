@@ -13,7 +13,6 @@ import zlib
 
 import numpy as np
 import pytest
-
 from optimizer_table import ROWS, Row
 from oracle import run_optimizer_cases
 from trajectory import grid_cases, make_case, run_case
@@ -68,13 +67,13 @@ def _build_cases() -> None:
 _build_cases()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mxnet_results(version: str, name: str):
     """MXNet's trajectories for one row's cases (one MXNet process per row, so ``-k <name>`` runs only that
     row). A failure is cached too: one broken row must not rerun its MXNet batch for every case."""
     try:
         return _run_row(version, name)
-    except Exception as err:  # noqa: BLE001 - re-raised for every case of the row
+    except Exception as err:
         return err
 
 

@@ -8,10 +8,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from optimizer_table import BASE_ERRORS, ROWS, Row
-from optzoo import optimizer as opt
 from trajectory import SHAPES, flatten_state, make_case, run_case
+
+from optzoo import optimizer as opt
 
 ROW_IDS = [row.name for row in ROWS]
 CONFIG_CASES = [(row, i, cfg) for row in ROWS for i, cfg in enumerate(row.configs)]

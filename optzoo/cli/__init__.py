@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `optzoo list | head`
         try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+            sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
         return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from typing import ClassVar
 
 import numpy as np
 import torch
