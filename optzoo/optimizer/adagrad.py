@@ -153,9 +153,10 @@ class AdaGrad(_Float32StateOptimizer):
     The history ``h`` is float32 (float64 for float64 weights). Row-sparse gradients are applied lazily
     by default, as MXNet's ``sparse.adagrad_update`` does: only the rows present in the gradient change.
 
-    Compatibility: as ``torch.optim.Adagrad(lr_decay=0, initial_accumulator_value=0)`` except that
-    weight decay is added to the gradient *before* it enters the history (so it is accumulated too).
-    MXNet 1.x differs: epsilon inside the square root (default 1e-7) and the decay outside the history.
+    Compatibility: the same rule as ``torch.optim.Adagrad(lr_decay=0, initial_accumulator_value=0,
+    eps=epsilon, weight_decay=wd)``: both add the decay to the gradient before it enters the history and
+    put epsilon outside the square root; optzoo rescales and clips the gradient first. MXNet 1.x differs:
+    epsilon inside the square root (default 1e-7) and the decay outside the history.
 
     Args:
         learning_rate: step size (default 0.01).
