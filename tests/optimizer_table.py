@@ -60,6 +60,8 @@ class Row:
     skip_features: tuple[str, ...] = ()
     #: more parity cases: dicts with "suffix", "kwargs" and any tests/trajectory.make_case options
     extra_cases: list[dict] = field(default_factory=list)
+    #: constructor arguments for the "trains a small model" test (default: the optimizer's own defaults)
+    train_kwargs: dict = field(default_factory=dict)
     #: the rule only takes 2-D weights (GroupAdaGrad): generic tests reshape their tensors to 2-D
     only_2d: bool = False
     #: the rule has no weight decay (wd must be 0): generic tests use wd=0

@@ -15,6 +15,8 @@ ROWS = [
     # Every config carries a seed so that both paths (and the two optimizers of the adapter and round-trip
     # tests) draw the same noise from private generators.
     Row("sgld",
+        # the defaults take small steps (trust ratio eta / lr) or add large noise (SGLD) for 150 steps
+        train_kwargs={"learning_rate": 1e-3, "rescale_grad": 256.0},  # posterior of the summed loss
         configs=[{"seed": 0}, {"seed": 1, "wd": 0.03, "clip_gradient": 0.4, "rescale_grad": 0.8},
                  {"seed": 2, "learning_rate": 0.01, "wd": 0.05}],
         errors=[({"seed": -1}, ValueError, "seed"), ({"seed": 2**64}, ValueError, "seed"),

@@ -36,6 +36,8 @@ _BOUND_ERRORS = (_errors("lower_bound", [-0.1, math.nan, math.inf, "1"])
 
 ROWS = [
     Row("lars",
+        # the defaults take small steps (trust ratio eta / lr) or add large noise (SGLD) for 150 steps
+        train_kwargs={"eta": 0.05, "momentum": 0.9},
         configs=[{}, {"momentum": 0.9},
                  {"momentum": 0.9, "wd": 0.01, "clip_gradient": 0.5, "rescale_grad": 0.5, "eta": 0.01},
                  {"momentum": 0.9, "eta": 0.5, "wd": 0.01,
@@ -46,6 +48,8 @@ ROWS = [
                 + _errors("epsilon", [-1e-8, math.nan]) + [({"lazy_update": 1}, TypeError, "lazy_update")]),
         grid=_LARS_GRID, sparse="lazy", feature_kwargs={"momentum": 0.9, "eta": 0.2}),
     Row("lamb",
+        # the defaults take small steps (trust ratio eta / lr) or add large noise (SGLD) for 150 steps
+        train_kwargs={"learning_rate": 0.05},
         configs=[{}, {"beta1": 0.5, "beta2": 0.8, "wd": 0.03},
                  {"epsilon": 1e-3, "clip_gradient": 0.4, "bias_correction": False},
                  {"lower_bound": 1e-3, "upper_bound": 2.0, "wd": 0.01, "rescale_grad": 0.3},
@@ -61,6 +65,8 @@ ROWS = [
         # tests/test_trust_ratio.py checks that a sparse gradient equals its dense form.
         sparse_kwargs=[]),
     Row("lans",
+        # the defaults take small steps (trust ratio eta / lr) or add large noise (SGLD) for 150 steps
+        train_kwargs={"learning_rate": 0.05},
         configs=[{}, {"beta1": 0.5, "beta2": 0.8, "wd": 0.03}, {"epsilon": 1e-3, "clip_gradient": 0.1},
                  {"lower_bound": 1e-3, "upper_bound": 2.0, "wd": 0.01, "rescale_grad": 0.3},
                  {"learning_rate": 0.1, "lower_bound": 2.0, "aggregate_num": 1}],

@@ -311,3 +311,29 @@ def test_torch_optimizer_state_dict_resumes_exactly(row: Row, tmp_path):
     train(model2, second, 3)
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------- it trains
+@pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
+def test_trains_a_small_model_with_default_hyperparameters(row: Row):
+    """Softmax regression on well-separated synthetic classes: 150 steps with the optimizer's defaults
+    (through the Gluon-style Trainer) must cut the loss at least in half."""
+    import optzoo
+
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 8, generator=generator) * 3
+    labels = torch.arange(256) % 4
+    x = centers[labels] + torch.randn(256, 8, generator=generator)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4, bias=not row.only_2d)
+    trainer = optzoo.Trainer(model, row.name, dict(row.train_kwargs))
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
+    with torch.no_grad():
+        first = loss_fn(model(x), labels).mean().item()
+    for _ in range(150):
+        loss = loss_fn(model(x), labels)
+        loss.sum().backward()
+        trainer.step(len(labels))
+    with torch.no_grad():
+        last = loss_fn(model(x), labels).mean().item()
+    assert last < 0.5 * first, (first, last)
