@@ -1,26 +1,24 @@
 """MXNet 2.0's optimizers on PyTorch tensors: ``create``, ``register``, ``Optimizer``, ``get_updater`` and
 every registered optimizer class (one module per family)."""
 
-import importlib
-
+from .adagrad import AdaDelta, AdaGrad, GroupAdaGrad, RMSProp
+from .adam import AdaBelief, Adam, Adamax, AdamW, Nadam
 from .base import Optimizer, create, register, state_class
+from .dcasgd import DCASGD
+from .ftrl import FTML, Ftrl
+from .legacy import LBSGD, ccSGD
+from .sgd import NAG, SGD
+from .sgld import SGLD
+from .signum import Signum
+from .testing import Test
+from .trust_ratio import LAMB, LANS, LARS
 from .updater import Updater, get_updater
 
 create_optimizer = create
 
-#: the optimizer family modules; each defines ``__all__`` with its public classes and kernels
-FAMILIES = ("sgd", "adam", "adagrad", "trust_ratio", "ftrl", "signum", "sgld", "dcasgd", "testing", "legacy")
-
-__all__ = ["Optimizer", "create", "create_optimizer", "register", "state_class", "Updater", "get_updater"]
-for _family in FAMILIES:
-    try:
-        _module = importlib.import_module(f".{_family}", __name__)
-    except ModuleNotFoundError as _err:  # a family still being written
-        if _err.name != f"{__name__}.{_family}":
-            raise
-        continue
-    for _name in _module.__all__:
-        _value = getattr(_module, _name)
-        if isinstance(_value, type) and issubclass(_value, Optimizer):
-            globals()[_name] = _value
-            __all__.append(_name)
+__all__ = [
+    "Optimizer", "create", "create_optimizer", "register", "state_class", "Updater", "get_updater",
+    "SGD", "NAG", "Signum", "SGLD", "DCASGD", "AdaGrad", "GroupAdaGrad", "RMSProp", "AdaDelta",
+    "Adam", "AdamW", "Adamax", "Nadam", "AdaBelief", "Ftrl", "FTML", "LARS", "LAMB", "LANS", "Test",
+    "LBSGD", "ccSGD",
+]
