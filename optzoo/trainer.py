@@ -102,30 +102,40 @@ def _check_compression_params(compression_params) -> None:
         check_real("compression_params['threshold']", compression_params["threshold"], low, low_open=True)
 
 
+def _default_update_on_kvstore() -> bool:
+    return bool(int(os.environ.get("MXNET_UPDATE_ON_KVSTORE", "1")))  # Gluon 2.0 reads the same variable
+
+
 def resolve_kvstore(kvstore, num_device: int, update_on_kvstore, aggregate_num, compression_params=None
                     ) -> KVStoreDecision:
-    """Gluon's kvstore decision (``Trainer.__init__`` + ``_init_kvstore`` + ``model._create_kvstore``).
+    """Gluon 2.0's kvstore decision (``Trainer.__init__`` + ``_init_kvstore`` + ``model._create_kvstore``).
 
-    One row per case; ``tests/test_trainer.py`` has a test per row:
+    One row per case; ``tests/test_trainer.py`` has a test per row (``uok`` = ``update_on_kvstore``; its
+    default is ``MXNET_UPDATE_ON_KVSTORE``, 1 unless set):
 
-    ==========================  ============  ====================  ==========================================
-    kvstore                     devices       update_on_kvstore     outcome
-    ==========================  ============  ====================  ==========================================
-    any                         any           True, aggregate > 1   ValueError (Gluon: aggregated updates
-                                                                    cannot run on a kvstore)
-    ``None``                    any           any                   no kvstore, updates in the Trainer
-    'local'/'device'/'nccl'     1             any                   no kvstore (one device has nothing to
-                                                                    reduce); ``compression_params`` unused
-    'local'/'device'/'nccl'     > 1           any                   ValueError: needs ``optzoo.kvstore``
-    contains 'dist', horovod,   any           any                   ValueError: needs ``optzoo.kvstore``
-    byteps
-    a KVStore object            any           any                   ValueError: needs ``optzoo.kvstore``
-    other string / type         any           any                   ValueError / TypeError
-    ==========================  ============  ====================  ==========================================
+    ==========================  ========  =====================  ============================================
+    kvstore                     devices   update_on_kvstore      outcome
+    ==========================  ========  =====================  ============================================
+    any                         any       True, aggregate > 1    ValueError (aggregated updates cannot run on
+                                                                 a kvstore)
+    any                         any       None, aggregate > 1    as ``False`` below
+    ``None``                    any       any                    no kvstore, updates in the Trainer
+    'local'/'device'/'nccl'     1         any                    no kvstore (one device has nothing to
+                                                                 reduce); ``compression_params`` unused
+    'local'/'device'/'nccl'     > 1       None / True / False    ``optzoo.kvstore.create(name)``; uok default
+    'dist_sync',                any       None / True / False    ``create(name)`` (needs a torch.distributed
+    'dist_device_sync'                                           process group, e.g. torchrun); uok default
+    'dist_async'                any       None / True            ``create(name)``; uok True (server updates)
+    'dist_async'                any       False                  ValueError (async needs the server to update)
+    a KVStoreBase object        any       as its type's row      that object
+    horovod, byteps, other      any       any                    ValueError (not available / unknown)
+    other types                 any       any                    TypeError
+    ==========================  ========  =====================  ============================================
 
-    ``aggregate_num > 1`` with ``update_on_kvstore=None`` means ``False`` (Gluon). A distributed kvstore
-    would be returned here, and :meth:`Trainer.allreduce_grads` is where it sums gradients.
+    With a kvstore, ``compression_params`` are set on it (``'local'`` refuses compression, as MXNet).
     """
+    from . import kvstore as kvs  # lazy: torch.distributed is only touched when a kvstore is asked for
+
     if update_on_kvstore is not None:
         check_bool("update_on_kvstore", update_on_kvstore)
     _check_compression_params(compression_params)
@@ -135,28 +145,37 @@ def resolve_kvstore(kvstore, num_device: int, update_on_kvstore, aggregate_num, 
                              f"aggregate_num is {aggregate_num} > 1); leave update_on_kvstore as None or "
                              "False")
         update_on_kvstore = False
-    needs = ("; distributed and multi-device kvstores (gradient summation across processes, compression, "
-             "update_on_kvstore) need optzoo.kvstore, which this optzoo version does not include. "
-             "Use kvstore='device' (or None) for single-process training")
     if kvstore is None:
         return KVStoreDecision(None, False, False)
-    if isinstance(kvstore, str):
-        name = kvstore.lower()
-        if "dist" in name or name in _DIST_PLUGINS:
-            raise ValueError(f"kvstore={kvstore!r} is a distributed kvstore{needs}")
-        if name not in LOCAL_KVSTORES:
-            raise ValueError(f"kvstore must be one of {', '.join(map(repr, LOCAL_KVSTORES))}, a 'dist_*' "
-                             f"type, a KVStore object or None; got {kvstore!r}")
-        if num_device > 1:
-            raise ValueError(f"kvstore={kvstore!r} with {num_device} devices per parameter{needs}")
+    if isinstance(kvstore, (bool, numbers.Number)) or not isinstance(kvstore, (str, kvs.KVStoreBase)):
+        raise TypeError(f"kvstore must be a string, an optzoo.kvstore KVStore object or None, got {kvstore!r}")
+    name = kvstore.lower() if isinstance(kvstore, str) else kvstore.type
+    if name in _DIST_PLUGINS:
+        raise ValueError(f"kvstore={kvstore!r} is a Horovod/BytePS plugin, which optzoo does not include: "
+                         "optzoo's distributed kvstores run on torch.distributed; use 'dist_sync'")
+    if name not in kvs.KVSTORE_TYPES:
+        raise ValueError(f"kvstore must be one of {', '.join(map(repr, kvs.KVSTORE_TYPES))}, a KVStore "
+                         f"object or None; got {kvstore!r}")
+    distributed = "dist" in name
+    if isinstance(kvstore, str) and not distributed and num_device == 1:
         if compression_params:
             warnings.warn("compression_params have no effect: single-process training with one device per "
                           "parameter creates no kvstore, so gradients are not communicated (as in Gluon)",
                           stacklevel=3)
         return KVStoreDecision(None, False, False)
-    if isinstance(kvstore, (bool, numbers.Number)):
-        raise TypeError(f"kvstore must be a string, a KVStore object or None, got {kvstore!r}")
-    raise ValueError(f"kvstore={type(kvstore).__name__} object{needs}")
+    if name == "dist_async":
+        if update_on_kvstore is False:
+            why = ("aggregated updates (aggregate_num > 1) run in the Trainer" if aggregate_num > 1
+                   else "update_on_kvstore=False was given")
+            raise ValueError(f"kvstore='dist_async' needs update_on_kvstore=True: the server applies the "
+                             f"optimizer to every push as it arrives, but {why}")
+        update_on_kvstore = True
+    elif update_on_kvstore is None:
+        update_on_kvstore = _default_update_on_kvstore()
+    store = kvs.create(name) if isinstance(kvstore, str) else kvstore
+    if compression_params:
+        store.set_gradient_compression(compression_params)
+    return KVStoreDecision(store, bool(update_on_kvstore), distributed)
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -258,11 +277,14 @@ class Trainer:
             :class:`optzoo.optimizer.Optimizer` instance (then ``optimizer_params`` must be empty).
         optimizer_params: constructor arguments for a named optimizer, MXNet names (``{"learning_rate": 0.1,
             "momentum": 0.9, "wd": 1e-4, "clip_gradient": 1.0, "lr_scheduler": s}``).
-        kvstore: ``'device'`` (default), ``'local'``, ``'nccl'`` or ``None``. In one process no kvstore is
-            created (Gluon does the same for one device). Distributed kvstores need ``optzoo.kvstore``.
+        kvstore: ``'device'`` (default), ``'local'``, ``'nccl'``, ``None`` (in one process these create no
+            kvstore, as Gluon does for one device), ``'dist_sync'``/``'dist_device_sync'``/``'dist_async'``
+            (:mod:`optzoo.kvstore` on torch.distributed: gradients are *summed* over workers, so pass the
+            global batch size to :meth:`step` for a mean) or an ``optzoo.kvstore`` object.
         compression_params: gradient compression for a kvstore, e.g. ``{'type': '2bit', 'threshold': 0.5}``;
             validated, and unused without a kvstore (a warning says so).
-        update_on_kvstore: ``None``/``True``/``False``; ``True`` with ``aggregate_num > 1`` is an error.
+        update_on_kvstore: ``None``/``True``/``False`` (see :func:`resolve_kvstore`); ``True`` with
+            ``aggregate_num > 1`` is an error, ``False`` with ``'dist_async'`` too.
         grad_req: ``'write'`` (every backward replaces the gradient, Gluon's default) or ``'add'``
             (backwards accumulate until :meth:`zero_grad`). A ``grad_req`` attribute on a parameter
             (``'write'``, ``'add'`` or ``'null'``) overrides it; ``requires_grad=False`` means ``'null'``.
@@ -286,6 +308,12 @@ class Trainer:
         self._update_on_kvstore = decision.update_on_kvstore
         self._distributed = decision.distributed
         self._compression_params = compression_params
+        self._kv_initialized = False
+        self._kv_stepped = False
+        if self._kvstore is not None:
+            # Gluon does this at the first step, after the first backward has used each worker's own initial
+            # weights; doing it here makes every worker's first gradient use rank 0's weights.
+            self._init_kv_params()
         self._fresh = [False] * len(self._params)
         self._tensor_hooks: dict[int, tuple] = {}
         self._node_hooks: dict[int, tuple] = {}
@@ -389,6 +417,7 @@ class Trainer:
         """
         rescale_grad = self._check_batch_size(batch_size)
         check_bool("ignore_stale_grad", ignore_stale_grad)
+        self._check_kv_rescale(rescale_grad)
         self._optimizer.rescale_grad = rescale_grad
         self._allreduce_grads()
         self._update(ignore_stale_grad)
@@ -396,17 +425,67 @@ class Trainer:
     def allreduce_grads(self) -> None:
         """Sums each parameter's gradient over devices and workers (call between backward and :meth:`update`,
         e.g. to clip the summed gradients yourself). In one process the gradients are already complete;
-        a distributed kvstore (``optzoo.kvstore``) sums them here."""
+        a distributed kvstore (``optzoo.kvstore``) sums them here. Not available with ``update_on_kvstore``
+        (the kvstore updates the weights in :meth:`step`), as in Gluon."""
+        if self._kvstore is not None and self._update_on_kvstore:
+            raise ValueError("allreduce_grads() is not supported when parameters are updated on the kvstore "
+                             "(update_on_kvstore=True); use step(), or create the Trainer with "
+                             "update_on_kvstore=False")
         self._allreduce_grads()
 
+    def _check_kv_rescale(self, rescale_grad: float) -> None:
+        """Gluon's ``_check_and_rescale_grad``: with a distributed kvstore that updates, every worker (or the
+        server) must keep one ``rescale_grad``; a changed ``batch_size`` after the first step is an error."""
+        if not (self._distributed and self._update_on_kvstore):
+            return
+        if self._kv_stepped and self._optimizer.rescale_grad != rescale_grad:
+            raise UserWarning(
+                f"Possible change in the `batch_size` from the previous `step` detected (rescale_grad "
+                f"{self._optimizer.rescale_grad} -> {rescale_grad}). With update_on_kvstore=True and a "
+                "distributed kvstore the optimizer's rescale_grad cannot change (as in Gluon): keep the batch "
+                "size constant (drop the last incomplete batch) or use update_on_kvstore=False")
+        self._kv_stepped = True
+
+    def _init_kv_params(self) -> None:
+        """Gluon's ``_init_params``: every worker starts from rank 0's weights (broadcast / server init)."""
+        kv = self._kvstore
+        if self._update_on_kvstore:
+            kv._set_updater(self._updater)  # the kvstore's optimizer *is* the Trainer's (one state store)
+        with torch.no_grad():
+            for i, p in enumerate(self._params):
+                kv.broadcast(i, p.data, out=p.data)
+        self._kv_initialized = True
+
     def _allreduce_grads(self) -> None:
-        # One process and one device per parameter: the gradients are already complete, there is nothing to
-        # sum. A kvstore chosen by resolve_kvstore (optzoo.kvstore, which resolve_kvstore refuses until it
-        # exists) sums them here.
-        return
+        # One process without a kvstore: the gradients are already complete, there is nothing to sum.
+        kv = self._kvstore
+        if kv is None:
+            return
+        if not self._kv_initialized:
+            self._init_kv_params()
+        if self._update_on_kvstore:
+            kv._set_updater(self._updater)  # load_states may have replaced it
+        with torch.no_grad():
+            for i, p in enumerate(self._params):
+                if self._grad_req_of(i) == "null":
+                    continue
+                # every worker must take part in every key's exchange: a missing gradient contributes zeros
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                if self._update_on_kvstore:
+                    kv.pushpull(i, grad, out=p.data)
+                elif grad.layout != torch.strided:
+                    summed = torch.empty(p.shape, dtype=p.dtype, device=p.device)
+                    kv.pushpull(i, grad, out=summed)
+                    p.grad = summed
+                else:
+                    kv.pushpull(i, grad)
 
     def update(self, batch_size, ignore_stale_grad: bool = False) -> None:
-        """The optimizer half of :meth:`step` (call it after :meth:`allreduce_grads`)."""
+        """The optimizer half of :meth:`step` (call it after :meth:`allreduce_grads`); not available with
+        ``update_on_kvstore`` (Gluon asserts the same)."""
+        if self._kvstore is not None and self._update_on_kvstore:
+            raise ValueError("update() is not supported when parameters are updated on the kvstore "
+                             "(update_on_kvstore=True); use step(), or update_on_kvstore=False")
         rescale_grad = self._check_batch_size(batch_size)
         check_bool("ignore_stale_grad", ignore_stale_grad)
         self._optimizer.rescale_grad = rescale_grad
@@ -430,6 +509,10 @@ class Trainer:
                 "them, or set requires_grad=False (or p.grad_req = 'null') on parameters you do not train.",
                 [self._names[i] for i in stale])
         if not fresh:
+            return
+        if self._kvstore is not None and self._update_on_kvstore:
+            for i in fresh:  # the kvstore already updated them in _allreduce_grads
+                self._fresh[i] = False
             return
         for i in fresh:
             p = self._params[i]

@@ -485,25 +485,117 @@ def test_kvstore_row_aggregation_means_update_on_kvstore_false():
     Trainer(make_model(), "sgd", {"aggregate_num": 4}, update_on_kvstore=False)
 
 
-@pytest.mark.parametrize("kvstore", ["dist_sync", "dist_async", "dist_device_sync", "DIST_SYNC", "horovod",
-                                     "byteps"])
-def test_kvstore_row_distributed_needs_optzoo_kvstore(kvstore):
-    with pytest.raises(ValueError, match="distributed kvstore.*optzoo.kvstore"):
+@pytest.fixture
+def one_process_group(monkeypatch):
+    """A world of one gloo process (no network), torn down after the test."""
+    import torch.distributed as dist
+
+    from optzoo import kvstore as kvs
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield kvs
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kvstore", ["dist_sync", "dist_async", "dist_device_sync", "DIST_SYNC"])
+def test_kvstore_row_distributed_needs_a_process_group(kvstore, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(RuntimeError, match="torch.distributed process group.*torchrun"):
         resolve_kvstore(kvstore, 1, None, 1)
-    with pytest.raises(ValueError, match="optzoo.kvstore"):
+    with pytest.raises(RuntimeError, match="torchrun"):
         Trainer(make_model(), "sgd", kvstore=kvstore)
 
 
-def test_kvstore_row_several_devices_need_optzoo_kvstore():
-    with pytest.raises(ValueError, match="2 devices.*optzoo.kvstore"):
-        resolve_kvstore("device", 2, None, 1)
+@pytest.mark.parametrize("kvstore, update_on_kvstore, aggregate_num, expected", [
+    ("dist_sync", None, 1, True),            # Gluon default: update on the kvstore
+    ("dist_sync", False, 1, False),
+    ("DIST_SYNC", True, 1, True),
+    ("dist_device_sync", None, 1, True),
+    ("dist_sync", None, 4, False),           # aggregated updates run in the Trainer
+    ("dist_async", None, 1, True),
+    ("dist_async", True, 1, True),
+])
+def test_kvstore_row_distributed(one_process_group, kvstore, update_on_kvstore, aggregate_num, expected):
+    decision = resolve_kvstore(kvstore, 1, update_on_kvstore, aggregate_num)
+    assert decision.distributed and decision.update_on_kvstore is expected
+    assert decision.kvstore.type == kvstore.lower() and decision.kvstore.num_workers == 1
 
 
-def test_kvstore_row_kvstore_object_needs_optzoo_kvstore():
+def test_kvstore_row_update_on_kvstore_env_default(one_process_group, monkeypatch):
+    monkeypatch.setenv("MXNET_UPDATE_ON_KVSTORE", "0")
+    assert resolve_kvstore("dist_sync", 1, None, 1).update_on_kvstore is False
+    assert resolve_kvstore("dist_sync", 1, True, 1).update_on_kvstore is True
+    assert resolve_kvstore("dist_async", 1, None, 1).update_on_kvstore is True  # async forces it
+
+
+@pytest.mark.parametrize("update_on_kvstore, aggregate_num, match", [
+    (False, 1, "dist_async' needs update_on_kvstore=True.*update_on_kvstore=False was given"),
+    (None, 4, "dist_async' needs update_on_kvstore=True.*aggregate_num"),
+])
+def test_kvstore_row_async_needs_update_on_kvstore(one_process_group, update_on_kvstore, aggregate_num, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_kvstore("dist_async", 1, update_on_kvstore, aggregate_num)
+
+
+def test_kvstore_row_dist_sync_in_one_process_trains_like_no_kvstore(one_process_group):
+    for update_on_kvstore in (True, False):
+        plain, dist_model = make_model(), make_model()
+        t1 = Trainer(plain, "adam", {"learning_rate": 0.01})
+        t2 = Trainer(dist_model, "adam", {"learning_rate": 0.01}, kvstore="dist_sync",
+                     update_on_kvstore=update_on_kvstore)
+        for step in range(3):
+            backward(plain, step)
+            backward(dist_model, step)
+            t1.step(5)
+            t2.step(5)
+        for a, b in zip(plain.parameters(), dist_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        if update_on_kvstore:
+            with pytest.raises(ValueError, match="update_on_kvstore=True"):
+                t2.update(5)
+            with pytest.raises(ValueError, match="update_on_kvstore=True"):
+                t2.allreduce_grads()
+
+
+def test_kvstore_row_distributed_update_on_kvstore_fixes_the_batch_size(one_process_group):
+    model = make_model()
+    trainer = Trainer(model, "sgd", kvstore="dist_sync")
+    backward(model)
+    trainer.step(5)
+    backward(model)
+    with pytest.raises(UserWarning, match="Possible change in the `batch_size`"):
+        trainer.step(4)
+    trainer = Trainer(model, "sgd", kvstore="dist_sync", update_on_kvstore=False)
+    for n in (5, 4):  # updates in the Trainer: the batch size may change
+        backward(model)
+        trainer.step(n)
+
+
+@pytest.mark.parametrize("kvstore", ["horovod", "byteps"])
+def test_kvstore_row_plugins_are_not_available(kvstore):
+    with pytest.raises(ValueError, match="Horovod/BytePS plugin.*dist_sync"):
+        resolve_kvstore(kvstore, 1, None, 1)
+
+
+def test_kvstore_row_several_devices_create_a_local_kvstore():
+    decision = resolve_kvstore("device", 2, None, 1)
+    assert decision.kvstore.type == "device" and decision.update_on_kvstore and not decision.distributed
+    assert resolve_kvstore("local", 2, False, 1).update_on_kvstore is False
+
+
+def test_kvstore_row_kvstore_object_is_used():
+    from optzoo import kvstore as kvs
+
+    store = kvs.create("local")
+    assert resolve_kvstore(store, 1, None, 1) == KVStoreDecision(store, True, False)
+    with pytest.raises(ValueError, match="not supported for this type of kvstore"):
+        resolve_kvstore(store, 1, None, 1, {"type": "2bit"})
+
     class MyKVStore:
         type = "local"
 
-    with pytest.raises(ValueError, match="MyKVStore object.*optzoo.kvstore"):
+    with pytest.raises(TypeError, match="kvstore must be a string, an optzoo.kvstore KVStore object"):
         resolve_kvstore(MyKVStore(), 1, None, 1)
 
 

@@ -296,7 +296,7 @@ class Optimizer:
     # ------------------------------------------------------------------ states
     def create_state(self, index, weight: torch.Tensor):
         """The optimizer state of one weight (``None`` if the rule has none)."""
-        return
+        return None
 
     def _zeros(self, weight: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(weight, dtype=self.state_dtype or weight.dtype,
