@@ -1,8 +1,8 @@
 """optzoo: the complete Apache MXNet optimizer family, its Gluon Trainer and learning-rate schedulers, on PyTorch."""
 
-from . import lr_scheduler, optimizer
+from . import kvstore, lr_scheduler, optimizer
 from .torch_optimizer import TorchOptimizer
 from .trainer import StaleGradientError, Trainer
 
 __version__ = "0.1.0"
-__all__ = ["optimizer", "lr_scheduler", "TorchOptimizer", "Trainer", "StaleGradientError", "__version__"]
+__all__ = ["optimizer", "lr_scheduler", "kvstore", "TorchOptimizer", "Trainer", "StaleGradientError", "__version__"]

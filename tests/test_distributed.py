@@ -1,0 +1,346 @@
+"""optzoo.kvstore across processes: 2 gloo workers on 127.0.0.1, started inside the test suite.
+
+Each job below starts 2 processes once (module-scoped fixtures), runs several scenarios and saves what the
+tests compare; every job is bounded in time (the processes are killed past ``JOB_TIMEOUT``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import optzoo
+from optzoo import kvstore as kvs
+
+JOB_TIMEOUT = 180.0
+WORLD = 2
+B = 4  # per-worker batch
+STEPS = 4
+OPTIMIZERS = {  # name -> optimizer_params
+    "sgd": {"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-3},
+    "adam": {"learning_rate": 0.01, "wd": 1e-3},
+    "rmsprop": {"learning_rate": 0.01, "rho": 0.9, "momentum": 0.5, "centered": True},
+}
+
+
+# ---------------------------------------------------------------------------------------------- harness
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, job, port, outdir, timeout):
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                                timeout=datetime.timedelta(seconds=timeout))
+        result = globals()[job](rank, outdir)
+        torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
+    except BaseException:
+        with open(os.path.join(outdir, f"rank{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_job(job: str, tmp_path, timeout: float = 60.0, expect_fail: tuple = ()) -> dict:
+    """Runs ``job(rank, outdir)`` on WORLD processes; returns ``{rank: result}`` (ranks in ``expect_fail``
+    may die without a result)."""
+    ctx = mp.start_processes(_entry, args=(job, _free_port(), str(tmp_path), timeout), nprocs=WORLD,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not all(not p.is_alive() for p in ctx.processes):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"distributed job {job!r} did not finish within {JOB_TIMEOUT} s")
+        time.sleep(0.2)
+    results = {}
+    for rank in range(WORLD):
+        err = tmp_path / f"rank{rank}.err"
+        if rank in expect_fail:
+            continue
+        if err.exists():
+            pytest.fail(f"rank {rank} of job {job!r} failed:\n{err.read_text()}")
+        results[rank] = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+    return results
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+
+
+def global_batch(step, n=WORLD * B):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(n, 5, generator=g), torch.randn(n, 2, generator=g)
+
+
+def loss_of(model, x, y):
+    return ((model(x) - y) ** 2).sum()
+
+
+def train(model, trainer, steps, rank=None, batch_size=WORLD * B, first=0):
+    """``rank=None``: one process on the whole batch; else this rank's slice of B samples."""
+    for step in range(first, first + steps):
+        x, y = global_batch(step)
+        if rank is not None:
+            x, y = x[rank * B:(rank + 1) * B], y[rank * B:(rank + 1) * B]
+        loss_of(model, x, y).backward()
+        trainer.step(batch_size)
+
+
+def params_of(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+# ---------------------------------------------------------------------------------------------- job: sync
+GRADS = [torch.linspace(-1.3, 1.1, 37) * (r + 1) + 0.05 * s for s in range(5) for r in range(WORLD)]
+
+
+def sync_job(rank, outdir):
+    out = {}
+    for name, kwargs in OPTIMIZERS.items():  # N workers on B each == one process on N*B
+        for uok in (True, False):
+            model = make_model(seed=rank)  # different seeds: the kvstore must broadcast rank 0's weights
+            trainer = optzoo.Trainer(model, name, kwargs, kvstore="dist_sync", update_on_kvstore=uok)
+            train(model, trainer, STEPS, rank)
+            out[(name, uok)] = params_of(model)
+    for ctype in ("2bit", "1bit"):  # compressed pushes through all_gather of packed words
+        kv = kvs.create("dist_sync")
+        kv.set_gradient_compression({"type": ctype, "threshold": 0.5})
+        kv.init("w", torch.zeros(37))
+        pulled = []
+        for s in range(5):
+            o = torch.zeros(37)
+            kv.pushpull("w", GRADS[2 * s + rank], out=o)
+            pulled.append(o)
+        out[ctype] = (torch.stack(pulled), kv.bytes_sent)
+    kv = kvs.create("dist_sync")
+    kv.init(0, torch.zeros(1000))
+    kv.push(0, torch.ones(1000))
+    out["plain_bytes"] = kv.bytes_sent
+    # checkpoint: 3 steps, save, 3 steps == a fresh job that loads the checkpoint and runs the last 3
+    path = os.path.join(outdir, f"ckpt{rank}")
+    model = make_model()
+    trainer = optzoo.Trainer(model, "adam", {"learning_rate": 0.01}, kvstore="dist_sync")
+    train(model, trainer, 3, rank)
+    trainer.save_states(path + ".states")
+    torch.save(model.state_dict(), path + ".model")
+    train(model, trainer, 3, rank, first=3)
+    out["continuous"] = params_of(model)
+    model = make_model(seed=7)
+    trainer = optzoo.Trainer(model, "adam", {"learning_rate": 0.5}, kvstore="dist_sync")
+    model.load_state_dict(torch.load(path + ".model"))  # after the Trainer exists: the kvstore must see it
+    trainer.load_states(path + ".states")
+    train(model, trainer, 3, rank, first=3)
+    out["resumed"] = params_of(model)
+    # Signum with 1-bit (sign) compression trains a linear regression
+    torch.manual_seed(0)
+    true_w = torch.randn(2, 5)
+    model = torch.nn.Linear(5, 2, bias=False)
+    trainer = optzoo.Trainer(model, "signum", {"learning_rate": 0.01}, kvstore="dist_sync",
+                             compression_params={"type": "1bit", "threshold": 0.0})
+    losses = []
+    for step in range(60):
+        x = torch.randn(B, 5, generator=torch.Generator().manual_seed(1000 * rank + step))
+        loss = ((model(x) - x @ true_w.T) ** 2).sum()
+        loss.backward()
+        trainer.step(WORLD * B)
+        losses.append(loss.item())
+    out["signum_losses"] = losses
+    return out
+
+
+@pytest.fixture(scope="module")
+def sync_results(tmp_path_factory):
+    return run_job("sync_job", tmp_path_factory.mktemp("sync"))
+
+
+@pytest.mark.parametrize("uok", [True, False], ids=["update_on_kvstore", "update_in_trainer"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_dist_sync_equals_one_process_on_the_concatenated_batch(sync_results, name, uok):
+    model = make_model(seed=0)
+    trainer = optzoo.Trainer(model, name, OPTIMIZERS[name])
+    train(model, trainer, STEPS)
+    for rank in range(WORLD):
+        for got, want in zip(sync_results[rank][(name, uok)], params_of(model)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ctype", ["2bit", "1bit"])
+def test_dist_sync_compression_matches_the_device_kvstore(sync_results, ctype):
+    """The same per-worker gradient sequences through a 2-"device" local kvstore (checked against MXNet in
+    test_compression_mxnet.py) give bit-identical sums."""
+    kv = kvs.create("device")
+    kv.set_gradient_compression({"type": ctype, "threshold": 0.5})
+    kv.init("w", torch.zeros(37))
+    want = []
+    for s in range(5):
+        o = torch.zeros(37)
+        kv.pushpull("w", [GRADS[2 * s], GRADS[2 * s + 1]], out=o)
+        want.append(o)
+    for rank in range(WORLD):
+        pulled, sent = sync_results[rank][ctype]
+        assert torch.equal(pulled, torch.stack(want))
+        words = -(-37 // (16 if ctype == "2bit" else 32))
+        assert sent == 5 * 4 * words  # packed 32-bit words really went over all_gather
+
+
+def test_wire_bytes_without_compression(sync_results):
+    assert sync_results[0]["plain_bytes"] == 4000
+
+
+def test_checkpoint_resume_loses_nothing(sync_results):
+    for rank in range(WORLD):
+        for a, b in zip(sync_results[rank]["continuous"], sync_results[rank]["resumed"]):
+            assert torch.equal(a, b)
+
+
+def test_signum_with_sign_compression_trains(sync_results):
+    losses = sync_results[0]["signum_losses"]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.3 * first, (first, last)
+
+
+# ---------------------------------------------------------------------------------------------- job: async
+CURV = torch.linspace(0.5, 1.0, 8)  # f(w) = 0.5 * sum(CURV * w^2)
+W0 = torch.linspace(-1.0, 1.0, 8)
+ROUNDS = 6
+
+
+def _stale_rounds(kv, key, rank, rounds):
+    """Every round both workers pull, then (after a barrier) both push a gradient computed at the pulled
+    weight: the second push the server applies is one update stale."""
+    w = torch.zeros(8)
+    for _ in range(rounds):
+        kv.pull(key, out=w)
+        kv.barrier()
+        kv.push(key, CURV * w)
+        kv.barrier()
+    kv.pull(key, out=w)
+    return w
+
+
+def async_job(rank, outdir):
+    out = {}
+    kv = kvs.create("dist_async")
+    kv.set_optimizer(optzoo.optimizer.create("dcasgd", learning_rate=0.9, lamda=1.0))
+    kv.init("dcasgd", W0)
+    out["dcasgd"] = _stale_rounds(kv, "dcasgd", rank, ROUNDS)
+    kv2 = kvs.create("dist_async")
+    kv2.set_optimizer(optzoo.optimizer.create("dcasgd", learning_rate=0.9, lamda=0.0))
+    kv2.init("plain", W0)
+    out["plain"] = _stale_rounds(kv2, "plain", rank, ROUNDS)
+    kv.barrier()
+    out["pushes_applied"] = (kv.pushes_applied, kv2.pushes_applied)
+    kv.close()
+    kv2.close()
+    # a Trainer on dist_async with 2-bit compression: no barriers, each worker on its own batches
+    torch.manual_seed(0)
+    true_w = torch.randn(2, 5)
+    model = torch.nn.Linear(5, 2, bias=False)
+    trainer = optzoo.Trainer(model, "sgd", {"learning_rate": 0.5}, kvstore="dist_async",
+                             compression_params={"type": "2bit", "threshold": 0.2})
+    losses = []
+    for step in range(40):
+        x = torch.randn(B, 5, generator=torch.Generator().manual_seed(1000 * rank + step))
+        loss = ((model(x) - x @ true_w.T) ** 2).sum()
+        loss.backward()
+        trainer.step(B)
+        losses.append(loss.item())
+    trainer._kvstore.barrier()
+    out["trainer_losses"] = losses
+    trainer._kvstore.close()
+    return out
+
+
+def _local_stale(lamda):
+    """The same schedule in one process: each round applies the round's gradient twice."""
+    opt = optzoo.optimizer.create("dcasgd", learning_rate=0.9, lamda=lamda)
+    updater = optzoo.optimizer.get_updater(opt)
+    w = W0.clone()
+    for _ in range(ROUNDS):
+        g = CURV * w
+        updater("k", g.clone(), w)
+        updater("k", g.clone(), w)
+    return w
+
+
+@pytest.fixture(scope="module")
+def async_results(tmp_path_factory):
+    return run_job("async_job", tmp_path_factory.mktemp("async"))
+
+
+def test_dist_async_server_applies_every_push(async_results):
+    assert async_results[0]["pushes_applied"] == (2 * ROUNDS, 2 * ROUNDS)
+    for rank in range(WORLD):
+        torch.testing.assert_close(async_results[rank]["dcasgd"], _local_stale(1.0), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(async_results[rank]["plain"], _local_stale(0.0), rtol=1e-6, atol=1e-7)
+
+
+def test_dcasgd_delay_compensation_beats_stale_sgd(async_results):
+    loss = {k: float((0.5 * CURV * async_results[0][k] ** 2).sum()) for k in ("dcasgd", "plain")}
+    start = float((0.5 * CURV * W0 ** 2).sum())
+    assert loss["dcasgd"] < 0.05 * loss["plain"] < 0.05 * start, loss
+
+
+def test_dist_async_trainer_trains(async_results):
+    for rank in range(WORLD):
+        losses = async_results[rank]["trainer_losses"]
+        assert sum(losses[-10:]) < 0.4 * sum(losses[:10]), losses
+
+
+# ---------------------------------------------------------------------------------------------- job: fault
+def fault_job(rank, outdir):
+    model = make_model()
+    trainer = optzoo.Trainer(model, "sgd", {"learning_rate": 0.1}, kvstore="dist_sync")
+    train(model, trainer, 1, rank)
+    if rank == 1:
+        os._exit(3)  # dies without a word
+    start = time.monotonic()
+    try:
+        train(model, trainer, 1, rank, first=1)
+    except kvs.KVStoreError as exc:
+        return {"error": str(exc), "seconds": time.monotonic() - start}
+    return {"error": None, "seconds": time.monotonic() - start}
+
+
+def test_dead_worker_gives_a_clear_error_in_bounded_time(tmp_path):
+    result = run_job("fault_job", tmp_path, timeout=20.0, expect_fail=(1,))[0]
+    assert result["error"] is not None, "the surviving worker did not notice the dead one"
+    assert "dist_sync: push (gradient sum) of key 0 failed on rank 0 of 2" in result["error"]
+    assert "died" in result["error"]
+    assert result["seconds"] < 25.0
+
+
+def fault_async_job(rank, outdir):
+    kv = kvs.create("dist_async")
+    kv.set_optimizer(optzoo.optimizer.create("sgd", learning_rate=0.1))
+    kv.init(0, torch.zeros(3))
+    kv.push(0, torch.ones(3))
+    if rank == 1:
+        os._exit(3)
+    start = time.monotonic()
+    try:
+        kv.barrier()
+    except kvs.KVStoreError as exc:
+        return {"error": str(exc), "seconds": time.monotonic() - start}
+    return {"error": None, "seconds": time.monotonic() - start}
+
+
+def test_dead_worker_fails_the_async_barrier_naming_it(tmp_path):
+    result = run_job("fault_async_job", tmp_path, timeout=10.0, expect_fail=(1,))[0]
+    assert result["error"] is not None and result["seconds"] < 20.0
+    assert "dist_async: barrier failed on rank 0" in result["error"] and "1" in result["error"]
