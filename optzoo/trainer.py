@@ -531,6 +531,12 @@ class Trainer:
         return self._optimizer
 
     @property
+    def kvstore(self):
+        """The kvstore that sums gradients across processes (``rank``, ``num_workers``, ...), or ``None`` when
+        nothing is reduced (one process)."""
+        return self._kvstore
+
+    @property
     def learning_rate(self) -> float:
         """The current learning rate (the scheduler's value at ``optimizer.num_update`` if it has one)."""
         return self._optimizer.learning_rate

@@ -544,6 +544,7 @@ def test_kvstore_row_dist_sync_in_one_process_trains_like_no_kvstore(one_process
         t1 = Trainer(plain, "adam", {"learning_rate": 0.01})
         t2 = Trainer(dist_model, "adam", {"learning_rate": 0.01}, kvstore="dist_sync",
                      update_on_kvstore=update_on_kvstore)
+        assert (t2.kvstore.num_workers, t2.kvstore.rank, t2.kvstore.type) == (1, 0, "dist_sync")
         for step in range(3):
             backward(plain, step)
             backward(dist_model, step)
@@ -707,3 +708,8 @@ def test_backward_on_the_parameter_itself_supplies_a_gradient():
     w.backward(torch.full((3,), 2.0))
     trainer.step(1)
     assert torch.equal(w.detach(), torch.full((3,), -2.0))  # replaced the hand-assigned ones ('write')
+
+
+def test_kvstore_property_is_none_in_one_process():
+    trainer = Trainer(torch.nn.Linear(2, 1), "sgd")
+    assert trainer.kvstore is None
