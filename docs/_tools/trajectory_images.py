@@ -2,9 +2,7 @@
 
 Each picture is cut from the output of ``optzoo trajectories`` (one run per optimizer, PNG only): the
 optimizer's path on the contour plot and its ``f - f_min`` curve, for each test function, stacked and
-stored as a small palette PNG. GroupAdaGrad only accepts 2-D weights, which the command's 2-element point is
-not; its path is computed here with the command's own functions on the point reshaped to 2 rows of 1
-feature (so each coordinate has its own history, as the rows of an embedding do).
+stored as a small palette PNG.
 
 Run through ``scripts/docs.sh --refresh-images``.
 """
@@ -12,7 +10,6 @@ Run through ``scripts/docs.sh --refresh-images``.
 from __future__ import annotations
 
 import argparse
-import math
 import subprocess
 import sys
 import tempfile
@@ -22,43 +19,6 @@ FUNCTIONS = ("rosenbrock", "beale", "saddle")
 #: fraction of the command's PNG width holding the first two panels (path and f against the step) of 4
 KEEP_WIDTH = 0.5
 COLORS = 64
-
-
-def _groupadagrad(out: Path, steps: int) -> None:
-    import torch
-
-    from optzoo.cli import trajectories as tr
-    from optzoo.cli.common import OptimizerSpec
-    from optzoo.optimizer import create, get_updater
-
-    def path_for(lr: float, fn) -> dict:
-        updater = get_updater(create("groupadagrad", learning_rate=lr))
-        point = torch.tensor(fn.start, dtype=torch.float32).reshape(2, 1)
-        path, values, status = [list(fn.start)], [float(fn.f(*fn.start))], "ok"
-        for _ in range(steps):
-            x, y = map(float, point.flatten().tolist())
-            grad = torch.tensor(fn.grad(x, y), dtype=torch.float32).reshape(2, 1)
-            updater(0, grad, point)
-            x, y = map(float, point.flatten().tolist())
-            if not (math.isfinite(x) and math.isfinite(y)) or max(abs(x), abs(y)) > 1e3:
-                status = "diverged"
-                break
-            path.append([x, y])
-            values.append(float(fn.f(x, y)))
-        return {"path": path, "f": values, "status": status, "learning_rate": lr, "tuned": True}
-
-    def score(result, fn) -> float:
-        if result["status"] != "ok":
-            return math.inf
-        return sum(math.log10(max(v - fn.f_min, 0.0) + 1e-12) for v in result["f"]) / len(result["f"])
-
-    out.mkdir(parents=True, exist_ok=True)
-    spec = OptimizerSpec("groupadagrad", {})
-    spec.label = "groupadagrad"
-    for name in FUNCTIONS:
-        fn = tr.FUNCTIONS[name]
-        best = min((path_for(lr, fn) for lr in tr.LR_GRID), key=lambda r: score(r, fn))
-        tr.draw_png(fn, [spec], [best], out / f"{name}.png")
 
 
 def _shrink(pngs: list[Path], target: Path) -> None:
@@ -95,10 +55,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             run_dir = Path(tmp) / name
-            if name == "groupadagrad":
-                _groupadagrad(run_dir, args.steps)
-            else:
-                subprocess.run([*optzoo_cmd, "--optimizers", name, "--out", str(run_dir)], check=True)
+            subprocess.run([*optzoo_cmd, "--optimizers", name, "--out", str(run_dir)], check=True)
             _shrink([run_dir / f"{f}.png" for f in FUNCTIONS], out / f"{name}.png")
             print(f"wrote {out / (name + '.png')}", flush=True)
     return 0

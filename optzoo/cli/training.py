@@ -1,6 +1,7 @@
 """Training small models on a dataset shipped with scikit-learn, with any optzoo optimizer.
 
-Used by ``optzoo compare``. Updates go through ``optzoo.optimizer.get_updater`` (never torch.optim). The data split is fixed; a run's seed fixes the initial weights, the batch
+Used by ``optzoo compare``. Updates go through ``optzoo.optimizer.get_updater`` (never torch.optim).
+The data split is fixed; a run's seed fixes the initial weights, the batch
 order and any noise the optimizer draws (SGLD), so a run is reproducible bit for bit on the same machine,
 torch build and thread count.
 """

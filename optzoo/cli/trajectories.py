@@ -38,7 +38,8 @@ from .common import (
     write_json_atomic,
 )
 
-__all__ = ["FUNCTIONS", "GIF_DPI", "GIF_SIZE", "LR_GRID", "TestFunction", "add_parser", "optimize_path", "png_size", "run"]
+__all__ = ["FUNCTIONS", "GIF_DPI", "GIF_SIZE", "LR_GRID", "TestFunction", "add_parser", "optimize_path", "png_size",
+           "run"]
 
 #: learning rates tried for an optimizer that is given none (half decades)
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
@@ -176,13 +177,15 @@ def optimize_path(spec: OptimizerSpec, fn: TestFunction, steps: int, seed: int =
 
     torch.manual_seed(seed)
     updater = get_updater(create(spec.name, **spec.params))
-    point = torch.tensor(fn.start, dtype=torch.float32)
+    # the point as 2 rows of 1: identical for element-wise and whole-tensor (trust-ratio) rules, and the shape
+    # row-wise rules such as GroupAdaGrad need
+    point = torch.tensor(fn.start, dtype=torch.float32).reshape(2, 1)
     path, values = [list(fn.start)], [float(fn.f(*fn.start))]
     span = max(fn.xlim[1] - fn.xlim[0], fn.ylim[1] - fn.ylim[0])
     status = "ok"
     for _ in range(steps):
         # the gradient in float64 at the float32 point, rounded to float32 (the optimizer's arithmetic is float32)
-        grad = torch.tensor(fn.grad(*map(float, point.tolist())), dtype=torch.float32)
+        grad = torch.tensor(fn.grad(*map(float, point.flatten().tolist())), dtype=torch.float32).reshape(2, 1)
         if not torch.isfinite(grad).all():
             status = "diverged"
             break
