@@ -44,7 +44,8 @@ def optzoo(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None)
 
 
 def python_c(code: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, check=False, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, check=False, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -210,7 +211,8 @@ def test_console_script_is_installed(tmp_path):
     script = Path(sys.executable).with_name("optzoo")
     if not script.exists():
         pytest.skip("the optzoo console script is not installed in this environment (pip install -e .)")
-    result = subprocess.run([str(script), "--version"], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(script), "--version"], cwd=tmp_path, check=False, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("optzoo ")
 
 

@@ -219,7 +219,10 @@ def test_zero_learning_rate_is_rejected_clearly(name):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_schedule_reaching_zero_and_lr_mult_zero_leave_the_tensor_untouched(name, impl):
     torch.manual_seed(0)
-    schedule = lambda num_update: 0.05 if num_update <= 3 else 0.0
+
+    def schedule(num_update):
+        return 0.05 if num_update <= 3 else 0.0
+
     optimizer = opt.create(name, impl=impl, wd=0.01, lr_scheduler=schedule)
     optimizer.set_lr_mult({1: 0.0})  # lr_mult=0 freezes parameter 1 from the start
     weights = [torch.randn(4, 3), torch.randn(5)]

@@ -238,7 +238,7 @@ def test_lbsgd_accumulation_and_warmup_match_mxnet_19(lbsgd_runs, cid, impl):
             f"{prefix} pending gradient sum {i}",
         )
         # MXNet's per-index micro-batch counter equals optzoo's, derived from the update count t
-        optimizer = opt.create("lbsgd", **{k: v for k, v in kwargs.items()})
+        optimizer = opt.create("lbsgd", **dict(kwargs))
         t = kwargs.get("begin_num_update", 0) + case["steps"]
         assert optimizer._num_cums(t) == results[f"{prefix}/num_cums/{i}"]
 

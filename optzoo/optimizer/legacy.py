@@ -1,7 +1,8 @@
 """MXNet 1.x optimizers that MXNet 2.0 removed: ``ccSGD`` and ``LBSGD``, with MXNet 1.9.1's numerics.
 
 They exist so that training code written for MXNet 1.9.1 can move to optzoo and keep computing the same
-updates (MXNet's pickled optimizer states cannot be read). New code should use the modern optimizers named in each class's docstring.
+updates (MXNet's pickled optimizer states cannot be read). New code should use the modern optimizers named in
+each class's docstring.
 
 What differs from the modern (MXNet 2.0) classes, all as in MXNet 1.9.1:
 
