@@ -40,6 +40,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from . import checkpoint
+from .kvstore.compression import create_compression
 from .optimizer.base import Optimizer, create
 from .optimizer.updater import Updater, get_updater
 from .optimizer.validation import check_bool, check_choice, check_real
@@ -60,7 +61,6 @@ GRAD_REQS = ("write", "add", "null")
 LOCAL_KVSTORES = ("local", "device", "nccl")
 #: distributed kvstore plugins whose names do not contain "dist".
 _DIST_PLUGINS = ("horovod", "byteps")
-_COMPRESSION_TYPES = ("2bit", "1bit")
 
 
 class StaleGradientError(ValueError, UserWarning):
@@ -83,23 +83,6 @@ class KVStoreDecision:
     kvstore: object | None
     update_on_kvstore: bool
     distributed: bool
-
-
-def _check_compression_params(compression_params) -> None:
-    if compression_params is None:
-        return
-    if not isinstance(compression_params, Mapping):
-        raise TypeError("compression_params must be a dict such as {'type': '2bit', 'threshold': 0.5} or "
-                        f"None, got {type(compression_params).__name__}")
-    unknown = sorted(set(compression_params) - {"type", "threshold"})
-    if unknown:
-        raise ValueError(f"compression_params: unknown key(s) {unknown}; valid keys: 'type', 'threshold'")
-    if "type" not in compression_params:
-        raise ValueError("compression_params needs a 'type' ('2bit' or '1bit')")
-    check_choice("compression_params['type']", compression_params["type"], _COMPRESSION_TYPES)
-    if "threshold" in compression_params:
-        low = 0.0 if compression_params["type"] == "2bit" else None
-        check_real("compression_params['threshold']", compression_params["threshold"], low, low_open=True)
 
 
 def _default_update_on_kvstore() -> bool:
@@ -138,7 +121,7 @@ def resolve_kvstore(kvstore, num_device: int, update_on_kvstore, aggregate_num, 
 
     if update_on_kvstore is not None:
         check_bool("update_on_kvstore", update_on_kvstore)
-    _check_compression_params(compression_params)
+    create_compression(compression_params)  # validates the parameters (a single process ignores them)
     if aggregate_num > 1:
         if update_on_kvstore:
             raise ValueError("update_on_kvstore=True cannot be used with aggregated updates (the optimizer's "

@@ -16,7 +16,16 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, f32, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import (
+    Optimizer,
+    decayed_grads_foreach,
+    f32,
+    one_minus,
+    register,
+    rescale_clip,
+    rescale_clip_foreach,
+    state_class,
+)
 from .validation import check_bool, check_choice, check_real
 
 __all__ = ["AdaBelief", "Adam", "AdamState", "AdamW", "Adamax", "AdamaxState", "Nadam", "NadamScalars",
@@ -45,9 +54,7 @@ def adam_reference(weight, grad, state: AdamState, *, lr_t, wd, beta1, beta2, ep
 
 def adam_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`adam_reference`."""
-    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+    gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     means = [s.mean for s in states]
     variances = [s.var for s in states]
     torch._foreach_mul_(means, f32(beta1))
@@ -160,9 +167,7 @@ def _l2_grad(grad, weight, wd, rescale_grad, clip_gradient):
 
 
 def _l2_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient):
-    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+    gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     return gs
 
 

@@ -87,6 +87,14 @@ def sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, grad.to_dense().index_select(0, rows)
 
 
+def decayed_grads_foreach(weights, grads, wds, rescale_grad: float, clip_gradient: float | None):
+    """MXNet 2.0's canonical gradient for every tensor, ``clip(rescale_grad * grad) + wd * weight`` (new tensors)."""
+    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
+    if any(wds):
+        torch._foreach_add_(gs, torch._foreach_mul(list(weights), [f32(wd) for wd in wds]))
+    return gs
+
+
 def _leaves(state):
     """Tensors of a (nested tuple) state, depth first; ``None`` entries are skipped."""
     if state is None:

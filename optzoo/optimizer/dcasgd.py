@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, f32, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, decayed_grads_foreach, f32, register, rescale_clip, state_class
 from .validation import check_real
 
 __all__ = ["DCASGD", "DCASGDState", "dcasgd_foreach", "dcasgd_reference"]
@@ -37,9 +37,7 @@ def dcasgd_reference(weight, grad, state: DCASGDState, *, lr, wd, momentum, lamd
 def dcasgd_foreach(weights, grads, moms, previous_weights, *, lrs, wds, momentum, lamda, rescale_grad,
                    clip_gradient):
     """All tensors at once (``moms`` is ``None`` without momentum); the same arithmetic as :func:`dcasgd_reference`."""
-    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+    gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     ds = torch._foreach_mul(gs, gs)
     torch._foreach_mul_(ds, torch._foreach_sub(weights, previous_weights))
     torch._foreach_mul_(ds, f32(lamda))

@@ -12,7 +12,16 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, f32, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import (
+    Optimizer,
+    decayed_grads_foreach,
+    f32,
+    one_minus,
+    register,
+    rescale_clip,
+    rescale_clip_foreach,
+    state_class,
+)
 from .validation import check_bool, check_real
 
 __all__ = [
@@ -255,9 +264,7 @@ def ftml_foreach(weights, grads, states, *, coef1_lrs, coef2s, wds, beta1, beta2
     ds = [s.d for s in states]
     vs = [s.v for s in states]
     zs = [s.z for s in states]
-    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+    gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     torch._foreach_mul_(vs, f32(beta2))
     g2s = torch._foreach_mul(gs, gs)
     torch._foreach_mul_(g2s, one_minus(beta2))

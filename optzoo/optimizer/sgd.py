@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Optimizer, f32, register, rescale_clip, rescale_clip_foreach
+from .base import Optimizer, decayed_grads_foreach, f32, register, rescale_clip
 from .validation import check_bool, check_real
 
-__all__ = ["SGD", "NAG", "sgd_reference", "sgd_foreach", "nag_reference", "nag_foreach"]
-
-
-def _decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient):
-    """``clip(rescale_grad * grad) + wd * weight`` for every tensor (new tensors)."""
-    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
-    return gs
+__all__ = ["SGD", "NAG", "sgd_reference", "sgd_foreach", "momentum_step_foreach", "nag_reference", "nag_foreach"]
 
 
 def sgd_reference(weight, grad, mom, *, lr, wd, momentum, rescale_grad, clip_gradient):
@@ -30,13 +22,18 @@ def sgd_reference(weight, grad, mom, *, lr, wd, momentum, rescale_grad, clip_gra
 
 def sgd_foreach(weights, grads, moms, *, lrs, wds, momentum, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`sgd_reference`."""
-    gs = _decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
+    gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     torch._foreach_mul_(gs, [f32(lr) for lr in lrs])
+    momentum_step_foreach(weights, gs, moms, momentum)
+
+
+def momentum_step_foreach(weights, steps, moms, momentum):
+    """``w -= step`` (``moms`` None) or ``mom = momentum*mom - step; w += mom``, with ``steps = lr * g``."""
     if moms is None:
-        torch._foreach_sub_(weights, gs)
+        torch._foreach_sub_(weights, steps)
     else:
         torch._foreach_mul_(moms, f32(momentum))
-        torch._foreach_sub_(moms, gs)
+        torch._foreach_sub_(moms, steps)
         torch._foreach_add_(weights, moms)
 
 
@@ -53,7 +50,7 @@ def nag_reference(weight, grad, mom, *, lr, wd, momentum, rescale_grad, clip_gra
 
 def nag_foreach(weights, grads, moms, *, lrs, wds, momentum, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`nag_reference`."""
-    steps = _decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
+    steps = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     torch._foreach_mul_(steps, [f32(lr) for lr in lrs])
     if moms is None:
         torch._foreach_sub_(weights, steps)

@@ -9,7 +9,7 @@ import math
 import torch
 
 from ..serialization import CheckpointError
-from .base import Optimizer, f32, register, rescale_clip, rescale_clip_foreach
+from .base import Optimizer, decayed_grads_foreach, f32, register, rescale_clip
 from .validation import check_int
 
 __all__ = ["SGLD", "sgld_foreach", "sgld_noise", "sgld_reference"]
@@ -38,9 +38,7 @@ def sgld_reference(weight, grad, noise, *, lr, wd, rescale_grad, clip_gradient):
 
 def sgld_foreach(weights, grads, noises, *, lrs, wds, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`sgld_reference`."""
-    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+    gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     torch._foreach_mul_(gs, [f32(lr / 2) for lr in lrs])
     torch._foreach_sub_(weights, gs)
     torch._foreach_add_(weights, noises)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Optimizer, f32, one_minus, register, rescale_clip, rescale_clip_foreach
+from .base import Optimizer, decayed_grads_foreach, f32, one_minus, register, rescale_clip
 from .validation import check_real
 
 __all__ = [
@@ -35,9 +35,7 @@ def signum_reference(weight, grad, mom, *, lr, wd, momentum, wd_lh, rescale_grad
 
 def signum_foreach(weights, grads, moms, *, lrs, wds, momentum, wd_lh, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`signum_reference`."""
-    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+    gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     torch._foreach_mul_(moms, f32(momentum))
     torch._foreach_mul_(gs, one_minus(momentum))
     torch._foreach_sub_(moms, gs)

@@ -19,6 +19,7 @@ import torch
 
 from .base import (
     Optimizer,
+    decayed_grads_foreach,
     f32,
     one_minus,
     register,
@@ -27,6 +28,7 @@ from .base import (
     sparse_rows,
     state_class,
 )
+from .sgd import momentum_step_foreach
 from .validation import check_bool, check_real
 
 __all__ = ["LAMB", "LANS", "LARS", "LAMBState", "LANSState", "bias_corrections", "lamb_foreach",
@@ -139,16 +141,9 @@ def lars_foreach(weights, grads, moms, *, lrs, wds, trusts, momentum, eta, epsil
                             epsilon=epsilon, rescale_grad=rescale_grad)
         index = torch.tensor(chosen, device=lr_ts.device)
         lr_ts = lr_ts.index_copy(0, index, lr_ts.index_select(0, index) * ratios)
-    gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+    gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     torch._foreach_mul_(gs, list(lr_ts.unbind(0)))
-    if moms is None:
-        torch._foreach_sub_(weights, gs)
-    else:
-        torch._foreach_mul_(moms, f32(momentum))
-        torch._foreach_sub_(moms, gs)
-        torch._foreach_add_(weights, moms)
+    momentum_step_foreach(weights, gs, moms, momentum)
 
 
 @register
