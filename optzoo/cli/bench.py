@@ -48,4 +48,7 @@ def run(args) -> int:
     entry = getattr(module, "main", None)
     if not callable(entry):
         raise CLIError(f"{BENCH_MODULE} has no main(argv) entry point", status=1)
-    return int(entry(list(args.bench_args)) or 0)
+    try:
+        return int(entry(list(args.bench_args)) or 0)
+    except SystemExit as done:  # the benchmark's own argparse: --help, or a usage error (already printed)
+        return done.code if isinstance(done.code, int) else int(done.code is not None)

@@ -1,0 +1,11 @@
+"""One-command benchmark entry: ``python bench/run.py [args]`` is ``optzoo bench [args]``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from optzoo.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,202 @@
+"""``optzoo bench``: per optimizer and shape set, ms/step, GB/s and % of the speed of light (SoL, measured in the
+same run) of optzoo's fast path, and its speed ratios against optzoo's reference path, every torch.optim
+implementation of the same algorithm (for-loop, foreach, fused) and MXNet 2.0 (timed in its own virtualenv).
+
+Run ``python -m optzoo bench --help`` or ``python bench/run.py --help``. Results go to ``<out>/bench.json`` and
+``<out>/bench.png``; the table is printed. Timing goals belong here, never in unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["main", "mxnet_python"]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mxnet_python() -> Path | None:
+    """MXNet 2.0's interpreter: ``$OPTZOO_MXNET_PYTHON`` or ``<repo>/.venv-mxnet/bin/python``."""
+    explicit = os.environ.get("OPTZOO_MXNET_PYTHON")
+    path = Path(explicit) if explicit else ROOT / ".venv-mxnet" / "bin" / "python"
+    return path if path.exists() else None
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip().lower() for x in text.split(",") if x.strip()]
+
+
+def _parser():
+    from .shapes import DEFAULT_SHAPES
+    from .torch_runner import DEFAULT_OPTIMIZERS
+
+    p = argparse.ArgumentParser(prog="optzoo bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
+                   help=f"comma-separated shape sets (default: {','.join(DEFAULT_SHAPES)})")
+    p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
+                   help=f"comma-separated optimizers (default: {','.join(DEFAULT_OPTIMIZERS)})")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is reported")
+    p.add_argument("--threads", type=int, default=None, help="threads for torch, the SoL kernels and MXNet "
+                   "(default: torch's current setting)")
+    p.add_argument("--target-ms", type=float, default=None,
+                   help="length of one timed run in ms (default 150, or 5 with --quick)")
+    p.add_argument("--quick", action="store_true", help="small shape sets, one repeat: a smoke run for CI/tests")
+    p.add_argument("--no-mxnet", action="store_true", help="skip the MXNet comparison")
+    p.add_argument("--no-reference", action="store_true", help="skip optzoo's impl='reference' path")
+    p.add_argument("--out", default="bench-results", help="directory for bench.json and bench.png")
+    return p
+
+
+def _machine(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {threads} threads used"
+
+
+def _loadavg() -> str | None:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return None
+
+
+def _run_mxnet(python: Path, shapes, names, threads, repeats, target_s) -> dict:
+    from .torch_runner import SPECS
+
+    spec = {"shapes": [list(s) for s in shapes], "optimizers": {n: SPECS[n][0] for n in names},
+            "repeats": repeats, "target_s": target_s}
+    with tempfile.TemporaryDirectory(prefix="optzoo-bench-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        env.update(OMP_NUM_THREADS=str(threads), MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
+        with resources.as_file(resources.files(__package__).joinpath("mxnet_runner.py")) as runner:
+            proc = subprocess.run([str(python), str(runner), str(spec_path), str(out_path)], capture_output=True,
+                                  text=True, env=env, timeout=3600)
+        if proc.returncode != 0 or not out_path.exists():
+            return {"_error": f"MXNet process failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"}
+        return json.loads(out_path.read_text())
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    import torch  # before the SoL kernels are loaded: one libgomp in the process
+
+    from . import report, sol
+    from .shapes import SHAPE_SETS, get_shapes, numel
+    from .torch_runner import SPECS, make_grads, run_optzoo, run_torch, torch_variants
+
+    shape_names, names = _csv(args.shapes), _csv(args.optimizers)
+    for s in shape_names:
+        if s not in SHAPE_SETS:
+            print(f"optzoo bench: unknown shape set {s!r}; choose from {', '.join(SHAPE_SETS)}", file=sys.stderr)
+            return 2
+    for n in names:
+        if n not in SPECS:
+            print(f"optzoo bench: no benchmark setup for optimizer {n!r}; choose from {', '.join(SPECS)}",
+                  file=sys.stderr)
+            return 2
+    if args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        print("optzoo bench: --repeats and --threads must be >= 1", file=sys.stderr)
+        return 2
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    repeats = 1 if args.quick else args.repeats
+    target_s = (args.target_ms if args.target_ms is not None else (5.0 if args.quick else 150.0)) / 1e3
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    notes = []
+    try:
+        sol.load()
+        sol_ok = True
+    except sol.SolUnavailable as err:
+        sol_ok = False
+        notes.append(f"SoL n/a: {err}")
+        print(f"note: {err}")
+    mx_python = None if args.no_mxnet else mxnet_python()
+    if not args.no_mxnet and mx_python is None:
+        notes.append("MXNet skipped: no MXNet 2.0 virtualenv (<repo>/.venv-mxnet or $OPTZOO_MXNET_PYTHON)")
+        print(f"note: {notes[-1]}")
+
+    started = time.time()
+    data = {"meta": {"machine": _machine(threads), "threads": threads, "torch": torch.__version__,
+                     "python": platform.python_version(), "quick": args.quick, "repeats": repeats,
+                     "target_ms": target_s * 1e3, "loadavg_start": _loadavg(), "argv": list(argv or []),
+                     "sol_available": sol_ok, "notes": notes,
+                     "ratio_definition": "t_other / t_optzoo (optzoo impl='auto'); > 1 means optzoo is faster",
+                     "peak_memory_method": {
+                         "torch": "torch.profiler(profile_memory=True): peak of the running sum of allocator "
+                                  "allocations/frees during one steady-state step (temporaries only)",
+                         "mxnet": "rise of the process RSS high-water mark (VmHWM, reset via /proc/self/clear_refs) "
+                                  "over one steady-state step; a lower bound, MXNet pools memory"}},
+            "shapes": {}, "results": []}
+    for shape_name in shape_names:
+        shapes = get_shapes(shape_name, args.quick)
+        params = sum(numel(s) for s in shapes)
+        data["shapes"][shape_name] = {"tensors": len(shapes), "params": params,
+                                      "description": SHAPE_SETS[shape_name][2]}
+        print(f"== {shape_name}: {len(shapes)} tensors, {params:,} values", flush=True)
+        grads = make_grads(shapes)
+        for name in names:
+            impls = {}
+            oz, n_states, sol_row = run_optzoo(name, shapes, grads, "auto", repeats, target_s, threads, sol_ok)
+            impls["optzoo"] = oz
+            sol_s = (sol_row or {}).get("ms", 0) / 1e3
+            bpp = sol.bytes_per_param(n_states)
+            if not args.no_reference:
+                ref, _, _ = run_optzoo(name, shapes, grads, "reference", repeats, target_s, threads, False)
+                ref["pct_sol"] = 100.0 * sol_s / (ref["ms"] / 1e3) if sol_s else None
+                impls["optzoo reference"] = ref
+            for variant in torch_variants(name):
+                impls[variant] = run_torch(name, variant, shapes, grads, repeats, target_s, bpp, sol_s)
+            data["results"].append({"shape": shape_name, "optimizer": name, "tensors": len(shapes), "params": params,
+                                    "n_states": n_states, "bytes_per_param": bpp, "sol": sol_row, "impls": impls})
+            shown = "  ".join(f"{k}={m['ms']:.3g}ms" for k, m in impls.items() if m.get("ms"))
+            print(f"  {name:10s} SoL={sol_s * 1e3:.3g}ms  {shown}", flush=True)
+        del grads
+        if mx_python is not None:
+            print(f"  (MXNet 2.0, own process, {threads} OpenMP threads)", flush=True)
+            mx = _run_mxnet(mx_python, shapes, names, threads, repeats, target_s)
+            data["meta"].setdefault("mxnet", mx.get("mxnet_version") or mx.get("_error"))
+            for row in data["results"]:
+                if row["shape"] != shape_name:
+                    continue
+                m = dict(mx.get(row["optimizer"]) or {"error": mx.get("_error", "no result")})
+                if m.get("ms"):
+                    m["gbps"] = row["params"] * row["bytes_per_param"] / m["ms"] / 1e6
+                    sol_ms = (row.get("sol") or {}).get("ms")
+                    m["pct_sol"] = 100.0 * sol_ms / m["ms"] if sol_ms else None
+                row["impls"]["mxnet"] = m
+    for row in data["results"]:
+        row["ratios"] = report.ratios(row["impls"])
+    data["meta"]["wall_s"] = time.time() - started
+    data["meta"]["loadavg_end"] = _loadavg()
+
+    report.write_json(data, out / "bench.json")
+    print()
+    print(report.main_table(data))
+    try:
+        report.write_chart(data, out / "bench.png")
+        chart = out / "bench.png"
+    except ImportError:
+        chart = None
+        print("note: matplotlib is not installed; no chart written")
+    print(f"\nwrote {out / 'bench.json'}" + (f" and {chart}" if chart else "")
+          + f" ({data['meta']['wall_s']:.0f} s)")
+    return 0

@@ -1,0 +1,120 @@
+"""Ratios, the printed/markdown table, the JSON file and the chart of a benchmark run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+__all__ = ["BASE", "COMPARED", "ratios", "main_table", "detail_table", "write_json", "write_chart"]
+
+#: the implementation every ratio is taken against
+BASE = "optzoo"
+#: the implementations compared with it, in column order
+COMPARED = ("optzoo reference", "torch for-loop", "torch foreach", "torch fused", "mxnet")
+
+
+def ratios(impls: dict) -> dict[str, float]:
+    """``t_other / t_optzoo`` for every measured implementation (> 1: optzoo's fast path is that much faster)."""
+    base = impls.get(BASE, {}).get("ms")
+    if not base:
+        return {}
+    return {k: impls[k]["ms"] / base for k in COMPARED if k in impls and impls[k].get("ms")}
+
+
+def _num(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{max(0, digits - 1 - math.floor(math.log10(abs(x))))}f}"
+
+
+def _md(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main_table(data: dict) -> str:
+    """One row per optimizer x shape set: optzoo's fast path, the SoL and every ratio."""
+    header = ["shape", "optimizer", "B/param", "SoL ms", "optzoo ms", "GB/s", "% SoL", "peak extra MB",
+              "× ref", "× torch loop", "× torch foreach", "× torch fused", "× MXNet"]
+    rows = []
+    for r in data["results"]:
+        oz = r["impls"].get(BASE, {})
+        rat = r["ratios"]
+        rows.append([r["shape"], r["optimizer"], str(r["bytes_per_param"]), _num((r.get("sol") or {}).get("ms")),
+                     _num(oz.get("ms")), _num(oz.get("gbps")), _num(oz.get("pct_sol"), 2),
+                     _num(oz.get("peak_extra_mb"), 2)]
+                    + [(_num(rat[k]) + "×") if k in rat else "–" for k in COMPARED])
+    return _md(header, rows)
+
+
+def detail_table(data: dict) -> str:
+    """Every implementation's ms/step, GB/s, % SoL and peak extra memory."""
+    header = ["shape", "optimizer", "implementation", "ms/step", "GB/s", "% SoL", "peak extra MB"]
+    rows = []
+    for r in data["results"]:
+        sol = r.get("sol") or {}
+        if sol.get("ms"):
+            rows.append([r["shape"], r["optimizer"], f"SoL ({sol['kernel']})", _num(sol["ms"]), _num(sol["gbps"]),
+                         "100", "0"])
+        for label, m in r["impls"].items():
+            if m.get("ms"):
+                rows.append([r["shape"], r["optimizer"], label, _num(m["ms"]), _num(m.get("gbps")),
+                             _num(m.get("pct_sol"), 2), _num(m.get("peak_extra_mb"), 2)])
+            else:
+                reason = m.get("unavailable") or m.get("error") or "not measured"
+                rows.append([r["shape"], r["optimizer"], label, "–", "–", "–", reason.replace("|", "/")[:80]])
+    return _md(header, rows)
+
+
+def write_json(data: dict, path: Path) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def write_chart(data: dict, path: Path) -> None:
+    """ms/step (log scale) per optimizer, one panel per shape set: bars for optzoo's fast and reference paths,
+    the best torch.optim implementation and MXNet; a black tick marks the SoL of that optimizer's traffic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(r["shape"] for r in data["results"]))
+    fig, axes = plt.subplots(len(shapes), 1, figsize=(12, 3.4 * len(shapes)), squeeze=False)
+    series = (("optzoo", "optzoo (impl='auto')"), ("optzoo reference", "optzoo reference"),
+              ("torch best", "torch.optim, best implementation"), ("mxnet", "MXNet 2.0"))
+    width = 0.8 / len(series)
+    for ax, shape in zip(axes[:, 0], shapes):
+        rows = [r for r in data["results"] if r["shape"] == shape]
+        for j, (key, label) in enumerate(series):
+            xs, values = [], []
+            for i, r in enumerate(rows):
+                if key == "torch best":
+                    times = [m["ms"] for k, m in r["impls"].items() if k.startswith("torch") and m.get("ms")]
+                    t = min(times) if times else None
+                else:
+                    t = r["impls"].get(key, {}).get("ms")
+                if t:
+                    xs.append(i + (j - (len(series) - 1) / 2) * width)
+                    values.append(t)
+            ax.bar(xs, values, width, label=label)
+        sol = [(i, (r.get("sol") or {}).get("ms")) for i, r in enumerate(rows)]
+        sol = [(i, t) for i, t in sol if t]
+        if sol:
+            ax.scatter([i for i, _ in sol], [t for _, t in sol], marker="_", s=900, color="black", zorder=3,
+                       label="SoL (touch kernel)")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)), [r["optimizer"] for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("ms per step (log)")
+        ax.set_title(f"{shape} ({rows[0]['tensors']} tensors, {rows[0]['params']:,} values)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=8, ncol=len(series) + 1)
+    fig.suptitle(f"optimizer step time, fp32 CPU; lower is better. {data['meta']['machine']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,128 @@
+"""The speed benchmark (optzoo.bench): runs end to end in --quick mode and writes consistent results.
+
+No timing assertions: speed goals live in the benchmark's output, never in unit tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from optzoo.bench import mxnet_python, report, sol
+from optzoo.bench.shapes import SHAPE_SETS, get_shapes, numel
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench(args, out, env=None, entry=("-m", "optzoo", "bench")):
+    proc = subprocess.run([sys.executable, *entry, "--quick", "--out", str(out), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "bench.json").read_text()), proc.stdout
+
+
+def _check(data, optimizers, shapes):
+    got = {(r["optimizer"], r["shape"]) for r in data["results"]}
+    assert got == {(o, s) for o in optimizers for s in shapes}
+    assert len(data["results"]) == len(optimizers) * len(shapes)
+    for r in data["results"]:
+        assert r["params"] == sum(numel(s) for s in get_shapes(r["shape"], quick=True))
+        assert r["bytes_per_param"] == 4 * (3 + 2 * r["n_states"])
+        assert r["impls"]["optzoo"]["ms"] > 0 and r["impls"]["optzoo"]["impl"] == "foreach"
+        assert r["impls"]["optzoo reference"]["ms"] > 0 and r["impls"]["optzoo reference"]["impl"] == "reference"
+        if data["meta"]["sol_available"]:
+            assert r["sol"]["ms"] > 0 and r["sol"]["kernel"] == f"touch_s{r['n_states']}"
+        for label, m in r["impls"].items():
+            if "ms" in m:
+                assert m["ms"] > 0 and all(x > 0 for x in m["samples_ms"]), (r["optimizer"], label)
+                assert m["gbps"] == pytest.approx(r["params"] * r["bytes_per_param"] / m["ms"] / 1e6, rel=1e-9)
+                if r["sol"] and "ms" in r["sol"]:
+                    assert m["pct_sol"] == pytest.approx(100 * r["sol"]["ms"] / m["ms"], rel=1e-9)
+        # every ratio is recomputed from the measured times
+        base = r["impls"]["optzoo"]["ms"]
+        expected = {k: m["ms"] / base for k, m in r["impls"].items() if k != "optzoo" and m.get("ms")}
+        assert r["ratios"].keys() == expected.keys()
+        for k, v in expected.items():
+            assert r["ratios"][k] == pytest.approx(v, rel=1e-12)
+
+
+def test_cli_quick_run_writes_consistent_json_and_png(tmp_path):
+    optimizers, shapes = ["sgd", "adam", "rmsprop", "lamb"], list(SHAPE_SETS)
+    data, stdout = _bench(["--optimizers", ",".join(optimizers)], tmp_path, env={"OPTZOO_CACHE": str(tmp_path / "c")})
+    _check(data, optimizers, shapes)
+    assert list((tmp_path / "c").glob("optzoo_sol_*.so")), "the SoL kernels were not compiled into OPTZOO_CACHE"
+    png = (tmp_path / "bench.png").read_bytes()
+    assert png[:8] == PNG_MAGIC and len(png) > 5000
+    by = {(r["optimizer"], r["shape"]): r for r in data["results"]}
+    assert {"torch for-loop", "torch foreach", "torch fused"} <= set(by["adam", "tiny"]["impls"])
+    assert "ms" in by["adam", "tiny"]["impls"]["torch fused"]
+    assert not any(k.startswith("torch") for k in by["lamb", "tiny"]["impls"])  # torch has no LAMB
+    assert by["sgd", "big"]["bytes_per_param"] == 20 and by["adam", "big"]["bytes_per_param"] == 28
+    if mxnet_python() is not None:
+        assert all(r["impls"]["mxnet"]["ms"] > 0 for r in data["results"]), [r["impls"]["mxnet"] for r in
+                                                                              data["results"]]
+        assert all("mxnet" in r["ratios"] for r in data["results"])
+    assert "| shape | optimizer |" in stdout
+
+
+def test_run_script_quick_without_mxnet_or_gcc(tmp_path):
+    """bench/run.py is the same command; no gcc: SoL is n/a with a note; no MXNet venv: skipped with a note."""
+    env = {"OPTZOO_CACHE": str(tmp_path / "empty-cache"), "PATH": str(Path(sys.executable).parent),
+           "CC": "no-such-compiler", "OPTZOO_MXNET_PYTHON": str(tmp_path / "no-mxnet" / "python")}
+    data, stdout = _bench(["--optimizers", "adagrad,signum", "--shapes", "tiny,many-small"], tmp_path, env=env,
+                          entry=("bench/run.py",))
+    _check(data, ["adagrad", "signum"], ["tiny", "many-small"])
+    assert data["meta"]["sol_available"] is False
+    assert "gcc not found" in stdout and "MXNet skipped" in stdout
+    assert all(r["sol"] is None and r["impls"]["optzoo"]["pct_sol"] is None for r in data["results"])
+    assert all("mxnet" not in r["impls"] for r in data["results"])
+    assert (tmp_path / "bench.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    for args in (["--optimizers", "nosuch"], ["--shapes", "huge"], ["--repeats", "0"]):
+        proc = subprocess.run([sys.executable, "-m", "optzoo", "bench", "--out", str(tmp_path), *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "optzoo bench:" in proc.stderr, args
+
+
+@pytest.mark.parametrize("n_states", range(sol.MAX_STATES + 1))
+def test_touch_kernel_visits_every_element_once(n_states, tmp_path, monkeypatch):
+    try:
+        sol.load()
+    except sol.SolUnavailable as err:
+        pytest.skip(str(err))
+    sizes = [1, 5, sol.CHUNK - 1, sol.CHUNK, 2 * sol.CHUNK + 3, 77]
+    gen = torch.Generator().manual_seed(0)
+    lists = [[torch.randn(n, generator=gen) for n in sizes] for _ in range(2 + n_states)]
+    before = [[t.clone() for t in lst] for lst in lists]
+    kernel = sol.TouchKernel(lists[0], lists[1], lists[2:], threads=2, scale=0.5)
+    assert kernel.n_chunks == sum(-(-n // sol.CHUNK) for n in sizes)
+    kernel()
+    for k in (0, *range(2, 2 + n_states)):  # p and every state: x += 0.5 * g, each element exactly once
+        for t, t0, g in zip(lists[k], before[k], lists[1]):
+            torch.testing.assert_close(t, t0 + 0.5 * g, rtol=1e-6, atol=1e-6)
+    for g, g0 in zip(lists[1], before[1]):
+        assert torch.equal(g, g0)  # the gradient is only read
+
+
+def test_touch_kernel_rejects_bad_tensors():
+    w = [torch.zeros(10)]
+    with pytest.raises(ValueError, match="float32"):
+        sol.TouchKernel(w, [torch.zeros(10, dtype=torch.float64)], [], threads=1)
+    with pytest.raises(ValueError, match="at most"):
+        sol.TouchKernel(w, w, [w] * (sol.MAX_STATES + 1), threads=1)
+
+
+def test_bytes_per_param_and_ratios():
+    assert sol.bytes_per_param(1) == 20 and sol.bytes_per_param(2) == 28 and sol.bytes_per_param(0) == 12
+    impls = {"optzoo": {"ms": 2.0}, "torch fused": {"ms": 3.0}, "torch foreach": {"unavailable": "x"},
+             "mxnet": {"ms": 8.0}}
+    assert report.ratios(impls) == {"torch fused": 1.5, "mxnet": 4.0}
+    assert report.ratios({"torch fused": {"ms": 1.0}}) == {}
