@@ -300,3 +300,14 @@ def test_sparse_embedding_trains_lazily_through_the_torch_face():
 def test_symbolic_api_argument_is_rejected():
     with pytest.raises(TypeError, match="sym"):
         opt.SGD(sym=object())
+
+
+def test_an_optimizer_without_sparse_support_rejects_sparse_gradients_clearly():
+    class DenseOnly(opt.SGD):  # every built-in handles sparse gradients; a custom rule may not
+        sparse_support = "none"
+
+    optimizer = DenseOnly()
+    w = torch.randn(4, 3)
+    sparse = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.ones(1, 3), (4, 3))
+    with pytest.raises(ValueError, match="cannot take a sparse gradient"):
+        optimizer.update([0], [w], [sparse], [None])

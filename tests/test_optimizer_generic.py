@@ -249,14 +249,6 @@ def test_duplicate_and_uncoalesced_indices_are_summed(row: Row, lazy):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if r.sparse == "none"], ids=lambda r: r.name)
-def test_sparse_gradient_rejected_clearly(row: Row):
-    optimizer = opt.create(row.name, **row.feature_kwargs)
-    w = torch.randn(4, 3)
-    with pytest.raises(ValueError, match="sparse"):
-        optimizer.update([0], [w], [_sparse_grad([1], torch.ones(1, 3), (4, 3))], [optimizer.create_state(0, w)])
-
-
 # ---------------------------------------------------------------------------------------- torch.optim face
 @pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
 def test_torch_optimizer_matches_updater(row: Row):
