@@ -29,7 +29,8 @@ from .base import (
 from .validation import check_bool, check_choice, check_real
 
 __all__ = ["AdaBelief", "Adam", "AdamState", "AdamW", "Adamax", "AdamaxState", "Nadam", "NadamScalars",
-           "adabelief_foreach", "adabelief_reference", "adam_foreach", "adam_reference", "adamax_foreach",
+           "adabelief_foreach", "adabelief_reference", "adam_foreach", "adam_moments_", "adam_moments_foreach",
+           "adam_reference", "adamax_foreach",
            "adamax_reference", "adamw_foreach", "adamw_reference", "bias_corrected_lr", "nadam_foreach",
            "nadam_momentum", "nadam_reference"]
 
@@ -40,6 +41,24 @@ class AdamState(NamedTuple):
     var: torch.Tensor
 
 
+def adam_moments_(mean, var, g, beta1: float, beta2: float) -> None:
+    """The moving moments shared by the Adam-style rules (Adam, LAMB, LANS), in place and in float32 scalars:
+    ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2``."""
+    mean.mul_(f32(beta1)).add_(g, alpha=one_minus(beta1))
+    var.mul_(f32(beta2)).addcmul_(g, g, value=one_minus(beta2))
+
+
+def adam_moments_foreach(states, gs, beta1: float, beta2: float) -> tuple[list, list]:
+    """:func:`adam_moments_` for every tensor; returns the lists of means and variances."""
+    means = [s.mean for s in states]
+    variances = [s.var for s in states]
+    torch._foreach_mul_(means, f32(beta1))
+    torch._foreach_add_(means, gs, alpha=one_minus(beta1))
+    torch._foreach_mul_(variances, f32(beta2))
+    torch._foreach_addcmul_(variances, gs, gs, value=one_minus(beta2))
+    return means, variances
+
+
 def adam_reference(weight, grad, state: AdamState, *, lr_t, wd, beta1, beta2, epsilon, rescale_grad,
                    clip_gradient):
     """One tensor, ``lr_t`` already bias-corrected:
@@ -47,20 +66,14 @@ def adam_reference(weight, grad, state: AdamState, *, lr_t, wd, beta1, beta2, ep
     ``g = clip(rg*grad) + wd*w; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; w -= lr_t*m/(sqrt(v) + eps)``
     """
     g = rescale_clip(grad, rescale_grad, clip_gradient) + f32(wd) * weight
-    state.mean.mul_(f32(beta1)).add_(g, alpha=one_minus(beta1))
-    state.var.mul_(f32(beta2)).addcmul_(g, g, value=one_minus(beta2))
+    adam_moments_(state.mean, state.var, g, beta1, beta2)
     weight.addcdiv_(state.mean, state.var.sqrt().add_(f32(epsilon)), value=-f32(lr_t))
 
 
 def adam_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`adam_reference`."""
     gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
-    means = [s.mean for s in states]
-    variances = [s.var for s in states]
-    torch._foreach_mul_(means, f32(beta1))
-    torch._foreach_add_(means, gs, alpha=one_minus(beta1))
-    torch._foreach_mul_(variances, f32(beta2))
-    torch._foreach_addcmul_(variances, gs, gs, value=one_minus(beta2))
+    means, variances = adam_moments_foreach(states, gs, beta1, beta2)
     denoms = torch._foreach_sqrt(variances)
     torch._foreach_add_(denoms, f32(epsilon))
     torch._foreach_addcdiv_(weights, means, denoms, [-f32(lr_t) for lr_t in lr_ts])

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .adam import adam_moments_, adam_moments_foreach
 from .base import (
     Optimizer,
     decayed_grads_foreach,
@@ -256,8 +257,7 @@ class LAMBState(NamedTuple):
 
 def _lamb_direction(weight, g, mean, var, *, wd, beta1, beta2, epsilon, corrections):
     """Moments update and the LAMB direction ``u = m_hat/(sqrt(v_hat) + eps) + wd*w`` (a new tensor)."""
-    mean.mul_(f32(beta1)).add_(g, alpha=one_minus(beta1))
-    var.mul_(f32(beta2)).addcmul_(g, g, value=one_minus(beta2))
+    adam_moments_(mean, var, g, beta1, beta2)
     if corrections is None:
         u = mean / var.sqrt().add_(f32(epsilon))
     else:
@@ -288,12 +288,7 @@ def lamb_foreach(weights, grads, states, *, lrs, wds, beta1, beta2, epsilon, cor
     """All tensors at once; the same arithmetic as :func:`lamb_reference` (one round of norms: ``||w||`` and
     ``||u||`` together). ``corrections`` is a list of ``(c1, c2)`` per tensor, or ``None``."""
     gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    means = [s.mean for s in states]
-    variances = [s.var for s in states]
-    torch._foreach_mul_(means, f32(beta1))
-    torch._foreach_add_(means, gs, alpha=one_minus(beta1))
-    torch._foreach_mul_(variances, f32(beta2))
-    torch._foreach_addcmul_(variances, gs, gs, value=one_minus(beta2))
+    means, variances = adam_moments_foreach(states, gs, beta1, beta2)
     if corrections is None:
         denoms = torch._foreach_sqrt(variances)
         us = list(means)
@@ -427,8 +422,7 @@ def lans_reference(weight, grad, state: LANSState, *, lr, wd, beta1, beta2, epsi
     _normalise_(g, _norm(g))
     if clip_gradient is not None:
         g.clamp_(-f32(clip_gradient), f32(clip_gradient))
-    state.mean.mul_(f32(beta1)).add_(g, alpha=one_minus(beta1))
-    state.var.mul_(f32(beta2)).addcmul_(g, g, value=one_minus(beta2))
+    adam_moments_(state.mean, state.var, g, beta1, beta2)
     c1, c2 = corrections
     denom = (state.var / c2).sqrt_().add_(f32(epsilon))
     u_m = (state.mean / c1).div_(denom)
@@ -454,12 +448,7 @@ def lans_foreach(weights, grads, states, *, lrs, wds, beta1, beta2, epsilon, cor
     if clip_gradient is not None:
         torch._foreach_clamp_min_(gs, -f32(clip_gradient))
         torch._foreach_clamp_max_(gs, f32(clip_gradient))
-    means = [s.mean for s in states]
-    variances = [s.var for s in states]
-    torch._foreach_mul_(means, f32(beta1))
-    torch._foreach_add_(means, gs, alpha=one_minus(beta1))
-    torch._foreach_mul_(variances, f32(beta2))
-    torch._foreach_addcmul_(variances, gs, gs, value=one_minus(beta2))
+    means, variances = adam_moments_foreach(states, gs, beta1, beta2)
     denoms = torch._foreach_div(variances, [c2 for _, c2 in corrections])
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, f32(epsilon))
