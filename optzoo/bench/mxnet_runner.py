@@ -12,9 +12,9 @@ counts only memory newly taken from the OS and is a lower bound.
 """
 
 import json
-import statistics
 import sys
-import time
+
+from timing import time_step  # beside this file; standard library only
 
 
 def _rss_kb(field):
@@ -34,22 +34,6 @@ def _peak_extra_mb(step):
     before = _rss_kb("VmRSS")
     step()
     return max(0, _rss_kb("VmHWM") - before) / 1024.0
-
-
-def _time(step, repeats, target_s):
-    start = time.perf_counter()
-    step()
-    probe = time.perf_counter() - start
-    k = max(1, min(10000, round(target_s / max(probe, 1e-7))))
-    if probe > 1.0:
-        repeats = min(repeats, 2)
-    samples = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        for _ in range(k):
-            step()
-        samples.append((time.perf_counter() - start) / k)
-    return statistics.median(samples), samples
 
 
 def main(spec_path, out_path):
@@ -74,7 +58,7 @@ def main(spec_path, out_path):
 
             step()  # warm-up: creates the state
             peak = _peak_extra_mb(step)
-            seconds, samples = _time(step, spec["repeats"], spec["target_s"])
+            seconds, samples = time_step(step, spec["repeats"], spec["target_s"])
             results[name] = {"ms": seconds * 1e3, "samples_ms": [s * 1e3 for s in samples], "peak_extra_mb": peak,
                              "aggregate_num": getattr(opt, "aggregate_num", None),
                              "use_fused_step": getattr(opt, "use_fused_step", None)}

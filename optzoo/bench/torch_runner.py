@@ -4,13 +4,12 @@ its implementations) and the SoL touch kernel over the very tensors optzoo just 
 from __future__ import annotations
 
 import gc
-import statistics
-import time
 
 import torch
 
 from .shapes import numel
 from .sol import MAX_STATES, SolUnavailable, TouchKernel
+from .timing import time_step
 
 __all__ = ["SPECS", "DEFAULT_OPTIMIZERS", "TORCH_VARIANTS", "time_step", "make_grads", "peak_extra_bytes",
            "run_optzoo", "run_torch", "torch_variants"]
@@ -43,25 +42,6 @@ DEFAULT_OPTIMIZERS = tuple(SPECS)
 #: torch.optim implementations: label -> constructor keyword arguments
 TORCH_VARIANTS = {"torch for-loop": {"foreach": False}, "torch foreach": {"foreach": True},
                   "torch fused": {"fused": True}}
-
-
-def time_step(step, repeats: int, target_s: float) -> tuple[float, list[float]]:
-    """Median seconds per ``step()`` over ``repeats`` runs of k steps (k chosen so a run lasts ~target_s).
-
-    The caller has already run the warm-up step that creates the state."""
-    start = time.perf_counter()
-    step()
-    probe = time.perf_counter() - start
-    k = max(1, min(10_000, round(target_s / max(probe, 1e-7))))
-    if probe > 1.0:
-        repeats = min(repeats, 2)
-    samples = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        for _ in range(k):
-            step()
-        samples.append((time.perf_counter() - start) / k)
-    return statistics.median(samples), samples
 
 
 def peak_extra_bytes(step) -> int:

@@ -1,0 +1,27 @@
+"""Step timing shared by the torch benchmark and the MXNet runner. It imports nothing but the standard
+library: ``mxnet_runner.py`` runs as a script in MXNet's virtualenv (no torch, no optzoo) and imports this file
+as the top-level module ``timing`` from its own folder."""
+
+import statistics
+import time
+
+__all__ = ["time_step"]
+
+
+def time_step(step, repeats: int, target_s: float) -> tuple[float, list[float]]:
+    """Median seconds per ``step()`` over ``repeats`` runs of k steps (k chosen so a run lasts ~target_s).
+
+    The caller has already run the warm-up step that creates the state."""
+    start = time.perf_counter()
+    step()
+    probe = time.perf_counter() - start
+    k = max(1, min(10_000, round(target_s / max(probe, 1e-7))))
+    if probe > 1.0:
+        repeats = min(repeats, 2)
+    samples = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        for _ in range(k):
+            step()
+        samples.append((time.perf_counter() - start) / k)
+    return statistics.median(samples), samples
