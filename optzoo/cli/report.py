@@ -19,6 +19,7 @@ from .common import require, write_atomic
 from .training import steps_to_target
 
 __all__ = [
+    "palette",
     "FIGURE_DPI",
     "FIGURE_SIZE",
     "aggregate",
@@ -155,7 +156,7 @@ def _pyplot():
     return require("matplotlib.pyplot", "compare")
 
 
-def _colors(plt, n: int):
+def palette(plt, n: int):
     """Distinct colours: tab10, or tab20's dark shades before its light ones (neighbours never look alike)."""
     if n <= 10:
         return [plt.get_cmap("tab10")(i) for i in range(n)]
@@ -185,9 +186,9 @@ def plot_curves(records: list[dict], model: str, order: list[str], path: Path, t
               ("train_accuracy", "training accuracy (minibatch mean)", False),
               ("val_accuracy", "validation accuracy", False)]
     color_order = color_order or order
-    palette = dict(zip(color_order, _colors(plt, len(color_order))))
+    color_of = dict(zip(color_order, palette(plt, len(color_order))))
     for label in order:
-        color = palette.get(label, "black")
+        color = color_of.get(label, "black")
         runs = [r for r in records if r["config"]["label"] == label and r["config"]["model"] == model]
         if not runs:
             continue
@@ -231,7 +232,7 @@ def plot_lr_sweep(groups: list[dict], model: str, path: Path) -> bool:
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=SWEEP_SIZE, dpi=FIGURE_DPI, layout="constrained")
-    for (name, points), color in zip(sorted(lines.items()), _colors(plt, len(lines))):
+    for (name, points), color in zip(sorted(lines.items()), palette(plt, len(lines))):
         lrs, accs, stds = zip(*points)
         ax.errorbar(lrs, accs, yerr=stds, color=color, marker="o", capsize=3, label=name)
     ax.set_xscale("log")

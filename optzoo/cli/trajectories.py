@@ -37,6 +37,7 @@ from .common import (
     write_atomic,
     write_json_atomic,
 )
+from .report import palette
 
 __all__ = ["FUNCTIONS", "GIF_DPI", "GIF_SIZE", "LR_GRID", "TestFunction", "add_parser", "optimize_path", "png_size",
            "run"]
@@ -275,7 +276,7 @@ def draw_png(fn: TestFunction, specs, results, path: Path) -> None:
     inches = height / PNG_DPI  # fixed margins: a layout engine costs more than all the drawing here
     fig.subplots_adjust(left=0.035, right=0.99, bottom=0.6 / inches, top=1 - 0.95 / inches, wspace=0.2,
                         hspace=0.75 / PNG_PANEL[1] * 1.6)
-    colors = _colors(plt, len(specs))
+    colors = palette(plt, len(specs))
     panels = list(axes.flat)
     ax_f = panels[len(specs)]
     for ax, spec, result, color in zip(panels, specs, results, colors):
@@ -323,7 +324,7 @@ def draw_gif(fn: TestFunction, specs, results, steps: int, path: Path) -> int:
     static = plt.figure(figsize=GIF_SIZE, dpi=GIF_DPI)
     ax = static.add_axes(position)
     _contour(ax, fn, np)
-    colors = _colors(plt, len(specs))
+    colors = palette(plt, len(specs))
     for spec, result, color in zip(specs, results, colors):
         ax.plot([], [], color=color, linewidth=1.6, label=_legend_label(spec, result))
     ax.legend(loc="upper left", fontsize="x-small", framealpha=0.8)
@@ -366,15 +367,6 @@ def draw_gif(fn: TestFunction, specs, results, steps: int, path: Path) -> int:
     finally:
         plt.close(fig)
     return len(frames)
-
-
-def _colors(plt, n: int):
-    """Distinct colours: tab10, or tab20's dark shades before its light ones (neighbours never look alike)."""
-    if n <= 10:
-        return [plt.get_cmap("tab10")(i) for i in range(n)]
-    cmap = plt.get_cmap("tab20")
-    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
-    return [cmap(order[i % 20]) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------- command
