@@ -11,6 +11,7 @@ import torch
 from optimizer_table import BASE_ERRORS, ROWS, Row
 from trajectory import SHAPES, flatten_state, make_case, run_case
 
+from optzoo import native
 from optzoo import optimizer as opt
 
 ROW_IDS = [row.name for row in ROWS]
@@ -45,32 +46,46 @@ def test_create_is_case_insensitive_and_repr_roundtrips(row: Row):
 
 
 # ---------------------------------------------------------------------------------------- readable vs fast
+def _skip_unless_impl(row: Row, impl: str) -> None:
+    if impl == "native" and opt.create(row.name, **row.feature_kwargs).native_rule is None:
+        pytest.skip(f"{row.name} has no native kernel")
+    if impl == "native" and native.load() is None:
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+
+
+@pytest.mark.parametrize("impl", ["foreach", "native"])
 @pytest.mark.parametrize("row,i,cfg", CONFIG_CASES, ids=CONFIG_IDS)
-def test_reference_and_fast_paths_agree(row: Row, i, cfg):
+def test_reference_and_fast_paths_agree(row: Row, i, cfg, impl):
     """Both implementations over 40 steps, with a learning-rate change mid-run, on mixed-sign gradients."""
+    _skip_unless_impl(row, impl)
     arrays: dict = {}
     case = make_case(f"p{i}", row.name, cfg, steps=40, seed=i, arrays=arrays, set_lr=None if "lr_scheduler" in cfg
                      else {20: 0.5 * (cfg.get("learning_rate") or opt.create(row.name).learning_rate)},
                      record=(5, 20), shapes=[row.shape(s) for s in SHAPES])
     ref = run_case(case, arrays, impl="reference")
-    fast = run_case(case, arrays, impl="auto")
-    _assert_close(ref, fast, row.impl_tol.rtol, row.impl_tol.atol, "reference vs fast")
+    fast = run_case(case, arrays, impl=impl)
+    _assert_close(ref, fast, row.impl_tol.rtol, row.impl_tol.atol, f"reference vs {impl}")
 
 
+@pytest.mark.parametrize("impl", ["foreach", "native"])
 @pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
-def test_large_learning_rate_paths_agree(row: Row):
+def test_large_learning_rate_paths_agree(row: Row, impl):
+    _skip_unless_impl(row, impl)
     base = opt.create(row.name, **row.feature_kwargs).learning_rate
     arrays: dict = {}
     case = make_case("big", row.name, {**row.feature_kwargs, "learning_rate": 10 * base}, steps=20, seed=3,
                      arrays=arrays, shapes=[row.shape(s) for s in SHAPES])
     ref = run_case(case, arrays, impl="reference")
-    fast = run_case(case, arrays, impl="auto")
+    fast = run_case(case, arrays, impl=impl)
     _assert_close(ref, fast, row.impl_tol.rtol * 10, row.impl_tol.atol * 10, "large lr")
 
 
 @pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
 def test_impl_is_observable(row: Row):
-    assert opt.create(row.name).impl in ("foreach", "fused")
+    fast = opt.create(row.name, **row.feature_kwargs)
+    expected = "native" if fast.native_rule is not None and native.load() is not None else "foreach"
+    assert fast.impl == expected
+    assert fast.get_config()["impl"] == "auto"
     assert opt.create(row.name, use_fused_step=False).impl == "reference"
     assert opt.create(row.name, impl="reference").use_fused_step is False
     with pytest.raises(ValueError, match="contradicts"):

@@ -111,6 +111,7 @@ class Adam(Optimizer):
 
     sparse_support = "lazy"
     default_learning_rate = 0.001
+    native_rule = "adam"
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8, lazy_update=False, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -125,6 +126,9 @@ class Adam(Optimizer):
     def _hyper(self):
         return dict(beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, rescale_grad=self.rescale_grad,
                     clip_gradient=self.clip_gradient)
+
+    def _native_hyper(self):
+        return [self.beta1, self.beta2, self.epsilon, self.rescale_grad, self._native_clip()]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         lr_t = bias_corrected_lr(lr, t, self.beta1, self.beta2)

@@ -4,8 +4,14 @@ Everything an update needs besides the rule itself lives here: learning rate and
 ``lr_mult``/``wd_mult`` (``param_dict`` > index > name), update counting per index and device,
 gradient rescaling and clipping, weight decay, multi-precision master copies, row-sparse (lazy)
 updates, argument validation and the choice between the readable and the fast implementation.
-An optimizer family only writes its rule, twice: ``_reference_rule`` (one tensor, mirrors the
-equation) and ``_foreach_rule`` (all tensors at once with ``torch._foreach_*``).
+An optimizer family writes its rule as ``_reference_rule`` (one tensor, mirrors the equation) and
+``_foreach_rule`` (all tensors at once with ``torch._foreach_*``), and names its native kernel
+(``native_rule``, see :mod:`optzoo.native`) with the hyperparameters it takes (``_native_hyper``).
+
+The fast path (``impl="auto"``) is the native kernel where it is built: one C++/OpenMP call per step that
+checks every tensor, reads each element once and writes it once. A step the kernel cannot take (CUDA or
+float64 tensors, non-contiguous views, sparse gradients of a rule without a lazy kernel...) runs the
+``torch._foreach`` path instead, so ``impl="native"`` never changes what is accepted, only how fast.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from .. import native
 from .validation import check_bool, check_choice, check_int, check_real, reject_unknown_kwargs
 
 __all__ = [
@@ -34,7 +41,7 @@ __all__ = [
 ]
 
 #: implementation names accepted by ``impl=``; "auto" resolves to the fastest one available.
-IMPLS = ("auto", "reference", "foreach")
+IMPLS = ("auto", "reference", "foreach", "native")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -136,7 +143,9 @@ class Optimizer:
         param_dict: ``{index: obj}`` where ``obj.lr_mult``/``obj.wd_mult`` are read at every update.
         aggregate_num: accepted for MXNet compatibility; optzoo's fast path always updates all tensors at once.
         use_fused_step: MXNet's switch: ``True`` = fast path, ``False`` = readable path.
-        impl: ``"auto"`` (fast), ``"reference"`` (readable, one tensor at a time) or ``"foreach"``.
+        impl: ``"auto"`` (the fastest available: ``"native"``, else ``"foreach"``), ``"reference"`` (readable,
+            one tensor at a time), ``"foreach"`` (``torch._foreach_*``) or ``"native"`` (the C++ kernel; an
+            error where it cannot be built).
     """
 
     opt_registry: ClassVar[dict[str, type]] = {}
@@ -146,6 +155,8 @@ class Optimizer:
     state_dtype: torch.dtype | None = None
     #: default learning rate (the subclass's MXNet 2.0 default).
     default_learning_rate = 0.01
+    #: name of the rule's native kernel (optzoo/native/src), or None
+    native_rule: ClassVar[str | None] = None
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
                  lr_scheduler=None, begin_num_update=0, multi_precision=False, param_dict=None,
@@ -176,6 +187,7 @@ class Optimizer:
         if param_dict is not None and not isinstance(param_dict, dict):
             raise TypeError(f"param_dict must be a dict {{index: parameter}}, got {type(param_dict).__name__}")
         self.param_dict = param_dict if param_dict is not None else {}
+        self._impl_request = impl if impl is not None else "auto" if use_fused_step in (None, True) else "reference"
         self.impl = self._resolve_impl(impl, use_fused_step)
         self.lr_mult: dict = {}
         self.wd_mult: dict = {}
@@ -206,10 +218,19 @@ class Optimizer:
         else:
             impl = "auto"
         if impl != "reference" and not self._has_fast_rule():
-            if impl == "foreach" or use_fused_step:
+            if impl in ("foreach", "native") or use_fused_step:
                 raise ValueError(f"{type(self).__name__} has no fast implementation; use impl='reference'")
             impl = "reference"
-        return "foreach" if impl == "auto" else impl
+        self._native_id = -1
+        if impl in ("auto", "native") and self.native_rule is not None and self._native_rule_applies():
+            self._native_id = native.rule_id(self.native_rule)
+        if impl == "native" and self._native_id < 0:
+            reason = native.unavailable_reason() or f"no native kernel named {self.native_rule!r}"
+            raise ValueError(f"{type(self).__name__}: impl='native' is not available here ({reason}); "
+                             "use impl='auto' or 'foreach'")
+        if impl == "auto":
+            impl = "native" if self._native_id >= 0 else "foreach"
+        return impl
 
     @property
     def use_fused_step(self) -> bool:
@@ -221,6 +242,8 @@ class Optimizer:
         for name in self._argument_names() - {"param_dict", "lr_scheduler", "use_fused_step"}:
             if name == "learning_rate":
                 value = self.lr
+            elif name == "impl":
+                value = self._impl_request  # "auto" stays "auto": the native kernels may be missing elsewhere
             elif name == "param_idx2name":
                 value = {str(k): v for k, v in self.idx2name.items()} or None
             else:
@@ -327,6 +350,8 @@ class Optimizer:
     # ------------------------------------------------------------------ updates
     def update(self, indices, weights, grads, states) -> None:
         """Updates ``weights`` (and ``states``) in place. Lists as in MXNet 2.0, or one index and tensors as in 1.x."""
+        if self.impl == "native" and self._native_update(indices, weights, grads, states, False):
+            return
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         indices, weights, grads, states = list(indices), list(weights), list(grads), list(states)
@@ -339,6 +364,8 @@ class Optimizer:
     def update_multi_precision(self, indices, weights, grads, states) -> None:
         """As :meth:`update`; low-precision weights with ``multi_precision`` are updated through their float32
         master copy (the first element of their state) and then rounded back."""
+        if self.impl == "native" and self._native_update(indices, weights, grads, states, self.multi_precision):
+            return
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         masters = [self._uses_master_copy(w) for w in weights]
@@ -398,7 +425,8 @@ class Optimizer:
             if not dense[0]:
                 return
             if fast:
-                self._foreach_rule(*dense[1:])
+                if self.impl != "native" or not self._native_call(*dense[:4], *dense[4:], False):
+                    self._foreach_rule(*dense[1:])
             else:
                 for _, w, g, s, lr, wd, t in zip(*dense):
                     self._reference_rule(w, g, s, lr, wd, t)
@@ -408,12 +436,86 @@ class Optimizer:
         rows, values = sparse_rows(grad)
         if rows.numel() == 0:
             return
+        if self.impl == "native":
+            aux, commit = self._native_aux([index], [lr], [t])
+            values = values.contiguous()
+            if native.load().step_rows(self._native_id, weight, rows, values, state, lr, wd, t, self._native_hyper(),
+                                       False, aux):
+                if commit is not None:
+                    commit()
+                return
         sub_weight = weight.index_select(0, rows)
         sub_state = _map_state(lambda s: s.index_select(0, rows), state)
         self._reference_rule(sub_weight, values, sub_state, lr, wd, t)
         weight.index_copy_(0, rows, sub_weight)
         for full, part in zip(_leaves(state), _leaves(sub_state)):
             full.index_copy_(0, rows, part)
+
+    # ------------------------------------------------------------------ the native kernel
+    def _native_rule_applies(self) -> bool:
+        """False for a subclass that changes the rule below the class naming the native kernel (its Python
+        override must run, so it gets the foreach path)."""
+        mro = type(self).__mro__
+        owner = next(k for k in mro if "native_rule" in k.__dict__)
+        for name in ("_reference_rule", "_foreach_rule", "update", "step", "fused_step", "_run", "_apply",
+                     "_native_hyper", "_native_aux"):
+            definer = next(k for k in mro if name in k.__dict__)
+            if definer is not owner and issubclass(definer, owner):
+                return False
+        return True
+
+    def _native_clip(self) -> float:
+        """``clip_gradient`` as the native rules take it (-1: no clipping)."""
+        return -1.0 if self.clip_gradient is None else float(self.clip_gradient)
+
+    def _native_hyper(self) -> list[float]:
+        """The hyperparameters the native rule takes, in its order (see the rule's source file)."""
+        raise NotImplementedError(f"{type(self).__name__} names a native rule but not its hyperparameters")
+
+    def _native_aux(self, indices, lrs, ts):
+        """``(aux, commit)``: extra per-tensor values for the native rule (``None``: none) and a callable that
+        records any optimizer-wide state they advance once the kernel has run (``None``: nothing to record)."""
+        return None, None
+
+    def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision: bool) -> bool:
+        """Runs the native rule over the lists; False (nothing written) when some tensor is not one it takes."""
+        aux, commit = self._native_aux(indices, lrs, ts)
+        if not native.load().step(self._native_id, weights, grads, states, lrs, wds, ts, self._native_hyper(),
+                                  multi_precision, aux):
+            return False
+        if commit is not None:
+            commit()
+        return True
+
+    def _native_update(self, indices, weights, grads, states, multi_precision: bool) -> bool:
+        """The whole of :meth:`update` in one native call when every tensor qualifies (dense CPU float32, or
+        float16/bfloat16 with a master copy): update counts, learning rates and the rule, with no per-tensor
+        Python work beyond the counts. False, with nothing changed, otherwise."""
+        if isinstance(indices, tuple):
+            indices, weights, grads, states = list(indices), list(weights), list(grads), list(states)
+        elif not isinstance(indices, list):
+            indices, weights, grads, states = [indices], [weights], [grads], [states]
+        if not (isinstance(weights, list) and isinstance(grads, list) and isinstance(states, list)):
+            return False
+        if not indices or len(set(indices)) != len(indices):
+            return False  # repeated indices count twice: the general path handles them
+        get, begin = self._index_update_count.get, self.begin_num_update
+        ts = [get(i, begin) + 1 for i in indices]
+        num_update = max(self.num_update, max(ts))
+        base_lr = float(self.lr_scheduler(num_update) if self.lr_scheduler is not None else self.lr)
+        if self.param_dict or self.lr_mult:
+            lrs = [base_lr * self._multiplier(i, "lr_mult", self.lr_mult) for i in indices]
+        else:
+            lrs = base_lr
+        if self.param_dict or self.wd_mult:
+            wds = [self.wd * self._multiplier(i, "wd_mult", self.wd_mult) for i in indices]
+        else:
+            wds = float(self.wd)
+        if not self._native_call(indices, weights, grads, states, lrs, wds, ts, multi_precision):
+            return False
+        self._index_update_count.update(zip(indices, ts))
+        self.num_update = num_update
+        return True
 
     # ------------------------------------------------------------------ the rule (subclasses)
     def _reference_rule(self, weight, grad, state, lr: float, wd: float, t: int) -> None:

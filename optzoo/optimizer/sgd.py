@@ -80,6 +80,9 @@ class _MomentumSGDBase(Optimizer):
     def _hyper(self):
         return dict(momentum=self.momentum, rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient)
 
+    def _native_hyper(self):
+        return [self.momentum, self.rescale_grad, self._native_clip()]
+
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         self._reference_kernel(weight, grad, state, lr=lr, wd=wd, **self._hyper())
 
@@ -111,6 +114,8 @@ class SGD(_MomentumSGDBase):
         >>> opt = SGD(learning_rate=0.1, momentum=0.9, wd=1e-4)
     """
 
+    native_rule = "sgd"
+
     def __init__(self, learning_rate=None, momentum=0.0, lazy_update=False, **kwargs):
         super().__init__(learning_rate=learning_rate, momentum=momentum, lazy_update=lazy_update, **kwargs)
 
@@ -139,6 +144,7 @@ class NAG(_MomentumSGDBase):
 
     _reference_kernel = staticmethod(nag_reference)
     _foreach_kernel = staticmethod(nag_foreach)
+    native_rule = "nag"
 
     def __init__(self, learning_rate=None, momentum=0.9, lazy_update=False, **kwargs):
         super().__init__(learning_rate=learning_rate, momentum=momentum, lazy_update=lazy_update, **kwargs)

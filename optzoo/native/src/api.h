@@ -1,0 +1,168 @@
+// optzoo native kernels: the interface between the torch-facing core (core.cpp) and the update rules.
+//
+// The core checks and unpacks the tensors of one optimizer step, computes each tensor's float32 scalars with the
+// rule's `prepare`, cuts every tensor into chunks and calls the rule's `run` once for the whole step. Rules never
+// see torch: this header is plain C++, so a rule file compiles in a second and the expensive torch/pybind
+// translation unit (core.cpp) is built once. A rule registers itself with OPTZOO_RULE(desc).
+//
+// Numerics: every hyperparameter reaches a rule as a float32 (as MXNet's kernels receive them); each line of a
+// rule mirrors one tensor operation of the readable reference path in optzoo/optimizer (same order, float32
+// rounding after every operation: the files are built with -ffp-contract=off).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace optzoo {
+
+constexpr int kMaxStates = 4;          // state tensors per weight (slots, in the state's tuple order)
+constexpr int kMaxScalars = 16;        // float32 scalars per tensor made by a rule's `prepare`
+constexpr int64_t kChunk = 1 << 15;    // elements per work item: balances threads, streams well
+constexpr int64_t kParallelMin = 1 << 15;  // below this many elements a step runs on one thread
+
+enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// One work item: `length` elements of tensor `tensor`, starting at `offset` in the weight and states and at
+// `grad_offset` in the gradient (they differ for row-sparse updates, whose gradient holds only some rows).
+struct Chunk {
+    int32_t tensor;
+    int64_t offset;
+    int64_t grad_offset;
+    int64_t length;
+};
+
+struct StepArgs {
+    int64_t n_tensors;
+    int64_t n_chunks;
+    int64_t n_elements;             // sum of the chunk lengths
+    const Chunk* chunks;
+    float* const* weights;          // float32 weight (the master copy under multi-precision) per tensor
+    void* const* low_precision;     // the float16/bfloat16 weight rewritten from the master copy, or nullptr
+    int low_precision_dtype;
+    const void* const* grads;
+    int grad_dtype;
+    float* const* states[kMaxStates];  // states[k][tensor]; a null entry is a None state
+    const float* scalars;           // n_tensors x kMaxScalars, from the rule's prepare
+    const int64_t* numels;          // per tensor
+    const int64_t* row_lengths;     // per tensor: elements per row (numel / shape[0]; numel for 0-d tensors)
+    int n_threads;
+};
+
+struct RuleDesc {
+    const char* name;
+    int n_states;                   // state slots the rule takes (a bare-tensor state is one slot)
+    uint32_t optional_states;       // bit k: slot k may be None (then it is None for every tensor of the step)
+    uint32_t row_states;            // bit k: slot k holds one value per row (shape [rows, 1])
+    bool row_chunks;                // chunks must hold whole rows
+    bool lazy_rows;                 // the rule may run on the rows of a row-sparse gradient only
+    // nullptr when the rule can run with these hyperparameters and present slots (bit k: slot k is a tensor);
+    // otherwise a reason, and the caller takes the torch path.
+    const char* (*check)(const double* hyper, int n_hyper, uint32_t present);
+    // the tensor's float32 scalars from the hyperparameters and the tensor's lr, wd, update count t and aux values
+    void (*prepare)(const double* hyper, double lr, double wd, int64_t t, const double* aux, float* out);
+    void (*run)(const StepArgs& args);
+};
+
+int register_rule(const RuleDesc* desc);
+const RuleDesc* rule_by_id(int id);
+int rule_id(const char* name);
+int rule_count();
+
+#define OPTZOO_CONCAT_(a, b) a##b
+#define OPTZOO_CONCAT(a, b) OPTZOO_CONCAT_(a, b)
+#define OPTZOO_RULE(desc) static const int OPTZOO_CONCAT(optzoo_registered_, __LINE__) = ::optzoo::register_rule(&(desc))
+
+// ------------------------------------------------------------------------------------------ element types
+struct BFloat16 {
+    uint16_t bits;
+};
+using Half = _Float16;
+
+inline float to_float(float x) { return x; }
+inline float to_float(Half x) { return static_cast<float>(x); }
+inline float to_float(BFloat16 x) {
+    uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+template <typename T> inline T from_float(float x);
+template <> inline Half from_float<Half>(float x) { return static_cast<Half>(x); }  // round to nearest even
+template <> inline BFloat16 from_float<BFloat16>(float x) {  // round to nearest even, as torch does
+    if (std::isnan(x)) return BFloat16{0x7FC0};
+    uint32_t u;
+    std::memcpy(&u, &x, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return BFloat16{static_cast<uint16_t>(u >> 16)};
+}
+
+// ------------------------------------------------------------------------------------------ shared arithmetic
+// clip(rescale_grad * grad, clip); a negative clip means none (Python passes -1 for clip_gradient=None).
+// NaN passes through, as torch.clamp lets it.
+inline float rescale_clip(float g, float rescale, float clip) {
+    float x = g * rescale;
+    if (clip >= 0.0f) x = x < -clip ? -clip : (x > clip ? clip : x);
+    return x;
+}
+
+// The hyperparameter `hyper[k]`, or `fallback` when the caller passed fewer.
+inline double hyper_at(const double* hyper, int n_hyper, int k, double fallback = 0.0) {
+    return k < n_hyper ? hyper[k] : fallback;
+}
+
+inline float f32(double x) { return static_cast<float>(x); }
+inline float one_minus(double x) { return 1.0f - static_cast<float>(x); }  // 1 - x in float32, as MXNet
+
+// ------------------------------------------------------------------------------------------ element-wise driver
+// Runs Rule::elem over every element of the step, in one pass, on all threads. A rule provides
+//   static void elem(const float* sc, float& w, float g, float* s0, float* s1, float* s2, float* s3, int64_t i)
+// where sc are the tensor's scalars, w the float32 weight (master copy), g the float32 gradient and sK the
+// state slots (nullptr for None) at element i of the chunk.
+struct NoLowPrecision {};
+
+template <class Rule, typename G, typename L>
+void elementwise_typed(const StepArgs& a) {
+    const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
+#pragma omp parallel for schedule(static) num_threads(a.n_threads) if (parallel)
+    for (int64_t c = 0; c < a.n_chunks; ++c) {
+        const Chunk& ch = a.chunks[c];
+        const int32_t t = ch.tensor;
+        float sc[kMaxScalars];
+        for (int k = 0; k < kMaxScalars; ++k) sc[k] = a.scalars[t * kMaxScalars + k];
+        float* __restrict w = a.weights[t] + ch.offset;
+        const G* __restrict g = static_cast<const G*>(a.grads[t]) + ch.grad_offset;
+        float* __restrict s[kMaxStates];
+        for (int k = 0; k < kMaxStates; ++k) s[k] = (a.states[k] && a.states[k][t]) ? a.states[k][t] + ch.offset : nullptr;
+        float* __restrict s0 = s[0];
+        float* __restrict s1 = s[1];
+        float* __restrict s2 = s[2];
+        float* __restrict s3 = s[3];
+        const int64_t n = ch.length;
+        if constexpr (std::is_same<L, NoLowPrecision>::value) {
+            for (int64_t i = 0; i < n; ++i) Rule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, s3, i);
+        } else {
+            L* __restrict lp = static_cast<L*>(a.low_precision[t]) + ch.offset;
+            for (int64_t i = 0; i < n; ++i) {
+                Rule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, s3, i);
+                lp[i] = from_float<L>(w[i]);
+            }
+        }
+    }
+}
+
+// Dispatches on the gradient dtype (float32, or the low-precision weight's dtype under multi-precision).
+template <class Rule>
+void elementwise(const StepArgs& a) {
+    if (a.low_precision == nullptr) {
+        elementwise_typed<Rule, float, NoLowPrecision>(a);
+    } else if (a.low_precision_dtype == kFloat16) {
+        elementwise_typed<Rule, Half, Half>(a);
+    } else {
+        elementwise_typed<Rule, BFloat16, BFloat16>(a);
+    }
+}
+
+}  // namespace optzoo

@@ -1,0 +1,291 @@
+// optzoo native core: the Python entry points. Checks and unpacks a whole optimizer step (lists of weights,
+// gradients and states as the Python optimizer holds them), prepares each tensor's scalars and runs the rule
+// once over all tensors. Any tensor the kernels cannot take (CUDA, non-contiguous, float64, sparse, a state of
+// an unexpected shape...) makes the call return False before anything is written: the caller then takes the
+// torch path, which also reports bad input with a clear error.
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>
+#include <ATen/Parallel.h>
+
+#include <string>
+#include <vector>
+
+#include "api.h"
+
+namespace py = pybind11;
+
+namespace optzoo {
+
+static std::vector<const RuleDesc*>& registry() {
+    static std::vector<const RuleDesc*> rules;
+    return rules;
+}
+
+int register_rule(const RuleDesc* desc) {
+    registry().push_back(desc);
+    return static_cast<int>(registry().size()) - 1;
+}
+
+const RuleDesc* rule_by_id(int id) {
+    return id >= 0 && id < rule_count() ? registry()[id] : nullptr;
+}
+
+int rule_id(const char* name) {
+    for (int i = 0; i < rule_count(); ++i)
+        if (std::string(registry()[i]->name) == name) return i;
+    return -1;
+}
+
+int rule_count() { return static_cast<int>(registry().size()); }
+
+namespace {
+
+const at::Tensor* as_tensor(PyObject* obj) {
+    if (!THPVariable_Check(obj)) return nullptr;
+    return &THPVariable_Unpack(obj);
+}
+
+// A CPU, dense, contiguous tensor of `dtype` with `numel` elements.
+bool plain(const at::Tensor& t, at::ScalarType dtype, int64_t numel) {
+    return t.device().is_cpu() && t.layout() == at::kStrided && t.scalar_type() == dtype && t.numel() == numel &&
+           t.is_contiguous() && !t.is_neg() && !t.is_conj();
+}
+
+struct Step {
+    const RuleDesc* rule = nullptr;
+    std::vector<float*> weights;
+    std::vector<void*> low_precision;
+    std::vector<const void*> grads;
+    std::vector<float*> states[kMaxStates];
+    std::vector<float> scalars;
+    std::vector<int64_t> numels, row_lengths, rows;
+    std::vector<Chunk> chunks;
+    std::vector<at::TensorImpl*> written;
+    int low_precision_dtype = kFloat32;
+    bool multi_precision_step = false;
+    uint32_t present = 0;
+    bool have_present = false;
+};
+
+// The state slots of one tensor: None, a tensor, or a tuple of tensors/None (a NamedTuple is a tuple).
+bool unpack_state(Step& s, PyObject* state, int64_t numel, int64_t rows) {
+    const RuleDesc& r = *s.rule;
+    const at::Tensor* leaves[kMaxStates] = {nullptr, nullptr, nullptr, nullptr};
+    int n = 0;
+    if (state == Py_None) {
+        n = 0;
+    } else if (const at::Tensor* t = as_tensor(state)) {
+        leaves[0] = t;
+        n = 1;
+    } else if (PyTuple_Check(state)) {
+        n = static_cast<int>(PyTuple_GET_SIZE(state));
+        if (n > kMaxStates) return false;
+        for (int k = 0; k < n; ++k) {
+            PyObject* item = PyTuple_GET_ITEM(state, k);
+            if (item == Py_None) continue;
+            leaves[k] = as_tensor(item);
+            if (leaves[k] == nullptr) return false;
+        }
+    } else {
+        return false;
+    }
+    if (n > r.n_states || (n < r.n_states && !(n == 0 && r.n_states == 1))) return false;
+    uint32_t present = 0;
+    for (int k = 0; k < r.n_states; ++k) {
+        const at::Tensor* leaf = leaves[k];
+        if (leaf == nullptr) {
+            if (!(r.optional_states & (1u << k))) return false;
+            s.states[k].push_back(nullptr);
+            continue;
+        }
+        const int64_t expect = (r.row_states & (1u << k)) ? rows : numel;
+        if (!plain(*leaf, at::kFloat, expect)) return false;
+        present |= 1u << k;
+        s.states[k].push_back(leaf->data_ptr<float>());
+        s.written.push_back(leaf->unsafeGetTensorImpl());
+    }
+    if (!s.have_present) {
+        s.present = present;
+        s.have_present = true;
+    }
+    return present == s.present;  // a step mixes no None and tensor states in one slot
+}
+
+// Unpacks tensor i: weight, gradient (dense, or the values of a row-sparse gradient) and state.
+bool unpack_one(Step& s, PyObject* weight_obj, PyObject* grad_obj, PyObject* state_obj, bool multi_precision,
+                int64_t grad_rows) {
+    const at::Tensor* weight = as_tensor(weight_obj);
+    const at::Tensor* grad = as_tensor(grad_obj);
+    if (weight == nullptr || grad == nullptr) return false;
+    const at::ScalarType wtype = weight->scalar_type();
+    const int64_t numel = weight->numel();
+    const int64_t rows = weight->dim() == 0 ? 1 : weight->size(0);
+    const int64_t row_length = rows == 0 ? 0 : numel / rows;
+    const int64_t grad_numel = grad_rows < 0 ? numel : grad_rows * row_length;
+    if (!plain(*grad, wtype, grad_numel)) return false;
+    if (grad_rows < 0 && grad->sizes() != weight->sizes()) return false;
+    const bool low = wtype == at::kHalf || wtype == at::kBFloat16;
+    if (low) {
+        if (!multi_precision || !PyTuple_Check(state_obj) || PyTuple_GET_SIZE(state_obj) != 2) return false;
+        const at::Tensor* master = as_tensor(PyTuple_GET_ITEM(state_obj, 0));
+        if (master == nullptr || !plain(*master, at::kFloat, numel) || !plain(*weight, wtype, numel)) return false;
+        const int dtype = wtype == at::kHalf ? kFloat16 : kBFloat16;
+        if (s.multi_precision_step ? s.low_precision_dtype != dtype : !s.weights.empty()) return false;
+        s.multi_precision_step = true;
+        s.low_precision_dtype = dtype;
+        s.weights.push_back(master->data_ptr<float>());
+        s.low_precision.push_back(weight->data_ptr());
+        s.written.push_back(master->unsafeGetTensorImpl());
+        state_obj = PyTuple_GET_ITEM(state_obj, 1);
+    } else {
+        if (wtype != at::kFloat || !plain(*weight, at::kFloat, numel) || s.multi_precision_step) return false;
+        s.weights.push_back(weight->data_ptr<float>());
+    }
+    s.written.push_back(weight->unsafeGetTensorImpl());
+    s.grads.push_back(grad->data_ptr());
+    s.numels.push_back(numel);
+    s.row_lengths.push_back(row_length);
+    return unpack_state(s, state_obj, numel, rows);
+}
+
+// A per-tensor value: one number for every tensor, or a sequence with one per tensor.
+bool per_tensor(PyObject* obj, Py_ssize_t n, std::vector<double>& out) {
+    out.resize(n);
+    if (PyFloat_Check(obj) || PyLong_Check(obj)) {
+        const double v = PyFloat_AsDouble(obj);
+        for (auto& x : out) x = v;
+        return !PyErr_Occurred();
+    }
+    PyObject* seq = PySequence_Fast(obj, "expected a number or a sequence");
+    if (seq == nullptr) {
+        PyErr_Clear();
+        return false;
+    }
+    bool ok = PySequence_Fast_GET_SIZE(seq) == n;
+    for (Py_ssize_t i = 0; ok && i < n; ++i) {
+        out[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        ok = !PyErr_Occurred();
+    }
+    Py_DECREF(seq);
+    PyErr_Clear();
+    return ok;
+}
+
+void add_dense_chunks(Step& s, int32_t tensor) {
+    const int64_t numel = s.numels[tensor];
+    int64_t step = kChunk;
+    if (s.rule->row_chunks) {
+        const int64_t row = std::max<int64_t>(s.row_lengths[tensor], 1);
+        step = std::max<int64_t>(1, kChunk / row) * row;
+    }
+    for (int64_t off = 0; off < numel; off += step)
+        s.chunks.push_back(Chunk{tensor, off, off, std::min(step, numel - off)});
+}
+
+bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>& lrs, const std::vector<double>& wds,
+            const std::vector<double>& ts, PyObject* aux) {
+    const RuleDesc& r = *s.rule;
+    if (r.check != nullptr && r.check(hyper.data(), static_cast<int>(hyper.size()), s.present) != nullptr)
+        return false;
+    const size_t n = s.weights.size();
+    std::vector<double> aux_values;
+    size_t aux_width = 0;
+    if (aux != Py_None) {
+        if (!per_tensor(aux, PySequence_Size(aux), aux_values) || n == 0 || aux_values.size() % n != 0) {
+            PyErr_Clear();
+            return false;
+        }
+        aux_width = aux_values.size() / n;
+    }
+    s.scalars.assign(n * kMaxScalars, 0.0f);
+    for (size_t i = 0; i < n; ++i)
+        r.prepare(hyper.data(), lrs[i], wds[i], static_cast<int64_t>(ts[i]),
+                  aux_width ? aux_values.data() + i * aux_width : nullptr, s.scalars.data() + i * kMaxScalars);
+    return true;
+}
+
+void run(Step& s) {
+    StepArgs a{};
+    a.n_tensors = static_cast<int64_t>(s.weights.size());
+    a.n_chunks = static_cast<int64_t>(s.chunks.size());
+    for (const Chunk& c : s.chunks) a.n_elements += c.length;
+    a.chunks = s.chunks.data();
+    a.weights = s.weights.data();
+    a.low_precision = s.multi_precision_step ? s.low_precision.data() : nullptr;
+    a.low_precision_dtype = s.low_precision_dtype;
+    a.grads = s.grads.data();
+    a.grad_dtype = s.multi_precision_step ? s.low_precision_dtype : kFloat32;
+    for (int k = 0; k < kMaxStates; ++k) a.states[k] = k < s.rule->n_states ? s.states[k].data() : nullptr;
+    a.scalars = s.scalars.data();
+    a.numels = s.numels.data();
+    a.row_lengths = s.row_lengths.data();
+    a.n_threads = at::get_num_threads();
+    {
+        py::gil_scoped_release release;
+        s.rule->run(a);
+    }
+    for (at::TensorImpl* impl : s.written) impl->bump_version();  // autograd sees the in-place update
+}
+
+// step(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux) -> bool
+bool step(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds, py::object ts,
+          const std::vector<double>& hyper, bool multi_precision, py::object aux) {
+    Step s;
+    s.rule = rule_by_id(rule);
+    const Py_ssize_t n = PyList_GET_SIZE(weights.ptr());
+    if (s.rule == nullptr || PyList_GET_SIZE(grads.ptr()) != n || PyList_GET_SIZE(states.ptr()) != n) return false;
+    s.weights.reserve(n);
+    s.grads.reserve(n);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        if (!unpack_one(s, PyList_GET_ITEM(weights.ptr(), i), PyList_GET_ITEM(grads.ptr(), i),
+                        PyList_GET_ITEM(states.ptr(), i), multi_precision, -1))
+            return false;
+    }
+    std::vector<double> lr_values, wd_values, t_values;
+    if (!per_tensor(lrs.ptr(), n, lr_values) || !per_tensor(wds.ptr(), n, wd_values) ||
+        !per_tensor(ts.ptr(), n, t_values) || !finish(s, hyper, lr_values, wd_values, t_values, aux.ptr()))
+        return false;
+    for (int32_t i = 0; i < static_cast<int32_t>(n); ++i) add_dense_chunks(s, i);
+    run(s);
+    return true;
+}
+
+// step_rows(rule, weight, rows, values, state, lr, wd, t, hyper, multi_precision, aux) -> bool: the rule on the
+// rows of a row-sparse gradient only (MXNet's lazy update). `rows` are distinct sorted int64 row indices and
+// `values` the gradient's rows, shape [len(rows), *weight.shape[1:]].
+bool step_rows(int rule, py::object weight, py::object rows_obj, py::object values, py::object state, double lr,
+               double wd, int64_t t, const std::vector<double>& hyper, bool multi_precision, py::object aux) {
+    Step s;
+    s.rule = rule_by_id(rule);
+    const at::Tensor* rows = as_tensor(rows_obj.ptr());
+    if (s.rule == nullptr || !s.rule->lazy_rows || rows == nullptr || rows->dim() != 1) return false;
+    const int64_t n_rows = rows->numel();
+    if (!plain(*rows, at::kLong, n_rows)) return false;
+    if (!unpack_one(s, weight.ptr(), values.ptr(), state.ptr(), multi_precision, n_rows)) return false;
+    const int64_t weight_rows = s.row_lengths[0] == 0 ? 0 : s.numels[0] / s.row_lengths[0];
+    const int64_t* r = rows->data_ptr<int64_t>();
+    for (int64_t i = 0; i < n_rows; ++i)
+        if (r[i] < 0 || r[i] >= weight_rows || (i > 0 && r[i] <= r[i - 1])) return false;
+    if (!finish(s, hyper, {lr}, {wd}, {static_cast<double>(t)}, aux.ptr())) return false;
+    const int64_t row = s.row_lengths[0];
+    for (int64_t i = 0; i < n_rows; ++i)
+        for (int64_t off = 0; off < row; off += kChunk)
+            s.chunks.push_back(Chunk{0, r[i] * row + off, i * row + off, std::min(kChunk, row - off)});
+    run(s);
+    return true;
+}
+
+}  // namespace
+}  // namespace optzoo
+
+PYBIND11_MODULE(_optzoo_native, m) {
+    m.doc() = "optzoo's native optimizer kernels (see optzoo/native/__init__.py)";
+    m.def("rule_id", [](const std::string& name) { return optzoo::rule_id(name.c_str()); });
+    m.def("rule_names", []() {
+        std::vector<std::string> names;
+        for (int i = 0; i < optzoo::rule_count(); ++i) names.emplace_back(optzoo::rule_by_id(i)->name);
+        return names;
+    });
+    m.def("step", &optzoo::step);
+    m.def("step_rows", &optzoo::step_rows);
+}
