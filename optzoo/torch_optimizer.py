@@ -94,24 +94,30 @@ class TorchOptimizer(torch.optim.Optimizer):
                 scheduled = opt.lr_scheduler(opt.num_update)
                 for group, _ in items:
                     group["lr"] = scheduled
-            weights, grads, states, lrs, wds, ts = [], [], [], [], [], []
+            params, states, lrs, wds, ts = [], [], [], [], []
             for (group, p), index in zip(items, indices):
                 entry = self.state[p]
                 if "state" not in entry:
                     entry["state"] = opt.create_state_multi_precision(index, p)
-                master = opt._uses_master_copy(p)
-                state = entry["state"]
-                weights.append(state[0] if master else p)
-                grads.append(p.grad.to(torch.float32) if master else p.grad)
-                states.append(state[1] if master else state)
+                params.append(p)
+                states.append(entry["state"])
                 lrs.append(group["lr"] * getattr(p, "lr_mult", 1.0))
                 wds.append(group["wd"] * getattr(p, "wd_mult", 1.0))
                 t = opt._index_update_count[index]
                 entry["step"] = t
                 ts.append(t)
-                opt._check_pair(p, p.grad)
-            opt._apply(indices, weights, grads, states, lrs, wds, ts, fast=opt.impl != "reference")
-            for (_, p), w in zip(items, weights):
+            grads = [p.grad for p in params]
+            if opt.impl == "native" and opt._native_call(indices, params, grads, states, lrs, wds, ts,
+                                                         opt.multi_precision):
+                continue
+            for p, g in zip(params, grads):
+                opt._check_pair(p, g)
+            masters = [opt._uses_master_copy(p) for p in params]
+            weights = [s[0] if m else p for p, s, m in zip(params, states, masters)]
+            inner_grads = [g.to(torch.float32) if m else g for g, m in zip(grads, masters)]
+            inner_states = [s[1] if m else s for s, m in zip(states, masters)]
+            opt._apply(indices, weights, inner_grads, inner_states, lrs, wds, ts, fast=opt.impl != "reference")
+            for p, w in zip(params, weights):
                 if w is not p:
                     p.copy_(w)
         return loss

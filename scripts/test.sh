@@ -11,4 +11,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "chromium could not be installed: the browser check of the HTML report will be skipped"
 fi
 export OPTZOO_REQUIRE_ORACLE=1   # a missing MXNet oracle is a failure here, not a skip
+export OPTZOO_REQUIRE_NATIVE=1   # so are native kernels that fail to build (the machine has g++)
 exec .venv/bin/python -m pytest -q "$@"

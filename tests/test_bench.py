@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import optzoo.optimizer as oo
 from optzoo.bench import mxnet_python, report, sol
 from optzoo.bench.shapes import SHAPE_SETS, get_shapes, numel
 
@@ -34,7 +35,13 @@ def _check(data, optimizers, shapes):
     for r in data["results"]:
         assert r["params"] == sum(numel(s) for s in get_shapes(r["shape"], quick=True))
         assert r["bytes_per_param"] == 4 * (3 + 2 * r["n_states"])
-        assert r["impls"]["optzoo"]["ms"] > 0 and r["impls"]["optzoo"]["impl"] == "foreach"
+        has_kernel = data["meta"]["native"] and oo.create(r["optimizer"]).native_rule is not None
+        assert r["impls"]["optzoo"]["ms"] > 0 and r["impls"]["optzoo"]["impl"] == ("native" if has_kernel else
+                                                                                  "foreach")
+        if has_kernel:
+            assert r["impls"]["optzoo foreach"]["ms"] > 0 and r["impls"]["optzoo foreach"]["impl"] == "foreach"
+        else:
+            assert "optzoo foreach" not in r["impls"]
         assert r["impls"]["optzoo reference"]["ms"] > 0 and r["impls"]["optzoo reference"]["impl"] == "reference"
         if data["meta"]["sol_available"]:
             assert r["sol"]["ms"] > 0 and r["sol"]["kernel"] == f"touch_s{r['n_states']}"
@@ -56,7 +63,9 @@ def test_cli_quick_run_writes_consistent_json_and_png(tmp_path):
     optimizers, shapes = ["sgd", "adam", "rmsprop", "lamb"], list(SHAPE_SETS)
     data, stdout = _bench(["--optimizers", ",".join(optimizers)], tmp_path, env={"OPTZOO_CACHE": str(tmp_path / "c")})
     _check(data, optimizers, shapes)
+    assert data["meta"]["native"] or os.environ.get("OPTZOO_REQUIRE_NATIVE") != "1"
     assert list((tmp_path / "c").glob("optzoo_sol_*.so")), "the SoL kernels were not compiled into OPTZOO_CACHE"
+    assert data["targets"] == [] and "targets: not checked" in stdout  # goals apply to full runs only
     png = (tmp_path / "bench.png").read_bytes()
     assert png[:8] == PNG_MAGIC and len(png) > 5000
     by = {(r["optimizer"], r["shape"]): r for r in data["results"]}
@@ -78,6 +87,7 @@ def test_run_script_quick_without_mxnet_or_gcc(tmp_path):
     data, stdout = _bench(["--optimizers", "adagrad,signum", "--shapes", "tiny,many-small"], tmp_path, env=env,
                           entry=("bench/run.py",))
     _check(data, ["adagrad", "signum"], ["tiny", "many-small"])
+    assert not data["meta"]["native"] and "native kernels unavailable" in stdout
     assert data["meta"]["sol_available"] is False
     assert "gcc not found" in stdout and "MXNet skipped" in stdout
     assert all(r["sol"] is None and r["impls"]["optzoo"]["pct_sol"] is None for r in data["results"])
@@ -126,3 +136,21 @@ def test_bytes_per_param_and_ratios():
              "mxnet": {"ms": 8.0}}
     assert report.ratios(impls) == {"torch fused": 1.5, "mxnet": 4.0}
     assert report.ratios({"torch fused": {"ms": 1.0}}) == {}
+
+
+def test_targets_are_checked_against_the_measured_rows():
+    data = {"meta": {"quick": False}, "shapes": {"resnet50": {"largest": 2_048_000}, "tiny": {"largest": 64}},
+            "results": [
+                {"shape": "resnet50", "optimizer": "adam", "impls": {
+                    "optzoo": {"ms": 10.0, "pct_sol": 90.0, "peak_extra_mb": 0.0},
+                    "torch fused": {"ms": 9.0}, "torch foreach": {"ms": 30.0}, "mxnet": {"ms": 40.0}}},
+                {"shape": "tiny", "optimizer": "adam", "impls": {
+                    "optzoo": {"ms": 2.0, "pct_sol": 1.0, "peak_extra_mb": 1.0}, "mxnet": {"ms": 5.0}}},
+            ]}
+    checks = {(c["row"], c["goal"].split()[0]): c for c in report.check_targets(data)}
+    assert checks["resnet50/adam", ">="]["ok"] is True  # 90% of SoL
+    assert checks["resnet50/adam", "not"]["ok"] is False and checks["resnet50/adam", "not"]["value"] == 0.9
+    assert [c["ok"] for c in report.check_targets(data) if c["row"] == "tiny/adam"] == [False, False, False]
+    summary = report.targets_summary(report.check_targets(data))
+    assert summary.startswith("targets: 3 of 7 met") and "missed: tiny/adam: <= 1.5 ms/step" in summary
+    assert report.check_targets({**data, "meta": {"quick": True}}) == []

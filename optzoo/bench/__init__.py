@@ -52,6 +52,7 @@ def _parser():
     p.add_argument("--quick", action="store_true", help="small shape sets, one repeat: a smoke run for CI/tests")
     p.add_argument("--no-mxnet", action="store_true", help="skip the MXNet comparison")
     p.add_argument("--no-reference", action="store_true", help="skip optzoo's impl='reference' path")
+    p.add_argument("--no-foreach", action="store_true", help="skip optzoo's impl='foreach' path")
     p.add_argument("--out", default="bench-results", help="directory for bench.json and bench.png")
     return p
 
@@ -129,6 +130,12 @@ def main(argv=None) -> int:
         sol_ok = False
         notes.append(f"SoL n/a: {err}")
         print(f"note: {err}")
+    from .. import native
+
+    native_ok = native.load() is not None
+    if not native_ok:
+        notes.append(f"native kernels unavailable ({native.unavailable_reason()}): optzoo runs its foreach path")
+        print(f"note: {notes[-1]}")
     mx_python = None if args.no_mxnet else mxnet_python()
     if not args.no_mxnet and mx_python is None:
         notes.append("MXNet skipped: no MXNet 2.0 virtualenv (<repo>/.venv-mxnet or $OPTZOO_MXNET_PYTHON)")
@@ -138,7 +145,7 @@ def main(argv=None) -> int:
     data = {"meta": {"machine": _machine(threads), "threads": threads, "torch": torch.__version__,
                      "python": platform.python_version(), "quick": args.quick, "repeats": repeats,
                      "target_ms": target_s * 1e3, "loadavg_start": _loadavg(), "argv": list(argv or []),
-                     "sol_available": sol_ok, "notes": notes,
+                     "sol_available": sol_ok, "native": native_ok, "notes": notes,
                      "ratio_definition": "t_other / t_optzoo (optzoo impl='auto'); > 1 means optzoo is faster",
                      "peak_memory_method": {
                          "torch": "torch.profiler(profile_memory=True): peak of the running sum of allocator "
@@ -150,6 +157,7 @@ def main(argv=None) -> int:
         shapes = get_shapes(shape_name, args.quick)
         params = sum(numel(s) for s in shapes)
         data["shapes"][shape_name] = {"tensors": len(shapes), "params": params,
+                                      "largest": max(numel(s) for s in shapes),
                                       "description": SHAPE_SETS[shape_name][2]}
         print(f"== {shape_name}: {len(shapes)} tensors, {params:,} values", flush=True)
         grads = make_grads(shapes)
@@ -159,10 +167,12 @@ def main(argv=None) -> int:
             impls["optzoo"] = oz
             sol_s = (sol_row or {}).get("ms", 0) / 1e3
             bpp = sol.bytes_per_param(n_states)
-            if not args.no_reference:
-                ref, _, _ = run_optzoo(name, shapes, grads, "reference", repeats, target_s, threads, False)
-                ref["pct_sol"] = 100.0 * sol_s / (ref["ms"] / 1e3) if sol_s else None
-                impls["optzoo reference"] = ref
+            others = [] if oz["impl"] != "native" or args.no_foreach else ["foreach"]
+            others += [] if args.no_reference else ["reference"]
+            for impl in others:
+                other, _, _ = run_optzoo(name, shapes, grads, impl, repeats, target_s, threads, False)
+                other["pct_sol"] = 100.0 * sol_s / (other["ms"] / 1e3) if sol_s else None
+                impls[f"optzoo {impl}"] = other
             for variant in torch_variants(name):
                 impls[variant] = run_torch(name, variant, shapes, grads, repeats, target_s, bpp, sol_s)
             data["results"].append({"shape": shape_name, "optimizer": name, "tensors": len(shapes), "params": params,
@@ -187,10 +197,13 @@ def main(argv=None) -> int:
         row["ratios"] = report.ratios(row["impls"])
     data["meta"]["wall_s"] = time.time() - started
     data["meta"]["loadavg_end"] = _loadavg()
+    data["targets"] = report.check_targets(data)
 
     report.write_json(data, out / "bench.json")
     print()
     print(report.main_table(data))
+    print()
+    print(report.targets_summary(data["targets"]))
     try:
         report.write_chart(data, out / "bench.png")
         chart = out / "bench.png"

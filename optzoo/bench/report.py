@@ -6,12 +6,19 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["BASE", "COMPARED", "ratios", "main_table", "detail_table", "write_json", "write_chart"]
+__all__ = ["BASE", "COMPARED", "SOL_TARGETS", "check_targets", "detail_table", "main_table", "ratios",
+           "targets_summary", "write_chart", "write_json"]
 
 #: the implementation every ratio is taken against
 BASE = "optzoo"
 #: the implementations compared with it, in column order
-COMPARED = ("optzoo reference", "torch for-loop", "torch foreach", "torch fused", "mxnet")
+COMPARED = ("optzoo foreach", "optzoo reference", "torch for-loop", "torch foreach", "torch fused", "mxnet")
+#: speed goals of optzoo's fast path, checked on every full run: shape set -> least % of the SoL
+SOL_TARGETS = {"resnet50": 85.0, "big": 85.0, "many-small": 70.0}
+#: 2,000 x 64 Adam: the most a step may take (per-tensor overhead), in ms
+TINY_ADAM_MS = 1.5
+#: least speed-up over MXNet's update path
+MXNET_FACTOR = 3.0
 
 
 def ratios(impls: dict) -> dict[str, float]:
@@ -20,6 +27,50 @@ def ratios(impls: dict) -> dict[str, float]:
     if not base:
         return {}
     return {k: impls[k]["ms"] / base for k in COMPARED if k in impls and impls[k].get("ms")}
+
+
+def check_targets(data: dict) -> list[dict]:
+    """Every speed goal measured by this run: ``{"row", "goal", "value", "ok"}`` per check. Goals hold for the
+    full shape sets only, so a ``--quick`` run checks nothing."""
+    if data["meta"].get("quick"):
+        return []
+    checks = []
+
+    def add(row, goal, value, ok):
+        checks.append({"row": f"{row['shape']}/{row['optimizer']}", "goal": goal, "value": value, "ok": bool(ok)})
+
+    for r in data["results"]:
+        oz = r["impls"].get(BASE, {})
+        if not oz.get("ms"):
+            continue
+        target = SOL_TARGETS.get(r["shape"])
+        if target is not None and oz.get("pct_sol") is not None:
+            add(r, f">= {target:g}% of SoL", round(oz["pct_sol"], 1), oz["pct_sol"] >= target)
+        if r["shape"] == "tiny" and r["optimizer"] == "adam":
+            add(r, f"<= {TINY_ADAM_MS} ms/step", round(oz["ms"], 3), oz["ms"] <= TINY_ADAM_MS)
+        torch_times = [m["ms"] for k, m in r["impls"].items() if k.startswith("torch") and m.get("ms")]
+        if torch_times:
+            add(r, "not slower than torch.optim's fastest", round(min(torch_times) / oz["ms"], 2),
+                min(torch_times) >= oz["ms"])
+        mx = r["impls"].get("mxnet", {}).get("ms")
+        if mx:
+            add(r, f">= {MXNET_FACTOR:g}x faster than MXNet", round(mx / oz["ms"], 2), mx >= MXNET_FACTOR * oz["ms"])
+        largest = data["shapes"].get(r["shape"], {}).get("largest")
+        if largest and oz.get("peak_extra_mb") is not None:
+            limit_mb = largest * 4 / 2**20
+            add(r, f"peak extra memory <= largest tensor ({limit_mb:.3g} MB)", round(oz["peak_extra_mb"], 3),
+                oz["peak_extra_mb"] <= limit_mb)
+    return checks
+
+
+def targets_summary(checks: list[dict]) -> str:
+    """A few lines: how many goals were met, and each one that was not."""
+    if not checks:
+        return "targets: not checked (they apply to full runs, not --quick)"
+    missed = [c for c in checks if not c["ok"]]
+    lines = [f"targets: {len(checks) - len(missed)} of {len(checks)} met"]
+    lines += [f"  missed: {c['row']}: {c['goal']} (measured {c['value']})" for c in missed]
+    return "\n".join(lines)
 
 
 def _num(x, digits=3) -> str:
@@ -41,7 +92,7 @@ def _md(header, rows) -> str:
 def main_table(data: dict) -> str:
     """One row per optimizer x shape set: optzoo's fast path, the SoL and every ratio."""
     header = ["shape", "optimizer", "B/param", "SoL ms", "optzoo ms", "GB/s", "% SoL", "peak extra MB",
-              "× ref", "× torch loop", "× torch foreach", "× torch fused", "× MXNet"]
+              "× oz foreach", "× ref", "× torch loop", "× torch foreach", "× torch fused", "× MXNet"]
     rows = []
     for r in data["results"]:
         oz = r["impls"].get(BASE, {})
@@ -86,7 +137,8 @@ def write_chart(data: dict, path: Path) -> None:
 
     shapes = list(dict.fromkeys(r["shape"] for r in data["results"]))
     fig, axes = plt.subplots(len(shapes), 1, figsize=(12, 3.4 * len(shapes)), squeeze=False)
-    series = (("optzoo", "optzoo (impl='auto')"), ("optzoo reference", "optzoo reference"),
+    series = (("optzoo", "optzoo (impl='auto': native)"), ("optzoo foreach", "optzoo foreach"),
+              ("optzoo reference", "optzoo reference"),
               ("torch best", "torch.optim, best implementation"), ("mxnet", "MXNet 2.0"))
     width = 0.8 / len(series)
     for ax, shape in zip(axes[:, 0], shapes):

@@ -3,7 +3,10 @@ its implementations) and the SoL touch kernel over the very tensors optzoo just 
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import sys
 
 import torch
 
@@ -44,6 +47,20 @@ TORCH_VARIANTS = {"torch for-loop": {"foreach": False}, "torch foreach": {"forea
                   "torch fused": {"fused": True}}
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silences file descriptor 2 (the profiler's C++ side prints two log lines per use)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_extra_bytes(step) -> int:
     """Peak bytes held by torch's CPU allocator during one ``step()`` beyond what was held before it.
 
@@ -52,7 +69,7 @@ def peak_extra_bytes(step) -> int:
     created in the warm-up step, so it is not counted."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
