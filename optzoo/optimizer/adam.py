@@ -312,6 +312,9 @@ class _CorrectedLRAdam(Optimizer):
     def _hyper(self):
         return {**Adam._hyper(self), "aggregated": self._aggregated}
 
+    def _native_hyper(self):
+        return [*Adam._native_hyper(self), float(self.correct_bias), float(self._aggregated)]
+
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         (lr_t,) = self._lr_ts([lr], [t])
         self._reference_kernel(weight, grad, state, lr_t=lr_t, wd=wd, **self._hyper())
@@ -353,6 +356,8 @@ class AdamW(_CorrectedLRAdam):
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
 
+    native_rule = "adamw"
+
 
 @register
 class AdaBelief(_CorrectedLRAdam):
@@ -386,6 +391,7 @@ class AdaBelief(_CorrectedLRAdam):
         NeurIPS 2020.
     """
 
+    native_rule = "adabelief"
     _reference_kernel = staticmethod(adabelief_reference)
     _foreach_kernel = staticmethod(adabelief_foreach)
 
@@ -443,6 +449,7 @@ class Adamax(Optimizer):
     """
 
     default_learning_rate = 0.002
+    native_rule = "adamax"
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -457,6 +464,7 @@ class Adamax(Optimizer):
         return [lr / (1.0 - self.beta1**t) for lr, t in zip(lrs, ts)]
 
     _hyper = Adam._hyper
+    _native_hyper = Adam._native_hyper
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         (lr_t,) = self._lr_ts([lr], [t])
@@ -556,6 +564,7 @@ class Nadam(Optimizer):
     """
 
     default_learning_rate = 0.001
+    native_rule = "nadam"
     _CACHE_SIZE = 16
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8, schedule_decay=0.004,
@@ -613,6 +622,23 @@ class Nadam(Optimizer):
         return out
 
     _hyper = Adam._hyper
+    _native_hyper = Adam._native_hyper
+
+    def _native_aux(self, indices, lrs, ts):
+        """Each tensor's ``(mu_t, mu_{t+1}, m_schedule, m_schedule_next, 1 - beta2^t)`` from :meth:`_scalars`,
+        in update order; the shared ``m_schedule`` advances only when ``commit`` runs (after the kernel)."""
+        before = self.m_schedule
+        try:
+            scalars = self._scalars(ts)
+            after = self.m_schedule
+        finally:
+            self.m_schedule = before
+        aux = [x for s in scalars for x in (s.mom_t, s.mom_next, s.m_schedule, s.m_schedule_next, s.coef2)]
+
+        def commit():
+            self.m_schedule = after
+
+        return aux, commit
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         (scalars,) = self._scalars([t])

@@ -14,6 +14,9 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 namespace optzoo {
 
@@ -63,6 +66,8 @@ struct RuleDesc {
     // the tensor's float32 scalars from the hyperparameters and the tensor's lr, wd, update count t and aux values
     void (*prepare)(const double* hyper, double lr, double wd, int64_t t, const double* aux, float* out);
     void (*run)(const StepArgs& args);
+    int n_aux = 0;                  // extra per-tensor values `prepare` reads from aux (the core checks the count)
+    int weight_dim = 0;             // the number of dimensions every weight must have (0: any)
 };
 
 int register_rule(const RuleDesc* desc);
@@ -97,6 +102,30 @@ template <> inline BFloat16 from_float<BFloat16>(float x) {  // round to nearest
     std::memcpy(&u, &x, sizeof u);
     u += 0x7FFFu + ((u >> 16) & 1u);
     return BFloat16{static_cast<uint16_t>(u >> 16)};
+}
+
+// float16 <-> float32 over a block. GCC does not vectorize _Float16 conversions, so the element-wise driver converts
+// float16 gradients and weights in blocks, with the F16C instructions where the CPU has them (same rounding:
+// round to nearest even).
+constexpr int64_t kHalfBlock = 512;
+
+inline void half_to_float(const Half* in, float* out, int64_t n) {
+    int64_t i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+#endif
+    for (; i < n; ++i) out[i] = static_cast<float>(in[i]);
+}
+
+inline void float_to_half(const float* in, Half* out, int64_t n) {
+    int64_t i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; i < n; ++i) out[i] = static_cast<Half>(in[i]);
 }
 
 // ------------------------------------------------------------------------------------------ shared arithmetic
@@ -143,6 +172,16 @@ void elementwise_typed(const StepArgs& a) {
         const int64_t n = ch.length;
         if constexpr (std::is_same<L, NoLowPrecision>::value) {
             for (int64_t i = 0; i < n; ++i) Rule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, s3, i);
+        } else if constexpr (std::is_same<L, Half>::value) {
+            Half* __restrict lp = static_cast<Half*>(a.low_precision[t]) + ch.offset;
+            float gb[kHalfBlock];
+            for (int64_t b = 0; b < n; b += kHalfBlock) {
+                const int64_t m = n - b < kHalfBlock ? n - b : kHalfBlock;
+                half_to_float(g + b, gb, m);
+                float* __restrict wb = w + b;
+                for (int64_t i = 0; i < m; ++i) Rule::elem(sc, wb[i], gb[i], s0, s1, s2, s3, b + i);
+                float_to_half(wb, lp + b, m);
+            }
         } else {
             L* __restrict lp = static_cast<L*>(a.low_precision[t]) + ch.offset;
             for (int64_t i = 0; i < n; ++i) {

@@ -117,6 +117,7 @@ bool unpack_one(Step& s, PyObject* weight_obj, PyObject* grad_obj, PyObject* sta
     const at::Tensor* weight = as_tensor(weight_obj);
     const at::Tensor* grad = as_tensor(grad_obj);
     if (weight == nullptr || grad == nullptr) return false;
+    if (s.rule->weight_dim != 0 && weight->dim() != s.rule->weight_dim) return false;
     const at::ScalarType wtype = weight->scalar_type();
     const int64_t numel = weight->numel();
     const int64_t rows = weight->dim() == 0 ? 1 : weight->size(0);
@@ -189,13 +190,14 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
         return false;
     const size_t n = s.weights.size();
     std::vector<double> aux_values;
-    size_t aux_width = 0;
-    if (aux != Py_None) {
-        if (!per_tensor(aux, PySequence_Size(aux), aux_values) || n == 0 || aux_values.size() % n != 0) {
+    const size_t aux_width = static_cast<size_t>(r.n_aux);
+    if ((aux == Py_None) != (aux_width == 0)) return false;
+    if (aux_width != 0) {
+        const Py_ssize_t size = PySequence_Size(aux);
+        if (size < 0 || static_cast<size_t>(size) != n * aux_width || !per_tensor(aux, size, aux_values)) {
             PyErr_Clear();
             return false;
         }
-        aux_width = aux_values.size() / n;
     }
     s.scalars.assign(n * kMaxScalars, 0.0f);
     for (size_t i = 0; i < n; ++i)
