@@ -90,6 +90,7 @@ class DCASGD(Optimizer):
 
     default_learning_rate = 0.1
     sparse_support = "dense"
+    native_rule = "dcasgd"
 
     def __init__(self, learning_rate=None, momentum=0.0, lamda=0.04, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -103,6 +104,9 @@ class DCASGD(Optimizer):
     def _hyper(self):
         return {"momentum": self.momentum, "lamda": self.lamda, "rescale_grad": self.rescale_grad,
                 "clip_gradient": self.clip_gradient}
+
+    def _native_hyper(self):
+        return [self.momentum, self.lamda, self.rescale_grad, self._native_clip()]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         dcasgd_reference(weight, grad, state, lr=lr, wd=wd, **self._hyper())

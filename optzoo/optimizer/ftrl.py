@@ -203,6 +203,7 @@ class Ftrl(_FollowTheLeader):
     sparse_support = "lazy"
     state_dtype = torch.float32
     default_learning_rate = 0.1
+    native_rule = "ftrl"
 
     def __init__(self, learning_rate=None, lamda1=0.01, beta=1.0, lazy_update=False, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -216,6 +217,9 @@ class Ftrl(_FollowTheLeader):
     def _hyper(self):
         return {"lamda1": self.lamda1, "beta": self.beta, "rescale_grad": self.rescale_grad,
                     "clip_gradient": self.clip_gradient}
+
+    def _native_hyper(self):
+        return [self.lamda1, self.beta, self.rescale_grad, self._native_clip()]
 
     def _reference_kernel(self, weight, grad, state, lr, wd, t):
         ftrl_reference(weight, grad, state, lr=lr, wd=wd, **self._hyper())
@@ -316,6 +320,7 @@ class FTML(_FollowTheLeader):
     """
 
     default_learning_rate = 0.0025
+    native_rule = "ftml"
 
     def __init__(self, learning_rate=None, beta1=0.6, beta2=0.999, epsilon=1e-8, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -330,6 +335,9 @@ class FTML(_FollowTheLeader):
         return {"beta1": self.beta1, "beta2": self.beta2, "epsilon": self.epsilon,
                 "rescale_grad": self.rescale_grad,
                     "clip_gradient": self.clip_gradient}
+
+    def _native_hyper(self):
+        return [self.beta1, self.beta2, self.epsilon, self.rescale_grad, self._native_clip()]
 
     def _reference_kernel(self, weight, grad, state, lr, wd, t):
         coef1_lr, coef2 = ftml_scalars(lr, t, self.beta1, self.beta2)

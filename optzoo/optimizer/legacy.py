@@ -288,6 +288,7 @@ class ccSGD(_Legacy19Optimizer):  # MXNet 1.x spells the registered class this w
     """
 
     sparse_support = "lazy"
+    native_rule = "ccsgd"
 
     def __init__(self, learning_rate=None, momentum=0.0, lazy_update=True, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -303,6 +304,9 @@ class ccSGD(_Legacy19Optimizer):  # MXNet 1.x spells the registered class this w
             "rescale_grad": self.rescale_grad,
             "clip_gradient": self.clip_gradient,
         }
+
+    def _native_hyper(self):
+        return [self.momentum, self.rescale_grad, self._native_clip()]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         ccsgd_reference(weight, grad, state, lr=lr, wd=wd, **self._hyper())

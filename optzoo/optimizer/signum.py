@@ -97,6 +97,7 @@ class Signum(Optimizer):
     """
 
     default_learning_rate = 0.01
+    native_rule = "signum"
 
     def __init__(self, learning_rate=None, momentum=0.9, wd_lh=0.0, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -109,6 +110,9 @@ class Signum(Optimizer):
     def _check_states(self, states) -> None:
         if self.momentum != 0.0 and any(s is None for s in states):
             raise ValueError("Signum with momentum needs the state made by create_state, got None")
+
+    def _native_hyper(self):
+        return [self.momentum, self.wd_lh, self.rescale_grad, self._native_clip()]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         self._check_states([state])

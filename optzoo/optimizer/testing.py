@@ -37,6 +37,7 @@ class Test(Optimizer):
     default_learning_rate = 0.01
     state_dtype = torch.float32
     sparse_support = "dense"
+    native_rule = "test"
 
     def __init__(self, learning_rate=None, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -46,6 +47,9 @@ class Test(Optimizer):
 
     def _hyper(self):
         return {"momentum": 0.0, "rescale_grad": self.rescale_grad, "clip_gradient": self.clip_gradient}
+
+    def _native_hyper(self):
+        return [self.rescale_grad, self._native_clip()]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         sgd_reference(weight, grad, None, lr=lr, wd=wd, **self._hyper())
