@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import native
 from .base import Optimizer, f32, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
 from .validation import check_bool, check_real
 
@@ -174,6 +175,7 @@ class AdaGrad(_Float32StateOptimizer):
 
     sparse_support = "lazy"
     default_learning_rate = 0.01
+    native_rule = "adagrad"
 
     def __init__(self, learning_rate=None, epsilon=1e-6, lazy_update=True, **kwargs):
         epsilon = _pop_eps_alias(type(self).__name__, epsilon, 1e-6, kwargs)
@@ -183,6 +185,9 @@ class AdaGrad(_Float32StateOptimizer):
 
     def create_state(self, index, weight):
         return self._zeros(weight)  # history
+
+    def _native_hyper(self):
+        return [self.epsilon, self.rescale_grad, self._native_clip()]
 
     def _hyper(self):
         return {
@@ -224,6 +229,7 @@ class GroupAdaGrad(_Float32StateOptimizer):
 
     sparse_support = "lazy"
     default_learning_rate = 0.01
+    native_rule = "group_adagrad"
 
     def __init__(self, learning_rate=None, epsilon=1e-6, lazy_update=True, **kwargs):
         epsilon = _pop_eps_alias(type(self).__name__, epsilon, 1e-6, kwargs)
@@ -247,6 +253,10 @@ class GroupAdaGrad(_Float32StateOptimizer):
     def create_state(self, index, weight):
         self._check_2d(weight)
         return self._zeros(weight, (weight.shape[0], 1))  # history, one value per row
+
+    def _native_hyper(self):
+        # the kernel raises the ValueError of _check_no_decay itself when a tensor's wd is not 0
+        return [self.epsilon, self.rescale_grad, self._native_clip()]
 
     def _hyper(self):
         return {
@@ -392,6 +402,7 @@ class RMSProp(_Float32StateOptimizer):
     """
 
     default_learning_rate = 0.001
+    native_rule = "rmsprop"  # "rmsprop_centered" when centered (see _native_aux)
 
     def __init__(
         self,
@@ -419,6 +430,18 @@ class RMSProp(_Float32StateOptimizer):
         if self.centered:
             return RMSPropState(self._zeros(weight), self._zeros(weight), self._zeros(weight))
         return self._zeros(weight)  # var
+
+    def _native_hyper(self):
+        clip_weights = -1.0 if self.clip_weights is None else float(self.clip_weights)
+        if self.centered:
+            return [self.rho, self.momentum, self.epsilon, self.rescale_grad, self._native_clip(), clip_weights]
+        return [self.rho, self.epsilon, self.rescale_grad, self._native_clip(), clip_weights]
+
+    def _native_aux(self, indices, lrs, ts):
+        # Plain and centered RMSProp keep different states, so they are two kernels: pick the one for the
+        # current `centered` (the base class resolves `native_rule` once, before `centered` is set).
+        self._native_id = native.rule_id("rmsprop_centered" if self.centered else "rmsprop")
+        return None, None
 
     def _hyper(self):
         hyper = {
@@ -512,6 +535,7 @@ class AdaDelta(_Float32StateOptimizer):
     """
 
     default_learning_rate = 1.0
+    native_rule = "adadelta"
 
     def __init__(self, learning_rate=None, rho=0.9, epsilon=1e-6, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -521,6 +545,9 @@ class AdaDelta(_Float32StateOptimizer):
 
     def create_state(self, index, weight):
         return AdaDeltaState(self._zeros(weight), self._zeros(weight))
+
+    def _native_hyper(self):
+        return [self.rho, self.epsilon, self.rescale_grad, self._native_clip()]
 
     def _hyper(self):
         return {

@@ -270,9 +270,10 @@ bool step_rows(int rule, py::object weight, py::object rows_obj, py::object valu
         if (r[i] < 0 || r[i] >= weight_rows || (i > 0 && r[i] <= r[i - 1])) return false;
     if (!finish(s, hyper, {lr}, {wd}, {static_cast<double>(t)}, aux.ptr())) return false;
     const int64_t row = s.row_lengths[0];
+    const int64_t piece = s.rule->row_chunks ? std::max<int64_t>(row, 1) : kChunk;  // whole rows if the rule says so
     for (int64_t i = 0; i < n_rows; ++i)
-        for (int64_t off = 0; off < row; off += kChunk)
-            s.chunks.push_back(Chunk{0, r[i] * row + off, i * row + off, std::min(kChunk, row - off)});
+        for (int64_t off = 0; off < row; off += piece)
+            s.chunks.push_back(Chunk{0, r[i] * row + off, i * row + off, std::min(piece, row - off)});
     run(s);
     return true;
 }
