@@ -375,6 +375,7 @@ class LBSGD(_Legacy19Optimizer):
     """
 
     sparse_support = "lazy"
+    native_rule = "lbsgd"
 
     def __init__(
         self,
@@ -461,6 +462,34 @@ class LBSGD(_Legacy19Optimizer):
             num_cums=[self._num_cums(t) for t in ts],
             **self._hyper(),
         )
+
+    # native kernel: rules_legacy.cpp's "lbsgd" (the lars ratio's norms are computed there, in a first pass)
+    def _native_hyper(self):
+        return [
+            self.momentum,
+            self.rescale_grad,
+            self._native_clip(),
+            float(self.batch_scale),
+            1.0 if self.warmup_strategy == "lars" else 0.0,
+        ]
+
+    def _native_aux(self, indices, lrs, ts):
+        """Per tensor ``[ready, multiplier]``: whether this micro-batch completes the tensor's macro-batch, and
+        the warmup's learning-rate multiplier (unused with ``'lars'``, whose ratio needs the norms)."""
+        schedule, aux = self.schedule, []
+        lars = self.warmup_strategy == "lars"
+        for t in ts:
+            num_cums = self._num_cums(t)
+            ready = num_cums % self.batch_scale == 0
+            aux += (1.0 if ready else 0.0, schedule.warmup(num_cums) if ready and not lars else 1.0)
+        return aux, None
+
+    def _native_update(self, indices, weights, grads, states, multi_precision: bool) -> bool:
+        # The one-call path reads the scheduler after counting; LBSGD reads it before each parameter's count
+        # (see _run), so with a scheduler the step goes through _run, whose _apply still calls the kernel.
+        if self.lr_scheduler is not None:
+            return False
+        return super()._native_update(indices, weights, grads, states, multi_precision)
 
     def _lazy_update(self, index, weight, grad, state, lr, wd, t) -> None:
         """Row-sparse gradient with ``batch_scale == 1``: the rows present are updated; as in MXNet 1.9.1 the

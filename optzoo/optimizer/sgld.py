@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from .. import native
 from ..serialization import CheckpointError
 from .base import Optimizer, decayed_grads_foreach, f32, register, rescale_clip
 from .validation import check_int
@@ -104,6 +105,7 @@ class SGLD(Optimizer):
 
     default_learning_rate = 0.1
     sparse_support = "dense"
+    native_rule = "sgld"
 
     def __init__(self, learning_rate=None, generator=None, seed=None, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -155,3 +157,50 @@ class SGLD(Optimizer):
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         sgld_foreach(weights, grads, self._noise(weights, lrs), lrs=lrs, wds=wds, **self._hyper())
+
+    # ------------------------------------------------------------------ native kernel (rules_legacy.cpp "sgld")
+    def _native_hyper(self):
+        return [self.rescale_grad, self._native_clip()]
+
+    @staticmethod
+    def _native_target(weight, grad, state, multi_precision: bool):
+        """The float32 tensor the kernel updates for this weight (the master copy under multi-precision), or
+        None when the kernel would not take the pair: checked before any noise is drawn."""
+        def plain(t, dtype, shape):
+            return (isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type == "cpu"
+                    and t.dtype == dtype and t.shape == shape and t.is_contiguous() and not t.is_neg()
+                    and not t.is_conj())
+
+        if not isinstance(weight, torch.Tensor) or not plain(grad, weight.dtype, weight.shape):
+            return None
+        if weight.dtype == torch.float32:
+            return weight if plain(weight, torch.float32, weight.shape) else None
+        if (multi_precision and weight.dtype in (torch.float16, torch.bfloat16)
+                and plain(weight, weight.dtype, weight.shape) and isinstance(state, tuple) and len(state) == 2
+                and plain(state[0], torch.float32, weight.shape)):
+            return state[0]
+        return None
+
+    def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision: bool) -> bool:
+        """One tensor at a time: draw its noise through :meth:`_noise` (as both Python paths do, in the same
+        order), then one kernel call with the noise as its read-only state, so at most one tensor's noise exists
+        at a time. Every tensor is checked before the first draw: a declined step draws nothing."""
+        n = len(weights)
+        lrs = list(lrs) if isinstance(lrs, (list, tuple)) else [lrs] * n
+        wds = list(wds) if isinstance(wds, (list, tuple)) else [wds] * n
+        ts = list(ts) if isinstance(ts, (list, tuple)) else [ts] * n
+        if not (len(grads) == len(states) == len(lrs) == len(wds) == len(ts) == n):
+            return False
+        targets = [self._native_target(w, g, s, multi_precision) for w, g, s in zip(weights, grads, states)]
+        if any(target is None for target in targets):
+            return False
+        step, hyper = native.load().step, self._native_hyper()
+        for w, g, target, lr, wd, t in zip(weights, grads, targets, lrs, wds, ts):
+            noise = self._noise([target], [lr])[0]
+            state = noise if target is w else (target, noise)
+            if not step(self._native_id, [w], [g], [state], lr, wd, t, hyper, multi_precision, None):
+                with torch.no_grad():  # e.g. a noise tensor from an overridden _noise: the Python rule
+                    sgld_reference(target, g.to(torch.float32), noise, lr=lr, wd=wd, **self._hyper())
+                    if target is not w:
+                        w.copy_(target)
+        return True
