@@ -80,6 +80,19 @@ def bias_corrections(beta1: float, beta2: float, t: int) -> tuple[float, float]:
     return float(c1), float(c2)
 
 
+def _corrections_aux(beta1: float, beta2: float, ts) -> list[float]:
+    """``[c1, c2]`` of :func:`bias_corrections` for every update count in ``ts``, flat (the native rules' aux:
+    numpy's float32 power is not the C library's ``powf``, so Python computes them)."""
+    cache: dict[int, tuple[float, float]] = {}
+    aux: list[float] = []
+    for t in ts:
+        pair = cache.get(t)
+        if pair is None:
+            pair = cache[t] = bias_corrections(beta1, beta2, t)
+        aux += pair
+    return aux
+
+
 def _scalars(values, like: torch.Tensor) -> torch.Tensor:
     """Per-tensor Python scalars as one float32 vector on ``like``'s device."""
     return torch.tensor([f32(v) for v in values], dtype=torch.float32, device=like.device)
@@ -189,6 +202,7 @@ class LARS(Optimizer):
 
     sparse_support = "lazy"
     default_learning_rate = 0.1
+    native_rule = "lars"
 
     def __init__(self, learning_rate=None, momentum=0.0, eta=0.001, epsilon=1e-8, lazy_update=False,
                  **kwargs):
@@ -210,6 +224,16 @@ class LARS(Optimizer):
     def _hyper(self):
         return {"momentum": self.momentum, "eta": self.eta, "epsilon": self.epsilon,
                 "rescale_grad": self.rescale_grad, "clip_gradient": self.clip_gradient}
+
+    def _native_hyper(self):
+        return [self.momentum, self.eta, self.epsilon, self.rescale_grad, self._native_clip()]
+
+    def _native_aux(self, indices, lrs, ts):
+        """Per tensor: 1 where it gets the ratio, 0 where it keeps the plain learning rate (unnamed integer
+        indices all get it: ``str(index)`` never ends in gamma/beta/bias)."""
+        if not self.idx2name and all(type(i) is int for i in indices):
+            return [1.0] * len(indices), None
+        return [1.0 if self.uses_trust_ratio(i) else 0.0 for i in indices], None
 
     def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast):
         # The rules see tensors, not indices: remember which weights keep the plain learning rate.
@@ -378,6 +402,8 @@ class LAMB(_TrustRatioAdam):
         arXiv:1904.00962.
     """
 
+    native_rule = "lamb"
+
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-6, lower_bound=None,
                  upper_bound=None, bias_correction=True, aggregate_num=4, **kwargs):
         super().__init__(learning_rate=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon,
@@ -390,6 +416,17 @@ class LAMB(_TrustRatioAdam):
 
     def _corrections(self, t):
         return bias_corrections(self.beta1, self.beta2, t) if self.bias_correction else None
+
+    def _native_hyper(self):
+        return [self.beta1, self.beta2, self.epsilon, self.rescale_grad, self._native_clip(),
+                -1.0 if self.lower_bound is None else self.lower_bound,
+                -1.0 if self.upper_bound is None else self.upper_bound, 1.0 if self.bias_correction else 0.0]
+
+    def _native_aux(self, indices, lrs, ts):
+        """The bias corrections ``[c1, c2]`` per tensor (ones, unused, without bias correction)."""
+        if not self.bias_correction:
+            return [1.0] * (2 * len(indices)), None
+        return _corrections_aux(self.beta1, self.beta2, ts), None
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         lamb_reference(weight, grad, state, lr=lr, wd=wd, corrections=self._corrections(t), **self._hyper())
@@ -511,6 +548,8 @@ class LANS(_TrustRatioAdam):
         arXiv:2006.13484.
     """
 
+    native_rule = "lans"
+
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-6, lower_bound=None,
                  upper_bound=None, aggregate_num=4, **kwargs):
         super().__init__(learning_rate=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon,
@@ -519,6 +558,15 @@ class LANS(_TrustRatioAdam):
 
     def create_state(self, index, weight):
         return LANSState(self._zeros(weight), self._zeros(weight))
+
+    def _native_hyper(self):
+        return [self.beta1, self.beta2, self.epsilon, self.rescale_grad, self._native_clip(),
+                -1.0 if self.lower_bound is None else self.lower_bound,
+                -1.0 if self.upper_bound is None else self.upper_bound]
+
+    def _native_aux(self, indices, lrs, ts):
+        """The bias corrections ``[c1, c2]`` per tensor."""
+        return _corrections_aux(self.beta1, self.beta2, ts), None
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         corrections = bias_corrections(self.beta1, self.beta2, t)

@@ -1,0 +1,706 @@
+// The trust-ratio family (optzoo/optimizer/trust_ratio.py): LARS, LAMB, LANS.
+//
+// Each rule scales a tensor's step by a ratio of that tensor's own norms, so a step is not one element-wise pass:
+//   LARS  phase 1: ||w||^2, ||grad||^2                     phase 2: the SGD step with lr * ratio
+//   LAMB  phase 1: moments in place, ||w||^2, ||u||^2      phase 2: u again from (m, v, w); w -= lr * ratio * u
+//   LANS  phase 0: ||rg*grad||^2                           phase 1: moments in place, ||w||^2, ||u_m||^2, ||u_g||^2
+//                                                          phase 2: u_m, u_g again from (grad, m, v, w); w -= ...
+// Phase 2 recomputes the direction rather than storing it: a full-size buffer is not allowed (peak memory), and
+// the recomputation is bit-identical to phase 1's.
+//
+// Sums of squares are kept per fixed unit of kUnit elements (cut from the core's chunks, so the same whatever the
+// thread count) and reduced per tensor in unit order: results are deterministic and do not depend on the number
+// of threads (see "sums of squares" for the order inside a unit). A norm is the square root in double rounded
+// once to float32; every later scalar (bounds, ratios, steps) is float32 arithmetic in the reference's order.
+//
+// Scheduling: consecutive tensors form groups of at most kGroup elements (a larger tensor is a group of its own).
+// The plan lists (phase, unit) tasks so that phase k of group g comes right after phase k-1 of group g+1: the
+// data of a small group is still in cache when its next phase re-reads it, and a thread seldom waits for the
+// previous phase of a tensor. Threads claim kBatch tasks at a time from one shared cursor; there are no barriers,
+// so a thread that the OS preempts (the benchmark machines are shared) only delays the units that depend on the
+// ones it holds.
+//
+// Element arithmetic mirrors torch's CPU kernels: `m.mul_(b1).add_(g, alpha=1-b1)` is fma(g, 1-b1, m*b1) and
+// `v.mul_(b2).addcmul_(g, g, value=1-b2)` is fma((1-b2)*g, g, v*b2) (torch fuses both: checked bit for bit).
+// torch's float32 sqrt is not always correctly rounded (1 ulp apart for ~15% of inputs here); ours is, so LAMB
+// and LANS directions can differ from the reference in the last bit. float16/bfloat16 gradients are widened,
+// and master weights rounded back, a unit at a time (api.h's F16C conversions for float16).
+//
+// hyper:
+//   lars: [momentum, eta, epsilon, rescale_grad, clip_gradient (-1: none)]; aux per tensor: [uses the ratio (1/0)]
+//   lamb: [beta1, beta2, epsilon, rescale_grad, clip_gradient, lower_bound (-1: none), upper_bound (-1: none),
+//          bias_correction (1/0)]; aux per tensor: [c1, c2], the float32 bias corrections as Python computes them
+//          (numpy's float32 power, which is not the C library's powf; ignored without bias correction)
+//   lans: [beta1, beta2, epsilon, rescale_grad, clip_gradient, lower_bound, upper_bound]; aux: as for lamb
+#include <omp.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "api.h"
+
+namespace optzoo {
+namespace {
+
+constexpr int64_t kUnit = 8192;      // elements per partial sum (and per float16/bfloat16 conversion)
+constexpr int64_t kGroup = 1 << 17;  // elements per group of tensors (a larger tensor is a group of its own)
+constexpr int64_t kBatch = 16;       // tasks (units) a thread claims at once
+constexpr int kTorchLanes = 8;       // torch's float32 CPU norm: 8 lanes accumulated in order
+constexpr int64_t kSumBlock = 256;   // elements summed in float32 before joining a unit's double sum
+
+// ------------------------------------------------------------------------------------------ conversions
+template <typename G>
+inline void widen(const G* __restrict in, float* __restrict out, int64_t n) {
+    if constexpr (std::is_same<G, Half>::value) {
+        half_to_float(in, out, n);
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) out[i] = to_float(in[i]);
+    }
+}
+
+template <typename L>
+inline void narrow(const float* __restrict in, L* __restrict out, int64_t n) {
+    if constexpr (std::is_same<L, Half>::value) {
+        float_to_half(in, out, n);
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) out[i] = from_float<L>(in[i]);
+    }
+}
+
+// ------------------------------------------------------------------------------------------ the plan
+struct Unit {
+    int32_t tensor;
+    int64_t offset;
+    int64_t length;
+};
+
+struct Plan {
+    std::vector<Unit> units;
+    std::vector<int64_t> first, end;  // per tensor: its units [first, end)
+    std::vector<int64_t> groups;      // unit boundaries of the groups (n_groups + 1 entries)
+    std::vector<int64_t> tasks;       // unit * kMaxPhases + phase, in the order threads take them
+    std::vector<int32_t> done;        // per tensor and phase: units finished (atomic)
+};
+
+constexpr int kMaxPhases = 4;
+
+void make_plan(const StepArgs& a, int first_phase, int n_phases, Plan& p) {
+    p.units.clear();
+    p.first.assign(a.n_tensors, 0);
+    p.end.assign(a.n_tensors, 0);
+    p.groups.assign(1, 0);
+    int64_t in_group = 0;
+    int32_t previous = -1;
+    for (int64_t c = 0; c < a.n_chunks; ++c) {
+        const Chunk& ch = a.chunks[c];
+        if (ch.tensor != previous) {  // a new tensor (a dense step's chunks come tensor by tensor, in order)
+            const int64_t here = static_cast<int64_t>(p.units.size());
+            if (previous >= 0) p.end[previous] = here;
+            p.first[ch.tensor] = here;
+            const int64_t numel = a.numels[ch.tensor];
+            if (in_group > 0 && in_group + numel > kGroup) {
+                p.groups.push_back(here);
+                in_group = 0;
+            }
+            in_group += numel;
+            previous = ch.tensor;
+        }
+        for (int64_t off = 0; off < ch.length; off += kUnit) {
+            const int64_t len = std::min(kUnit, ch.length - off);
+            p.units.push_back(Unit{ch.tensor, ch.offset + off, len});
+        }
+    }
+    const int64_t n_units = static_cast<int64_t>(p.units.size());
+    if (previous >= 0) p.end[previous] = n_units;
+    if (p.groups.back() != n_units) p.groups.push_back(n_units);
+    // Step s runs phase k of group s - k, lowest phase first: a phase of a group comes one group after the
+    // previous phase of that group, so a thread rarely waits for a unit another thread still holds, while the
+    // group is still in cache. (Running alternate phases backwards, to start on the data read last, measured
+    // slower: descending streams prefetch worse.)
+    const int64_t n_groups = static_cast<int64_t>(p.groups.size()) - 1;
+    p.tasks.clear();
+    for (int64_t s = 0; s < n_groups + n_phases - 1; ++s) {
+        for (int k = 0; k < n_phases; ++k) {
+            const int64_t g = s - k;
+            if (g < 0 || g >= n_groups) continue;
+            const int64_t lo = p.groups[g], hi = p.groups[g + 1];
+            for (int64_t u = lo; u < hi; ++u) p.tasks.push_back(u * kMaxPhases + first_phase + k);
+        }
+    }
+    p.done.assign(static_cast<size_t>(a.n_tensors) * kMaxPhases, 0);
+}
+
+// The norm of tensor t from its units' sums of squares (slot j of `width`), reduced in unit order.
+float norm_of(const Plan& p, const std::vector<double>& sums, int width, int32_t t, int j) {
+    double s = 0.0;
+    for (int64_t u = p.first[t]; u < p.end[t]; ++u) s += sums[u * width + j];
+    return f32(std::sqrt(s));
+}
+
+// ------------------------------------------------------------------------------------------ shared scalar math
+// clamp(x, -clip, clip); `clip` is +inf without clipping. NaN passes, as torch.clamp lets it.
+inline float clamp_abs(float x, float clip) {
+    x = x < -clip ? -clip : x;
+    return x > clip ? clip : x;
+}
+
+// clip_gradient as these kernels take it: +inf for none (-1 from Python)
+inline float clip_or_inf(double clip) { return clip >= 0.0 ? f32(clip) : INFINITY; }
+
+// r1 / r2, or 1 where either norm is 0 (trust_ratio in the reference)
+inline float trust(float r1, float r2) { return (r1 == 0.0f || r2 == 0.0f) ? 1.0f : r1 / r2; }
+
+// clamp(r1, lower, upper) from scalars [lower, has lower, upper, has upper] at sc[at]; NaN passes
+inline float bounded(float r1, const float* sc, int at) {
+    if (sc[at + 1] != 0.0f && r1 < sc[at]) r1 = sc[at];
+    if (sc[at + 3] != 0.0f && r1 > sc[at + 2]) r1 = sc[at + 2];
+    return r1;
+}
+
+// ------------------------------------------------------------------------------------------ sums of squares
+// A tensor of one unit (all of it in one call, on one thread) is summed in torch's own float32 order, so its norm
+// is the reference's (bit for bit but for rare ties in the last ulp); a larger one, which threads share, per unit:
+// blocks of kSumBlock squares in float32 vector lanes (16 terms a lane), the block sums added in double. That is
+// far more accurate than the reference's float32 running sums (relative error ~1e-7 against ~1e-6 at 1e5
+// elements, growing with the size there) and cheap: a double accumulator would cost two conversions and two
+// double operations per 8 elements, more than the whole pass costs for LARS. The pass loops below store the
+// values whose squares they need into a scratch array for torch's order, and accumulate directly otherwise.
+inline bool torch_order(const StepArgs& a, int32_t t) { return a.numels[t] <= kUnit; }
+
+// torch.linalg.vector_norm's float32 CPU order (before the square root): lane j of 8 sums x[i]*x[i] for i = j,
+// j+8, ... below n - n%8 (acc + x*x, two roundings), the lanes are added in order, then the rest one by one.
+inline float sum_squares_torch(const float* __restrict x, int64_t n) {
+    constexpr int L = kTorchLanes;
+    float acc[L] = {};
+    const int64_t m = n - n % L;
+    for (int64_t i = 0; i < m; i += L)
+        for (int j = 0; j < L; ++j) acc[j] = acc[j] + x[i + j] * x[i + j];
+    float total = acc[0];
+    for (int j = 1; j < L; ++j) total = total + acc[j];
+    for (int64_t i = m; i < n; ++i) total = total + x[i] * x[i];
+    return total;
+}
+
+inline double sum_squares_blocked(const float* __restrict x, int64_t n) {
+    double s = 0.0;
+    for (int64_t b = 0; b < n; b += kSumBlock) {
+        const int64_t e = std::min(n, b + kSumBlock);
+        float f = 0.0f;
+#pragma omp simd reduction(+ : f)
+        for (int64_t i = b; i < e; ++i) f += x[i] * x[i];
+        s += f;
+    }
+    return s;
+}
+
+inline double sum_squares(bool torch, const float* x, int64_t n) {
+    return torch ? static_cast<double>(sum_squares_torch(x, n)) : sum_squares_blocked(x, n);
+}
+
+// ------------------------------------------------------------------------------------------ the driver
+// A Kernel provides
+//   kPre (sums of phase 0: 0 or 1), kSums (sums of phase 1), kDerived (per-tensor values of phase 2),
+//   kPass2Grad (whether phase 2 reads the gradient), and, on n elements of tensor t from offset `off`
+//   (g: the float32 gradient of those elements; scratch: 2 * kUnit floats):
+//   pre(t, off, n, g, scratch, out)         phase 0: adds its sum of squares to out[0]
+//   derive_pre(t, norm) -> float             phase 0's per-tensor value, given to phases 1 and 2
+//   pass1(t, off, n, g, pre, scratch, out)  phase 1: adds its sums of squares to out[0..kSums)
+//   derive(t, norms, d)                     phase 2's per-tensor values from the kSums norms
+//   pass2(t, off, n, g, pre, d)             phase 2: writes the float32 weight (the driver rounds it to the
+//                                           low-precision copy)
+// Threads take (phase, unit) tasks from one shared cursor in the plan's order; a unit of phase k > first waits
+// (rarely: see make_plan) until its tensor has finished phase k - 1. No barriers: a thread that the OS preempts
+// delays only the units that depend on the ones it holds.
+inline void relax(int& spins) {
+    if (++spins < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    } else {
+        sched_yield();
+    }
+}
+
+template <class Kernel, typename G, typename L>
+void drive(const StepArgs& a, const Kernel& k) {
+    constexpr int kPre = Kernel::kPre, kSums = Kernel::kSums, kPreWidth = kPre > 0 ? kPre : 1;
+    constexpr int kFirst = kPre > 0 ? 0 : 1;  // phase 0 (LANS's gradient norm), 1 (norms), 2 (update)
+    constexpr bool kConvert = !std::is_same<G, float>::value;
+    // reused between steps (per calling thread); the parallel region reaches them through these references only
+    thread_local Plan plan_storage;
+    thread_local std::vector<double> pre_storage, sums_storage;
+    Plan& p = plan_storage;
+    std::vector<double>& pre_sums = pre_storage;
+    std::vector<double>& sums = sums_storage;
+    make_plan(a, kFirst, 3 - kFirst, p);
+    const int64_t n_units = static_cast<int64_t>(p.units.size());
+    pre_sums.assign(static_cast<size_t>(n_units * kPreWidth), 0.0);
+    sums.assign(static_cast<size_t>(n_units * kSums), 0.0);
+    const int64_t n_tasks = static_cast<int64_t>(p.tasks.size());
+    int64_t cursor = 0;
+    const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
+#pragma omp parallel num_threads(a.n_threads) if (parallel)
+    {
+        int32_t pre_tensor = -1, main_tensor = -1;
+        float pre_value = 1.0f;
+        float derived[Kernel::kDerived] = {};
+        alignas(64) float buffer[kConvert ? kUnit : 1];  // the unit's gradient in float32
+        alignas(64) float scratch[2 * kUnit];              // values whose squares are summed in torch's order
+        auto pre_of = [&](int32_t t) {  // phase 0's per-tensor value, computed by each thread that needs it
+            if (t != pre_tensor) {
+                pre_tensor = t;
+                pre_value = k.derive_pre(t, kPre > 0 ? norm_of(p, pre_sums, kPreWidth, t, 0) : 0.0f);
+            }
+            return pre_value;
+        };
+        // fn(offset, length, float32 gradient) on unit u (a low-precision gradient is widened into `buffer`)
+        auto with_grad = [&](const Unit& un, bool need_grad, auto&& fn) {
+            const G* grad = static_cast<const G*>(a.grads[un.tensor]) + un.offset;
+            if constexpr (kConvert) {
+                if (need_grad) widen<G>(grad, buffer, un.length);
+                fn(un.offset, un.length, buffer);
+            } else {
+                fn(un.offset, un.length, reinterpret_cast<const float*>(grad));
+            }
+        };
+        int64_t i = 0, claimed_end = 0;
+        for (;; ++i) {
+            if (i >= claimed_end) {  // claim the next kBatch tasks (consecutive units: longer streams per thread)
+#pragma omp atomic capture
+                { i = cursor; cursor += kBatch; }
+                claimed_end = std::min(i + kBatch, n_tasks);
+            }
+            if (i >= n_tasks) break;
+            const int64_t u = p.tasks[i] / kMaxPhases;
+            const int phase = static_cast<int>(p.tasks[i] % kMaxPhases);
+            const Unit& un = p.units[u];
+            const int32_t t = un.tensor;
+            if (phase > kFirst) {
+                const int32_t need = static_cast<int32_t>(p.end[t] - p.first[t]);
+                int spins = 0;
+                while (__atomic_load_n(&p.done[t * kMaxPhases + phase - 1], __ATOMIC_ACQUIRE) < need) relax(spins);
+            }
+            if (phase == 0) {
+                with_grad(un, true, [&](int64_t off, int64_t n, const float* g) {
+                    k.pre(t, off, n, g, scratch, &pre_sums[u * kPreWidth]);
+                });
+            } else if (phase == 1) {
+                const float pre = kPre > 0 ? pre_of(t) : 1.0f;
+                with_grad(un, true, [&](int64_t off, int64_t n, const float* g) {
+                    k.pass1(t, off, n, g, pre, scratch, &sums[u * kSums]);
+                });
+            } else {
+                if (t != main_tensor) {  // phase 2's per-tensor values, computed by each thread that needs them
+                    main_tensor = t;
+                    float norms[kSums];
+                    for (int j = 0; j < kSums; ++j) norms[j] = norm_of(p, sums, kSums, t, j);
+                    k.derive(t, norms, derived);
+                }
+                const float pre = kPre > 0 ? pre_of(t) : 1.0f;
+                with_grad(un, Kernel::kPass2Grad, [&](int64_t off, int64_t n, const float* g) {
+                    k.pass2(t, off, n, g, pre, derived);
+                    if constexpr (!std::is_same<L, NoLowPrecision>::value)
+                        narrow<L>(a.weights[t] + off, static_cast<L*>(a.low_precision[t]) + off, n);
+                });
+            }
+            __atomic_fetch_add(&p.done[t * kMaxPhases + phase], 1, __ATOMIC_RELEASE);
+        }
+    }
+}
+
+template <template <typename> class Kernel>
+void run_typed(const StepArgs& a) {
+    if (a.low_precision == nullptr) {
+        drive<Kernel<NoLowPrecision>, float, NoLowPrecision>(a, Kernel<NoLowPrecision>{a});
+    } else if (a.low_precision_dtype == kFloat16) {
+        drive<Kernel<Half>, Half, Half>(a, Kernel<Half>{a});
+    } else {
+        drive<Kernel<BFloat16>, BFloat16, BFloat16>(a, Kernel<BFloat16>{a});
+    }
+}
+
+// ------------------------------------------------------------------------------------------ LARS
+// Scalars: 0 lr, 1 wd, 2 momentum, 3 rescale_grad, 4 clip (+inf: none), 5 eta, 6 epsilon, 7 |rescale_grad|,
+// 8 uses the ratio (1/0).
+void prepare_lars(const double* h, double lr, double wd, int64_t, const double* aux, float* sc) {
+    sc[0] = f32(lr);
+    sc[1] = f32(wd);
+    sc[2] = f32(h[0]);
+    sc[3] = f32(h[3]);
+    sc[4] = clip_or_inf(h[4]);
+    sc[5] = f32(h[1]);
+    sc[6] = f32(h[2]);
+    sc[7] = std::fabs(f32(h[3]));
+    sc[8] = aux[0] != 0.0 ? 1.0f : 0.0f;
+}
+
+const char* check_lars(const double* h, int n, uint32_t present) {
+    if (n != 5) return "lars takes 5 hyperparameters";
+    return ((h[0] != 0.0) == bool(present & 1u)) ? nullptr : "momentum and state disagree";
+}
+
+template <bool WD, bool MOM>
+void lars_step(const float* sc, float lr_t, float* __restrict w, const float* __restrict grad,
+               float* __restrict mom, int64_t n) {
+    const float wd = sc[1], mu = sc[2], rg = sc[3], clip = sc[4];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+        float g = clamp_abs(grad[i] * rg, clip);
+        if (WD) g = g + wd * w[i];
+        g = g * lr_t;
+        if (MOM) {
+            const float m = mom[i] * mu - g;
+            mom[i] = m;
+            w[i] = w[i] + m;
+        } else {
+            w[i] = w[i] - g;
+        }
+    }
+}
+
+template <typename L>
+struct LarsKernel {
+    static constexpr int kPre = 0, kSums = 2, kDerived = 1;
+    static constexpr bool kPass2Grad = true;
+    const StepArgs& a;
+
+    float derive_pre(int32_t, float) const { return 1.0f; }
+    void pre(int32_t, int64_t, int64_t, const float*, float*, double*) const {}
+
+    // ||w||^2 and ||grad||^2 (the raw gradient); nothing for tensors that keep the plain learning rate
+    void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float, float*, double* out) const {
+        if (a.scalars[t * kMaxScalars + 8] == 0.0f) return;
+        const bool torch = torch_order(a, t);
+        out[0] += sum_squares(torch, a.weights[t] + off, n);
+        out[1] += sum_squares(torch, grad, n);
+    }
+
+    // lr_t = lr * eta*||w|| / (|rg|*||grad|| + wd*||w|| + eps); lr where a norm is 0 or the ratio is not used
+    void derive(int32_t t, const float* norms, float* d) const {
+        const float* sc = a.scalars + t * kMaxScalars;
+        if (sc[8] == 0.0f) {
+            d[0] = sc[0];
+            return;
+        }
+        const float wn = norms[0];
+        const float gn = norms[1] * sc[7];
+        float ratio = sc[5] * wn / ((gn + sc[1] * wn) + sc[6]);
+        if (!(wn > 0.0f && gn > 0.0f)) ratio = 1.0f;
+        d[0] = sc[0] * ratio;
+    }
+
+    // g = clip(rg*grad) + wd*w; g *= lr_t; mom = mu*mom - g, w += mom (w -= g without momentum)
+    void pass2(int32_t t, int64_t off, int64_t n, const float* grad, float, const float* d) const {
+        const float* sc = a.scalars + t * kMaxScalars;
+        float* w = a.weights[t] + off;
+        float* mom = a.states[0] && a.states[0][t] ? a.states[0][t] + off : nullptr;
+        const bool wd = sc[1] != 0.0f;
+        if (mom != nullptr) {
+            if (wd) lars_step<true, true>(sc, d[0], w, grad, mom, n);
+            else lars_step<false, true>(sc, d[0], w, grad, mom, n);
+        } else {
+            if (wd) lars_step<true, false>(sc, d[0], w, grad, mom, n);
+            else lars_step<false, false>(sc, d[0], w, grad, mom, n);
+        }
+    }
+};
+
+// ------------------------------------------------------------------------------------------ LAMB and LANS
+// Scalars: 0 lr, 1 wd, 2 beta1, 3 1-beta1, 4 beta2, 5 1-beta2, 6 epsilon, 7 rescale_grad, 8 clip (+inf: none),
+// 9 c1, 10 c2, 11 lower bound, 12 has lower bound, 13 upper bound, 14 has upper bound, 15 bias correction.
+void prepare_adamlike(const double* h, double lr, double wd, const double* aux, float* sc,
+                      bool correction) {
+    sc[0] = f32(lr);
+    sc[1] = f32(wd);
+    sc[2] = f32(h[0]);
+    sc[3] = one_minus(h[0]);
+    sc[4] = f32(h[1]);
+    sc[5] = one_minus(h[1]);
+    sc[6] = f32(h[2]);
+    sc[7] = f32(h[3]);
+    sc[8] = clip_or_inf(h[4]);
+    sc[9] = f32(aux[0]);
+    sc[10] = f32(aux[1]);
+    sc[11] = h[5] >= 0.0 ? f32(h[5]) : 0.0f;
+    sc[12] = h[5] >= 0.0 ? 1.0f : 0.0f;
+    sc[13] = h[6] >= 0.0 ? f32(h[6]) : 0.0f;
+    sc[14] = h[6] >= 0.0 ? 1.0f : 0.0f;
+    sc[15] = correction ? 1.0f : 0.0f;
+}
+
+void prepare_lamb(const double* h, double lr, double wd, int64_t, const double* aux, float* sc) {
+    prepare_adamlike(h, lr, wd, aux, sc, h[7] != 0.0);
+}
+
+void prepare_lans(const double* h, double lr, double wd, int64_t, const double* aux, float* sc) {
+    prepare_adamlike(h, lr, wd, aux, sc, true);
+}
+
+const char* check_lamb(const double*, int n, uint32_t present) {
+    return n == 8 && present == 3u ? nullptr : "lamb takes 8 hyperparameters and two states";
+}
+
+const char* check_lans(const double*, int n, uint32_t present) {
+    return n == 7 && present == 3u ? nullptr : "lans takes 7 hyperparameters and two states";
+}
+
+// m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g, rounded as torch's add_(alpha=) and addcmul_ round them (fused)
+inline void moments(const float* sc, float g, float& m, float& v) {
+    m = std::fma(g, sc[3], m * sc[2]);
+    v = std::fma(sc[5] * g, g, v * sc[4]);
+}
+
+// LAMB's u = m_hat/(sqrt(v_hat) + eps) (+ wd*w)
+template <bool BC, bool WD>
+inline float lamb_direction(const float* sc, float m, float v, float w) {
+    float u = BC ? (m / sc[9]) / (std::sqrt(v / sc[10]) + sc[6]) : m / (std::sqrt(v) + sc[6]);
+    if (WD) u = u + sc[1] * w;
+    return u;
+}
+
+// g = clip(rg*grad); the moments; ||w||^2 and ||u||^2 (u in `scratch` for torch's order)
+template <bool BC, bool WD, bool TORCH>
+void lamb_pass1(const float* sc, const float* __restrict w, const float* __restrict grad, float* __restrict mean,
+                float* __restrict var, float* __restrict scratch, int64_t n, double* out) {
+    const float rg = sc[7], clip = sc[8];
+    double sw = 0.0, su = 0.0;
+    for (int64_t b = 0; b < n; b += kSumBlock) {
+        const int64_t e = std::min(n, b + kSumBlock);
+        float fw = 0.0f, fu = 0.0f;
+#pragma omp simd reduction(+ : fw, fu)
+        for (int64_t i = b; i < e; ++i) {
+            const float g = clamp_abs(grad[i] * rg, clip);
+            float m = mean[i], v = var[i];
+            moments(sc, g, m, v);
+            mean[i] = m;
+            var[i] = v;
+            const float u = lamb_direction<BC, WD>(sc, m, v, w[i]);
+            if (TORCH) {
+                scratch[i] = u;
+            } else {
+                fw += w[i] * w[i];
+                fu += u * u;
+            }
+        }
+        sw += fw;
+        su += fu;
+    }
+    if (TORCH) {
+        sw = sum_squares_torch(w, n);
+        su = sum_squares_torch(scratch, n);
+    }
+    out[0] += sw;
+    out[1] += su;
+}
+
+template <bool BC, bool WD>
+void lamb_pass2(const float* sc, float s, float* __restrict w, const float* __restrict mean,
+                const float* __restrict var, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) w[i] = w[i] - lamb_direction<BC, WD>(sc, mean[i], var[i], w[i]) * s;
+}
+
+template <typename L>
+struct LambKernel {
+    static constexpr int kPre = 0, kSums = 2, kDerived = 1;
+    static constexpr bool kPass2Grad = false;
+    const StepArgs& a;
+
+    float derive_pre(int32_t, float) const { return 1.0f; }
+    void pre(int32_t, int64_t, int64_t, const float*, float*, double*) const {}
+
+    template <bool BC, bool WD>
+    void pass1_bc_wd(int32_t t, int64_t off, int64_t n, const float* grad, float* scratch, double* out) const {
+        const float* sc = a.scalars + t * kMaxScalars;
+        const float* w = a.weights[t] + off;
+        float* m = a.states[0][t] + off;
+        float* v = a.states[1][t] + off;
+        if (torch_order(a, t)) lamb_pass1<BC, WD, true>(sc, w, grad, m, v, scratch, n, out);
+        else lamb_pass1<BC, WD, false>(sc, w, grad, m, v, scratch, n, out);
+    }
+
+    void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float, float* scratch, double* out) const {
+        const float* sc = a.scalars + t * kMaxScalars;
+        const bool bc = sc[15] != 0.0f, wd = sc[1] != 0.0f;
+        if (bc) {
+            if (wd) pass1_bc_wd<true, true>(t, off, n, grad, scratch, out);
+            else pass1_bc_wd<true, false>(t, off, n, grad, scratch, out);
+        } else {
+            if (wd) pass1_bc_wd<false, true>(t, off, n, grad, scratch, out);
+            else pass1_bc_wd<false, false>(t, off, n, grad, scratch, out);
+        }
+    }
+
+    // step = lr * trust_ratio(clamp(||w||, lower, upper), ||u||)
+    void derive(int32_t t, const float* norms, float* d) const {
+        const float* sc = a.scalars + t * kMaxScalars;
+        d[0] = sc[0] * trust(bounded(norms[0], sc, 11), norms[1]);
+    }
+
+    // w -= u * step, u recomputed from the new moments and the old weight
+    void pass2(int32_t t, int64_t off, int64_t n, const float*, float, const float* d) const {
+        const float* sc = a.scalars + t * kMaxScalars;
+        float* w = a.weights[t] + off;
+        const float* m = a.states[0][t] + off;
+        const float* v = a.states[1][t] + off;
+        const bool bc = sc[15] != 0.0f, wd = sc[1] != 0.0f;
+        if (bc) {
+            if (wd) lamb_pass2<true, true>(sc, d[0], w, m, v, n);
+            else lamb_pass2<true, false>(sc, d[0], w, m, v, n);
+        } else {
+            if (wd) lamb_pass2<false, true>(sc, d[0], w, m, v, n);
+            else lamb_pass2<false, false>(sc, d[0], w, m, v, n);
+        }
+    }
+};
+
+// LANS's normalised, clipped gradient: clip(rg*grad / divisor)
+inline float lans_grad(const float* sc, float grad, float divisor) {
+    return clamp_abs((grad * sc[7]) / divisor, sc[8]);
+}
+
+// u_m = (m/c1)/d (+ wd*w), u_g = g/d (+ wd*w) with d = sqrt(v/c2) + eps
+template <bool WD>
+inline void lans_directions(const float* sc, float g, float m, float v, float w, float& um, float& ug) {
+    const float d = std::sqrt(v / sc[10]) + sc[6];
+    um = (m / sc[9]) / d;
+    ug = g / d;
+    if (WD) {
+        const float decay = sc[1] * w;
+        um = um + decay;
+        ug = ug + decay;
+    }
+}
+
+// g = clip(rg*grad/divisor); the moments; ||w||^2, ||u_m||^2, ||u_g||^2 (u_m, u_g in `scratch` for torch's order)
+template <bool WD, bool TORCH>
+void lans_pass1(const float* sc, float divisor, const float* __restrict w, const float* __restrict grad,
+                float* __restrict mean, float* __restrict var, float* __restrict scratch, int64_t n, double* out) {
+    double sw = 0.0, sm = 0.0, sg = 0.0;
+    for (int64_t b = 0; b < n; b += kSumBlock) {
+        const int64_t e = std::min(n, b + kSumBlock);
+        float fw = 0.0f, fm = 0.0f, fg = 0.0f;
+#pragma omp simd reduction(+ : fw, fm, fg)
+        for (int64_t i = b; i < e; ++i) {
+            const float g = lans_grad(sc, grad[i], divisor);
+            float m = mean[i], v = var[i];
+            moments(sc, g, m, v);
+            mean[i] = m;
+            var[i] = v;
+            float um, ug;
+            lans_directions<WD>(sc, g, m, v, w[i], um, ug);
+            if (TORCH) {
+                scratch[i] = um;
+                scratch[kUnit + i] = ug;
+            } else {
+                fw += w[i] * w[i];
+                fm += um * um;
+                fg += ug * ug;
+            }
+        }
+        sw += fw;
+        sm += fm;
+        sg += fg;
+    }
+    if (TORCH) {
+        sw = sum_squares_torch(w, n);
+        sm = sum_squares_torch(scratch, n);
+        sg = sum_squares_torch(scratch + kUnit, n);
+    }
+    out[0] += sw;
+    out[1] += sm;
+    out[2] += sg;
+}
+
+template <bool WD>
+void lans_pass2(const float* sc, float divisor, const float* d, float* __restrict w, const float* __restrict grad,
+                const float* __restrict mean, const float* __restrict var, int64_t n) {
+    const float step_m = d[0], step_g = d[1];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+        const float g = lans_grad(sc, grad[i], divisor);
+        float um, ug;
+        lans_directions<WD>(sc, g, mean[i], var[i], w[i], um, ug);
+        w[i] = w[i] - (um * step_m + ug * step_g);
+    }
+}
+
+template <typename L>
+struct LansKernel {
+    static constexpr int kPre = 1, kSums = 3, kDerived = 2;
+    static constexpr bool kPass2Grad = true;
+    const StepArgs& a;
+
+    // ||rg*grad||^2
+    void pre(int32_t t, int64_t, int64_t n, const float* __restrict grad, float* __restrict scratch,
+             double* out) const {
+        const float rg = a.scalars[t * kMaxScalars + 7];
+        if (torch_order(a, t)) {
+            for (int64_t i = 0; i < n; ++i) scratch[i] = grad[i] * rg;
+            out[0] += sum_squares_torch(scratch, n);
+        } else {
+            double s = 0.0;
+            for (int64_t b = 0; b < n; b += kSumBlock) {
+                const int64_t e = std::min(n, b + kSumBlock);
+                float f = 0.0f;
+#pragma omp simd reduction(+ : f)
+                for (int64_t i = b; i < e; ++i) {
+                    const float x = grad[i] * rg;
+                    f += x * x;
+                }
+                s += f;
+            }
+            out[0] += s;
+        }
+    }
+
+    // the gradient's divisor: its norm, or 1 for an all-zero gradient (which stays zero)
+    float derive_pre(int32_t, float norm) const { return norm == 0.0f ? 1.0f : norm; }
+
+    void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float divisor, float* scratch,
+               double* out) const {
+        const float* sc = a.scalars + t * kMaxScalars;
+        const float* w = a.weights[t] + off;
+        float* m = a.states[0][t] + off;
+        float* v = a.states[1][t] + off;
+        const bool torch = torch_order(a, t), wd = sc[1] != 0.0f;
+        if (torch) {
+            if (wd) lans_pass1<true, true>(sc, divisor, w, grad, m, v, scratch, n, out);
+            else lans_pass1<false, true>(sc, divisor, w, grad, m, v, scratch, n, out);
+        } else {
+            if (wd) lans_pass1<true, false>(sc, divisor, w, grad, m, v, scratch, n, out);
+            else lans_pass1<false, false>(sc, divisor, w, grad, m, v, scratch, n, out);
+        }
+    }
+
+    // step_m = lr * (trust_ratio(r1, ||u_m||) * beta1), step_g = lr * (trust_ratio(r1, ||u_g||) * (1 - beta1))
+    void derive(int32_t t, const float* norms, float* d) const {
+        const float* sc = a.scalars + t * kMaxScalars;
+        const float r1 = bounded(norms[0], sc, 11);
+        d[0] = sc[0] * (trust(r1, norms[1]) * sc[2]);
+        d[1] = sc[0] * (trust(r1, norms[2]) * sc[3]);
+    }
+
+    // w -= u_m*step_m + u_g*step_g, both recomputed from the gradient, the new moments and the old weight
+    void pass2(int32_t t, int64_t off, int64_t n, const float* grad, float divisor, const float* d) const {
+        const float* sc = a.scalars + t * kMaxScalars;
+        float* w = a.weights[t] + off;
+        const float* m = a.states[0][t] + off;
+        const float* v = a.states[1][t] + off;
+        if (sc[1] != 0.0f) lans_pass2<true>(sc, divisor, d, w, grad, m, v, n);
+        else lans_pass2<false>(sc, divisor, d, w, grad, m, v, n);
+    }
+};
+
+const RuleDesc lars{"lars", 1, 1u, 0u, false, false, check_lars, prepare_lars, run_typed<LarsKernel>, 1};
+const RuleDesc lamb{"lamb", 2, 0u, 0u, false, false, check_lamb, prepare_lamb, run_typed<LambKernel>, 2};
+const RuleDesc lans{"lans", 2, 0u, 0u, false, false, check_lans, prepare_lans, run_typed<LansKernel>, 2};
+OPTZOO_RULE(lars);
+OPTZOO_RULE(lamb);
+OPTZOO_RULE(lans);
+
+}  // namespace
+}  // namespace optzoo
