@@ -4,11 +4,9 @@ sparse update (which stays on the Python path), zero norms, bounds, and results 
 count.
 
 Tolerances. The element-wise arithmetic mirrors the reference's torch kernels, but a trust ratio comes from norms:
-- a tensor of at most 8192 elements (one kernel unit) is summed in torch's own float32 order, so its norms are the
-  reference's but for rare last-bit ties;
-- a larger tensor is summed per unit in float32 blocks joined in double (deterministic, thread-count independent,
-  more accurate than torch's float32 running sum), so its norms differ from the reference's in the last bits
-  (~1e-7 relative) and so does every step;
+- the squares are summed per 8192-element unit in float32 blocks joined in double (deterministic, thread-count
+  independent, more accurate than torch's float32 running sum), so the norms differ from the reference's in the
+  last bits (~1e-7 relative) and so does every step;
 - LAMB and LANS also take a square root per element: torch's float32 sqrt is not correctly rounded on every CPU
   (1 ulp off for ~15% of inputs here), the kernel's is, so their ratios differ in the last bits for any size.
 Such differences are relative to the tensor's scale, not to each element (an element near 0 of a tensor whose

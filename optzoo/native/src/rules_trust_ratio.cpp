@@ -46,7 +46,6 @@ namespace {
 constexpr int64_t kUnit = 8192;      // elements per partial sum (and per float16/bfloat16 conversion)
 constexpr int64_t kGroup = 1 << 17;  // elements per group of tensors (a larger tensor is a group of its own)
 constexpr int64_t kBatch = 16;       // tasks (units) a thread claims at once
-constexpr int kTorchLanes = 8;       // torch's float32 CPU norm: 8 lanes accumulated in order
 constexpr int64_t kSumBlock = 256;   // elements summed in float32 before joining a unit's double sum
 
 // ------------------------------------------------------------------------------------------ conversions
@@ -161,30 +160,11 @@ inline float bounded(float r1, const float* sc, int at) {
 }
 
 // ------------------------------------------------------------------------------------------ sums of squares
-// A tensor of one unit (all of it in one call, on one thread) is summed in torch's own float32 order, so its norm
-// is the reference's (bit for bit but for rare ties in the last ulp); a larger one, which threads share, per unit:
-// blocks of kSumBlock squares in float32 vector lanes (16 terms a lane), the block sums added in double. That is
-// far more accurate than the reference's float32 running sums (relative error ~1e-7 against ~1e-6 at 1e5
-// elements, growing with the size there) and cheap: a double accumulator would cost two conversions and two
-// double operations per 8 elements, more than the whole pass costs for LARS. The pass loops below store the
-// values whose squares they need into a scratch array for torch's order, and accumulate directly otherwise.
-inline bool torch_order(const StepArgs& a, int32_t t) { return a.numels[t] <= kUnit; }
-
-// torch.linalg.vector_norm's float32 CPU order (before the square root): lane j of 8 sums x[i]*x[i] for i = j,
-// j+8, ... below n - n%8 (acc + x*x, two roundings), the lanes are added in order, then the rest one by one.
-inline float sum_squares_torch(const float* __restrict x, int64_t n) {
-    constexpr int L = kTorchLanes;
-    float acc[L] = {};
-    const int64_t m = n - n % L;
-    for (int64_t i = 0; i < m; i += L)
-        for (int j = 0; j < L; ++j) acc[j] = acc[j] + x[i + j] * x[i + j];
-    float total = acc[0];
-    for (int j = 1; j < L; ++j) total = total + acc[j];
-    for (int64_t i = m; i < n; ++i) total = total + x[i] * x[i];
-    return total;
-}
-
-inline double sum_squares_blocked(const float* __restrict x, int64_t n) {
+// Per unit: blocks of kSumBlock squares in float32 vector lanes (16 terms a lane), the block sums added in double.
+// That is more accurate than the reference's float32 running sums (relative error ~1e-7 against ~1e-6 at 1e5
+// elements) and cheap: a double accumulator would cost two conversions and two double operations per 8 elements,
+// more than the whole pass costs for LARS. The norms may differ from the reference's by float32 rounding.
+inline double sum_squares(const float* __restrict x, int64_t n) {
     double s = 0.0;
     for (int64_t b = 0; b < n; b += kSumBlock) {
         const int64_t e = std::min(n, b + kSumBlock);
@@ -196,18 +176,14 @@ inline double sum_squares_blocked(const float* __restrict x, int64_t n) {
     return s;
 }
 
-inline double sum_squares(bool torch, const float* x, int64_t n) {
-    return torch ? static_cast<double>(sum_squares_torch(x, n)) : sum_squares_blocked(x, n);
-}
-
 // ------------------------------------------------------------------------------------------ the driver
 // A Kernel provides
 //   kPre (sums of phase 0: 0 or 1), kSums (sums of phase 1), kDerived (per-tensor values of phase 2),
 //   kPass2Grad (whether phase 2 reads the gradient), and, on n elements of tensor t from offset `off`
-//   (g: the float32 gradient of those elements; scratch: 2 * kUnit floats):
-//   pre(t, off, n, g, scratch, out)         phase 0: adds its sum of squares to out[0]
+//   (g: the float32 gradient of those elements):
+//   pre(t, off, n, g, out)                  phase 0: adds its sum of squares to out[0]
 //   derive_pre(t, norm) -> float             phase 0's per-tensor value, given to phases 1 and 2
-//   pass1(t, off, n, g, pre, scratch, out)  phase 1: adds its sums of squares to out[0..kSums)
+//   pass1(t, off, n, g, pre, out)           phase 1: adds its sums of squares to out[0..kSums)
 //   derive(t, norms, d)                     phase 2's per-tensor values from the kSums norms
 //   pass2(t, off, n, g, pre, d)             phase 2: writes the float32 weight (the driver rounds it to the
 //                                           low-precision copy)
@@ -248,7 +224,6 @@ void drive(const StepArgs& a, const Kernel& k) {
         float pre_value = 1.0f;
         float derived[Kernel::kDerived] = {};
         alignas(64) float buffer[kConvert ? kUnit : 1];  // the unit's gradient in float32
-        alignas(64) float scratch[2 * kUnit];              // values whose squares are summed in torch's order
         auto pre_of = [&](int32_t t) {  // phase 0's per-tensor value, computed by each thread that needs it
             if (t != pre_tensor) {
                 pre_tensor = t;
@@ -285,12 +260,12 @@ void drive(const StepArgs& a, const Kernel& k) {
             }
             if (phase == 0) {
                 with_grad(un, true, [&](int64_t off, int64_t n, const float* g) {
-                    k.pre(t, off, n, g, scratch, &pre_sums[u * kPreWidth]);
+                    k.pre(t, off, n, g, &pre_sums[u * kPreWidth]);
                 });
             } else if (phase == 1) {
                 const float pre = kPre > 0 ? pre_of(t) : 1.0f;
                 with_grad(un, true, [&](int64_t off, int64_t n, const float* g) {
-                    k.pass1(t, off, n, g, pre, scratch, &sums[u * kSums]);
+                    k.pass1(t, off, n, g, pre, &sums[u * kSums]);
                 });
             } else {
                 if (t != main_tensor) {  // phase 2's per-tensor values, computed by each thread that needs them
@@ -368,14 +343,13 @@ struct LarsKernel {
     const StepArgs& a;
 
     float derive_pre(int32_t, float) const { return 1.0f; }
-    void pre(int32_t, int64_t, int64_t, const float*, float*, double*) const {}
+    void pre(int32_t, int64_t, int64_t, const float*, double*) const {}
 
     // ||w||^2 and ||grad||^2 (the raw gradient); nothing for tensors that keep the plain learning rate
-    void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float, float*, double* out) const {
+    void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float, double* out) const {
         if (a.scalars[t * kMaxScalars + 8] == 0.0f) return;
-        const bool torch = torch_order(a, t);
-        out[0] += sum_squares(torch, a.weights[t] + off, n);
-        out[1] += sum_squares(torch, grad, n);
+        out[0] += sum_squares(a.weights[t] + off, n);
+        out[1] += sum_squares(grad, n);
     }
 
     // lr_t = lr * eta*||w|| / (|rg|*||grad|| + wd*||w|| + eps); lr where a norm is 0 or the ratio is not used
@@ -461,10 +435,10 @@ inline float lamb_direction(const float* sc, float m, float v, float w) {
     return u;
 }
 
-// g = clip(rg*grad); the moments; ||w||^2 and ||u||^2 (u in `scratch` for torch's order)
-template <bool BC, bool WD, bool TORCH>
+// g = clip(rg*grad); the moments; ||w||^2 and ||u||^2
+template <bool BC, bool WD>
 void lamb_pass1(const float* sc, const float* __restrict w, const float* __restrict grad, float* __restrict mean,
-                float* __restrict var, float* __restrict scratch, int64_t n, double* out) {
+                float* __restrict var, int64_t n, double* out) {
     const float rg = sc[7], clip = sc[8];
     double sw = 0.0, su = 0.0;
     for (int64_t b = 0; b < n; b += kSumBlock) {
@@ -478,19 +452,11 @@ void lamb_pass1(const float* sc, const float* __restrict w, const float* __restr
             mean[i] = m;
             var[i] = v;
             const float u = lamb_direction<BC, WD>(sc, m, v, w[i]);
-            if (TORCH) {
-                scratch[i] = u;
-            } else {
-                fw += w[i] * w[i];
-                fu += u * u;
-            }
+            fw += w[i] * w[i];
+            fu += u * u;
         }
         sw += fw;
         su += fu;
-    }
-    if (TORCH) {
-        sw = sum_squares_torch(w, n);
-        su = sum_squares_torch(scratch, n);
     }
     out[0] += sw;
     out[1] += su;
@@ -510,27 +476,26 @@ struct LambKernel {
     const StepArgs& a;
 
     float derive_pre(int32_t, float) const { return 1.0f; }
-    void pre(int32_t, int64_t, int64_t, const float*, float*, double*) const {}
+    void pre(int32_t, int64_t, int64_t, const float*, double*) const {}
 
     template <bool BC, bool WD>
-    void pass1_bc_wd(int32_t t, int64_t off, int64_t n, const float* grad, float* scratch, double* out) const {
+    void pass1_bc_wd(int32_t t, int64_t off, int64_t n, const float* grad, double* out) const {
         const float* sc = a.scalars + t * kMaxScalars;
         const float* w = a.weights[t] + off;
         float* m = a.states[0][t] + off;
         float* v = a.states[1][t] + off;
-        if (torch_order(a, t)) lamb_pass1<BC, WD, true>(sc, w, grad, m, v, scratch, n, out);
-        else lamb_pass1<BC, WD, false>(sc, w, grad, m, v, scratch, n, out);
+        lamb_pass1<BC, WD>(sc, w, grad, m, v, n, out);
     }
 
-    void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float, float* scratch, double* out) const {
+    void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float, double* out) const {
         const float* sc = a.scalars + t * kMaxScalars;
         const bool bc = sc[15] != 0.0f, wd = sc[1] != 0.0f;
         if (bc) {
-            if (wd) pass1_bc_wd<true, true>(t, off, n, grad, scratch, out);
-            else pass1_bc_wd<true, false>(t, off, n, grad, scratch, out);
+            if (wd) pass1_bc_wd<true, true>(t, off, n, grad, out);
+            else pass1_bc_wd<true, false>(t, off, n, grad, out);
         } else {
-            if (wd) pass1_bc_wd<false, true>(t, off, n, grad, scratch, out);
-            else pass1_bc_wd<false, false>(t, off, n, grad, scratch, out);
+            if (wd) pass1_bc_wd<false, true>(t, off, n, grad, out);
+            else pass1_bc_wd<false, false>(t, off, n, grad, out);
         }
     }
 
@@ -575,10 +540,10 @@ inline void lans_directions(const float* sc, float g, float m, float v, float w,
     }
 }
 
-// g = clip(rg*grad/divisor); the moments; ||w||^2, ||u_m||^2, ||u_g||^2 (u_m, u_g in `scratch` for torch's order)
-template <bool WD, bool TORCH>
+// g = clip(rg*grad/divisor); the moments; ||w||^2, ||u_m||^2, ||u_g||^2
+template <bool WD>
 void lans_pass1(const float* sc, float divisor, const float* __restrict w, const float* __restrict grad,
-                float* __restrict mean, float* __restrict var, float* __restrict scratch, int64_t n, double* out) {
+                float* __restrict mean, float* __restrict var, int64_t n, double* out) {
     double sw = 0.0, sm = 0.0, sg = 0.0;
     for (int64_t b = 0; b < n; b += kSumBlock) {
         const int64_t e = std::min(n, b + kSumBlock);
@@ -592,23 +557,13 @@ void lans_pass1(const float* sc, float divisor, const float* __restrict w, const
             var[i] = v;
             float um, ug;
             lans_directions<WD>(sc, g, m, v, w[i], um, ug);
-            if (TORCH) {
-                scratch[i] = um;
-                scratch[kUnit + i] = ug;
-            } else {
-                fw += w[i] * w[i];
-                fm += um * um;
-                fg += ug * ug;
-            }
+            fw += w[i] * w[i];
+            fm += um * um;
+            fg += ug * ug;
         }
         sw += fw;
         sm += fm;
         sg += fg;
-    }
-    if (TORCH) {
-        sw = sum_squares_torch(w, n);
-        sm = sum_squares_torch(scratch, n);
-        sg = sum_squares_torch(scratch + kUnit, n);
     }
     out[0] += sw;
     out[1] += sm;
@@ -635,45 +590,32 @@ struct LansKernel {
     const StepArgs& a;
 
     // ||rg*grad||^2
-    void pre(int32_t t, int64_t, int64_t n, const float* __restrict grad, float* __restrict scratch,
-             double* out) const {
+    void pre(int32_t t, int64_t, int64_t n, const float* __restrict grad, double* out) const {
         const float rg = a.scalars[t * kMaxScalars + 7];
-        if (torch_order(a, t)) {
-            for (int64_t i = 0; i < n; ++i) scratch[i] = grad[i] * rg;
-            out[0] += sum_squares_torch(scratch, n);
-        } else {
-            double s = 0.0;
-            for (int64_t b = 0; b < n; b += kSumBlock) {
-                const int64_t e = std::min(n, b + kSumBlock);
-                float f = 0.0f;
+        double s = 0.0;
+        for (int64_t b = 0; b < n; b += kSumBlock) {
+            const int64_t e = std::min(n, b + kSumBlock);
+            float f = 0.0f;
 #pragma omp simd reduction(+ : f)
-                for (int64_t i = b; i < e; ++i) {
-                    const float x = grad[i] * rg;
-                    f += x * x;
-                }
-                s += f;
+            for (int64_t i = b; i < e; ++i) {
+                const float x = grad[i] * rg;
+                f += x * x;
             }
-            out[0] += s;
+            s += f;
         }
+        out[0] += s;
     }
 
     // the gradient's divisor: its norm, or 1 for an all-zero gradient (which stays zero)
     float derive_pre(int32_t, float norm) const { return norm == 0.0f ? 1.0f : norm; }
 
-    void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float divisor, float* scratch,
-               double* out) const {
+    void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float divisor, double* out) const {
         const float* sc = a.scalars + t * kMaxScalars;
         const float* w = a.weights[t] + off;
         float* m = a.states[0][t] + off;
         float* v = a.states[1][t] + off;
-        const bool torch = torch_order(a, t), wd = sc[1] != 0.0f;
-        if (torch) {
-            if (wd) lans_pass1<true, true>(sc, divisor, w, grad, m, v, scratch, n, out);
-            else lans_pass1<false, true>(sc, divisor, w, grad, m, v, scratch, n, out);
-        } else {
-            if (wd) lans_pass1<true, false>(sc, divisor, w, grad, m, v, scratch, n, out);
-            else lans_pass1<false, false>(sc, divisor, w, grad, m, v, scratch, n, out);
-        }
+        if (sc[1] != 0.0f) lans_pass1<true>(sc, divisor, w, grad, m, v, n, out);
+        else lans_pass1<false>(sc, divisor, w, grad, m, v, n, out);
     }
 
     // step_m = lr * (trust_ratio(r1, ||u_m||) * beta1), step_g = lr * (trust_ratio(r1, ||u_g||) * (1 - beta1))
