@@ -164,36 +164,42 @@ inline void elementwise_span(const float* __restrict sc, float* __restrict w, co
     }
 }
 
+// One chunk of the step with the tensor's scalars `sc` (rules that pick the rule per tensor call this directly).
+template <class Rule, typename G, typename L>
+inline void elementwise_chunk(const StepArgs& a, const float* sc, const Chunk& ch) {
+    const int32_t t = ch.tensor;
+    float* w = a.weights[t] + ch.offset;
+    const G* g = static_cast<const G*>(a.grads[t]) + ch.grad_offset;
+    float* s[kMaxStates];
+    for (int k = 0; k < kMaxStates; ++k) s[k] = (a.states[k] && a.states[k][t]) ? a.states[k][t] + ch.offset : nullptr;
+    const int64_t n = ch.length;
+    if constexpr (std::is_same<L, NoLowPrecision>::value) {
+        elementwise_span<Rule, G, L>(sc, w, g, s[0], s[1], s[2], s[3], nullptr, 0, n);
+    } else if constexpr (std::is_same<L, Half>::value) {
+        // float16: convert blocks of the gradient, run the float32 rule, write the weight back rounded
+        Half* lp = static_cast<Half*>(a.low_precision[t]) + ch.offset;
+        float gb[kHalfBlock];
+        for (int64_t b = 0; b < n; b += kHalfBlock) {
+            const int64_t m = n - b < kHalfBlock ? n - b : kHalfBlock;
+            half_to_float(g + b, gb, m);
+            elementwise_span<Rule, float, NoLowPrecision>(sc, w + b, gb, s[0], s[1], s[2], s[3], nullptr, b, m);
+            float_to_half(w + b, lp + b, m);
+        }
+    } else {
+        L* lp = static_cast<L*>(a.low_precision[t]) + ch.offset;
+        elementwise_span<Rule, G, L>(sc, w, g, s[0], s[1], s[2], s[3], lp, 0, n);
+    }
+}
+
 template <class Rule, typename G, typename L>
 void elementwise_typed(const StepArgs& a) {
     const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
 #pragma omp parallel for schedule(static) num_threads(a.n_threads) if (parallel)
     for (int64_t c = 0; c < a.n_chunks; ++c) {
         const Chunk& ch = a.chunks[c];
-        const int32_t t = ch.tensor;
         float sc[kMaxScalars];
-        for (int k = 0; k < kMaxScalars; ++k) sc[k] = a.scalars[t * kMaxScalars + k];
-        float* w = a.weights[t] + ch.offset;
-        const G* g = static_cast<const G*>(a.grads[t]) + ch.grad_offset;
-        float* s[kMaxStates];
-        for (int k = 0; k < kMaxStates; ++k) s[k] = (a.states[k] && a.states[k][t]) ? a.states[k][t] + ch.offset : nullptr;
-        const int64_t n = ch.length;
-        if constexpr (std::is_same<L, NoLowPrecision>::value) {
-            elementwise_span<Rule, G, L>(sc, w, g, s[0], s[1], s[2], s[3], nullptr, 0, n);
-        } else if constexpr (std::is_same<L, Half>::value) {
-            // float16: convert blocks of the gradient, run the float32 rule, write the weight back rounded
-            Half* lp = static_cast<Half*>(a.low_precision[t]) + ch.offset;
-            float gb[kHalfBlock];
-            for (int64_t b = 0; b < n; b += kHalfBlock) {
-                const int64_t m = n - b < kHalfBlock ? n - b : kHalfBlock;
-                half_to_float(g + b, gb, m);
-                elementwise_span<Rule, float, NoLowPrecision>(sc, w + b, gb, s[0], s[1], s[2], s[3], nullptr, b, m);
-                float_to_half(w + b, lp + b, m);
-            }
-        } else {
-            L* lp = static_cast<L*>(a.low_precision[t]) + ch.offset;
-            elementwise_span<Rule, G, L>(sc, w, g, s[0], s[1], s[2], s[3], lp, 0, n);
-        }
+        for (int k = 0; k < kMaxScalars; ++k) sc[k] = a.scalars[ch.tensor * kMaxScalars + k];
+        elementwise_chunk<Rule, G, L>(a, sc, ch);
     }
 }
 

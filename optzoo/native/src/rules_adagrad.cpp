@@ -3,12 +3,11 @@
 // per operation). "clip_gradient" and "clip_weights" are -1 when not set.
 //
 //   adagrad           hyper = [epsilon, rescale_grad, clip_gradient]; state: history
-//   group_adagrad     hyper = [epsilon, rescale_grad, clip_gradient, lanes]; state: history, one value per row
+//   group_adagrad     hyper = [epsilon, rescale_grad, clip_gradient]; state: history, one value per row
 //   rmsprop           hyper = [rho, epsilon, rescale_grad, clip_gradient, clip_weights]; state: var
 //   rmsprop_centered  hyper = [rho, momentum, epsilon, rescale_grad, clip_gradient, clip_weights];
 //                     state: (mean, var, mom)
 //   adadelta          hyper = [rho, epsilon, rescale_grad, clip_gradient]; state: (acc_g, acc_delta)
-#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -192,59 +191,6 @@ struct RMSPropCenteredRule {
     }
 };
 
-// api.h's element-wise driver with `#pragma GCC ivdep`: the centered rule streams six arrays under
-// multi-precision (weight, gradient, low-precision weight, three states), more than GCC's alias-check budget, so
-// the plain driver's loop stays scalar there. Every array is read and written at index i only.
-template <typename G, typename LP>
-void centered_typed(const StepArgs& a) {
-    const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
-#pragma omp parallel for schedule(static) num_threads(a.n_threads) if (parallel)
-    for (int64_t c = 0; c < a.n_chunks; ++c) {
-        const Chunk& ch = a.chunks[c];
-        const int32_t t = ch.tensor;
-        float sc[kMaxScalars];
-        for (int k = 0; k < kMaxScalars; ++k) sc[k] = a.scalars[t * kMaxScalars + k];
-        float* __restrict w = a.weights[t] + ch.offset;
-        const G* __restrict g = static_cast<const G*>(a.grads[t]) + ch.grad_offset;
-        float* __restrict s0 = a.states[0][t] + ch.offset;
-        float* __restrict s1 = a.states[1][t] + ch.offset;
-        float* __restrict s2 = a.states[2][t] + ch.offset;
-        const int64_t n = ch.length;
-        if constexpr (std::is_same<LP, NoLowPrecision>::value) {
-#pragma GCC ivdep
-            for (int64_t i = 0; i < n; ++i) RMSPropCenteredRule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, nullptr, i);
-        } else if constexpr (std::is_same<LP, Half>::value) {  // as api.h's driver: float16 converted in blocks
-            Half* __restrict lp = static_cast<Half*>(a.low_precision[t]) + ch.offset;
-            float gb[kHalfBlock];
-            for (int64_t b = 0; b < n; b += kHalfBlock) {
-                const int64_t m = n - b < kHalfBlock ? n - b : kHalfBlock;
-                half_to_float(g + b, gb, m);
-                float* __restrict wb = w + b;
-#pragma GCC ivdep
-                for (int64_t i = 0; i < m; ++i) RMSPropCenteredRule::elem(sc, wb[i], gb[i], s0, s1, s2, nullptr, b + i);
-                float_to_half(wb, lp + b, m);
-            }
-        } else {
-            LP* __restrict lp = static_cast<LP*>(a.low_precision[t]) + ch.offset;
-#pragma GCC ivdep
-            for (int64_t i = 0; i < n; ++i) {
-                RMSPropCenteredRule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, nullptr, i);
-                lp[i] = from_float<LP>(w[i]);
-            }
-        }
-    }
-}
-
-void run_rmsprop_centered(const StepArgs& a) {
-    if (a.low_precision == nullptr) {
-        centered_typed<float, NoLowPrecision>(a);
-    } else if (a.low_precision_dtype == kFloat16) {
-        centered_typed<Half, Half>(a);
-    } else {
-        centered_typed<BFloat16, BFloat16>(a);
-    }
-}
-
 // ------------------------------------------------------------------------------------------ AdaDelta
 // Scalars: lr, wd, has_wd, rho, 1-rho (rounded from float64, as the reference), epsilon, rescale_grad,
 // clip_gradient.
@@ -285,7 +231,7 @@ const RuleDesc group_adagrad{"group_adagrad", 1, 0u, 1u, true, true, check_group
 const RuleDesc rmsprop{"rmsprop", 1, 0u, 0u, false, false, check_rmsprop, prepare_rmsprop,
                        elementwise<RMSPropRule>};
 const RuleDesc rmsprop_centered{"rmsprop_centered", 3, 0u, 0u, false, false, check_rmsprop_centered,
-                                prepare_rmsprop_centered, run_rmsprop_centered};
+                                prepare_rmsprop_centered, elementwise<RMSPropCenteredRule>};
 const RuleDesc adadelta{"adadelta", 2, 0u, 0u, false, false, check_adadelta, prepare_adadelta,
                         elementwise<AdaDeltaRule>};
 OPTZOO_RULE(adagrad);

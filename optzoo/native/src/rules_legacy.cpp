@@ -24,33 +24,6 @@
 namespace optzoo {
 namespace {
 
-// ------------------------------------------------------------------------------------------ chunk driver
-// The element-wise driver of api.h for a single chunk, so that a step can pick the rule per tensor.
-template <class Rule, typename G, typename L>
-inline void run_chunk(const StepArgs& a, const float* sc, const Chunk& ch) {
-    const int32_t t = ch.tensor;
-    float* w = a.weights[t] + ch.offset;
-    const G* g = static_cast<const G*>(a.grads[t]) + ch.grad_offset;
-    float* s[kMaxStates];
-    for (int k = 0; k < kMaxStates; ++k) s[k] = (a.states[k] && a.states[k][t]) ? a.states[k][t] + ch.offset : nullptr;
-    const int64_t n = ch.length;
-    if constexpr (std::is_same<L, NoLowPrecision>::value) {
-        elementwise_span<Rule, G, L>(sc, w, g, s[0], s[1], s[2], s[3], nullptr, 0, n);
-    } else if constexpr (std::is_same<L, Half>::value) {
-        Half* lp = static_cast<Half*>(a.low_precision[t]) + ch.offset;
-        float gb[kHalfBlock];
-        for (int64_t b = 0; b < n; b += kHalfBlock) {
-            const int64_t m = n - b < kHalfBlock ? n - b : kHalfBlock;
-            half_to_float(g + b, gb, m);
-            elementwise_span<Rule, float, NoLowPrecision>(sc, w + b, gb, s[0], s[1], s[2], s[3], nullptr, b, m);
-            float_to_half(w + b, lp + b, m);
-        }
-    } else {
-        L* lp = static_cast<L*>(a.low_precision[t]) + ch.offset;
-        elementwise_span<Rule, G, L>(sc, w, g, s[0], s[1], s[2], s[3], lp, 0, n);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------- LBSGD
 namespace slot {  // LBSGD's scalar slots (a namespace: no template parameter can shadow them)
 enum : int {
@@ -224,9 +197,9 @@ void run_lbsgd_typed(const StepArgs& a) {
         float sc[kMaxScalars];
         for (int k = 0; k < kMaxScalars; ++k) sc[k] = all[ch.tensor * kMaxScalars + k];
         if (sc[slot::kReady] != 0.0f) {
-            run_chunk<LBSGDUpdate<kWithMom, kCum>, G, L>(a, sc, ch);
+            elementwise_chunk<LBSGDUpdate<kWithMom, kCum>, G, L>(a, sc, ch);
         } else if constexpr (kCum) {
-            run_chunk<LBSGDAccumulate, G, L>(a, sc, ch);
+            elementwise_chunk<LBSGDAccumulate, G, L>(a, sc, ch);
         }
         // (not ready without cum_grad cannot happen: batch_scale 1 completes every micro-batch)
     }
