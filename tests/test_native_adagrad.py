@@ -4,14 +4,12 @@ AdaDelta; float32, multi-precision float16/bfloat16 and the lazy sparse updates 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from native_support import refuse, require_native
 
-from optzoo import native
 from optzoo import optimizer as opt
-from optzoo.optimizer.base import Optimizer
+from optzoo.optimizer.base import _leaves
 
 RTOL, ATOL = 1e-5, 1e-6
 # (5, 3): tiny; 7 and (7, 17): not multiples of 16; (33, 1001): 33033 elements, several chunks (kChunk = 32768);
@@ -35,34 +33,6 @@ CONFIGS = {
 }
 CASES = [(name, i, cfg) for name, cfgs in CONFIGS.items() for i, cfg in enumerate(cfgs)]
 IDS = [f"{name}-{i}" for name, i, _ in CASES]
-
-
-def _require_native():
-    if native.load() is None:
-        if os.environ.get("OPTZOO_REQUIRE_NATIVE") == "1":
-            pytest.fail(f"native kernels required but unavailable: {native.unavailable_reason()}")
-        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
-
-
-def _refuse(self, *args, **kwargs):
-    raise AssertionError("the torch path ran")
-
-
-@pytest.fixture
-def no_foreach(monkeypatch):
-    """Makes every optimizer's torch._foreach path raise: a passing native run proves the kernel ran."""
-    owners = {k for klass in Optimizer.opt_registry.values() for k in klass.__mro__
-              if k is not Optimizer and "_foreach_rule" in k.__dict__}
-    for klass in owners:
-        monkeypatch.setattr(klass, "_foreach_rule", _refuse)
-
-
-def _leaves(state):
-    if state is None:
-        return []
-    if isinstance(state, torch.Tensor):
-        return [state]
-    return [t for s in state for t in _leaves(s)]
 
 
 def _grads(gen, weights, dtype=None):
@@ -109,7 +79,7 @@ def _exact_states(name, cfg, state):
 # ------------------------------------------------------------------------------------------ float32
 @pytest.mark.parametrize("name,i,cfg", CASES, ids=IDS)
 def test_native_matches_reference(name, i, cfg, no_foreach):
-    _require_native()
+    require_native()
     weights = _weights(name)
     o, ws, states = _run(name, "native", weights, seed=i, **cfg)
     assert o.impl == "native"
@@ -128,7 +98,7 @@ def test_native_matches_reference(name, i, cfg, no_foreach):
                                          ("adadelta", {})], ids=["adagrad", "rmsprop", "rmsprop-centered", "adadelta"])
 def test_per_tensor_rates_and_decays(name, kwargs, no_foreach):
     """lr_mult/wd_mult give each tensor its own scalars; one tensor has no decay at all (the reference's `if wd`)."""
-    _require_native()
+    require_native()
     weights = _weights(name)
     _, ws, states = _run(name, "native", weights, mults=True, wd=0.02, **kwargs)
     _, rws, rstates = _run(name, "reference", weights, mults=True, wd=0.02, **kwargs)
@@ -136,7 +106,7 @@ def test_per_tensor_rates_and_decays(name, kwargs, no_foreach):
 
 
 def test_group_adagrad_lr_mult(no_foreach):
-    _require_native()
+    require_native()
     weights = _weights("groupadagrad")
     _, ws, states = _run("groupadagrad", "native", weights, mults=True)
     _, rws, rstates = _run("groupadagrad", "reference", weights, mults=True)
@@ -147,7 +117,7 @@ def test_group_adagrad_lr_mult(no_foreach):
 def test_group_adagrad_rows_of_every_length(no_foreach):
     """Rows shorter and longer than the kernel's 16 partial sums, and longer than a chunk: the history (the row
     means of g^2, summed in another order than torch's) and the weights stay within float32 rounding."""
-    _require_native()
+    require_native()
     cols = [*range(1, 40), 127, 128, 129, 1000, 4099, 40000]
     weights = [torch.randn(70 if c <= 256 else 3, c, generator=torch.Generator().manual_seed(c)) for c in cols]
     _, ws, states = _run("groupadagrad", "native", weights, steps=3, clip_gradient=0.9, rescale_grad=1.3)
@@ -158,7 +128,7 @@ def test_group_adagrad_rows_of_every_length(no_foreach):
 
 def test_group_adagrad_weight_decay_is_refused_before_writing():
     """wd set after construction: the kernel raises the Python paths' ValueError and writes nothing."""
-    _require_native()
+    require_native()
     o = opt.create("groupadagrad", impl="native")
     o.wd = 0.1
     w = torch.ones(3, 2)
@@ -174,7 +144,7 @@ def test_group_adagrad_weight_decay_is_refused_before_writing():
 def test_group_adagrad_non_2d_weights_are_refused(shape):
     """A hand-made (rows, 1) history does not make a non-2-D weight acceptable on the native path either (the
     core refuses weights of another dimension for this rule, then the torch path raises)."""
-    _require_native()
+    require_native()
     o = opt.create("groupadagrad", impl="native")
     w = torch.zeros(shape)
     with pytest.raises(ValueError, match="2-D"):
@@ -184,7 +154,7 @@ def test_group_adagrad_non_2d_weights_are_refused(shape):
 # ------------------------------------------------------------------------------------------ RMSProp
 def test_rmsprop_centered_switch_after_construction(no_foreach):
     """`centered` picks the kernel at each step (plain and centered states differ), also when changed later."""
-    _require_native()
+    require_native()
     o = opt.create("rmsprop", impl="native")
     r = opt.create("rmsprop", impl="reference")
     w = torch.randn(40)
@@ -219,7 +189,7 @@ def test_hyperparameters_reach_the_kernel():
                                       ("adadelta", {"wd": 0.01})],
                          ids=["adagrad", "groupadagrad", "rmsprop", "rmsprop-centered", "adadelta"])
 def test_multi_precision(name, cfg, dtype, no_foreach):
-    _require_native()
+    require_native()
     weights = _weights(name, dtype)
     cfg = {"multi_precision": True, "clip_gradient": 1.0, **cfg}
     o, ws, states = _run(name, "native", weights, **cfg)
@@ -244,7 +214,7 @@ def _sparse_rows(rows, values, shape):
                          ids=["adagrad", "adagrad-wd", "groupadagrad", "groupadagrad-long-rows"])
 def test_lazy_sparse(name, shape, wd, monkeypatch):
     """Only the rows present change; they match the reference (rows of 40000 elements span two chunks)."""
-    _require_native()
+    require_native()
     gen = torch.Generator().manual_seed(3)
     w0 = torch.randn(shape, generator=gen)
     n_rows = shape[0] - 3  # the last three rows are never touched
@@ -257,7 +227,7 @@ def test_lazy_sparse(name, shape, wd, monkeypatch):
     for impl in ("native", "reference"):
         o = opt.create(name, impl=impl, lazy_update=True, wd=wd, learning_rate=0.05)
         if impl == "native":  # a fallback would run the reference rule on the gathered rows
-            monkeypatch.setattr(type(o), "_reference_rule", _refuse)
+            monkeypatch.setattr(type(o), "_reference_rule", refuse)
         w = w0.clone()
         state = o.create_state(0, w)
         for rows, values in schedule:
@@ -274,7 +244,7 @@ def test_lazy_sparse(name, shape, wd, monkeypatch):
 
 @pytest.mark.parametrize("name", ["adagrad", "groupadagrad"])
 def test_lazy_sparse_multi_precision(name):
-    _require_native()
+    require_native()
     gen = torch.Generator().manual_seed(4)
     shape = (12, 50)
     w0 = torch.randn(shape, generator=gen).to(torch.bfloat16)
@@ -297,7 +267,7 @@ def test_lazy_sparse_multi_precision(name):
 @pytest.mark.parametrize("name", ["adagrad", "rmsprop", "adadelta"])
 def test_float64_weights_take_the_torch_path(name):
     """float64 weights keep float64 states, which the kernels do not take: the foreach path runs instead."""
-    _require_native()
+    require_native()
     out = {}
     for impl in ("native", "foreach"):
         o = opt.create(name, impl=impl, wd=0.01)

@@ -4,14 +4,12 @@ AdamW/AdaBelief's single-tensor rounding (a call with a sparse gradient) and Nad
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from native_support import refuse, require_native
 
-from optzoo import native
 from optzoo import optimizer as opt
-from optzoo.optimizer.base import Optimizer
+from optzoo.optimizer.base import _leaves
 
 RTOL, ATOL = 1e-5, 1e-6
 # (5, 3): tiny; 7: not a multiple of 16; (33, 1001): 33033 elements, several chunks (kChunk = 32768)
@@ -34,34 +32,6 @@ CONFIGS = {
 }
 CASES = [(name, i, cfg) for name, cfgs in CONFIGS.items() for i, cfg in enumerate(cfgs)]
 IDS = [f"{name}-{i}" for name, i, _ in CASES]
-
-
-def _require_native():
-    if native.load() is None:
-        if os.environ.get("OPTZOO_REQUIRE_NATIVE") == "1":
-            pytest.fail(f"native kernels required but unavailable: {native.unavailable_reason()}")
-        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
-
-
-def _refuse(self, *args, **kwargs):
-    raise AssertionError("the torch path ran")
-
-
-@pytest.fixture
-def no_foreach(monkeypatch):
-    """Makes every optimizer's torch._foreach path raise: a passing native run proves the kernel ran."""
-    owners = {k for klass in Optimizer.opt_registry.values() for k in klass.__mro__
-              if k is not Optimizer and "_foreach_rule" in k.__dict__}  # _CorrectedLRAdam is not registered
-    for klass in owners:
-        monkeypatch.setattr(klass, "_foreach_rule", _refuse)
-
-
-def _leaves(state):
-    if state is None:
-        return []
-    if isinstance(state, torch.Tensor):
-        return [state]
-    return [t for s in state for t in _leaves(s)]
 
 
 def _grads(gen, weights, dtype=None):
@@ -96,7 +66,7 @@ def _weights(dtype=torch.float32, seed=1):
 # ------------------------------------------------------------------------------------------ float32
 @pytest.mark.parametrize("name,i,cfg", CASES, ids=IDS)
 def test_native_matches_reference(name, i, cfg, no_foreach):
-    _require_native()
+    require_native()
     weights = _weights()
     o, ws, states = _run(name, "native", weights, seed=i, **cfg)
     assert o.impl == "native"
@@ -118,7 +88,7 @@ def test_native_matches_reference(name, i, cfg, no_foreach):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_per_tensor_rates_and_decays(name, no_foreach):
     """lr_mult/wd_mult give each tensor its own scalars; one tensor has no decay at all (the reference's `if wd`)."""
-    _require_native()
+    require_native()
     weights = _weights()
     _, ws, states = _run(name, "native", weights, mults=True, wd=0.02)
     _, rws, rstates = _run(name, "reference", weights, mults=True, wd=0.02)
@@ -129,7 +99,7 @@ def test_per_tensor_rates_and_decays(name, no_foreach):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_multi_precision(name, dtype, no_foreach):
-    _require_native()
+    require_native()
     weights = _weights(dtype)
     cfg = {"multi_precision": True, "wd": 0.01, "clip_gradient": 1.0}
     o, ws, states = _run(name, "native", weights, **cfg)
@@ -151,7 +121,7 @@ def _sparse_rows(rows, values, shape):
 
 @pytest.mark.parametrize("wd", [0.0, 0.02])
 def test_adam_lazy_sparse(wd, monkeypatch):
-    _require_native()
+    require_native()
     gen = torch.Generator().manual_seed(3)
     shape = (40, 900)  # 36000 elements
     w0 = torch.randn(shape, generator=gen)
@@ -165,7 +135,7 @@ def test_adam_lazy_sparse(wd, monkeypatch):
     for impl in ("native", "reference"):
         o = opt.create("adam", impl=impl, lazy_update=True, wd=wd, learning_rate=0.01)
         if impl == "native":  # a fallback would run the reference rule on the gathered rows
-            monkeypatch.setattr(type(o), "_reference_rule", _refuse)
+            monkeypatch.setattr(type(o), "_reference_rule", refuse)
         w = w0.clone()
         state = o.create_state(0, w)
         for rows, values in schedule:
@@ -181,7 +151,7 @@ def test_adam_lazy_sparse(wd, monkeypatch):
 
 
 def test_adam_lazy_sparse_multi_precision():
-    _require_native()
+    require_native()
     gen = torch.Generator().manual_seed(4)
     shape = (12, 50)
     w0 = torch.randn(shape, generator=gen).to(torch.bfloat16)
@@ -206,7 +176,7 @@ def test_adam_lazy_sparse_multi_precision():
 def test_call_with_a_sparse_gradient_uses_single_tensor_rounding(name, wd, no_foreach):
     """A call holding a sparse gradient runs MXNet's single-tensor kernel (densified gradients, `aggregated`
     False): the native kernel takes that rounding too, for every tensor of the call."""
-    _require_native()
+    require_native()
     weights = _weights()
     out = {}
     for impl in ("native", "reference"):
@@ -240,7 +210,7 @@ def test_hyperparameters_reach_the_kernel(name):
 # ------------------------------------------------------------------------------------------ Adamax
 def test_adamax_nan_propagates_through_the_infinity_norm():
     """torch.maximum returns NaN when either side is NaN; so does the kernel."""
-    _require_native()
+    require_native()
     out = {}
     for impl in ("native", "reference"):
         o = opt.create("adamax", impl=impl)
@@ -259,7 +229,7 @@ def test_adamax_nan_propagates_through_the_infinity_norm():
 # ------------------------------------------------------------------------------------------ Nadam's schedule
 def test_nadam_schedule_follows_the_reference_over_partial_and_mixed_calls(no_foreach):
     """The shared m_schedule advances once per tensor update in update order, whatever the call pattern."""
-    _require_native()
+    require_native()
     weights = _weights()
     calls = [[0, 1, 2], [2], [1, 0], [0, 1, 2], [2, 0]] * 4
     out = {}
@@ -283,7 +253,7 @@ def test_nadam_schedule_follows_the_reference_over_partial_and_mixed_calls(no_fo
 def test_nadam_declined_call_advances_the_schedule_once():
     """A call the kernel declines (a non-contiguous weight) runs the torch path: m_schedule advances there,
     once per tensor, never also for the declined native attempt."""
-    _require_native()
+    require_native()
     out = {}
     for impl in ("native", "reference"):
         o = opt.create("nadam", impl=impl)
@@ -308,7 +278,7 @@ def test_nadam_aux_leaves_the_schedule_alone_until_commit():
 
 
 def test_nadam_checkpoint_resumes_identically():
-    _require_native()
+    require_native()
     weights = _weights()
     o, ws, states = _run("nadam", "native", weights, steps=10)
     resumed = opt.create("nadam", impl="native")

@@ -12,31 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from native_support import require_native
 
 from optzoo import TorchOptimizer, native
 from optzoo import optimizer as opt
 from optzoo.optimizer.base import Optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _require_native():
-    if native.load() is None:
-        if os.environ.get("OPTZOO_REQUIRE_NATIVE") == "1":
-            pytest.fail(f"native kernels required (OPTZOO_REQUIRE_NATIVE=1) but unavailable: "
-                        f"{native.unavailable_reason()}")
-        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
-
-
-@pytest.fixture
-def no_foreach(monkeypatch):
-    """Makes the torch path raise, so a passing step proves the native kernel ran."""
-    def refuse(self, *args, **kwargs):
-        raise AssertionError("the foreach path ran")
-
-    for klass in Optimizer.opt_registry.values():
-        if "_foreach_rule" in klass.__dict__:
-            monkeypatch.setattr(klass, "_foreach_rule", refuse)
 
 
 def _run(name, impl, weights, steps=30, seed=0, update="update_multi_precision", **kwargs):
@@ -51,7 +33,7 @@ def _run(name, impl, weights, steps=30, seed=0, update="update_multi_precision",
 
 
 def test_required_build_exists():
-    _require_native()
+    require_native()
     names = native.load().rule_names()
     for klass in Optimizer.opt_registry.values():
         if klass.native_rule is not None:
@@ -59,7 +41,7 @@ def test_required_build_exists():
 
 
 def test_auto_picks_native_and_config_stays_portable():
-    _require_native()
+    require_native()
     o = opt.create("adam")
     assert o.impl == "native" and o.use_fused_step
     assert o.get_config()["impl"] == "auto"  # a checkpoint made here loads where no compiler exists
@@ -68,7 +50,7 @@ def test_auto_picks_native_and_config_stays_portable():
 
 
 def test_native_step_runs_without_the_torch_path(no_foreach):
-    _require_native()
+    require_native()
     weights = [torch.randn(5, 3), torch.randn(40_000), torch.randn(7)]
     o, ws, _ = _run("adam", "native", weights, steps=5)
     _, ref, _ = _run("adam", "reference", weights, steps=5)
@@ -79,7 +61,7 @@ def test_native_step_runs_without_the_torch_path(no_foreach):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_results_do_not_depend_on_the_thread_count(threads):
-    _require_native()
+    require_native()
     weights = [torch.randn(100_003), torch.randn(33, 65)]
     previous = torch.get_num_threads()
     try:
@@ -94,7 +76,7 @@ def test_results_do_not_depend_on_the_thread_count(threads):
 
 
 def test_version_counter_is_bumped():
-    _require_native()
+    require_native()
     w = torch.zeros(10, requires_grad=True)
     o = opt.create("sgd", impl="native", momentum=0.9)
     state = o.create_state(0, w)
@@ -116,7 +98,7 @@ def _fallback_inputs():
 def test_tensors_the_kernel_cannot_take_fall_back_unchanged(case):
     """A step with any tensor the kernel does not take runs the torch path for all tensors, with the same result
     as impl='foreach' (nothing was written by the kernel before it declined)."""
-    _require_native()
+    require_native()
     weights, _ = _fallback_inputs()[case]
     with pytest.warns(UserWarning) if weights[0].dtype == torch.float16 else _nothing():
         _, native_ws, native_states = _run("sgd", "native", weights, steps=6, momentum=0.9)
@@ -135,7 +117,7 @@ class _nothing:
 
 
 def test_a_rejected_tensor_later_in_the_list_leaves_earlier_ones_alone():
-    _require_native()
+    require_native()
     good, view = torch.randn(50), torch.randn(8, 6).t()  # the second is not contiguous
     o = opt.create("sgd", impl="native", momentum=0.5)
     ws, states = [good.clone(), view.clone().t().contiguous().t()], []
@@ -155,7 +137,7 @@ def test_a_rejected_tensor_later_in_the_list_leaves_earlier_ones_alone():
     (lambda w: [1.0] * 4, TypeError, "torch.Tensor"),
 ])
 def test_bad_input_gives_the_same_clear_error(bad, exc, match):
-    _require_native()
+    require_native()
     o = opt.create("adam", impl="native")
     w = torch.zeros(4)
     state = o.create_state(0, w)
@@ -165,7 +147,7 @@ def test_bad_input_gives_the_same_clear_error(bad, exc, match):
 
 
 def test_repeated_indices_and_counts_match_the_reference():
-    _require_native()
+    require_native()
     results = []
     for impl in ("reference", "native"):
         o = opt.create("adam", impl=impl, begin_num_update=3)
@@ -184,7 +166,7 @@ def test_repeated_indices_and_counts_match_the_reference():
 
 
 def test_torch_optimizer_multi_precision_runs_natively(no_foreach):
-    _require_native()
+    require_native()
     torch.manual_seed(0)
     out = {}
     for impl in ("native", "reference"):
@@ -247,7 +229,7 @@ def test_no_compiler_falls_back_with_one_warning_line(tmp_path):
 
 
 def test_cold_build_is_announced_shared_by_concurrent_processes_and_cached(tmp_path):
-    _require_native()
+    require_native()
     env = {"OPTZOO_CACHE": str(tmp_path)}
     full_env = {k: v for k, v in os.environ.items() if k not in ("OPTZOO_NATIVE", "OPTZOO_CACHE")}
     full_env.update(env)

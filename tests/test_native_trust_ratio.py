@@ -18,15 +18,13 @@ rate, are compared bit for bit.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from native_support import require_native
 
-from optzoo import native
 from optzoo import optimizer as opt
-from optzoo.optimizer.base import Optimizer
+from optzoo.optimizer.base import _leaves
 from optzoo.optimizer.trust_ratio import bias_corrections
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -53,34 +51,6 @@ CONFIGS = {
 }
 CASES = [(name, i, cfg) for name, cfgs in CONFIGS.items() for i, cfg in enumerate(cfgs)]
 IDS = [f"{name}-{i}" for name, i, _ in CASES]
-
-
-def _require_native():
-    if native.load() is None:
-        if os.environ.get("OPTZOO_REQUIRE_NATIVE") == "1":
-            pytest.fail(f"native kernels required but unavailable: {native.unavailable_reason()}")
-        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
-
-
-def _refuse(self, *args, **kwargs):
-    raise AssertionError("the torch path ran")
-
-
-@pytest.fixture
-def no_foreach(monkeypatch):
-    """Makes every optimizer's torch._foreach path raise: a passing native run proves the kernel ran."""
-    owners = {k for klass in Optimizer.opt_registry.values() for k in klass.__mro__
-              if k is not Optimizer and "_foreach_rule" in k.__dict__}
-    for klass in owners:
-        monkeypatch.setattr(klass, "_foreach_rule", _refuse)
-
-
-def _leaves(state):
-    if state is None:
-        return []
-    if isinstance(state, torch.Tensor):
-        return [state]
-    return [t for s in state for t in _leaves(s)]
 
 
 def _weights(shapes=SHAPES, dtype=torch.float32, seed=1):
@@ -117,7 +87,7 @@ def _assert_close(a, b, what=""):
 # ------------------------------------------------------------------------------------------ float32
 @pytest.mark.parametrize("name,i,cfg", CASES, ids=IDS)
 def test_native_matches_reference(name, i, cfg, no_foreach):
-    _require_native()
+    require_native()
     weights = _weights()
     o, ws, states = _run(name, "native", weights, seed=i, zero_at={3}, **cfg)
     assert o.impl == "native"
@@ -135,7 +105,7 @@ def test_native_matches_reference(name, i, cfg, no_foreach):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_per_tensor_rates_and_decays(name, no_foreach):
     """lr_mult/wd_mult give each tensor its own scalars; one tensor has no decay at all (the reference's `if wd`)."""
-    _require_native()
+    require_native()
     weights = _weights()
     kwargs = {"momentum": 0.9, "eta": 0.1} if name == "lars" else {}
     _, ws, states = _run(name, "native", weights, mults=True, wd=0.02, **kwargs)
@@ -146,7 +116,7 @@ def test_per_tensor_rates_and_decays(name, no_foreach):
 def test_many_tensors_and_a_large_one(no_foreach):
     """Tensors grouped for cache reuse (groups of 131072 elements) next to tensors larger than a group, zero-size
     tensors included: every phase of every tensor runs once, in any interleaving of the threads."""
-    _require_native()
+    require_native()
     rng = np.random.default_rng(7)
     shapes = [(int(n),) for n in rng.integers(1, 30000, size=25)] + [(0,), (300_001,), (3, 0), (64, 70)]
     weights = _weights(shapes, seed=2)
@@ -162,7 +132,7 @@ def test_many_tensors_and_a_large_one(no_foreach):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_multi_precision(name, dtype, no_foreach):
-    _require_native()
+    require_native()
     weights = _weights(dtype=dtype)
     cfg = {"multi_precision": True, "wd": 0.01, "clip_gradient": 1.0}
     if name == "lars":
@@ -182,7 +152,7 @@ def test_multi_precision(name, dtype, no_foreach):
 def test_lars_names_choose_the_ratio(no_foreach):
     """Parameters whose names end in gamma/beta/bias keep the plain learning rate: exactly the reference's SGD step;
     the others get the ratio (and differ from a run where every parameter keeps the plain rate)."""
-    _require_native()
+    require_native()
     weights = _weights()
     names = {0: "conv0_weight", 1: "fc_bias", 2: "bn_gamma", 3: "dense_weight", 4: "ln_beta"}
     cfg = {"momentum": 0.9, "eta": 0.2, "wd": 0.01, "param_idx2name": names}
@@ -213,7 +183,7 @@ def test_lars_lazy_sparse_stays_on_the_python_path():
     """The kernel has no lazy row update (lazy_rows=false): a row-sparse gradient with lazy_update runs LARS's own
     _lazy_update (the whole weight's norm, the rows present only) while the dense tensors of the same call run
     natively; untouched rows stay untouched and everything matches the reference."""
-    _require_native()
+    require_native()
     gen = torch.Generator().manual_seed(3)
     shape = (40, 300)
     w0 = [torch.randn(shape, generator=gen), torch.randn(500, generator=gen)]
@@ -242,7 +212,7 @@ def test_lars_lazy_sparse_stays_on_the_python_path():
 def test_zero_weights_and_gradients(name, no_foreach):
     """A zero weight norm or a zero gradient norm gives the ratio 1 (LARS, LAMB) and LANS's all-zero gradient stays
     zero instead of 0/0: the same as the reference, with no NaN anywhere."""
-    _require_native()
+    require_native()
     weights = [torch.zeros(6, 5), torch.zeros(20000), torch.randn(9), torch.randn(12000)]
     out = {}
     for impl in ("native", "reference"):
@@ -272,7 +242,7 @@ def test_lamb_bias_corrections_come_from_python():
 
 
 def test_late_update_counts(no_foreach):
-    _require_native()
+    require_native()
     weights = _weights()
     out = {}
     for impl in ("native", "reference"):
@@ -297,7 +267,7 @@ def test_hyperparameters_reach_the_kernel():
 # ------------------------------------------------------------------------------------------ threads, fallbacks
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_results_do_not_depend_on_the_thread_count(name):
-    _require_native()
+    require_native()
     weights = _weights([(300_001,), (5, 3), (70_000,), (33, 1001)], seed=4)
     kwargs = {"momentum": 0.9, "eta": 0.1, "wd": 0.01} if name == "lars" else {"wd": 0.01}
     previous = torch.get_num_threads()
@@ -314,7 +284,7 @@ def test_results_do_not_depend_on_the_thread_count(name):
 
 
 def test_float64_falls_back_to_the_torch_path():
-    _require_native()
+    require_native()
     weights = [torch.randn(6, 4, dtype=torch.float64), torch.randn(9, dtype=torch.float64)]
     _, ws, _ = _run("lamb", "native", weights, steps=3)
     _, fws, _ = _run("lamb", "foreach", weights, steps=3)
