@@ -57,16 +57,8 @@ OPTZOO_RULE(adam);
 // Scalars: lr_t (bias-corrected in float64 when correct_bias, then float32), wd, beta1, 1-beta1, beta2, 1-beta2,
 // epsilon, rescale_grad, clip_gradient, aggregated (0/1), weight decay present (0/1: the reference's `if wd:`).
 void prepare_decoupled(const double* h, double lr, double wd, int64_t t, const double*, float* sc) {
-    const double td = static_cast<double>(t);
-    sc[0] = h[5] != 0.0 ? f32(lr * std::sqrt(1.0 - std::pow(h[1], td)) / (1.0 - std::pow(h[0], td))) : f32(lr);
-    sc[1] = f32(wd);
-    sc[2] = f32(h[0]);
-    sc[3] = one_minus(h[0]);
-    sc[4] = f32(h[1]);
-    sc[5] = one_minus(h[1]);
-    sc[6] = f32(h[2]);
-    sc[7] = f32(h[3]);
-    sc[8] = f32(h[4]);
+    prepare_adam(h, lr, wd, t, nullptr, sc);  // Adam's first nine scalars, the same hyperparameter order
+    if (h[5] == 0.0) sc[0] = f32(lr);         // correct_bias=False
     sc[9] = h[6] != 0.0 ? 1.0f : 0.0f;
     sc[10] = wd != 0.0 ? 1.0f : 0.0f;
 }
