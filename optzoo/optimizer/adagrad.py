@@ -402,7 +402,7 @@ class RMSProp(_Float32StateOptimizer):
     """
 
     default_learning_rate = 0.001
-    native_rule = "rmsprop"  # "rmsprop_centered" when centered (see _native_aux)
+    native_rule = "rmsprop"  # "rmsprop_centered" when centered (see _native_kernel)
 
     def __init__(
         self,
@@ -437,11 +437,9 @@ class RMSProp(_Float32StateOptimizer):
             return [self.rho, self.momentum, self.epsilon, self.rescale_grad, self._native_clip(), clip_weights]
         return [self.rho, self.epsilon, self.rescale_grad, self._native_clip(), clip_weights]
 
-    def _native_aux(self, indices, lrs, ts):
-        # Plain and centered RMSProp keep different states, so they are two kernels: pick the one for the
-        # current `centered` (the base class resolves `native_rule` once, before `centered` is set).
-        self._native_id = native.rule_id("rmsprop_centered" if self.centered else "rmsprop")
-        return None, None
+    def _native_kernel(self):
+        # plain and centered RMSProp keep different states: two kernels, picked by the current `centered`
+        return native.rule_id("rmsprop_centered") if self.centered else self._native_id
 
     def _hyper(self):
         hyper = {

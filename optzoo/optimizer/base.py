@@ -439,8 +439,8 @@ class Optimizer:
         if self.impl == "native":
             aux, commit = self._native_aux([index], [lr], [t])
             values = values.contiguous()
-            if native.load().step_rows(self._native_id, weight, rows, values, state, lr, wd, t, self._native_hyper(),
-                                       False, aux):
+            if native.load().step_rows(self._native_kernel(), weight, rows, values, state, lr, wd, t,
+                                       self._native_hyper(), False, aux):
                 if commit is not None:
                     commit()
                 return
@@ -470,6 +470,11 @@ class Optimizer:
         """The hyperparameters the native rule takes, in its order (see the rule's source file)."""
         raise NotImplementedError(f"{type(self).__name__} names a native rule but not its hyperparameters")
 
+    def _native_kernel(self) -> int:
+        """The id of the native rule this step runs (an optimizer whose state layout depends on a setting, like
+        RMSProp's ``centered``, picks its rule here)."""
+        return self._native_id
+
     def _native_aux(self, indices, lrs, ts):
         """``(aux, commit)``: extra per-tensor values for the native rule (``None``: none) and a callable that
         records any optimizer-wide state they advance once the kernel has run (``None``: nothing to record)."""
@@ -478,7 +483,7 @@ class Optimizer:
     def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision: bool) -> bool:
         """Runs the native rule over the lists; False (nothing written) when some tensor is not one it takes."""
         aux, commit = self._native_aux(indices, lrs, ts)
-        if not native.load().step(self._native_id, weights, grads, states, lrs, wds, ts, self._native_hyper(),
+        if not native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts, self._native_hyper(),
                                   multi_precision, aux):
             return False
         if commit is not None:

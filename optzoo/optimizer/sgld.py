@@ -198,7 +198,7 @@ class SGLD(Optimizer):
         for w, g, target, lr, wd, t in zip(weights, grads, targets, lrs, wds, ts):
             noise = self._noise([target], [lr])[0]
             state = noise if target is w else (target, noise)
-            if not step(self._native_id, [w], [g], [state], lr, wd, t, hyper, multi_precision, None):
+            if not step(self._native_kernel(), [w], [g], [state], lr, wd, t, hyper, multi_precision, None):
                 with torch.no_grad():  # e.g. a noise tensor from an overridden _noise: the Python rule
                     sgld_reference(target, g.to(torch.float32), noise, lr=lr, wd=wd, **self._hyper())
                     if target is not w:
