@@ -421,13 +421,18 @@ class Trainer:
         server) must keep one ``rescale_grad``; a changed ``batch_size`` after the first step is an error."""
         if not (self._distributed and self._update_on_kvstore):
             return
-        if self._kv_stepped and self._optimizer.rescale_grad != rescale_grad:
+        # compared with this worker's own last value: on dist_async rank 0 the optimizer is the server's too, and
+        # its rescale_grad is whatever the last applied push (from any worker) used
+        if self._kv_stepped and self._kv_rescale != rescale_grad:
             raise UserWarning(
                 f"Possible change in the `batch_size` from the previous `step` detected (rescale_grad "
-                f"{self._optimizer.rescale_grad} -> {rescale_grad}). With update_on_kvstore=True and a "
+                f"{self._kv_rescale} -> {rescale_grad}). With update_on_kvstore=True and a "
                 "distributed kvstore the optimizer's rescale_grad cannot change (as in Gluon): keep the batch "
                 "size constant (drop the last incomplete batch) or use update_on_kvstore=False")
         self._kv_stepped = True
+        self._kv_rescale = rescale_grad
+        if hasattr(self._kvstore, "push_rescale"):  # dist_async: every push carries its worker's rescale
+            self._kvstore.push_rescale = rescale_grad
 
     def _init_kv_params(self) -> None:
         """Gluon's ``_init_params``: every worker starts from rank 0's weights (broadcast / server init)."""

@@ -38,11 +38,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, job, port, outdir, timeout):
+def _entry(rank, job, port, outdir, timeout, world=WORLD, init=True):
     torch.set_num_threads(1)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                                timeout=datetime.timedelta(seconds=timeout))
+        if init:
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout))
+        else:  # as torchrun would: the kvstore creates the process group from the environment
+            os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         result = globals()[job](rank, outdir)
         torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
     except BaseException:
@@ -54,10 +57,11 @@ def _entry(rank, job, port, outdir, timeout):
             dist.destroy_process_group()
 
 
-def run_job(job: str, tmp_path, timeout: float = 60.0, expect_fail: tuple = ()) -> dict:
-    """Runs ``job(rank, outdir)`` on WORLD processes; returns ``{rank: result}`` (ranks in ``expect_fail``
-    may die without a result)."""
-    ctx = mp.start_processes(_entry, args=(job, _free_port(), str(tmp_path), timeout), nprocs=WORLD,
+def run_job(job: str, tmp_path, timeout: float = 60.0, expect_fail: tuple = (), world: int = WORLD,
+            init: bool = True) -> dict:
+    """Runs ``job(rank, outdir)`` on ``world`` processes; returns ``{rank: result}`` (ranks in ``expect_fail``
+    may die without a result). ``init=False``: the job creates the process group (from torchrun's variables)."""
+    ctx = mp.start_processes(_entry, args=(job, _free_port(), str(tmp_path), timeout, world, init), nprocs=world,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + JOB_TIMEOUT
     while not all(not p.is_alive() for p in ctx.processes):
@@ -67,7 +71,7 @@ def run_job(job: str, tmp_path, timeout: float = 60.0, expect_fail: tuple = ()) 
             pytest.fail(f"distributed job {job!r} did not finish within {JOB_TIMEOUT} s")
         time.sleep(0.2)
     results = {}
-    for rank in range(WORLD):
+    for rank in range(world):
         err = tmp_path / f"rank{rank}.err"
         if rank in expect_fail:
             continue
@@ -117,7 +121,7 @@ def sync_job(rank, outdir):
             trainer = optzoo.Trainer(model, name, kwargs, kvstore="dist_sync", update_on_kvstore=uok)
             train(model, trainer, STEPS, rank)
             out[(name, uok)] = params_of(model)
-    for ctype in ("2bit", "1bit"):  # compressed pushes through all_gather of packed words
+    for ctype in ("2bit", "1bit"):  # compressed reduce-scatter + all-gather of level counts
         kv = kvs.create("dist_sync")
         kv.set_gradient_compression({"type": ctype, "threshold": 0.5})
         kv.init("w", torch.zeros(37))
@@ -126,7 +130,7 @@ def sync_job(rank, outdir):
             o = torch.zeros(37)
             kv.pushpull("w", GRADS[2 * s + rank], out=o)
             pulled.append(o)
-        out[ctype] = (torch.stack(pulled), kv.bytes_sent)
+        out[ctype] = (torch.stack(pulled), kv.bytes_sent, kv.bytes_received)
     kv = kvs.create("dist_sync")
     kv.init(0, torch.zeros(1000))
     kv.push(0, torch.ones(1000))
@@ -191,11 +195,16 @@ def test_dist_sync_compression_matches_the_device_kvstore(sync_results, ctype):
         o = torch.zeros(37)
         kv.pushpull("w", [GRADS[2 * s], GRADS[2 * s + 1]], out=o)
         want.append(o)
+    # Bytes per step (37 values). 2bit: 3 packed words, rank 0 owns word 0 (values 0-15), rank 1 words 1-2
+    # (values 16-36); each sends the peer the words the peer owns (rank 0: 8 bytes, rank 1: 4), then its level
+    # counts (5 levels: 3 bits each) padded to the longer slice, 21 values = 63 bits = 8 bytes. 1bit: 2 words, one
+    # each (4 bytes), then counts for 32 values (3 levels: 2 bits) = 8 bytes.
+    sent = {"2bit": (8 + 8, 4 + 8), "1bit": (4 + 8, 4 + 8)}[ctype]
+    received = {"2bit": (4 + 8, 8 + 8), "1bit": (4 + 8, 4 + 8)}[ctype]
     for rank in range(WORLD):
-        pulled, sent = sync_results[rank][ctype]
+        pulled, bytes_sent, bytes_received = sync_results[rank][ctype]
         assert torch.equal(pulled, torch.stack(want))
-        words = -(-37 // (16 if ctype == "2bit" else 32))
-        assert sent == 5 * 4 * words  # packed 32-bit words really went over all_gather
+        assert (bytes_sent, bytes_received) == (5 * sent[rank], 5 * received[rank])
 
 
 def test_wire_bytes_without_compression(sync_results):
@@ -304,6 +313,7 @@ def test_dist_async_trainer_trains(async_results):
 
 # ---------------------------------------------------------------------------------------------- job: fault
 def fault_job(rank, outdir):
+    os.environ["OPTZOO_KVSTORE_TIMEOUT"] = "6"  # the process group's own timeout is 600 s (see the test)
     model = make_model()
     trainer = optzoo.Trainer(model, "sgd", {"learning_rate": 0.1}, kvstore="dist_sync")
     train(model, trainer, 1, rank)
@@ -318,7 +328,8 @@ def fault_job(rank, outdir):
 
 
 def test_dead_worker_gives_a_clear_error_in_bounded_time(tmp_path):
-    result = run_job("fault_job", tmp_path, timeout=20.0, expect_fail=(1,))[0]
+    """The user's process group waits 600 s; the kvstore's own timeout (6 s) bounds the push all the same."""
+    result = run_job("fault_job", tmp_path, timeout=600.0, expect_fail=(1,))[0]
     assert result["error"] is not None, "the surviving worker did not notice the dead one"
     assert "dist_sync: push (gradient sum) of key 0 failed on rank 0 of 2" in result["error"]
     assert "died" in result["error"]
@@ -326,7 +337,7 @@ def test_dead_worker_gives_a_clear_error_in_bounded_time(tmp_path):
 
 
 def fault_async_job(rank, outdir):
-    kv = kvs.create("dist_async")
+    kv = kvs.create("dist_async", timeout=5)
     kv.set_optimizer(optzoo.optimizer.create("sgd", learning_rate=0.1))
     kv.init(0, torch.zeros(3))
     kv.push(0, torch.ones(3))
@@ -341,6 +352,161 @@ def fault_async_job(rank, outdir):
 
 
 def test_dead_worker_fails_the_async_barrier_naming_it(tmp_path):
-    result = run_job("fault_async_job", tmp_path, timeout=10.0, expect_fail=(1,))[0]
+    result = run_job("fault_async_job", tmp_path, timeout=600.0, expect_fail=(1,))[0]
     assert result["error"] is not None and result["seconds"] < 20.0
     assert "dist_async: barrier failed on rank 0" in result["error"] and "1" in result["error"]
+
+
+# ---------------------------------------------------------------------------------------------- job: async rescale
+ASYNC_W = torch.randn(2, 5, generator=torch.Generator().manual_seed(5))
+ASYNC_EVENTS = [(1, step, 4) for step in range(6)] + [(r, step, 2 if r == 0 else 4) for step in range(6, 10)
+                                                      for r in (0, 1)]  # (worker, step, batch size), in order
+
+
+def _async_batch(rank, step, size):
+    x = torch.randn(size, 5, generator=torch.Generator().manual_seed(1000 * rank + step))
+    return x, x @ ASYNC_W.T
+
+
+def async_rescale_job(rank, outdir):
+    """Rank 1 pushes six times before rank 0's first step (rank 0 only serves meanwhile), then the two take turns
+    with different batch sizes: each push must be applied with its own worker's rescale_grad (1/batch)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 2, bias=False)
+    trainer = optzoo.Trainer(model, "sgd", {"learning_rate": 0.02, "momentum": 0.5}, kvstore="dist_async")
+    kv = trainer._kvstore
+    for i, (worker, step, size) in enumerate(ASYNC_EVENTS):
+        if worker == rank:
+            x, y = _async_batch(rank, step, size)
+            ((model(x) - y) ** 2).sum().backward()
+            trainer.step(size)
+        if i >= 5:  # the first six pushes run back to back; then the turns are ordered by barriers
+            kv.barrier()
+    out = {"weight": model.weight.detach().clone()}
+    if rank == 0:
+        out["server"] = kv._store[0].clone()
+    kv.close()
+    return out
+
+
+def _async_reference():
+    """One server weight, one weight replica per worker, pushes applied in ASYNC_EVENTS order."""
+    torch.manual_seed(0)
+    server = torch.nn.Linear(5, 2, bias=False).weight.detach().clone()
+    replicas = {0: server.clone(), 1: server.clone()}
+    opt = optzoo.optimizer.create("sgd", learning_rate=0.02, momentum=0.5)
+    updater = optzoo.optimizer.get_updater(opt)
+    for worker, step, size in ASYNC_EVENTS:
+        w = replicas[worker].clone().requires_grad_(True)
+        x, y = _async_batch(worker, step, size)
+        ((x @ w.T - y) ** 2).sum().backward()
+        opt.rescale_grad = 1.0 / size
+        updater(0, w.grad, server)
+        replicas[worker] = server.clone()
+    return server, replicas
+
+
+def test_dist_async_applies_each_push_with_its_workers_rescale(tmp_path):
+    results = run_job("async_rescale_job", tmp_path)
+    server, replicas = _async_reference()
+    torch.testing.assert_close(results[0]["server"], server, rtol=1e-6, atol=1e-7)
+    for rank in range(WORLD):
+        torch.testing.assert_close(results[rank]["weight"], replicas[rank], rtol=1e-6, atol=1e-7)
+    torch.manual_seed(0)
+    loss0 = float(((torch.nn.Linear(5, 2, bias=False).weight.detach() - ASYNC_W) ** 2).sum())
+    assert float(((server - ASYNC_W) ** 2).sum()) < 0.5 * loss0  # and it learns
+
+
+# ---------------------------------------------------------------------------------------------- job: stuck server
+def async_stuck_job(rank, outdir):
+    kv = kvs.create("dist_async", timeout=4)
+    kv.set_optimizer(optzoo.optimizer.create("sgd", learning_rate=0.1))
+    kv.init(0, torch.zeros(3))
+    if rank == 0:
+        with kv._lock:  # the server thread cannot take any push for 15 s (a stuck server, alive)
+            time.sleep(15)
+        return {}
+    start = time.monotonic()
+    try:
+        for _ in range(3):
+            kv.push(0, torch.ones(3))
+    except kvs.KVStoreError as exc:
+        return {"error": str(exc), "seconds": time.monotonic() - start}
+    return {"error": None, "seconds": time.monotonic() - start}
+
+
+def test_dist_async_push_to_a_stuck_server_times_out(tmp_path):
+    """The process group waits 600 s; the kvstore's 4 s bound the pushes (headers included)."""
+    result = run_job("async_stuck_job", tmp_path, timeout=600.0)[1]
+    assert result["error"] is not None and "dist_async: push" in result["error"], result
+    assert result["seconds"] < 12.0, result
+
+
+# ---------------------------------------------------------------------------------------------- job: close
+def close_job(rank, outdir):
+    out = {}
+    for name in ("dist_sync", "dist_async"):
+        kv = kvs.create(name, timeout=30)
+        if name == "dist_async":
+            kv.set_optimizer(optzoo.optimizer.create("sgd", learning_rate=0.1))
+        kv.init(0, torch.zeros(4))
+        kv.push(0, torch.ones(4))
+        kv.barrier()
+        groups = list(kv._groups)
+        registered = dist.distributed_c10d._world.pg_map  # the process groups torch.distributed holds
+        assert groups and all(g in registered for g in groups)
+        kv.close()
+        out[name] = sum(g in registered for g in groups)
+        out[name + "_left"] = len(kv._groups)
+    out["default_group"] = dist.is_initialized()
+    return out
+
+
+@pytest.mark.parametrize("init", [True, False], ids=["user_group", "kvstore_group"])
+def test_close_releases_what_the_kvstore_created(tmp_path, init):
+    for result in run_job("close_job", tmp_path, init=init).values():
+        assert result["dist_sync"] == result["dist_async"] == 0  # none of the kvstores' groups is registered
+        assert result["dist_sync_left"] == result["dist_async_left"] == 0
+        # a group the user created stays; one the first kvstore created goes with the last kvstore using it
+        assert result["default_group"] is False if not init else result["default_group"] is True
+
+
+# ---------------------------------------------------------------------------------------------- job: 4 workers
+COMP_GRADS = [torch.randn(211, generator=torch.Generator().manual_seed(s)) * 0.7 for s in range(4 * 3)]
+
+
+def compressed4_job(rank, outdir):
+    out = {}
+    for ctype in ("2bit", "1bit"):
+        kv = kvs.create("dist_sync", timeout=60)
+        kv.set_gradient_compression({"type": ctype, "threshold": 0.4})
+        kv.init("w", torch.zeros(211))
+        pulled = []
+        for s in range(3):
+            o = torch.zeros(211)
+            kv.pushpull("w", COMP_GRADS[4 * s + rank], out=o)
+            pulled.append(o)
+        out[ctype] = (torch.stack(pulled), kv.bytes_sent)
+        kv.close()
+    return out
+
+
+def test_compressed_sum_with_four_workers(tmp_path):
+    """4 workers, 211 values (uneven slices): every worker gets the exact sum of the four dequantised gradients
+    (k * threshold rounded once) and sends about a quarter of the plain bytes' sixteenth per peer."""
+    from optzoo.kvstore.compression import create_compression
+
+    results = run_job("compressed4_job", tmp_path, world=4)
+    for ctype in ("2bit", "1bit"):
+        comp = create_compression({"type": ctype, "threshold": 0.4})
+        residuals = [comp.init_residual(torch.zeros(211)) for _ in range(4)]
+        want = []
+        for s in range(3):
+            parts = [comp.decompress(comp.compress(COMP_GRADS[4 * s + r], residuals[r]), 211).double()
+                     for r in range(4)]
+            want.append(sum(parts).float())  # exact in float64, one rounding to float32
+        for rank in range(4):
+            pulled, sent = results[rank][ctype]
+            assert torch.equal(pulled, torch.stack(want)), (ctype, rank)
+            plain = 2 * 3 * 211 * 4 // 4  # a ring all-reduce of 211 float32 on 4 workers, per step
+            assert sent < 3 * plain / (5 if ctype == "2bit" else 8), (ctype, sent)

@@ -209,3 +209,34 @@ def test_trainer_compression_on_a_sparse_gradient_is_a_clear_error():
         assert changed.tolist() == [i in (1, 2) for i in range(10)]
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("levels", [3, 5, 16, 17, 255, 256, 257, 9000])
+def test_level_counts_pack_and_unpack(levels):
+    from optzoo.kvstore.compression import pack_counts, packed_count_bytes, unpack_counts
+
+    for n in (0, 1, 2, 7, 64):
+        counts = torch.randint(0, levels, (n,), generator=torch.Generator().manual_seed(n), dtype=torch.int64)
+        data = pack_counts(counts.to(torch.int16), levels)
+        assert data.dtype == torch.uint8 and data.numel() == packed_count_bytes(n, levels)
+        assert torch.equal(unpack_counts(data, n, levels), counts.to(torch.int16))
+
+
+@pytest.mark.parametrize("comp", [kvs.TwoBitCompression(0.3), kvs.OneBitCompression(0.1)], ids=["2bit", "1bit"])
+@pytest.mark.parametrize("workers", [1, 2, 3, 6])
+def test_level_counts_stand_for_the_exact_sum(comp, workers):
+    """sum_counts + counts_to_values give the sum of the workers' dequantised values, exact then rounded once
+    (equal to the rank-order float32 sum whenever that sum is exact, e.g. for two workers)."""
+    n = 77
+    packed, parts = [], []
+    for r in range(workers):
+        grad = torch.randn(n, generator=torch.Generator().manual_seed(r)) * 0.5
+        p = comp.compress(grad, comp.init_residual(grad))
+        packed.append(p)
+        parts.append(comp.decompress(p, n))
+    counts = comp.sum_counts(packed, n)
+    assert int(counts.min()) >= 0 and int(counts.max()) < comp.count_levels(workers)
+    got = comp.counts_to_values(counts, workers)
+    assert torch.equal(got, sum(x.double() for x in parts).float())
+    if workers <= 2:
+        assert torch.equal(got, sum(parts))

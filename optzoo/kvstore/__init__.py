@@ -19,7 +19,8 @@ Worked example: 4 workers, each with a batch of 32 samples and a loss summed ove
 (MXNet's Module API used ``1/(batch_size * num_workers)`` for dist_sync; Gluon does not.)
 
 Compression (``set_gradient_compression({'type': '2bit', 'threshold': 0.5})`` or the Trainer's
-``compression_params``) quantises the worker-to-worker direction only; see :mod:`optzoo.kvstore.compression`.
+``compression_params``) quantises every gradient as MXNet does; dist_sync sums the packed gradients with a
+compressed reduce-scatter (see :mod:`optzoo.kvstore.dist` and :mod:`optzoo.kvstore.compression`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ KVSTORE_TYPES = ("local", "device", "nccl", "dist_sync", "dist_device_sync", "di
 
 
 def create(name: str = "local", *, timeout=None) -> KVStoreBase:
-    """MXNet's ``mx.kv.create``. ``timeout`` (seconds) bounds every distributed operation (default 300 s or
-    ``OPTZOO_KVSTORE_TIMEOUT``); it applies when this call creates the process group, and to barriers."""
+    """MXNet's ``mx.kv.create``. ``timeout`` (seconds) bounds every blocking call of a distributed kvstore
+    (default ``OPTZOO_KVSTORE_TIMEOUT``, else 300 s), whatever the process group's own timeout: the kvstore
+    communicates on process groups it creates with it (``close()`` destroys them)."""
     if not isinstance(name, str):
         raise TypeError(f"kvstore name must be a string, got {type(name).__name__}")
     kind = name.lower()

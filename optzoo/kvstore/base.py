@@ -42,6 +42,7 @@ class KVStoreBase:
         self._residuals: dict = {}
         #: bytes this worker put on the wire for pushes so far (payloads, not protocol overhead)
         self.bytes_sent = 0
+        self.bytes_received = 0
 
     # ----------------------------------------------------------------------------------------- identity
     @property

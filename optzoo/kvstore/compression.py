@@ -33,7 +33,8 @@ import torch
 
 from ..optimizer.validation import check_choice, check_real
 
-__all__ = ["COMPRESSION_TYPES", "Compression", "OneBitCompression", "TwoBitCompression", "create_compression"]
+__all__ = ["COMPRESSION_TYPES", "Compression", "OneBitCompression", "TwoBitCompression", "create_compression",
+           "count_bits", "pack_counts", "packed_count_bytes", "unpack_counts"]
 
 COMPRESSION_TYPES = ("2bit", "1bit")
 _SHIFTS2 = torch.tensor([6, 4, 2, 0], dtype=torch.uint8)
@@ -77,6 +78,21 @@ class Compression:
         """The float32 values (flat, ``numel`` long) that ``packed`` encodes."""
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- summing packed gradients (dist_sync)
+    def sum_counts(self, packed_parts, numel: int) -> torch.Tensor:
+        """The sum of the gradients that ``packed_parts`` (one packed buffer per worker, same elements) encode,
+        as one small non-negative integer per element (``int16``): every dequantised value is one of two or
+        three levels, so the sum of N of them is fixed by how many workers sent each level."""
+        raise NotImplementedError
+
+    def counts_to_values(self, counts: torch.Tensor, workers: int) -> torch.Tensor:
+        """The float32 sums :meth:`sum_counts` stands for, each computed with a single rounding."""
+        raise NotImplementedError
+
+    def count_levels(self, workers: int) -> int:
+        """How many different values :meth:`sum_counts` can produce for ``workers`` workers."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(threshold={self.threshold})"
 
@@ -91,6 +107,35 @@ def _unpack(packed: torch.Tensor, numel: int, shifts: torch.Tensor, mask: int) -
     if packed.dtype != torch.uint8:
         packed = packed.contiguous().view(torch.uint8)
     return ((packed.reshape(-1, 1) >> shifts.to(packed.device)) & mask).reshape(-1)[:numel]
+
+
+def count_bits(levels: int) -> int:
+    """Bits per value for integers in ``[0, levels)``."""
+    return max(1, (levels - 1).bit_length())
+
+
+def pack_counts(counts: torch.Tensor, levels: int) -> torch.Tensor:
+    """Non-negative integers below ``levels`` as a dense bit stream, :func:`count_bits` bits each, most
+    significant bit first (uint8; the last byte zero-padded)."""
+    bits = count_bits(levels)
+    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int32, device=counts.device)
+    stream = ((counts.to(torch.int32).reshape(-1, 1) >> shifts) & 1).reshape(-1).to(torch.uint8)
+    padded = torch.zeros(8 * packed_count_bytes(counts.numel(), levels), dtype=torch.uint8, device=counts.device)
+    padded[:stream.numel()] = stream
+    return (padded.view(-1, 8) << _SHIFTS1.to(counts.device)).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_counts(data: torch.Tensor, numel: int, levels: int) -> torch.Tensor:
+    """Inverse of :func:`pack_counts` (``int16``)."""
+    bits = count_bits(levels)
+    stream = _unpack(data, numel * bits, _SHIFTS1, 1).to(torch.int32).view(numel, bits)
+    weights = 1 << torch.arange(bits - 1, -1, -1, dtype=torch.int32, device=data.device)
+    return (stream * weights).sum(dim=1).to(torch.int16)
+
+
+def packed_count_bytes(numel: int, levels: int) -> int:
+    """Bytes :func:`pack_counts` takes for ``numel`` counts."""
+    return (numel * count_bits(levels) + 7) // 8
 
 
 class TwoBitCompression(Compression):
@@ -120,6 +165,21 @@ class TwoBitCompression(Compression):
         out = torch.where(codes == 3, thr, out)
         return torch.where(codes == 2, -thr, out)
 
+    def sum_counts(self, packed_parts, numel):
+        # k = (#workers that sent +thr) - (#workers that sent -thr), stored as k + N in [0, 2N]
+        total = torch.full((numel,), len(packed_parts), dtype=torch.int16)
+        for packed in packed_parts:
+            codes = _unpack(packed, numel, _SHIFTS2, 3).to(torch.int16)
+            total += (codes == 3).to(torch.int16) - (codes == 2).to(torch.int16)
+        return total
+
+    def counts_to_values(self, counts, workers):
+        thr = torch.tensor(self.threshold, dtype=torch.float32, device=counts.device)
+        return (counts.to(torch.float32) - workers) * thr
+
+    def count_levels(self, workers):
+        return 2 * workers + 1
+
 
 class OneBitCompression(Compression):
     """MXNet 2.0's ``{'type': '1bit', 'threshold': thr}``: sends ``+1`` where ``residual > thr``, else ``-1``."""
@@ -140,6 +200,19 @@ class OneBitCompression(Compression):
 
     def decompress(self, packed, numel):
         return _unpack(packed, numel, _SHIFTS1, 1).to(torch.float32) * 2 - 1
+
+    def sum_counts(self, packed_parts, numel):
+        # k = #workers that sent +1; the sum is k - (N - k)
+        total = torch.zeros(numel, dtype=torch.int16)
+        for packed in packed_parts:
+            total += _unpack(packed, numel, _SHIFTS1, 1).to(torch.int16)
+        return total
+
+    def counts_to_values(self, counts, workers):
+        return counts.to(torch.float32) * 2 - workers
+
+    def count_levels(self, workers):
+        return workers + 1
 
 
 def create_compression(params) -> Compression | None:
