@@ -190,7 +190,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         return values
 
     def _sync_betas(self, group: dict) -> None:
-        """Keeps ``betas`` and ``beta1``/``beta2`` equal: whichever was edited since the last step wins."""
+        """Keeps ``betas`` and ``beta1``/``beta2`` equal (torch's schedulers, ``OneCycleLR(cycle_momentum=True)``
+        for one, write ``betas``): whichever was assigned since the last sync wins, at the next step."""
         betas, pair = tuple(group["betas"]), (group["beta1"], group["beta2"])
         if betas != pair:
             if betas == self._seen_betas.get(id(group)):
@@ -297,6 +298,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         (``torch.load(weights_only=True)`` reads it); other keys of ``self.state`` are kept as they are."""
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
+        if self._has_betas():
+            for group in self.param_groups:
+                self._sync_betas(group)
         mapping: dict[int, int] = {}
         groups = []
         for group in self.param_groups:
@@ -359,17 +363,17 @@ class TorchOptimizer(torch.optim.Optimizer):
         groups = []
         for group, saved in zip(self.param_groups, saved_groups):
             saved["params"] = group["params"]
+            if self._has_betas() and "beta1" not in saved and "betas" in saved:
+                saved["beta1"], saved["beta2"] = _check_betas(saved["betas"])
             for key, value in group.items():  # older state dicts lack newer keys (and the param names)
                 saved.setdefault(key, value)
-            if self._has_betas() and ("beta1" not in state_dict["param_groups"][len(groups)]):
-                saved["beta1"], saved["beta2"] = _check_betas(saved["betas"])
+            if self._has_betas():
+                saved["betas"] = (saved["beta1"], saved["beta2"])
             groups.append(saved)
         self.param_groups = groups
         self.state = state
         self._reset_caches()
         for number, group in enumerate(groups):
-            if self._has_betas():
-                self._seen_betas[id(group)] = (group["beta1"], group["beta2"])
             self._check_group(group, number)
         counts = [c for d in opt._all_index_update_counts.values() for c in d.values()]
         extra = state_dict.get("optzoo") or {}
@@ -391,9 +395,6 @@ class TorchOptimizer(torch.optim.Optimizer):
         if not had_differentiable:  # torch adds this flag for its own optimizers; it means nothing here
             self.defaults.pop("differentiable", None)
         self._reset_caches()
-        for group in self.param_groups:
-            if self._has_betas():
-                self._seen_betas[id(group)] = tuple(group["betas"])
 
     def __repr__(self) -> str:
         return f"TorchOptimizer({self.optimizer!r}, groups={len(self.param_groups)})"
