@@ -218,22 +218,31 @@ class TorchOptimizer(torch.optim.Optimizer):
     def _update(self, targets=None, grads=None) -> None:
         """The step itself. ``targets``/``grads``: the tensors to write and read in place of the parameters and
         their ``.grad`` (the compiled path hands over the graph's tensors), in parameter order."""
-        items = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if targets is None:
-            targets, grads = [p for _, p in items], [p.grad for _, p in items]
-        elif len(targets) != len(items):
-            raise RuntimeError("TorchOptimizer: the compiled step saw a different set of parameters with gradients")
         buckets: dict[tuple, list] = {}
-        keys: dict[int, tuple] = {}
+        values_of: list[tuple] = []  # one entry per distinct set of hyperparameter values
+        given = iter(zip(targets, grads)) if targets is not None else None
         for number, group in enumerate(self.param_groups):
-            keys[id(group)] = self._check_group(group, number)
-        for (group, p), target, grad in zip(items, targets, grads):
-            buckets.setdefault((p.device, keys[id(group)]), []).append((group, p, target, grad))
+            values = self._check_group(group, number)
+            if values not in values_of:
+                values_of.append(values)
+            kind = values_of.index(values)
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                target = p
+                if given is not None:
+                    target, grad = next(given, (None, None))
+                    if target is None:
+                        raise RuntimeError("TorchOptimizer: the compiled step saw fewer parameters with gradients")
+                buckets.setdefault((p.device, kind), []).append((group, p, target, grad))
+        if given is not None and next(given, None) is not None:
+            raise RuntimeError("TorchOptimizer: the compiled step saw more parameters with gradients")
         opt = self.optimizer
         saved = {name: getattr(opt, name) for name in self._hyper_names}
         try:
-            for (device, values), bucket in buckets.items():
-                for name, value in zip(self._hyper_names, values):
+            for (device, kind), bucket in buckets.items():
+                for name, value in zip(self._hyper_names, values_of[kind]):
                     setattr(opt, name, value)
                 self._update_bucket(device, bucket)
         finally:
@@ -267,17 +276,22 @@ class TorchOptimizer(torch.optim.Optimizer):
                 else:
                     group["lr"] = scheduled
         params, grads, states, lrs, wds, ts = [], [], [], [], [], []
+        counts, state_of, multi_precision = opt._index_update_count, self.state, opt.multi_precision
+        group_lrs = {id(group): _lr_value(group["lr"]) for group in self.param_groups}
         for (group, p, target, grad), index in zip(bucket, indices):
             if target.is_complex():
                 target = torch.view_as_real(target)
                 grad = torch.view_as_real(grad) if grad.is_complex() else grad
+            entry = state_of[p]
+            state = entry.get("state")
+            if state is None or (multi_precision and isinstance(state, tuple) and state[1] is None):
+                state = self._state_of(p, index, target)
             params.append(target)
             grads.append(grad)
-            states.append(self._state_of(p, index, target))
-            lrs.append(_lr_value(group["lr"]) * getattr(p, "lr_mult", 1.0))
+            states.append(state)
+            lrs.append(group_lrs[id(group)] * getattr(p, "lr_mult", 1.0))
             wds.append(group["wd"] * getattr(p, "wd_mult", 1.0))
-            t = opt._index_update_count[index]
-            self.state[p]["step"] = t
+            entry["step"] = t = counts[index]
             ts.append(t)
         if opt.impl == "native" and opt._native_call(indices, params, grads, states, lrs, wds, ts,
                                                      opt.multi_precision):
