@@ -180,13 +180,16 @@ class TorchOptimizer(torch.optim.Optimizer):
         """The group's hyperparameter values, validated as the constructor would (once per new set of values)."""
         if self._has_betas():
             self._sync_betas(group)
+        if not isinstance(group["lr"], torch.Tensor):
+            check_real(f"param group {number} lr", group["lr"], 0.0)
         values = tuple(group[name] for name in self._hyper_names)
-        if self._checked.get(id(group)) != values:
+        checked = (*values, group["wd"])
+        if self._checked.get(id(group)) != checked:
             try:
-                type(self.optimizer)(**dict(zip(self._hyper_names, values)))
+                type(self.optimizer)(wd=group["wd"], **dict(zip(self._hyper_names, values)))
             except (TypeError, ValueError) as err:
                 raise type(err)(f"param group {number}: {err}") from None
-            self._checked[id(group)] = values
+            self._checked[id(group)] = checked
         return values
 
     def _sync_betas(self, group: dict) -> None:
@@ -218,6 +221,7 @@ class TorchOptimizer(torch.optim.Optimizer):
     def _update(self, targets=None, grads=None) -> None:
         """The step itself. ``targets``/``grads``: the tensors to write and read in place of the parameters and
         their ``.grad`` (the compiled path hands over the graph's tensors), in parameter order."""
+        self._adopt_attribute_edits()
         buckets: dict[tuple, list] = {}
         values_of: list[tuple] = []  # one entry per distinct set of hyperparameter values
         given = iter(zip(targets, grads)) if targets is not None else None
@@ -248,6 +252,20 @@ class TorchOptimizer(torch.optim.Optimizer):
         finally:
             for name, value in saved.items():
                 setattr(opt, name, value)
+
+    def _adopt_attribute_edits(self) -> None:
+        """A hyperparameter set on the wrapped optimizer itself (``opt.optimizer.momentum = 0.5``, the way before
+        param groups carried them) becomes the default, and the value of every group that had the old default."""
+        opt = self.optimizer
+        for name in self._hyper_names:
+            value, default = getattr(opt, name), self.defaults[name]
+            if value != default:
+                for group in self.param_groups:
+                    if group[name] == default:
+                        group[name] = value
+                self.defaults[name] = value
+                if name in ("beta1", "beta2"):
+                    self.defaults["betas"] = (self.defaults["beta1"], self.defaults["beta2"])
 
     def _state_of(self, p, index: int, weight):
         """The parameter's state, created on its first step (and again where a hyperparameter change, such as a

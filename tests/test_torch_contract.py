@@ -344,6 +344,12 @@ def test_group_hyperparameter_errors_name_the_argument():
     set_grads(params[:1], 0)
     with pytest.raises(ValueError, match="param group 0: momentum"):
         opt.step()
+    opt.param_groups[0]["momentum"] = 0.5
+    opt.param_groups[0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="param group 0 lr"):
+        opt.step()
+    with pytest.raises(ValueError, match="param group 0: GroupAdaGrad does not support weight decay"):
+        optzoo.TorchOptimizer([{"params": [params[0]], "weight_decay": 0.1}], "groupadagrad")
     with pytest.raises(ValueError, match="has no beta1/beta2"):
         optzoo.TorchOptimizer(params[1:], "sgd").add_param_group({"params": [params[0]], "betas": (0.9, 0.99)})
     with pytest.raises(ValueError, match="'learning_rate' or torch's 'lr'"):
@@ -372,6 +378,23 @@ def test_one_cycle_lr_cycles_momentum_or_betas(row):
             assert opt.param_groups[0]["betas"][0] == opt.param_groups[0]["beta1"]
         sched.step()
     assert len(set(seen)) == 5 and all(0.85 <= m <= 0.95 for m in seen)
+
+
+def test_a_hyperparameter_set_on_the_wrapped_optimizer_still_applies():
+    """Before param groups carried them, ``opt.optimizer.momentum = ...`` was the way to change one."""
+    runs = []
+    for edit_wrapped in (True, False):
+        params = make_params(ROWS[0])
+        opt = optzoo.TorchOptimizer(params, "adam", beta1=0.9)
+        drive(opt, params, range(2))
+        if edit_wrapped:
+            opt.optimizer.beta1 = 0.5
+        else:
+            opt.param_groups[0]["betas"] = (0.5, opt.param_groups[0]["beta2"])
+        drive(opt, params, range(2, 4))
+        assert opt.param_groups[0]["beta1"] == 0.5 and opt.param_groups[0]["betas"][0] == 0.5
+        runs.append(snapshot(opt))
+    assert_same(*runs)
 
 
 def test_betas_and_beta1_stay_in_sync():
