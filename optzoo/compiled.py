@@ -21,7 +21,10 @@ import weakref
 
 import torch
 
-__all__ = ["optimizer_step", "register"]
+__all__ = ["is_compiling", "optimizer_step", "register"]
+
+#: True while Dynamo traces (torch >= 2.3); always False on older torch
+is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 _OPTIMIZERS: dict[int, weakref.ReferenceType] = {}
 _HANDLES = itertools.count()
@@ -34,8 +37,7 @@ def register(optimizer) -> int:
     return handle
 
 
-@torch.library.custom_op("optzoo::optimizer_step", mutates_args=("params",))
-def optimizer_step(handle: int, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+def _optimizer_step(handle: int, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
     """One eager step of the :class:`optzoo.TorchOptimizer` registered as ``handle``, writing ``params`` (the
     parameters that have a gradient, in param-group order) from ``grads``. Its state is updated in place."""
     ref = _OPTIMIZERS.get(handle)
@@ -46,6 +48,11 @@ def optimizer_step(handle: int, params: list[torch.Tensor], grads: list[torch.Te
         optimizer._update(params, grads)
 
 
-@optimizer_step.register_fake
-def _optimizer_step_fake(handle, params, grads) -> None:
-    return None
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4; on older torch a compiled step is traced as Python
+    optimizer_step = torch.library.custom_op("optzoo::optimizer_step", mutates_args=("params",))(_optimizer_step)
+
+    @optimizer_step.register_fake
+    def _optimizer_step_fake(handle, params, grads) -> None:
+        return None
+else:  # pragma: no cover - old torch
+    optimizer_step = _optimizer_step

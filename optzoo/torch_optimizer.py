@@ -132,6 +132,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._param_index: dict[torch.Tensor, int] = {}
         self._hyper_names = hyperparameter_names(self.optimizer)
         self._reset_caches()
+        self._handle = _compile.register(self)
         opt = self.optimizer
         lr = opt.lr if opt.lr is not None else opt.learning_rate
         defaults = {"lr": tensor_lr if tensor_lr is not None else lr, "wd": opt.wd}
@@ -143,7 +144,6 @@ class TorchOptimizer(torch.optim.Optimizer):
     def _reset_caches(self) -> None:
         self._checked: dict[int, tuple] = {}  # id(group) -> hyperparameters last validated
         self._seen_betas: dict[int, tuple] = {}  # id(group) -> betas after the last sync
-        self._handle = _compile.register(self)
 
     def _has_betas(self) -> bool:
         return "beta1" in self._hyper_names and "beta2" in self._hyper_names
@@ -210,7 +210,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if torch.compiler.is_compiling():
+        if _compile.is_compiling():
             params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
             if params:
                 _compile.optimizer_step(self._handle, params, [p.grad for p in params])
@@ -427,6 +427,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         if not had_differentiable:  # torch adds this flag for its own optimizers; it means nothing here
             self.defaults.pop("differentiable", None)
         self._reset_caches()
+        self._handle = _compile.register(self)
 
     def __repr__(self) -> str:
         return f"TorchOptimizer({self.optimizer!r}, groups={len(self.param_groups)})"
