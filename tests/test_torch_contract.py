@@ -50,6 +50,7 @@ def set_grads(params, step: int, scale=1.0) -> None:
     for p in params:
         shape = torch.view_as_real(p).shape if p.is_complex() else p.shape
         g = (torch.randn(shape, generator=gen) * scale).to(p.real.dtype if p.is_complex() else p.dtype)
+        g = g.to(p.device)
         p.grad = torch.view_as_complex(g) if p.is_complex() else g
 
 
@@ -526,6 +527,27 @@ def test_compiled_step_is_one_graph_equal_to_eager_without_recompiling(row):
     assert_same(*runs)
     explained = torch._dynamo.explain(opt.step)()
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["adam", "lamb", "sgd"])
+def test_cuda_compiled_step_with_a_cuda_tensor_lr(name):
+    """On CUDA the operator runs the foreach path; a 0-d CUDA tensor lr equals the float lr, compiled or not."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    runs = []
+    for lr, compiled in ((2.0**-6, False), (torch.tensor(2.0**-6, device="cuda"), False),
+                         (torch.tensor(2.0**-6, device="cuda"), True)):
+        params = [p.detach().cuda().requires_grad_() for p in make_params(ROWS[0])]
+        opt = optzoo.TorchOptimizer(params, name, lr=lr)
+        run = torch.compile(opt.step) if compiled else opt.step
+        for step in range(3):
+            set_grads(params, step)
+            run()
+        runs.append([p.detach().cpu() for p in params])
+    assert_same(runs[0], runs[1])
+    assert_same(runs[1], runs[2])
 
 
 # ---------------------------------------------------------------------------------------------- AMP
