@@ -371,15 +371,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("load_state_dict: the saved optimizer has a different number of param groups")
         for group, saved in zip(self.param_groups, saved_groups):
-            if len(group["params"]) != len(saved["params"]):
+            if not isinstance(saved, dict) or len(group["params"]) != len(saved.get("params", ())):
                 raise ValueError("load_state_dict: a param group has a different number of parameters")
         id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
                           chain.from_iterable(g["params"] for g in self.param_groups)))
-        opt = self.optimizer
-        for counts in opt._all_index_update_counts.values():
-            for p in id_map.values():
-                counts.pop(self._param_index[p], None)
-        state = defaultdict(dict)
+        state, steps = defaultdict(dict), {}
         for key, entry in state_dict["state"].items():
             p = id_map.get(key)
             if p is None:
@@ -389,11 +385,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             if "state" in entry:
                 entry["state"] = _unplain(entry["state"], p.device)
             step = entry.get("step", 0)
-            entry["step"] = int(step.item() if isinstance(step, torch.Tensor) else step)
+            entry["step"] = steps[p] = int(step.item() if isinstance(step, torch.Tensor) else step)
             state[p] = entry
-            opt._all_index_update_counts.setdefault(p.device.index or 0, {})[self._param_index[p]] = entry["step"]
         groups = []
-        for group, saved in zip(self.param_groups, saved_groups):
+        for number, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             saved["params"] = group["params"]
             if self._has_betas() and "beta1" not in saved and "betas" in saved:
                 saved["beta1"], saved["beta2"] = _check_betas(saved["betas"])
@@ -401,7 +396,15 @@ class TorchOptimizer(torch.optim.Optimizer):
                 saved.setdefault(key, value)
             if self._has_betas():
                 saved["betas"] = (saved["beta1"], saved["beta2"])
+            self._check_group(saved, number)  # before anything changes: a bad dict leaves the optimizer as it was
             groups.append(saved)
+        # every check passed: commit. Parameters without a saved state start fresh (no state, count 0).
+        opt = self.optimizer
+        for counts in opt._all_index_update_counts.values():
+            for p in id_map.values():
+                counts.pop(self._param_index[p], None)
+        for p, step in steps.items():
+            opt._all_index_update_counts.setdefault(p.device.index or 0, {})[self._param_index[p]] = step
         self.param_groups = groups
         self.state = state
         self._reset_caches()

@@ -241,6 +241,26 @@ def test_older_state_dicts_load(row):
     assert_same(snapshot(opt), snapshot(twin))
 
 
+def test_a_bad_state_dict_changes_nothing():
+    params = make_params(ROWS[0])
+    opt = optzoo.TorchOptimizer(params, "adam")
+    drive(opt, params, range(2))
+    before, state_dict = snapshot(opt), copy.deepcopy(opt.state_dict())
+    bad = copy.deepcopy(state_dict)
+    bad["param_groups"][0]["beta1"] = 1.5
+    with pytest.raises(ValueError, match="param group 0: beta1"):
+        opt.load_state_dict(bad)
+    bad = copy.deepcopy(state_dict)
+    bad["state"][1]["state"] = {"kind": "Exploit", "items": []}
+    with pytest.raises(optzoo.serialization.CheckpointError, match="unknown state type"):
+        opt.load_state_dict(bad)
+    with pytest.raises(ValueError, match="different number of param groups"):
+        opt.load_state_dict({**state_dict, "param_groups": []})
+    assert_same(before, snapshot(opt))
+    assert [opt.state[p]["step"] for p in params] == [2, 2] and opt.param_groups[0]["beta1"] == 0.9
+    assert opt.optimizer._index_update_count == {0: 2, 1: 2}
+
+
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_parameters_absent_from_the_loaded_state_start_fresh(row):
     params = make_params(row)
