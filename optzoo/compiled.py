@@ -7,8 +7,10 @@ learning-rate scheduler) would become guarded constants that recompile the graph
 with ``torch.library``: it declares the parameters it writes (``mutates_args``), has a fake kernel (no output, so
 tracing needs no data), and runs the eager step, native kernel included, when the graph runs. A compiled
 function that calls ``opt.step()`` is therefore one graph without breaks, and its result is the eager step's, bit
-for bit. Hyperparameters and the learning rate (a float or a 0-d tensor) are read from the param groups when
-the operator runs, not baked into the graph, so a scheduler changing them causes no recompilation.
+for bit. Hyperparameters and the learning rate are read from the param groups when the operator runs, not baked
+into the graph, so a scheduler changing a 0-d tensor learning rate causes no recompilation (Dynamo guards on
+the Python numbers of an optimizer's param groups: a changing float lr costs one recompilation, as for torch's
+own optimizers).
 
 The operator is opaque to Inductor: on CUDA the step runs as the eager ``torch._foreach`` path inside it (a few
 kernels per rule), not fused into the surrounding graph. docs/native.md, "What runs where", has the details.
