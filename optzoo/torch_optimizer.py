@@ -5,21 +5,66 @@
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10)      # torch schedulers work
     loss.backward(); opt.step(); opt.zero_grad(); sched.step()
 
-Each param group carries ``lr`` and ``wd``; a parameter's update uses ``group["lr"] * p.lr_mult`` and
+Each param group carries ``lr``, ``wd`` and every hyperparameter of the wrapped optimizer under its constructor
+name (``momentum``, ``beta1``, ``beta2``, ``epsilon``, ``clip_gradient``, ...; plus ``betas=(beta1, beta2)``
+kept in sync, for torch's schedulers). All of them are read at every step: changing one between steps changes
+the next step exactly as constructing with it would. A parameter's update uses ``group["lr"] * p.lr_mult`` and
 ``group["wd"] * p.wd_mult`` (``lr_mult``/``wd_mult`` are optional attributes on the parameter, as in Gluon).
+torch's names are accepted too: ``lr`` (a float or a 0-d tensor), ``weight_decay``, ``betas`` and ``foreach``.
 If the wrapped optimizer has an ``lr_scheduler``, it owns the rate: every step sets ``group["lr"]`` to
-``lr_scheduler(num_update)``. Update counts (``t``) are per parameter, as in MXNet.
+``lr_scheduler(num_update)``. Update counts (``t``) are per parameter, as in MXNet. Complex parameters are
+updated as their ``torch.view_as_real`` views. Under ``torch.compile`` the whole step is one custom operator
+(:mod:`optzoo.compiled`). docs/torch_optim.md lists the contract and where it differs from torch's optimizers.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from copy import deepcopy
+from itertools import chain
+
 import torch
 
+from . import compiled as _compile
 from .optimizer.base import STATE_CLASSES, Optimizer, create
-from .optimizer.validation import check_real
+from .optimizer.validation import check_bool, check_real
 from .serialization import CheckpointError
 
-__all__ = ["TorchOptimizer"]
+__all__ = ["TorchOptimizer", "hyperparameter_names"]
+
+#: torch's argument names and optzoo's (MXNet's)
+_TORCH_NAMES = {"lr": "learning_rate", "weight_decay": "wd"}
+#: constructor arguments that are not per-group hyperparameters: bookkeeping, or what fixes a state's layout
+_NOT_HYPERPARAMETERS = frozenset({
+    "learning_rate", "wd", "param_idx2name", "param_dict", "lr_scheduler", "begin_num_update", "multi_precision",
+    "aggregate_num", "use_fused_step", "impl", "generator", "seed", "centered", "schedule_scope"})
+
+
+def hyperparameter_names(optimizer: Optimizer) -> tuple[str, ...]:
+    """The constructor arguments of ``optimizer`` that a param group carries (read at every step)."""
+    return tuple(sorted(n for n in optimizer._argument_names() - _NOT_HYPERPARAMETERS if hasattr(optimizer, n)))
+
+
+def _check_lr(name: str, value):
+    """A float >= 0 or a 0-d floating-point tensor (torch's tensor lr); returned unchanged."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or not value.is_floating_point() or value.requires_grad:
+            raise ValueError(f"{name}: a tensor learning rate must be a 0-d floating-point tensor without grad, "
+                             f"got shape {tuple(value.shape)}, dtype {value.dtype}")
+        check_real(name, float(value), 0.0)
+        return value
+    check_real(name, value, 0.0)
+    return value
+
+
+def _check_betas(value) -> tuple:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {value!r}")
+    return tuple(float(check_real("betas", b)) for b in value)
+
+
+def _lr_value(lr) -> float:
+    return float(lr.item()) if isinstance(lr, torch.Tensor) else lr
 
 
 def _plain(state):
@@ -50,28 +95,113 @@ class TorchOptimizer(torch.optim.Optimizer):
     """Wraps an optzoo optimizer (a registered name plus its arguments, or an instance) as a torch optimizer.
 
     Args:
-        params: parameters or param groups, as for any ``torch.optim.Optimizer``; a group may set ``lr`` and ``wd``.
+        params: parameters, ``(name, parameter)`` pairs or param groups, as for any ``torch.optim.Optimizer``; a
+            group may set ``lr``, ``wd`` and any hyperparameter (see :func:`hyperparameter_names`).
         optimizer: registered name (``"adam"``, ``"lamb"``, ...) or an :class:`optzoo.optimizer.Optimizer`.
+        foreach: torch's switch: ``True`` runs the ``torch._foreach`` path, ``False`` the readable per-tensor
+            path, ``None`` (default) the fastest available (native where built).
         **optimizer_params: constructor arguments when ``optimizer`` is a name (MXNet names:
-            ``learning_rate``, ``wd``, ``momentum``, ``clip_gradient``, ...).
+            ``learning_rate``, ``wd``, ``momentum``, ``clip_gradient``, ...; torch's ``lr``, ``weight_decay``
+            and ``betas`` are accepted too). ``learning_rate`` may be a 0-d tensor.
     """
 
-    def __init__(self, params, optimizer="sgd", **optimizer_params):
-        if isinstance(optimizer, Optimizer) and optimizer_params:
+    def __init__(self, params, optimizer="sgd", *, foreach=None, **optimizer_params):
+        if isinstance(optimizer, Optimizer) and (optimizer_params or foreach is not None):
             raise ValueError("TorchOptimizer: pass constructor arguments only with an optimizer name, "
                              "not with an optimizer instance")
+        for torch_name, name in _TORCH_NAMES.items():
+            if torch_name in optimizer_params:
+                if name in optimizer_params:
+                    raise ValueError(f"TorchOptimizer: pass {name!r} or torch's {torch_name!r}, not both")
+                optimizer_params[name] = optimizer_params.pop(torch_name)
+        if "betas" in optimizer_params:
+            if "beta1" in optimizer_params or "beta2" in optimizer_params:
+                raise ValueError("TorchOptimizer: pass betas or beta1/beta2, not both")
+            optimizer_params["beta1"], optimizer_params["beta2"] = _check_betas(optimizer_params.pop("betas"))
+        tensor_lr = optimizer_params.get("learning_rate")
+        if isinstance(tensor_lr, torch.Tensor):
+            optimizer_params["learning_rate"] = float(_check_lr("learning_rate", tensor_lr))
+        else:
+            tensor_lr = None
+        if foreach is not None:
+            check_bool("foreach", foreach)
+            if "impl" in optimizer_params or "use_fused_step" in optimizer_params:
+                raise ValueError("TorchOptimizer: pass foreach or impl/use_fused_step, not both")
+            optimizer_params["impl"] = "foreach" if foreach else "reference"
         self.optimizer = create(optimizer, **optimizer_params)
         self._param_index: dict[torch.Tensor, int] = {}
-        lr = self.optimizer.lr if self.optimizer.lr is not None else self.optimizer.learning_rate
-        super().__init__(params, {"lr": lr, "wd": self.optimizer.wd})
+        self._hyper_names = hyperparameter_names(self.optimizer)
+        self._reset_caches()
+        self._handle = _compile.register(self)
+        opt = self.optimizer
+        lr = opt.lr if opt.lr is not None else opt.learning_rate
+        defaults = {"lr": tensor_lr if tensor_lr is not None else lr, "wd": opt.wd}
+        defaults.update((name, getattr(opt, name)) for name in self._hyper_names)
+        if self._has_betas():
+            defaults["betas"] = (opt.beta1, opt.beta2)
+        super().__init__(params, defaults)
+
+    def _reset_caches(self) -> None:
+        self._checked: dict[int, tuple] = {}  # id(group) -> hyperparameters last validated
+        self._seen_betas: dict[int, tuple] = {}  # id(group) -> betas after the last sync
+
+    def _has_betas(self) -> bool:
+        return "beta1" in self._hyper_names and "beta2" in self._hyper_names
 
     def add_param_group(self, param_group: dict) -> None:
-        for key in ("lr", "wd"):
-            if key in param_group:
-                check_real(f"param group {key}", param_group[key], 0.0)
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        for torch_name, name in (("learning_rate", "lr"), ("weight_decay", "wd")):
+            if torch_name in param_group:
+                if name in param_group:
+                    raise ValueError(f"param group: pass {name!r} or {torch_name!r}, not both")
+                param_group[name] = param_group.pop(torch_name)
+        if "betas" in param_group:
+            if not self._has_betas():
+                raise ValueError(f"param group: {type(self.optimizer).__name__} has no beta1/beta2 (betas)")
+            betas = _check_betas(param_group["betas"])
+            for name, value in zip(("beta1", "beta2"), betas):
+                if name in param_group and param_group[name] != value:
+                    raise ValueError(f"param group: betas={betas} contradicts {name}={param_group[name]}")
+                param_group[name] = value
+        if "lr" in param_group:
+            _check_lr("param group lr", param_group["lr"])
+        if "wd" in param_group:
+            check_real("param group wd", param_group["wd"], 0.0)
         super().add_param_group(param_group)
-        for p in self.param_groups[-1]["params"]:
+        group = self.param_groups[-1]
+        if self._has_betas():
+            group["betas"] = (group["beta1"], group["beta2"])
+        self._check_group(group, len(self.param_groups) - 1)
+        for p in group["params"]:
             self._param_index.setdefault(p, len(self._param_index))
+
+    def _check_group(self, group: dict, number: int) -> tuple:
+        """The group's hyperparameter values, validated as the constructor would (once per new set of values)."""
+        if self._has_betas():
+            self._sync_betas(group)
+        if not isinstance(group["lr"], torch.Tensor):
+            check_real(f"param group {number} lr", group["lr"], 0.0)
+        values = tuple(group[name] for name in self._hyper_names)
+        checked = (*values, group["wd"])
+        if self._checked.get(id(group)) != checked:
+            try:
+                type(self.optimizer)(wd=group["wd"], **dict(zip(self._hyper_names, values)))
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"param group {number}: {err}") from None
+            self._checked[id(group)] = checked
+        return values
+
+    def _sync_betas(self, group: dict) -> None:
+        """Keeps ``betas`` and ``beta1``/``beta2`` equal (torch's schedulers, ``OneCycleLR(cycle_momentum=True)``
+        for one, write ``betas``): whichever was assigned since the last sync wins, at the next step."""
+        betas, pair = tuple(group["betas"]), (group["beta1"], group["beta2"])
+        if betas != pair:
+            if betas == self._seen_betas.get(id(group)):
+                group["betas"] = pair
+            else:
+                group["beta1"], group["beta2"] = _check_betas(betas)
+        self._seen_betas[id(group)] = tuple(group["betas"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -80,79 +210,227 @@ class TorchOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        opt = self.optimizer
-        by_device: dict[torch.device, list] = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    by_device.setdefault(p.device, []).append((group, p))
-        for device, items in by_device.items():
-            opt._set_current_device(device.index or 0)
-            indices = [self._param_index[p] for _, p in items]
-            opt._update_count(indices)
-            if opt.lr_scheduler is not None:
-                scheduled = opt.lr_scheduler(opt.num_update)
-                for group, _ in items:
-                    group["lr"] = scheduled
-            params, states, lrs, wds, ts = [], [], [], [], []
-            for (group, p), index in zip(items, indices):
-                entry = self.state[p]
-                if "state" not in entry:
-                    entry["state"] = opt.create_state_multi_precision(index, p)
-                params.append(p)
-                states.append(entry["state"])
-                lrs.append(group["lr"] * getattr(p, "lr_mult", 1.0))
-                wds.append(group["wd"] * getattr(p, "wd_mult", 1.0))
-                t = opt._index_update_count[index]
-                entry["step"] = t
-                ts.append(t)
-            grads = [p.grad for p in params]
-            if opt.impl == "native" and opt._native_call(indices, params, grads, states, lrs, wds, ts,
-                                                         opt.multi_precision):
-                continue
-            for p, g in zip(params, grads):
-                opt._check_pair(p, g)
-            masters = [opt._uses_master_copy(p) for p in params]
-            weights = [s[0] if m else p for p, s, m in zip(params, states, masters)]
-            inner_grads = [g.to(torch.float32) if m else g for g, m in zip(grads, masters)]
-            inner_states = [s[1] if m else s for s, m in zip(states, masters)]
-            opt._apply(indices, weights, inner_grads, inner_states, lrs, wds, ts, fast=opt.impl != "reference")
-            for p, w in zip(params, weights):
-                if w is not p:
-                    p.copy_(w)
+        if _compile.is_compiling():
+            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+            if params:
+                _compile.optimizer_step(self._handle, params, [p.grad for p in params])
+        else:
+            self._update()
         return loss
 
+    def _update(self, targets=None, grads=None) -> None:
+        """The step itself. ``targets``/``grads``: the tensors to write and read in place of the parameters and
+        their ``.grad`` (the compiled path hands over the graph's tensors), in parameter order."""
+        self._adopt_attribute_edits()
+        buckets: dict[tuple, list] = {}
+        values_of: list[tuple] = []  # one entry per distinct set of hyperparameter values
+        given = iter(zip(targets, grads)) if targets is not None else None
+        for number, group in enumerate(self.param_groups):
+            values = self._check_group(group, number)
+            if values not in values_of:
+                values_of.append(values)
+            kind = values_of.index(values)
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                target = p
+                if given is not None:
+                    target, grad = next(given, (None, None))
+                    if target is None:
+                        raise RuntimeError("TorchOptimizer: the compiled step saw fewer parameters with gradients")
+                buckets.setdefault((p.device, kind), []).append((group, p, target, grad))
+        if given is not None and next(given, None) is not None:
+            raise RuntimeError("TorchOptimizer: the compiled step saw more parameters with gradients")
+        opt = self.optimizer
+        saved = {name: getattr(opt, name) for name in self._hyper_names}
+        try:
+            for (device, kind), bucket in buckets.items():
+                for name, value in zip(self._hyper_names, values_of[kind]):
+                    setattr(opt, name, value)
+                self._update_bucket(device, bucket)
+        finally:
+            for name, value in saved.items():
+                setattr(opt, name, value)
+
+    def _adopt_attribute_edits(self) -> None:
+        """A hyperparameter set on the wrapped optimizer itself (``opt.optimizer.momentum = 0.5``, the way before
+        param groups carried them) becomes the default, and the value of every group that had the old default."""
+        opt = self.optimizer
+        for name in self._hyper_names:
+            value, default = getattr(opt, name), self.defaults[name]
+            if value != default:
+                for group in self.param_groups:
+                    if group[name] == default:
+                        group[name] = value
+                self.defaults[name] = value
+                if name in ("beta1", "beta2"):
+                    self.defaults["betas"] = (self.defaults["beta1"], self.defaults["beta2"])
+
+    def _state_of(self, p, index: int, weight):
+        """The parameter's state, created on its first step (and again where a hyperparameter change, such as a
+        momentum that was 0, makes a state the rule had no use for necessary)."""
+        opt, entry = self.optimizer, self.state[p]
+        if "state" not in entry:
+            entry["state"] = opt.create_state_multi_precision(index, weight)
+        elif opt._uses_master_copy(weight) and entry["state"][1] is None:
+            fresh = opt.create_state(index, entry["state"][0])
+            if fresh is not None:
+                entry["state"] = (entry["state"][0], fresh)
+        elif entry["state"] is None:
+            entry["state"] = opt.create_state(index, weight)
+        return entry["state"]
+
+    def _update_bucket(self, device, bucket) -> None:
+        opt = self.optimizer
+        opt._set_current_device(device.index or 0)
+        indices = [self._param_index[p] for _, p, _, _ in bucket]
+        opt._update_count(indices)
+        if opt.lr_scheduler is not None:
+            scheduled = opt.lr_scheduler(opt.num_update)
+            for group, _, _, _ in bucket:
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(scheduled)
+                else:
+                    group["lr"] = scheduled
+        params, grads, states, lrs, wds, ts = [], [], [], [], [], []
+        counts, state_of, multi_precision = opt._index_update_count, self.state, opt.multi_precision
+        group_lrs = {id(group): _lr_value(group["lr"]) for group in self.param_groups}
+        for (group, p, target, grad), index in zip(bucket, indices):
+            if target.is_complex():
+                target = torch.view_as_real(target)
+                grad = torch.view_as_real(grad) if grad.is_complex() else grad
+            entry = state_of[p]
+            state = entry.get("state")
+            if state is None or (multi_precision and isinstance(state, tuple) and state[1] is None):
+                state = self._state_of(p, index, target)
+            params.append(target)
+            grads.append(grad)
+            states.append(state)
+            lrs.append(group_lrs[id(group)] * getattr(p, "lr_mult", 1.0))
+            wds.append(group["wd"] * getattr(p, "wd_mult", 1.0))
+            entry["step"] = t = counts[index]
+            ts.append(t)
+        if opt.impl == "native" and opt._native_call(indices, params, grads, states, lrs, wds, ts,
+                                                     opt.multi_precision):
+            return
+        for p, g in zip(params, grads):
+            opt._check_pair(p, g)
+        masters = [opt._uses_master_copy(p) for p in params]
+        weights = [s[0] if m else p for p, s, m in zip(params, states, masters)]
+        inner_grads = [g.to(torch.float32) if m else g for g, m in zip(grads, masters)]
+        inner_states = [s[1] if m else s for s, m in zip(states, masters)]
+        opt._apply(indices, weights, inner_grads, inner_states, lrs, wds, ts, fast=opt.impl != "reference")
+        for p, w in zip(params, weights):
+            if w is not p:
+                p.copy_(w)
+
     def state_dict(self) -> dict:
-        """As torch's, with each state stored as plain containers (``torch.load(weights_only=True)`` reads it)."""
-        packed = super().state_dict()
-        packed["state"] = {k: {"step": v.get("step", 0), "state": _plain(v.get("state"))}
-                           for k, v in packed["state"].items()}
-        packed["optzoo"] = {"num_update": self.optimizer.num_update, "extra": self.optimizer.extra_state()}
+        """As torch's (hooks included), with each parameter's optzoo state stored as plain containers
+        (``torch.load(weights_only=True)`` reads it); other keys of ``self.state`` are kept as they are."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        if self._has_betas():
+            for group in self.param_groups:
+                self._sync_betas(group)
+        mapping: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            start = len(mapping)
+            mapping.update({id(p): i for i, p in enumerate(group["params"], start) if id(p) not in mapping})
+            packed["params"] = [mapping[id(p)] for p in group["params"]]
+            groups.append(packed)
+        state = {}
+        for key, value in self.state.items():
+            if isinstance(key, torch.Tensor):
+                state[mapping[id(key)]] = {k: _plain(v) if k == "state" else v for k, v in value.items()}
+            else:
+                state[key] = value
+        packed = {"state": state, "param_groups": groups,
+                  "optzoo": {"num_update": self.optimizer.num_update, "extra": self.optimizer.extra_state()}}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, packed)
+            if result is not None:
+                packed = result
         return packed
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restores :meth:`state_dict`; states keep their dtypes (float32 master copies stay float32)."""
-        params = [p for group in self.param_groups for p in group["params"]]
-        saved_groups = state_dict.get("param_groups")
-        if saved_groups is None or len(saved_groups) != len(self.param_groups):
+        """Restores :meth:`state_dict` (hooks included); states keep their dtypes (float32 master copies stay
+        float32). Parameters the saved state does not contain start fresh (update count 0)."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"load_state_dict expects a dict, got {type(state_dict).__name__}")
+        state_dict = state_dict.copy()
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        if "param_groups" not in state_dict or "state" not in state_dict:
+            raise ValueError("load_state_dict: expected a dict with 'state' and 'param_groups' (from state_dict())")
+        saved_groups = deepcopy(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
             raise ValueError("load_state_dict: the saved optimizer has a different number of param groups")
         for group, saved in zip(self.param_groups, saved_groups):
-            if len(group["params"]) != len(saved["params"]):
+            if not isinstance(saved, dict) or len(group["params"]) != len(saved.get("params", ())):
                 raise ValueError("load_state_dict: a param group has a different number of parameters")
-            group.update({k: v for k, v in saved.items() if k != "params"})
-        saved_ids = [i for g in saved_groups for i in g["params"]]
-        self.state.clear()
-        counts = self.optimizer._index_update_count
-        for param_id, p in zip(saved_ids, params):
-            entry = state_dict["state"].get(param_id)
-            if entry is None:
+        id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                          chain.from_iterable(g["params"] for g in self.param_groups)))
+        state, steps = defaultdict(dict), {}
+        for key, entry in state_dict["state"].items():
+            p = id_map.get(key)
+            if p is None:
+                state[key] = entry
                 continue
-            state = _unplain(entry["state"], p.device)
-            self.state[p] = {"step": int(entry["step"]), "state": state}
-            counts[self._param_index[p]] = int(entry["step"])
-        self.optimizer.num_update = int(state_dict.get("optzoo", {}).get("num_update", max(counts.values(),
-                                                                                            default=0)))
-        self.optimizer.load_extra_state(state_dict.get("optzoo", {}).get("extra") or {})
+            entry = dict(entry)
+            if "state" in entry:
+                entry["state"] = _unplain(entry["state"], p.device)
+            step = entry.get("step", 0)
+            entry["step"] = steps[p] = int(step.item() if isinstance(step, torch.Tensor) else step)
+            state[p] = entry
+        groups = []
+        for number, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            saved["params"] = group["params"]
+            if self._has_betas() and "beta1" not in saved and "betas" in saved:
+                saved["beta1"], saved["beta2"] = _check_betas(saved["betas"])
+            for key, value in group.items():  # older state dicts lack newer keys (and the param names)
+                saved.setdefault(key, value)
+            if self._has_betas():
+                saved["betas"] = (saved["beta1"], saved["beta2"])
+            self._check_group(saved, number)  # before anything changes: a bad dict leaves the optimizer as it was
+            groups.append(saved)
+        # every check passed: commit. Parameters without a saved state start fresh (no state, count 0).
+        opt = self.optimizer
+        for counts in opt._all_index_update_counts.values():
+            for p in id_map.values():
+                counts.pop(self._param_index[p], None)
+        for p, step in steps.items():
+            opt._all_index_update_counts.setdefault(p.device.index or 0, {})[self._param_index[p]] = step
+        self.param_groups = groups
+        self.state = state
+        self._reset_caches()
+        for number, group in enumerate(groups):
+            self._check_group(group, number)
+        counts = [c for d in opt._all_index_update_counts.values() for c in d.values()]
+        extra = state_dict.get("optzoo") or {}
+        opt.num_update = int(extra.get("num_update", max(counts, default=opt.begin_num_update)))
+        opt.load_extra_state(extra.get("extra") or {})
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def __getstate__(self) -> dict:
+        """torch keeps ``defaults``, ``state`` and ``param_groups``; the wrapped optimizer (with its update
+        counts) and the parameter index travel too, so a copy continues exactly where the original is."""
+        state = super().__getstate__()
+        state.update(optimizer=self.optimizer, _param_index=self._param_index, _hyper_names=self._hyper_names)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        had_differentiable = "differentiable" in state["defaults"]
+        super().__setstate__(state)
+        if not had_differentiable:  # torch adds this flag for its own optimizers; it means nothing here
+            self.defaults.pop("differentiable", None)
+        self._reset_caches()
+        self._handle = _compile.register(self)
 
     def __repr__(self) -> str:
         return f"TorchOptimizer({self.optimizer!r}, groups={len(self.param_groups)})"

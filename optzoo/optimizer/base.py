@@ -161,7 +161,7 @@ class Optimizer:
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
                  lr_scheduler=None, begin_num_update=0, multi_precision=False, param_dict=None,
                  aggregate_num=None, use_fused_step=None, impl=None, **kwargs):
-        reject_unknown_kwargs(type(self).__name__, kwargs, self._argument_names())
+        reject_unknown_kwargs(type(self).__name__, kwargs, self._argument_names() if kwargs else ())
         self.rescale_grad = check_real("rescale_grad", rescale_grad)
         self.wd = check_real("wd", wd, 0.0)
         self.clip_gradient = check_real("clip_gradient", clip_gradient, 0.0, low_open=True, allow_none=True)
