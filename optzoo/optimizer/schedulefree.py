@@ -185,6 +185,8 @@ class _ScheduleFree(Optimizer):
         return super()._native_update(indices, weights, grads, states, multi_precision)
 
     def _native_aux(self, indices, lrs, ts):
+        if not isinstance(lrs, (list, tuple)):
+            lrs = [lrs] * len(indices)  # _native_update passes one rate when no multiplier exists
         coefficients, commit = self._averaging(indices, lrs, ts)
         return [x for lr_ckp1 in coefficients for x in lr_ckp1], commit
 
