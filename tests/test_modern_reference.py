@@ -292,3 +292,32 @@ def test_reference_names_are_mapped_and_conflicts_rejected():
     with pytest.raises(ValueError, match="mars_type"):
         optzoo.optimizer.create("mars", mars_type="shampoo")
     assert math.isinf(optzoo.optimizer.create("prodigy").growth_rate)
+
+
+# ---------------------------------------------------------------------------------------- the command line
+def test_compare_preset_modern_plans_the_registered_modern_optimizers():
+    from optzoo.cli import build_parser, compare
+
+    args = build_parser().parse_args(["compare", "--preset", "modern"])
+    specs, _ = compare._plan(args)
+    names = [spec.name for spec in specs]
+    assert names[0] == "adamw"
+    assert {"lion", "adopt", "ademamix", "mars", "schedulefree_adamw", "schedulefree_sgd", "prodigy"} <= set(names)
+    assert set(names) <= set(optzoo.optimizer.Optimizer.opt_registry)
+    assert compare._plan(build_parser().parse_args(["compare"]))[0][0].name != "adamw"
+
+
+def test_compare_evaluates_schedulefree_at_the_averaged_weights():
+    from optzoo.cli import training
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3))]
+    optimizer = optzoo.optimizer.create("schedulefree_sgd", learning_rate=0.1)
+    updater = optzoo.optimizer.get_updater(optimizer)
+    for _ in range(3):
+        updater([0], [torch.randn(4, 3)], [params[0].data])
+    y = params[0].detach().clone()
+    training._set_mode(optimizer, updater, params, "eval")
+    torch.testing.assert_close(params[0].detach(), (y - 0.1 * updater.states[0].z) / 0.9)
+    training._set_mode(optimizer, updater, params, "train")
+    torch.testing.assert_close(params[0].detach(), y)

@@ -18,10 +18,11 @@ inline void prepare_decay(double weight_decouple, double fixed_decay, double lr,
     *factor = f32(1.0 - wd * (fixed_decay != 0.0 ? 1.0 : lr));
 }
 
+// selects, not branches: a conditional store to w would keep the element loop from vectorizing
 inline float decayed(float g, float& w, float mode, float factor, float wd) {
-    if (mode == 1.0f) w = w * factor;
-    else if (mode == 2.0f) g = g + wd * w;
-    return g;
+    const float w0 = w;
+    w = mode == 1.0f ? w0 * factor : w0;
+    return mode == 2.0f ? g + wd * w0 : g;
 }
 
 // ------------------------------------------------------------------------------------------ ADOPT
@@ -54,17 +55,15 @@ struct AdoptRule {
                             int64_t i) {
         const float g = decayed(rescale_clip(grad, sc[10], sc[11]), w, sc[2], sc[3], sc[1]);
         const float v = var[i];
-        if (sc[4] != 0.0f) {
-            var[i] = v + g * g;
-            return;
-        }
         const float root = std::sqrt(v);
         float normed = g / (root < sc[9] ? sc[9] : root);
         if (sc[5] >= 0.0f) normed = normed < -sc[5] ? -sc[5] : (normed > sc[5] ? sc[5] : normed);
         const float m = lerp(mean[i], normed, sc[6]);
-        mean[i] = m;
-        w = w + (-sc[0]) * m;
-        var[i] = v * sc[7] + (sc[8] * g) * g;
+        // the first step only records v = g^2: selects, not a branch, so the loop stays vectorized
+        const bool first = sc[4] != 0.0f;
+        mean[i] = first ? mean[i] : m;
+        w = first ? w : w + (-sc[0]) * m;
+        var[i] = first ? v + g * g : v * sc[7] + (sc[8] * g) * g;
     }
 };
 

@@ -25,10 +25,10 @@ void prepare_shared(double beta, double rescale, double clip, double wd, const d
 
 // d (+ wd*y); y = lerp(y, z, ckp1) + lr*(beta*(1-ckp1) - 1)*d; z -= lr*d
 inline void interpolate(const float* sc, float& y, float* z, float d, int64_t i) {
-    if (sc[6] != 0.0f) d = d + sc[3] * y;
-    y = lerp(y, z[i], sc[0]);
-    y = y + sc[1] * d;
-    z[i] = z[i] - sc[2] * d;
+    const float y0 = y, z0 = z[i];
+    const float decayed = sc[6] != 0.0f ? d + sc[3] * y0 : d;
+    y = lerp(y0, z0, sc[0]) + sc[1] * decayed;
+    z[i] = z0 - sc[2] * decayed;
 }
 
 // hyper = [momentum, rescale_grad, clip_gradient (-1: none)]
