@@ -107,12 +107,7 @@ class Prodigy(Optimizer):
         if not weights:
             return
         with torch.no_grad():
-            gs = [rescale_clip(g.to_dense() if g.is_sparse else g, self.rescale_grad, self.clip_gradient)
-                  for g in grads]
-            if not self.decouple:
-                for g, w, wd in zip(gs, weights, wds):
-                    if wd:
-                        g.add_(w, alpha=f32(wd))
+            gs = [self._gradient(g, w, wd) for g, w, wd in zip(grads, weights, wds)]
             beta1, beta2 = self.beta1, self.beta2
             beta3 = self.beta3 if self.beta3 is not None else math.sqrt(beta2)
             k, d, d0 = self.k, self.d, self.d0
@@ -142,6 +137,18 @@ class Prodigy(Optimizer):
                 else:
                     w.addcdiv_(g, denom, value=f32(-dlr * d))
 
+    def _gradient(self, grad, weight, wd):
+        """``clip(rescale_grad*grad)`` (+ ``wd*w`` without ``decouple``); the caller's tensor itself when that is
+        the identity (it is only read)."""
+        grad = grad.to_dense() if grad.is_sparse else grad
+        l2 = wd and not self.decouple
+        if self.rescale_grad == 1.0 and self.clip_gradient is None and not l2:
+            return grad
+        g = rescale_clip(grad, self.rescale_grad, self.clip_gradient)
+        if l2:
+            g.add_(weight, alpha=f32(wd))
+        return g
+
     def _first_pass(self, weights, gs, states, dlrs, active, d, d0, beta1, beta2, beta3, fast):
         """Moments and ``s`` of the active tensors; returns the numerator terms and ``sum |s|`` (float64)."""
         sw = self.safeguard_warmup
@@ -160,9 +167,9 @@ class Prodigy(Optimizer):
             return [], 0.0
         ws, g_act, st = [weights[i] for i in active], [gs[i] for i in active], [states[i] for i in active]
         dl = [dlrs[i] for i in active]
-        diffs = torch._foreach_sub([s.p0 for s in st], ws)
-        terms = [(d / d0) * dlr * torch.dot(g.flatten(), diff.flatten()).item()
-                 for g, diff, dlr in zip(g_act, diffs, dl)]
+        # one difference tensor at a time: the peak extra memory stays one tensor
+        terms = [(d / d0) * dlr * torch.dot(g.flatten(), (s.p0 - w).flatten()).item()
+                 for g, s, w, dlr in zip(g_act, st, ws, dl)]
         if beta1 > 0:
             means = [s.exp_avg for s in st]
             torch._foreach_mul_(means, f32(beta1))
