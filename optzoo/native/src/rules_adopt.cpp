@@ -18,12 +18,10 @@ inline void prepare_decay(double weight_decouple, double fixed_decay, double lr,
     *factor = f32(1.0 - wd * (fixed_decay != 0.0 ? 1.0 : lr));
 }
 
-// selects, not branches: a conditional store to w would keep the element loop from vectorizing
-inline float decayed(float g, float& w, float mode, float factor, float wd) {
-    const float w0 = w;
-    w = mode == 1.0f ? w0 * factor : w0;
-    return mode == 2.0f ? g + wd * w0 : g;
-}
+// The weight after a decoupled decay, and the gradient after an L2 one (selects, not branches, and one store to
+// the weight per element: anything else keeps the element loop from vectorizing).
+inline float decayed_weight(float w, float mode, float factor) { return mode == 1.0f ? w * factor : w; }
+inline float decayed_grad(float g, float w, float mode, float wd) { return mode == 2.0f ? g + wd * w : g; }
 
 // ------------------------------------------------------------------------------------------ ADOPT
 // hyper = [beta1, beta2, epsilon, weight_decouple, fixed_decay, rescale_grad, clip_gradient (-1: none),
@@ -53,7 +51,9 @@ const char* check_adopt(const double*, int n, uint32_t present) {
 struct AdoptRule {
     static inline void elem(const float* sc, float& w, float grad, float* mean, float* var, float*, float*,
                             int64_t i) {
-        const float g = decayed(rescale_clip(grad, sc[10], sc[11]), w, sc[2], sc[3], sc[1]);
+        const float w0 = w;
+        const float g = decayed_grad(rescale_clip(grad, sc[10], sc[11]), w0, sc[2], sc[1]);
+        const float w1 = decayed_weight(w0, sc[2], sc[3]);
         const float v = var[i];
         const float root = std::sqrt(v);
         float normed = g / (root < sc[9] ? sc[9] : root);
@@ -62,7 +62,7 @@ struct AdoptRule {
         // the first step only records v = g^2: selects, not a branch, so the loop stays vectorized
         const bool first = sc[4] != 0.0f;
         mean[i] = first ? mean[i] : m;
-        w = first ? w : w + (-sc[0]) * m;
+        w = first ? w1 : w1 + (-sc[0]) * m;
         var[i] = first ? v + g * g : v * sc[7] + (sc[8] * g) * g;
     }
 };
@@ -100,7 +100,8 @@ const char* check_ademamix(const double*, int n, uint32_t present) {
 struct AdemamixRule {
     static inline void elem(const float* sc, float& w, float grad, float* fast, float* var, float* slow, float*,
                             int64_t i) {
-        const float g = decayed(rescale_clip(grad, sc[12], sc[13]), w, sc[2], sc[3], sc[1]);
+        const float w0 = w;
+        const float g = decayed_grad(rescale_clip(grad, sc[12], sc[13]), w0, sc[2], sc[1]);
         const float m1 = lerp(fast[i], g, sc[4]);
         const float v = var[i] * sc[5] + (sc[6] * g) * g;
         const float m2 = lerp(slow[i], g, sc[7]);
@@ -109,7 +110,7 @@ struct AdemamixRule {
         slow[i] = m2;
         const float denom = std::sqrt(v) / sc[9] + sc[11];
         const float update = m1 / sc[8] + sc[10] * m2;
-        w = w + (-sc[0]) * (update / denom);
+        w = decayed_weight(w0, sc[2], sc[3]) + (-sc[0]) * (update / denom);
     }
 };
 
