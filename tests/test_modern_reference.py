@@ -2,7 +2,8 @@
 install (lion-pytorch, pytorch-optimizer 4.1, schedulefree, prodigyopt): 120 steps on random shapes (non-square,
 1-D, 3-D, one element), weights and every state compared, through optzoo.TorchOptimizer and every impl.
 
-Tolerance (float32): rtol 2e-5, atol 2e-6 on weights and states after 120 steps. The packages' torch ops round
+Tolerance (float32): rtol 2e-5, atol 2e-6 on weights and states after 120 steps (Prodigy's cancelling sum s:
+atol 2e-5 of its largest element). The packages' torch ops round
 like the readable path; the fused paths differ by float32 rounding (vectorized multiply-adds), which the
 trajectories carry but do not amplify. Lion's and MARS-lion's sign() would turn an ulp into a full step, so their
 gradients keep the momentum interpolation away from zero (checked: no element within 1e-4 of zero)."""
@@ -137,9 +138,12 @@ def _compare(opt, ref, ours, theirs, fields, what=""):
         state = opt.state[p]["state"]
         for field, key in fields.items():
             mine = getattr(state, field)
-            theirs_state = ref.state[q][key]
-            np.testing.assert_allclose(mine.numpy(), theirs_state.reshape(mine.shape).numpy(), rtol=RTOL,
-                                       atol=ATOL, err_msg=f"{what} state {field} of {i} {tuple(p.shape)}")
+            theirs_state = ref.state[q][key].reshape(mine.shape)
+            # Prodigy's s sums terms that grow with d and cancel: an element near zero carries the rounding of
+            # the tensor's large elements, so its absolute tolerance scales with the largest one
+            atol = RTOL * float(theirs_state.abs().max()) if field == "s" else ATOL
+            np.testing.assert_allclose(mine.numpy(), theirs_state.numpy(), rtol=RTOL, atol=max(atol, ATOL),
+                                       err_msg=f"{what} state {field} of {i} {tuple(p.shape)}")
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import native
 from .base import Optimizer, f32, register, rescale_clip, state_class
 from .reference_names import map_reference_names
 from .validation import check_bool, check_int, check_real
@@ -67,6 +68,8 @@ class Prodigy(Optimizer):
     """
 
     default_learning_rate = 1.0
+    # the step is two native element-wise passes (prodigy_moments, then this one) around Python's d estimate
+    native_rule = "prodigy_apply"
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, beta3=None, epsilon=1e-8, decouple=True,
                  use_bias_correction=False, safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=math.inf,
@@ -128,6 +131,10 @@ class Prodigy(Optimizer):
                 d_max = max(d_max, d_hat)
                 d = min(d_max, d * self.growth_rate)
             self.d, self.d_max, self.d_numerator, self.k = d, d_max, d_numerator, k + 1
+            aux = [x for dlr, wd in zip(dlrs, wds)
+                   for x in (dlr, d * self.epsilon, -wd * dlr if wd and self.decouple else 0.0, -dlr * d)]
+            if fast and self._native_pass("prodigy_apply", weights, gs, states, [self.beta1], aux):
+                return
             for w, g, s, dlr, wd in zip(weights, gs, states, dlrs, wds):
                 denom = s.exp_avg_sq.sqrt().add_(f32(d * self.epsilon))
                 if wd and self.decouple:
@@ -170,21 +177,39 @@ class Prodigy(Optimizer):
         # one difference tensor at a time: the peak extra memory stays one tensor
         terms = [(d / d0) * dlr * torch.dot(g.flatten(), (s.p0 - w).flatten()).item()
                  for g, s, w, dlr in zip(g_act, st, ws, dl)]
-        if beta1 > 0:
-            means = [s.exp_avg for s in st]
-            torch._foreach_mul_(means, f32(beta1))
-            torch._foreach_add_(means, g_act, alpha=f32(d * (1 - beta1)))
-        variances = [s.exp_avg_sq for s in st]
-        torch._foreach_mul_(variances, f32(beta2))
-        torch._foreach_addcmul_(variances, g_act, g_act, value=f32(d * d * (1 - beta2)))
+        coefficients = [(d / d0) * d if sw else (d / d0) * dlr for dlr in dl]
+        aux = [x for c in coefficients for x in (d * (1 - beta1), d * d * (1 - beta2), c)]
+        if not self._native_pass("prodigy_moments", ws, g_act, st, [beta1, beta2, beta3], aux):
+            if beta1 > 0:
+                means = [s.exp_avg for s in st]
+                torch._foreach_mul_(means, f32(beta1))
+                torch._foreach_add_(means, g_act, alpha=f32(d * (1 - beta1)))
+            variances = [s.exp_avg_sq for s in st]
+            torch._foreach_mul_(variances, f32(beta2))
+            torch._foreach_addcmul_(variances, g_act, g_act, value=f32(d * d * (1 - beta2)))
+            sums = [s.s for s in st]
+            torch._foreach_mul_(sums, f32(beta3))
+            for s_sum, g, c in zip(sums, g_act, coefficients):  # add with alpha rounds once, as the package's add_
+                s_sum.add_(g, alpha=f32(c))
         sums = [s.s for s in st]
-        torch._foreach_mul_(sums, f32(beta3))
-        for s_sum, g, dlr in zip(sums, g_act, dl):  # add with alpha rounds once, as the package's add_ does
-            s_sum.add_(g, alpha=f32((d / d0) * d if sw else (d / d0) * dlr))
         denominator = 0.0
         for s_sum in sums:  # summed in the package's order: float32 per tensor, float64 across tensors
             denominator += s_sum.abs().sum().item()
         return terms, denominator
+
+    def _native_pass(self, rule: str, weights, grads, states, hyper, aux) -> bool:
+        """One of the two native passes over every tensor; False (nothing written) where it cannot run."""
+        if self.impl != "native" or not weights:
+            return False
+        n = len(weights)
+        return native.load().step(native.rule_id(rule), list(weights), list(grads), list(states), [0.0] * n,
+                                   [0.0] * n, [1] * n, hyper, False, aux)
+
+    def _native_update(self, indices, weights, grads, states, multi_precision) -> bool:
+        return False  # one native call cannot take the step: _apply runs the two passes
+
+    def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision) -> bool:
+        return False
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         raise NotImplementedError  # pragma: no cover - Prodigy's step spans all tensors: see _apply
