@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import native
 from .base import Optimizer, f32, register, rescale_clip, state_class
 from .reference_names import map_reference_names
 from .validation import check_bool, check_choice, check_real
@@ -99,6 +100,7 @@ class MARS(Optimizer):
     """
 
     default_learning_rate = 3e-3
+    native_rule = "mars"
 
     def __init__(self, learning_rate=None, beta1=0.95, beta2=0.99, gamma=0.025, mars_type="adamw", optimize_1d=False,
                  lr_1d=3e-3, beta1_1d=0.9, beta2_1d=0.95, wd_1d=0.1, epsilon=1e-8, **kwargs):
@@ -130,6 +132,39 @@ class MARS(Optimizer):
     def _lr_1d_factor(self) -> float:
         base = self.lr if self.lr is not None else getattr(self.lr_scheduler, "base_lr", None)
         return self.lr_1d / base if base else 1.0
+
+    def _native_hyper(self):
+        return [self.epsilon, self.rescale_grad, self._native_clip()]
+
+    def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision) -> bool:
+        """The kernel is element-wise; the norms of the corrected gradients come from here (torch, per tensor,
+        as the reference computes them). False, with nothing written, where the kernel cannot take the step."""
+        n = len(weights)
+        lrs = lrs if isinstance(lrs, list) else [lrs] * n
+        wds = wds if isinstance(wds, list) else [wds] * n
+        aux = []
+        for w, g, s, lr, wd, t in zip(weights, grads, states, lrs, wds, ts):
+            inner = s[1] if multi_precision and self._uses_master_copy(w) and isinstance(s, tuple) else s
+            if not (isinstance(w, torch.Tensor) and isinstance(g, torch.Tensor) and isinstance(inner, MarsState)
+                    and g.shape == w.shape == inner.last_grad.shape and g.device == w.device and not g.is_sparse):
+                return False
+            mixed = self.optimize_1d or w.dim() >= 2
+            beta1, beta2 = (self.beta1, self.beta2) if mixed else (self.beta1_1d, self.beta2_1d)
+            if not mixed:
+                lr, wd = lr * self._lr_1d_factor(), self.wd_1d
+            gain = self.gamma * (beta1 / (1.0 - beta1))
+            divisor = 1.0
+            if mixed:
+                with torch.no_grad():  # the corrected gradient as mars_reference forms it, for its norm only
+                    g32 = rescale_clip(g.to(torch.float32), self.rescale_grad, self.clip_gradient)
+                    norm = torch.linalg.vector_norm((g32 - inner.last_grad).mul_(f32(gain)).add_(g32))
+                if norm > 1.0:
+                    divisor = float(norm)
+            aux += [lr, 1.0 - wd * lr, float(bool(wd)), float(mixed), divisor, gain, 1.0 - beta1, beta2, 1.0 - beta2,
+                    math.sqrt(1.0 - math.pow(beta2, t)), 1.0 - math.pow(beta1, t),
+                    float(mixed and self.mars_type == "lion")]
+        return native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts, self._native_hyper(),
+                                  multi_precision, aux)
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         mixed = self.optimize_1d or weight.dim() >= 2
