@@ -325,6 +325,22 @@ class TorchOptimizer(torch.optim.Optimizer):
             if w is not p:
                 p.copy_(w)
 
+    def train(self) -> None:
+        """Train mode for optimizers that have one (Schedule-Free: the parameters move back to the point where
+        gradients are taken); a no-op otherwise."""
+        self._swap_mode("train")
+
+    def eval(self) -> None:
+        """Eval mode for optimizers that have one (Schedule-Free: the parameters take the averaged weights, which
+        evaluation and saved models must use); a no-op otherwise."""
+        self._swap_mode("eval")
+
+    def _swap_mode(self, mode: str) -> None:
+        swap = getattr(self.optimizer, mode, None)
+        if callable(swap):
+            params = [p for group in self.param_groups for p in group["params"] if "state" in self.state[p]]
+            swap([p.data for p in params], [self.state[p]["state"] for p in params])
+
     def state_dict(self) -> dict:
         """As torch's (hooks included), with each parameter's optzoo state stored as plain containers
         (``torch.load(weights_only=True)`` reads it); other keys of ``self.state`` are kept as they are."""

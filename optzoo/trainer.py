@@ -538,6 +538,24 @@ class Trainer:
         """Parameter names in optimizer-index order (the keys of checkpoints)."""
         return tuple(self._names)
 
+    # ------------------------------------------------------------------------------------------ train / eval
+    def train(self) -> None:
+        """Puts an optimizer with train/eval modes (Schedule-Free) in train mode, moving the parameters back to
+        the point where gradients are taken; a no-op for other optimizers."""
+        self._swap_mode("train")
+
+    def eval(self) -> None:
+        """Puts an optimizer with train/eval modes (Schedule-Free) in eval mode: the parameters take the averaged
+        weights, which evaluation and saved models must use; a no-op for other optimizers."""
+        self._swap_mode("eval")
+
+    def _swap_mode(self, mode: str) -> None:
+        swap = getattr(self._optimizer, mode, None)
+        if callable(swap):
+            states = self._updater.states
+            indices = [i for i in range(len(self._params)) if i in states]
+            swap([self._params[i].data for i in indices], [states[i] for i in indices])
+
     # ------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """The optimizer and its per-parameter states keyed by parameter name, as

@@ -12,7 +12,8 @@ __all__ = ["BASE", "COMPARED", "SOL_TARGETS", "check_targets", "detail_table", "
 #: the implementation every ratio is taken against
 BASE = "optzoo"
 #: the implementations compared with it, in column order
-COMPARED = ("optzoo foreach", "optzoo reference", "torch for-loop", "torch foreach", "torch fused", "mxnet")
+COMPARED = ("optzoo foreach", "optzoo reference", "torch for-loop", "torch foreach", "torch fused", "mxnet",
+            "reference package")
 #: speed goals of optzoo's fast path, checked on every full run: shape set -> least % of the SoL
 SOL_TARGETS = {"resnet50": 85.0, "big": 85.0, "many-small": 70.0}
 #: 2,000 x 64 Adam: the most a step may take (per-tensor overhead), in ms
@@ -52,6 +53,9 @@ def check_targets(data: dict) -> list[dict]:
         if torch_times:
             add(r, "not slower than torch.optim's fastest", round(min(torch_times) / oz["ms"], 2),
                 min(torch_times) >= oz["ms"])
+        package = r["impls"].get("reference package", {}).get("ms")
+        if package:
+            add(r, "not slower than the reference package", round(package / oz["ms"], 2), package >= oz["ms"])
         mx = r["impls"].get("mxnet", {}).get("ms")
         if mx:
             add(r, f">= {MXNET_FACTOR:g}x faster than MXNet", round(mx / oz["ms"], 2), mx >= MXNET_FACTOR * oz["ms"])
@@ -92,7 +96,7 @@ def _md(header, rows) -> str:
 def main_table(data: dict) -> str:
     """One row per optimizer x shape set: optzoo's fast path, the SoL and every ratio."""
     header = ["shape", "optimizer", "B/param", "SoL ms", "optzoo ms", "GB/s", "% SoL", "peak extra MB",
-              "× oz foreach", "× ref", "× torch loop", "× torch foreach", "× torch fused", "× MXNet"]
+              "× oz foreach", "× ref", "× torch loop", "× torch foreach", "× torch fused", "× MXNet", "× ref pkg"]
     rows = []
     for r in data["results"]:
         oz = r["impls"].get(BASE, {})

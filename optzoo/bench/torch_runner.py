@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from .modern import MODERN_SPECS, REFERENCE_LABEL, make_reference
 from .shapes import numel
 from .sol import MAX_STATES, SolUnavailable, TouchKernel
 from .timing import time_step
@@ -42,6 +43,8 @@ SPECS = {
     "sgld": ({"learning_rate": 1e-3}, None, {}),
 }
 DEFAULT_OPTIMIZERS = tuple(SPECS)
+# the optimizers that came after MXNet, timed against their reference packages; opt-in (--optimizers lion,...)
+SPECS.update({name: (kwargs, None, {}) for name, (kwargs, _, _) in MODERN_SPECS.items()})
 #: torch.optim implementations: label -> constructor keyword arguments
 TORCH_VARIANTS = {"torch for-loop": {"foreach": False}, "torch foreach": {"foreach": True},
                   "torch fused": {"fused": True}}
@@ -154,6 +157,8 @@ def run_optzoo(name, shapes, grads, impl, repeats, target_s, threads, with_sol):
 
 def torch_variants(name) -> dict[str, dict]:
     _, cls, _ = SPECS[name]
+    if name in MODERN_SPECS:
+        return {REFERENCE_LABEL: {}}
     return {} if cls is None else dict(TORCH_VARIANTS)
 
 
@@ -164,9 +169,12 @@ def run_torch(name, variant, shapes, grads, repeats, target_s, bytes_per_param, 
     for p, g in zip(params, grads):
         p.grad = g
     try:
-        opt = getattr(torch.optim, cls)(params, **tkwargs, **TORCH_VARIANTS[variant])
+        if variant == REFERENCE_LABEL:
+            opt = make_reference(name, params)
+        else:
+            opt = getattr(torch.optim, cls)(params, **tkwargs, **TORCH_VARIANTS[variant])
         opt.step()  # warm-up; also where an unsupported fused variant raises
-    except (RuntimeError, ValueError, TypeError) as err:
+    except (RuntimeError, ValueError, TypeError, ImportError) as err:
         return {"unavailable": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
     peak = peak_extra_bytes(opt.step)
     seconds, samples = time_step(opt.step, repeats, target_s)

@@ -180,13 +180,14 @@ def check_specs(specs: list[OptimizerSpec], option: str = "--optimizers") -> Non
             raise CLIError(f"{option}: {spec.describe()}: {err}") from None
 
 
-def guide_specs() -> tuple[list[OptimizerSpec], list[str]]:
-    """The guide's optimizers that are registered (with the guide's hyperparameters) and notes on the others."""
+def guide_specs(optimizers=None) -> tuple[list[OptimizerSpec], list[str]]:
+    """The guide's optimizers (or ``optimizers``: ``(name, params)`` pairs, a preset) that are registered, with
+    their hyperparameters, and notes on the others."""
     from ..optimizer import create
 
     registry = registered_optimizers()
     specs, notes = [], []
-    for name, params in GUIDE_OPTIMIZERS:
+    for name, params in optimizers or GUIDE_OPTIMIZERS:
         if name not in registry:
             notes.append(f"skipped {name}: not registered in this optzoo build")
             continue

@@ -3,10 +3,16 @@ every registered optimizer class (one module per family)."""
 
 from .adagrad import AdaDelta, AdaGrad, GroupAdaGrad, RMSProp
 from .adam import AdaBelief, Adam, Adamax, AdamW, Nadam
+from .ademamix import AdEMAMix
+from .adopt import ADOPT
 from .base import Optimizer, create, register, state_class
 from .dcasgd import DCASGD
 from .ftrl import FTML, Ftrl
 from .legacy import LBSGD, ccSGD
+from .lion import Lion
+from .mars import MARS
+from .prodigy import Prodigy
+from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import NAG, SGD
 from .sgld import SGLD
 from .signum import Signum
@@ -21,4 +27,5 @@ __all__ = [
     "SGD", "NAG", "Signum", "SGLD", "DCASGD", "AdaGrad", "GroupAdaGrad", "RMSProp", "AdaDelta",
     "Adam", "AdamW", "Adamax", "Nadam", "AdaBelief", "Ftrl", "FTML", "LARS", "LAMB", "LANS", "Test",
     "LBSGD", "ccSGD",
+    "Lion", "ADOPT", "AdEMAMix", "MARS", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Prodigy",
 ]

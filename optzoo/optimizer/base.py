@@ -34,6 +34,7 @@ __all__ = [
     "f32",
     "one_minus",
     "register",
+    "registered_name",
     "rescale_clip",
     "rescale_clip_foreach",
     "sparse_rows",
@@ -559,29 +560,39 @@ class Optimizer:
 
     # ------------------------------------------------------------------ registry
     @staticmethod
-    def register(klass: type) -> type:
-        return register(klass)
+    def register(klass: type | None = None, *, name: str | None = None):
+        return register(klass, name=name)
 
     @staticmethod
     def create_optimizer(name: str, **kwargs) -> Optimizer:
         return create(name, **kwargs)
 
 
-def register(klass: type) -> type:
-    """Class decorator: registers an optimizer under its lower-case class name (``create`` finds it).
+def register(klass: type | None = None, *, name: str | None = None):
+    """Class decorator: registers an optimizer under its lower-case class name (``create`` finds it), or under
+    ``name`` with ``@register(name="schedulefree_adamw")``.
 
     Registering a different class under a name that is taken raises ValueError; re-registering the same
     class (e.g. on module reload) is allowed.
     """
+    if klass is None:
+        return lambda k: register(k, name=name)
     if not (isinstance(klass, type) and issubclass(klass, Optimizer)):
         raise TypeError(f"register expects a subclass of optzoo.optimizer.Optimizer, got {klass!r}")
-    name = klass.__name__.lower()
+    if name is not None and not (isinstance(name, str) and name):
+        raise TypeError(f"register: name must be a non-empty string, got {name!r}")
+    name = (name or klass.__name__).lower()
     existing = Optimizer.opt_registry.get(name)
     if existing is not None and existing.__qualname__ != klass.__qualname__:
         raise ValueError(f"an optimizer named {name!r} is already registered ({existing.__module__}."
                          f"{existing.__qualname__}); rename the class or unregister it first")
     Optimizer.opt_registry[name] = klass
     return klass
+
+
+def registered_name(klass: type) -> str | None:
+    """The name ``klass`` is registered under (``None`` if it is not registered)."""
+    return next((name for name, k in Optimizer.opt_registry.items() if k is klass), None)
 
 
 def create(name: str, **kwargs) -> Optimizer:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..serialization import CheckpointError, dumps, loads
-from .base import STATE_CLASSES, Optimizer, _map_state, create
+from .base import STATE_CLASSES, Optimizer, _map_state, create, registered_name
 
 __all__ = ["Updater", "get_updater", "encode_states", "decode_states", "optimizer_to_meta",
            "optimizer_from_meta"]
@@ -85,8 +85,8 @@ def _counts_to_json(counts: dict) -> list:
 
 def optimizer_to_meta(optimizer: Optimizer) -> dict:
     """Everything needed to rebuild ``optimizer`` (constructor arguments and progress), JSON-able."""
-    name = type(optimizer).__name__.lower()
-    if Optimizer.opt_registry.get(name) is not type(optimizer):
+    name = registered_name(type(optimizer))
+    if name is None:
         raise TypeError(f"{type(optimizer).__name__} is not registered; only registered optimizers can be saved "
                         "with their configuration (use @optzoo.optimizer.register)")
     scheduler = optimizer.lr_scheduler

@@ -1,0 +1,181 @@
+"""MARS (Yuan et al. 2024, "MARS: Unleashing the Power of Variance Reduction for Training Large Models"),
+exact to ``pytorch-optimizer`` 4.1 (the ``adamw`` and ``lion`` types, with the approximate, previous-gradient
+correction the authors use by default)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .. import native
+from .base import Optimizer, f32, register, rescale_clip, state_class
+from .reference_names import map_reference_names
+from .validation import check_bool, check_choice, check_real
+
+__all__ = ["MARS", "MarsState", "mars_reference"]
+
+#: added to ``v`` under the square root, as pytorch-optimizer's denominator does
+_V_EPS = 1e-15
+
+
+@state_class
+class MarsState(NamedTuple):
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    last_grad: torch.Tensor  # the previous step's (rescaled, clipped) gradient
+
+
+def _adam_direction(exp_avg, exp_avg_sq, x, beta1, beta2, epsilon, t):
+    """``m = lerp(m, x, 1-b1); v = b2*v + (1-b2)*x^2``; returns ``m / ((sqrt(v + 1e-15) + eps)/sqrt(bc2)*bc1)``."""
+    exp_avg.lerp_(x, f32(1.0 - beta1))
+    exp_avg_sq.mul_(f32(beta2)).addcmul_(x, x, value=f32(1.0 - beta2))
+    denom = exp_avg_sq.add(f32(_V_EPS)).sqrt_().add_(f32(epsilon))
+    denom.div_(f32(math.sqrt(1.0 - math.pow(beta2, t)))).mul_(f32(1.0 - math.pow(beta1, t)))
+    return exp_avg / denom
+
+
+def mars_reference(weight, grad, state: MarsState, *, lr, wd, t, mixed, mars_type, gamma, beta1, beta2,
+                   beta1_1d, beta2_1d, epsilon, rescale_grad, clip_gradient):
+    """One tensor. ``mixed`` (matrices, or every tensor with ``optimize_1d``): the variance-reduced gradient
+
+    ``c = g + gamma*b1/(1-b1)*(g - g_prev)``, scaled to norm 1 if larger, drives an AdamW (``adamw``) or sign
+    (``lion``) step; other tensors take a plain AdamW step with ``beta1_1d, beta2_1d``. Then
+    ``w *= 1 - lr*wd; w -= lr*update; g_prev = g``.
+    """
+    g = rescale_clip(grad, rescale_grad, clip_gradient)
+    if mixed:
+        c = (g - state.last_grad).mul_(f32(gamma * (beta1 / (1.0 - beta1)))).add_(g)
+        norm = torch.linalg.vector_norm(c)
+        if norm > 1.0:
+            c.div_(norm)
+        if mars_type == "lion":
+            state.exp_avg.lerp_(c, f32(1.0 - beta1))
+            update = state.exp_avg.sign()
+        else:
+            update = _adam_direction(state.exp_avg, state.exp_avg_sq, c, beta1, beta2, epsilon, t)
+    else:
+        update = _adam_direction(state.exp_avg, state.exp_avg_sq, g, beta1_1d, beta2_1d, epsilon, t)
+    if wd:
+        weight.mul_(f32(1.0 - wd * lr))
+    weight.add_(update, alpha=-f32(lr))
+    state.last_grad.copy_(g)
+
+
+@register
+class MARS(Optimizer):
+    r"""MARS: variance-reduced AdamW (or Lion) driven by a gradient corrected with the previous one
+    (exact to ``pytorch-optimizer`` 4.1 ``MARS``, ``mars_type="adamw"`` or ``"lion"``).
+
+    For a matrix (``ndim >= 2``; every tensor with ``optimize_1d=True``):
+
+    .. math::
+        g_t &= \mathrm{clip}(\mathrm{rescale\_grad}\cdot\nabla, \mathrm{clip\_gradient}) \\
+        c_t &= g_t + \gamma\,\tfrac{\beta_1}{1-\beta_1}\,(g_t - g_{t-1}), \qquad
+               c_t \leftarrow c_t / \max(1, \lVert c_t\rVert_2) \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) c_t, \quad v_t = \beta_2 v_{t-1} + (1-\beta_2) c_t^2 \\
+        u_t &= \frac{m_t}{(1-\beta_1^t)} \Big/ \frac{\sqrt{v_t + 10^{-15}} + \epsilon}{\sqrt{1-\beta_2^t}}
+               \quad(\texttt{lion}:\ u_t = \mathrm{sign}(m_t)) \\
+        w_t &= w_{t-1}(1 - \eta\lambda) - \eta\, u_t
+
+    with :math:`g_0 = 0`, :math:`\lambda` = ``wd`` (times ``wd_mult``). Other tensors (biases, norms) take the
+    same AdamW step on :math:`g_t` itself with ``beta1_1d, beta2_1d``, the rate
+    ``lr * lr_1d / learning_rate`` and the decay ``wd_1d`` (0.1 by default, as in the package and the authors'
+    code; ``wd_mult`` does not apply to it).
+
+    Args:
+        learning_rate: step size (default 3e-3); ``lr`` is accepted.
+        beta1, beta2: default 0.95, 0.99; ``betas`` is accepted.
+        gamma: strength of the gradient correction (default 0.025).
+        mars_type: ``"adamw"`` (default) or ``"lion"``.
+        optimize_1d: run MARS on 1-D tensors too (default False).
+        lr_1d: learning rate of the 1-D AdamW side (default 3e-3), relative to ``learning_rate``.
+        beta1_1d, beta2_1d: its decay rates (0.9, 0.95); ``betas_1d`` is accepted.
+        wd_1d: its decoupled weight decay (default 0.1); ``weight_decay_1d`` is accepted.
+        epsilon: default 1e-8; ``eps`` is accepted.
+
+    Example:
+        >>> opt = MARS(learning_rate=3e-3, gamma=0.025, wd=0.01)
+    """
+
+    default_learning_rate = 3e-3
+    native_rule = "mars"
+
+    def __init__(self, learning_rate=None, beta1=0.95, beta2=0.99, gamma=0.025, mars_type="adamw", optimize_1d=False,
+                 lr_1d=3e-3, beta1_1d=0.9, beta2_1d=0.95, wd_1d=0.1, epsilon=1e-8, **kwargs):
+        if "weight_decay_1d" in kwargs:
+            if wd_1d != 0.1:
+                raise ValueError("MARS: pass wd_1d or weight_decay_1d, not both")
+            wd_1d = kwargs.pop("weight_decay_1d")
+        values = dict(learning_rate=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon)
+        values = map_reference_names(MARS, kwargs, values)
+        if "betas_1d" in kwargs:
+            values_1d = map_reference_names(MARS, {"betas": kwargs.pop("betas_1d")},
+                                            dict(beta1_1d=beta1_1d, beta2_1d=beta2_1d), betas=("beta1_1d", "beta2_1d"))
+            beta1_1d, beta2_1d = values_1d["beta1_1d"], values_1d["beta2_1d"]
+        super().__init__(learning_rate=values["learning_rate"], **kwargs)
+        self.beta1 = check_real("beta1", values["beta1"], 0.0, 1.0, high_open=True)
+        self.beta2 = check_real("beta2", values["beta2"], 0.0, 1.0, high_open=True)
+        self.gamma = check_real("gamma", gamma, 0.0)
+        self.mars_type = check_choice("mars_type", mars_type, ("adamw", "lion"))
+        self.optimize_1d = check_bool("optimize_1d", optimize_1d)
+        self.lr_1d = check_real("lr_1d", lr_1d, 0.0)
+        self.beta1_1d = check_real("beta1_1d", beta1_1d, 0.0, 1.0, high_open=True)
+        self.beta2_1d = check_real("beta2_1d", beta2_1d, 0.0, 1.0, high_open=True)
+        self.wd_1d = check_real("wd_1d", wd_1d, 0.0)
+        self.epsilon = check_real("epsilon", values["epsilon"], 0.0)
+
+    def create_state(self, index, weight):
+        return MarsState(self._zeros(weight), self._zeros(weight), self._zeros(weight))
+
+    def _lr_1d_factor(self) -> float:
+        base = self.lr if self.lr is not None else getattr(self.lr_scheduler, "base_lr", None)
+        return self.lr_1d / base if base else 1.0
+
+    def _native_hyper(self):
+        return [self.epsilon, self.rescale_grad, self._native_clip()]
+
+    def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision) -> bool:
+        """The kernel is element-wise; the norms of the corrected gradients come from here (torch, per tensor,
+        as the reference computes them). False, with nothing written, where the kernel cannot take the step."""
+        n = len(weights)
+        lrs = lrs if isinstance(lrs, list) else [lrs] * n
+        wds = wds if isinstance(wds, list) else [wds] * n
+        aux = []
+        for w, g, s, lr, wd, t in zip(weights, grads, states, lrs, wds, ts):
+            inner = s[1] if multi_precision and self._uses_master_copy(w) and isinstance(s, tuple) else s
+            if not (isinstance(w, torch.Tensor) and isinstance(g, torch.Tensor) and isinstance(inner, MarsState)
+                    and g.shape == w.shape == inner.last_grad.shape and g.device == w.device and not g.is_sparse):
+                return False
+            mixed = self.optimize_1d or w.dim() >= 2
+            beta1, beta2 = (self.beta1, self.beta2) if mixed else (self.beta1_1d, self.beta2_1d)
+            if not mixed:
+                lr, wd = lr * self._lr_1d_factor(), self.wd_1d
+            gain = self.gamma * (beta1 / (1.0 - beta1))
+            divisor = 1.0
+            if mixed:
+                with torch.no_grad():  # the corrected gradient as mars_reference forms it, for its norm only
+                    g32 = rescale_clip(g.to(torch.float32), self.rescale_grad, self.clip_gradient)
+                    norm = torch.linalg.vector_norm((g32 - inner.last_grad).mul_(f32(gain)).add_(g32))
+                if norm > 1.0:
+                    divisor = float(norm)
+            aux += [lr, 1.0 - wd * lr, float(bool(wd)), float(mixed), divisor, gain, 1.0 - beta1, beta2, 1.0 - beta2,
+                    math.sqrt(1.0 - math.pow(beta2, t)), 1.0 - math.pow(beta1, t),
+                    float(mixed and self.mars_type == "lion")]
+        return native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts, self._native_hyper(),
+                                  multi_precision, aux)
+
+    def _reference_rule(self, weight, grad, state, lr, wd, t):
+        mixed = self.optimize_1d or weight.dim() >= 2
+        if not mixed:
+            lr, wd = lr * self._lr_1d_factor(), self.wd_1d
+        mars_reference(weight, grad, state, lr=lr, wd=wd, t=t, mixed=mixed, mars_type=self.mars_type,
+                       gamma=self.gamma, beta1=self.beta1, beta2=self.beta2, beta1_1d=self.beta1_1d,
+                       beta2_1d=self.beta2_1d, epsilon=self.epsilon, rescale_grad=self.rescale_grad,
+                       clip_gradient=self.clip_gradient)
+
+    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+        # the norm of each corrected gradient makes this rule two passes per tensor; it runs tensor by tensor
+        for w, g, s, lr, wd, t in zip(weights, grads, states, lrs, wds, ts):
+            self._reference_rule(w, g, s, lr, wd, t)
