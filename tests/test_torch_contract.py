@@ -158,15 +158,15 @@ def test_state_dict_and_load_hooks(row):
     def pre(o, sd):
         calls.append("pre")
         sd = copy.deepcopy(sd)
-        sd["param_groups"][0]["lr"] = 0.003
+        sd["param_groups"][0]["lr"] = 0.00123
         return sd
 
     other.register_load_state_dict_pre_hook(pre)
     other.register_load_state_dict_post_hook(lambda o: calls.append(("post", o.param_groups[0]["lr"])))
     other.load_state_dict(state_dict)
-    assert calls == ["pre", ("post", 0.003)]
+    assert calls == ["pre", ("post", 0.00123)]
     assert other.state["note"] == 1  # a non-parameter key survives the round trip
-    assert opt.param_groups[0]["lr"] != 0.003
+    assert opt.param_groups[0]["lr"] != 0.00123
 
 
 def test_step_hooks_local_and_global():
