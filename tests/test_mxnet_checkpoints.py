@@ -72,10 +72,10 @@ CASES_20 = [
 CASES_19 = [  # Gluon 2.0 has no sparse gradients: the lazy sparse updates are checked against 1.x
     _case("adam-sparse-lazy", "adam", {"lazy_update": True, "learning_rate": 0.01}, kind="embed"),
     _case("sgd-sparse-lazy", "sgd", {"lazy_update": True, "momentum": 0.9, "learning_rate": 0.05}, kind="embed"),
-    _case("sgd-fp16-mp", "sgd", {"momentum": 0.9, "multi_precision": True, "learning_rate": 0.05},
-          dtype="float16", kind="elem"),
+    _case("sgd-fp16-mp", "sgd", {"momentum": 0.9, "multi_precision": True, "learning_rate": 0.05,
+                                 "lazy_update": True}, dtype="float16", kind="elem"),
     _case("rmsprop-centered", "rmsprop", {"learning_rate": 0.01, "centered": True, "gamma2": 0.9}),
-    _case("adam-factor-warmup", "adam", {"learning_rate": 0.05}, scheduler=SCHED_WARM),
+    _case("adam-factor-warmup", "adam", {"learning_rate": 0.05, "lazy_update": True}, scheduler=SCHED_WARM),
     _case("nag-mom", "nag", {"momentum": 0.9, "learning_rate": 0.02}),
     _case("module-sgd", "sgd", {"momentum": 0.9, "learning_rate": 0.05, "wd": 1e-3}, style="module"),
     _case("module-adam", "adam", {"learning_rate": 0.01}, style="module", begin_num_update=K),
@@ -205,6 +205,8 @@ def resume(case, folder, order):
         names = mxnet.module_param_names(folder / "model-symbol.json", folder / "model-0000.params",
                                          label_names=("label",))
         assert names == order  # the symbol file gives the Module's index order
+        for name, p in net.named_parameters():  # 1.x Module: no weight decay unless the name ends in _weight
+            p.wd_mult = 1.0 if name.endswith("weight") else 0.0
         trainer = Trainer(net, case["optimizer"], optzoo_kwargs(case))
         trainer.load_states(folder / "model-0000.states", param_names=names, mapping=report["mapping"])
         return net, trainer, report["mapping"]
