@@ -177,7 +177,7 @@ def optzoo_scheduler(spec):
 
 
 def optzoo_kwargs(case):
-    kwargs = {k: v for k, v in case["kwargs"].items()}
+    kwargs = dict(case["kwargs"])
     if "gamma2" in kwargs:  # 1.x RMSProp's momentum is 2.0's (optzoo's) momentum
         kwargs["momentum"] = kwargs.pop("gamma2")
     if case.get("scheduler"):

@@ -89,7 +89,7 @@ def load_params_into(module: torch.nn.Module, path, mapping: Mapping | Callable 
                               f"{tuple(ours.shape)} {_dt(ours)}")
             continue
         loaded[key] = tensor
-    missing = sorted(targets - set(loaded) - {k for k in seen})
+    missing = sorted(targets - set(loaded) - set(seen))
     report = {"loaded": sorted(loaded), "unmatched": unmatched, "missing": missing, "mismatched": mismatched,
               "mapping": {n: k for n, k in names.items() if k is not None}}
     if strict and (unmatched or missing or mismatched):
@@ -228,7 +228,7 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
     for mx_index, name in order.items():
         if name in index_of:
             index_map[mx_index] = index_of[name]
-    for mx_index, state in mx.states.items():
+    for mx_index in mx.states:
         if mx_index not in index_map:
             problems.append(f"state {mx_index!r} ({order.get(mx_index)!r} by {how}) is no Trainer parameter")
     if problems:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -127,7 +128,9 @@ def _to_layout(stype: int, data, aux, shape, sparse: str, reader: _Reader) -> to
                 rows.min() < 0 or rows.max() >= shape[0])):
             reader.fail(f"row_sparse array of shape {shape} has invalid row ids")
         if sparse == "torch":
-            return torch.sparse_coo_tensor(rows[None], data, shape).coalesce()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch: "sparse invariant checks are implicitly disabled"
+                return torch.sparse_coo_tensor(rows[None], data, shape).coalesce()
         dense = torch.zeros(shape, dtype=data.dtype)
         dense[rows] = data
         return dense
@@ -136,8 +139,14 @@ def _to_layout(stype: int, data, aux, shape, sparse: str, reader: _Reader) -> to
             indptr.numel() and (indptr[0] != 0 or indptr[-1] != data.numel() or (indptr[1:] < indptr[:-1]).any())
     ) or (cols.numel() and (cols.min() < 0 or cols.max() >= shape[1])):
         reader.fail(f"csr array of shape {shape} has inconsistent indptr/indices")
-    csr = torch.sparse_csr_tensor(indptr, cols, data, shape)
-    return csr if sparse == "torch" else csr.to_dense()
+    if sparse == "torch":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch: "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(indptr, cols, data, shape)
+    dense = torch.zeros(shape, dtype=data.dtype)
+    rows = torch.repeat_interleave(torch.arange(shape[0]), indptr[1:] - indptr[:-1])
+    dense[rows, cols] = data
+    return dense
 
 
 def _scalar_follows(reader: _Reader) -> bool:
@@ -266,7 +275,7 @@ def sniff(data: bytes) -> str:
         return "npz"
     if data[:8] == struct.pack("<Q", LIST_MAGIC):
         return "legacy"
-    if data[:1] == b"\x80" or data[:1] in (b"(", b"}", b"]"):
+    if data[:1] and data[:1] in b"\x80(}]c)N":  # protocol 2+ / the first opcodes of protocol 0-1 pickles
         return "pickle"
     if data[:6] == b"OPTZOO":
         return "optzoo"

@@ -180,7 +180,9 @@ class Updater:
     def set_states(self, states: bytes) -> None:
         """Restores :meth:`get_states` output; tensors move to each weight's device at its next update.
         MXNet's ``get_states()`` bytes (a pickle, read safely by :mod:`optzoo.mxnet`) are accepted too."""
-        if isinstance(states, (bytes, bytearray, memoryview)) and bytes(states[:1]) == b"\x80":
+        from ..mxnet.ndarray import sniff
+
+        if isinstance(states, (bytes, bytearray, memoryview)) and sniff(bytes(states[:16])) == "pickle":
             from ..mxnet import set_updater_states
 
             set_updater_states(self, bytes(states))

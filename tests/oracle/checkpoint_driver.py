@@ -154,7 +154,7 @@ def module_case(case, folder):
     run(mod, case["k"], 0)
     mod.save_checkpoint(prefix, 0, save_optimizer_states=True)
     mod2 = module()
-    sym, args, auxs = mx.model.load_checkpoint(prefix, 0)
+    _, args, auxs = mx.model.load_checkpoint(prefix, 0)
     mod2.init_params(arg_params=args, aux_params=auxs)
     mod2.init_optimizer(optimizer=case["optimizer"], optimizer_params=dict(
         opt_params, begin_num_update=case.get("begin_num_update", 0)))
