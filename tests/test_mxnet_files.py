@@ -270,7 +270,7 @@ def _fuzz_files():
 FUZZ = _fuzz_files()
 
 
-@settings(max_examples=150 if os.environ.get("OPTZOO_FULL") != "1" else 2000, deadline=None,
+@settings(max_examples=150 if os.environ.get("OPTZOO_FULL") != "1" else 2000, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(sorted(FUZZ)), cut=st.integers(0, 10_000), flips=st.lists(
     st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=4))

@@ -167,6 +167,21 @@ def _gluon_order(mx: MXNetStates, param_names, params, mapping, trainer_names: l
     return {i: mapping(n) for i, n in names.items()}, how
 
 
+def _check_order_known(mx: MXNetStates, path, param_names) -> None:
+    """Refuses to guess the index order where sorted names would silently pair the wrong parameters."""
+    if param_names is not None or mx.idx2name:
+        return
+    if not mx.has_optimizer:
+        raise ValueError(f"{path}: holds states without an optimizer (Module.save_optimizer_states), which number "
+                         "parameters in symbol.list_arguments() order; pass param_names="
+                         "optzoo.mxnet.module_param_names('model-symbol.json', 'model-0000.params')")
+    if mx.version == "1.x":
+        raise ValueError(f"{path}: MXNet 1.x's Gluon Trainer numbers parameters by their sorted *prefixed* names "
+                         "(dense0_weight, ...), which the files do not record; pass param_names=[the structural "
+                         "names in that order] (in MXNet 1.x: {id(p): n for n, p in "
+                         "net._collect_params_with_prefix().items()} looked up for sorted(net.collect_params()))")
+
+
 def _differences(ours, theirs) -> list[str]:
     """Hyperparameters in which two optimizers of one class differ (rescale_grad is the Trainer's)."""
     skip = {"rescale_grad", "param_idx2name", "impl", "aggregate_num", "begin_num_update", "learning_rate"}
@@ -221,6 +236,7 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
     if mxnet_version not in (None, "1.x", "2.0"):
         raise ValueError(f"mxnet_version must be '1.x', '2.0' or None, got {mxnet_version!r}")
     mx = load_states(path)
+    _check_order_known(mx, path, param_names)
     names = list(trainer._names)
     order, how = _gluon_order(mx, param_names, params, mapping, names)
     index_of = {n: i for i, n in enumerate(names)}

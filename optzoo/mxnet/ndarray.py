@@ -115,9 +115,19 @@ def _raw(reader: _Reader, shape, dtype: torch.dtype, what: str) -> torch.Tensor:
         reader.fail(f"truncated: {what} of shape {tuple(shape)} and dtype {str(dtype).removeprefix('torch.')} "
                     f"needs {size} bytes, {reader.left()} left")
     chunk = bytearray(reader.take(size, what))
-    if not size:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(chunk, dtype=torch.uint8).view(dtype).reshape(shape)
+    try:
+        if not size:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(chunk, dtype=torch.uint8).view(dtype).reshape(shape)
+    except RuntimeError as err:  # e.g. extents whose product overflows although one of them is 0
+        reader.fail(f"{what} has an invalid shape {tuple(shape)} ({err})")
+
+
+def _zeros(shape, dtype, reader: _Reader) -> torch.Tensor:
+    try:
+        return torch.zeros(shape, dtype=dtype)
+    except (RuntimeError, MemoryError):
+        reader.fail(f"a sparse array of shape {tuple(shape)} is too large to make dense; use sparse='torch'")
 
 
 def _to_layout(stype: int, data, aux, shape, sparse: str, reader: _Reader) -> torch.Tensor:
@@ -131,7 +141,7 @@ def _to_layout(stype: int, data, aux, shape, sparse: str, reader: _Reader) -> to
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch: "sparse invariant checks are implicitly disabled"
                 return torch.sparse_coo_tensor(rows[None], data, shape).coalesce()
-        dense = torch.zeros(shape, dtype=data.dtype)
+        dense = _zeros(shape, data.dtype, reader)
         dense[rows] = data
         return dense
     indptr, cols = aux[0].to(torch.int64), aux[1].to(torch.int64)
@@ -143,7 +153,7 @@ def _to_layout(stype: int, data, aux, shape, sparse: str, reader: _Reader) -> to
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch: "sparse CSR support is in beta"
             return torch.sparse_csr_tensor(indptr, cols, data, shape)
-    dense = torch.zeros(shape, dtype=data.dtype)
+    dense = _zeros(shape, data.dtype, reader)
     rows = torch.repeat_interleave(torch.arange(shape[0]), indptr[1:] - indptr[:-1])
     dense[rows, cols] = data
     return dense
