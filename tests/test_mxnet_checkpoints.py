@@ -275,3 +275,35 @@ def test_every_optimizer_is_covered():
     legacy_only = {"ccsgd", "lbsgd"}  # MXNet 1.x only; their state layouts are covered by the generic mapping
     assert set(Optimizer.opt_registry) - legacy_only <= covered
     assert os.environ.get("OPTZOO_FULL") in (None, "", "0", "1")
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("case_id", ["adam-bn-cosine-warmup", "sgd-mom-factor-warmup-mults"])
+def test_cli_convert_then_resume_from_optzoo_files(case_id, mxnet20, tmp_path, capsys):
+    """``optzoo convert`` writes safetensors + an optzoo Trainer checkpoint that continue the MXNet run."""
+    from safetensors.torch import load_file
+
+    from optzoo.cli import main
+
+    out, inputs, _ = mxnet20
+    case = next(c for c in CASES_20 if c["id"] == case_id)
+    folder = out / case_id
+    assert main(["convert", str(folder / "model.params"), str(folder / "trainer.states"), "--out",
+                 str(tmp_path)]) == 0
+    net = torch_net(case)
+    missing, unexpected = net.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=False)
+    assert unexpected == [] and all(k.endswith("num_batches_tracked") for k in missing)
+    for name, (lr_mult, wd_mult) in case.get("mults", {}).items():
+        net.get_parameter(name).lr_mult, net.get_parameter(name).wd_mult = lr_mult, wd_mult
+    trainer = Trainer(net, case["optimizer"], optzoo_kwargs(case))
+    trainer.load_states(tmp_path / "trainer.states")  # optzoo's own format from here on
+    train(case, net, trainer, inputs)
+    final = mxnet.load_params(folder / "final.params")
+    for name, theirs in final.items():
+        key = mxnet.names.torch_param_name(name)
+        if "running" not in key:
+            np.testing.assert_allclose(net.state_dict()[key].numpy(), theirs.numpy(), err_msg=key, **F32_TOL)
+    assert main(["inspect", str(folder / "trainer.states")]) == 0
+    text = capsys.readouterr().out
+    assert f"optimizer: {case['optimizer'].upper() if case['optimizer'] == 'sgd' else 'Adam'}" in text
+    assert "num_update: 4" in text and case["scheduler"]["type"] in text

@@ -321,3 +321,28 @@ def test_writer_matches_real_mxnet_bytes_for_every_dtype(tmp_path, version):
         assert real == ours, name
         loaded = mxnet.load_params(tmp_path / f"{name}.list")
         assert list(loaded) == ["0", "1"] and torch.equal(loaded["1"], expected), name
+
+
+def test_cli_inspect_and_convert_crafted_files(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from optzoo.cli import main
+
+    params = _write(tmp_path, legacy_file([record(torch.ones(2, 3)), record(torch.zeros(3))],
+                                          ["arg:fc_weight", "aux:bn_moving_var"]))
+    assert main(["inspect", str(params)]) == 0
+    text = capsys.readouterr().out
+    assert "arg:fc_weight" in text and "(2, 3)" in text and "NDArray binary" in text
+    assert main(["convert", str(params), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(load_file(tmp_path / "out" / "model.safetensors")) == ["bn_moving_var", "fc_weight"]
+    assert "model.safetensors" in capsys.readouterr().out
+    states = _write(tmp_path, states_pickle({0: (torch.zeros(3), torch.ones(3))},
+                                            adam_attrs(_all_index_update_counts={0: {0: 7}})), "t.states")
+    assert main(["inspect", str(states), "--json"]) == 0
+    info = __import__("json").loads(capsys.readouterr().out)
+    assert info["optimizer"] == "Adam" and info["update_counts"] == {"0": 7}
+    assert info["hyperparameters"]["beta1"] == 0.9
+    evil = _write(tmp_path, pickle.dumps(_Evil(tmp_path / "pwned")), "evil.states")
+    assert main(["inspect", str(evil)]) == 2
+    assert "refusing to load" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
+    assert main(["inspect", str(tmp_path / "nope")]) == 2
