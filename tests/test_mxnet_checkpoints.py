@@ -307,3 +307,54 @@ def test_cli_convert_then_resume_from_optzoo_files(case_id, mxnet20, tmp_path, c
     text = capsys.readouterr().out
     assert f"optimizer: {case['optimizer'].upper() if case['optimizer'] == 'sgd' else 'Adam'}" in text
     assert "num_update: 4" in text and case["scheduler"]["type"] in text
+
+
+def _doc_blocks() -> dict[str, str]:
+    import re
+
+    text = (ROOT / "docs" / "migration.md").read_text()
+    return dict(re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", text, flags=re.S))
+
+
+MXNET_CONTINUES = r"""
+net2 = nn.HybridSequential()
+net2.add(nn.Conv2D(8, 3, in_channels=1), nn.BatchNorm(in_channels=8), nn.Activation("relu"),
+         nn.MaxPool2D(2), nn.Flatten(), nn.Dense(10, in_units=72))
+net2.initialize()
+net2.load_parameters("cnn.params")
+schedule2 = mx.lr_scheduler.FactorScheduler(step=10, factor=0.5, base_lr=0.05, warmup_steps=5)
+trainer2 = gluon.Trainer(net2.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9, "wd": 1e-4,
+                                                        "lr_scheduler": schedule2})
+trainer2.load_states("cnn.states")
+for step in range(20, 40):
+    x, y = batch(step)
+    with autograd.record():
+        loss = loss_fn(net2(mx.np.array(x)), mx.np.array(y))
+    loss.backward()
+    trainer2.step(16)
+net2.save_parameters("final.params")
+"""
+
+
+@pytest.mark.oracle
+def test_migration_guide_worked_example(tmp_path, monkeypatch):
+    """docs/migration.md's two blocks, verbatim: the torch run ends where MXNet's own continuation ends."""
+    blocks = _doc_blocks()
+    assert set(blocks) == {"mxnet", "torch"}
+    code = f"import os\nos.chdir({str(tmp_path)!r})\n" + blocks["mxnet"] + MXNET_CONTINUES
+    run_mxnet(code)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(blocks["torch"], "migration.md", "exec"), namespace)
+    net, trainer = namespace["net"], namespace["trainer"]
+    assert trainer.optimizer.num_update == 40
+    final = mxnet.load_params(tmp_path / "final.params")
+    start = mxnet.load_params(tmp_path / "cnn.params")
+    for name, theirs in final.items():
+        key = mxnet.names.torch_param_name(name)
+        if "running" in key:
+            continue
+        ours = net.state_dict()[key]
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), err_msg=key, **F32_TOL)
+        if key != "0.bias":  # a bias right before BatchNorm gets no gradient
+            assert (ours - start[name]).abs().max() > 100 * F32_TOL["atol"], key
