@@ -1,9 +1,9 @@
 """optzoo: the complete Apache MXNet optimizer family, its Gluon Trainer and learning-rate schedulers, on PyTorch."""
 
-from . import kvstore, lr_scheduler, optimizer
-from . import mxnet  # MXNet checkpoints (.params/.states) without MXNet
+from . import kvstore, lr_scheduler, mxnet, optimizer
 from .torch_optimizer import TorchOptimizer
 from .trainer import StaleGradientError, Trainer
 
 __version__ = "0.1.0"
-__all__ = ["optimizer", "lr_scheduler", "kvstore", "mxnet", "TorchOptimizer", "Trainer", "StaleGradientError", "__version__"]
+__all__ = ["optimizer", "lr_scheduler", "kvstore", "mxnet", "TorchOptimizer", "Trainer", "StaleGradientError",
+           "__version__"]
