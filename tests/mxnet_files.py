@@ -107,7 +107,7 @@ def fake_mxnet():
 
 
 def states_pickle(states: dict, optimizer_attrs: dict | None = None, scheduler_attrs: dict | None = None,
-                  version: str = "2.0") -> bytes:
+                  version: str = "2.0", class_name: str | None = None) -> bytes:
     """An MXNet-like ``.states`` pickle: ``states`` values are torch tensors or tuples of them."""
     with fake_mxnet() as cls:
         def wrap(s):
@@ -120,7 +120,11 @@ def states_pickle(states: dict, optimizer_attrs: dict | None = None, scheduler_a
         obj = {k: wrap(v) for k, v in states.items()}
         if optimizer_attrs is None:
             return pickle.dumps(obj, protocol=4)
-        opt = (cls["Adam"] if version == "2.0" else cls["SGD1"])()
+        klass = cls["Adam"] if version == "2.0" else cls["SGD1"]
+        if class_name is not None:
+            klass.__name__ = klass.__qualname__ = class_name
+            setattr(sys.modules[klass.__module__], class_name, klass)
+        opt = klass()
         opt.__dict__.update(optimizer_attrs)
         if scheduler_attrs is not None:
             sched = cls["FactorScheduler"]()

@@ -77,6 +77,20 @@ CASES_19 = [  # Gluon 2.0 has no sparse gradients: the lazy sparse updates are c
     _case("rmsprop-centered", "rmsprop", {"learning_rate": 0.01, "centered": True, "gamma2": 0.9}),
     _case("adam-factor-warmup", "adam", {"learning_rate": 0.05, "lazy_update": True}, scheduler=SCHED_WARM),
     _case("nag-mom", "nag", {"momentum": 0.9, "learning_rate": 0.02}),
+    # 1.x defaults differ from 2.0's (epsilon): take the file's settings
+    _case("adadelta", "adadelta", {"learning_rate": 1.0}, override=True),
+    _case("adagrad-eps-inside", "adagrad", {"learning_rate": 0.05}, override=True),
+    _case("adamax-no-eps", "adamax", {"learning_rate": 0.01}, override=True),
+    _case("dcasgd", "dcasgd", {"learning_rate": 0.05}),  # 1.9.1's DCASGD fails with a momentum (`if mom:`)
+    _case("ftml", "ftml", {"learning_rate": 0.01}),
+    _case("ftrl", "ftrl", {"learning_rate": 0.05, "lamda1": 0.001}),
+    _case("groupadagrad", "groupadagrad", {"learning_rate": 0.05}, kind="nobias", override=True),
+    _case("lamb", "lamb", {"learning_rate": 0.01}),
+    _case("nadam", "nadam", {"learning_rate": 0.01}),
+    _case("rmsprop", "rmsprop", {"learning_rate": 0.01}),
+    _case("signum", "signum", {"learning_rate": 0.01, "momentum": 0.9}),
+    _case("ccsgd", "ccsgd", {"learning_rate": 0.05, "momentum": 0.9, "lazy_update": True}),
+    _case("lbsgd", "lbsgd", {"learning_rate": 0.05, "momentum": 0.9, "warmup_epochs": 1, "updates_per_epoch": 4}),
     _case("module-sgd", "sgd", {"momentum": 0.9, "learning_rate": 0.05, "wd": 1e-3}, style="module"),
     _case("module-adam", "adam", {"learning_rate": 0.01}, style="module", begin_num_update=K),
 ]
@@ -217,7 +231,7 @@ def resume(case, folder, order):
     trainer = Trainer(net, case["optimizer"], optzoo_kwargs(case))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 1.x AdaGrad's epsilon note
-        trainer.load_states(folder / "trainer.states", param_names=order)
+        trainer.load_states(folder / "trainer.states", param_names=order, override=case.get("override", False))
     return net, trainer, None
 
 

@@ -194,6 +194,15 @@ def test_scheduler_that_does_not_replay_is_refused(tmp_path):
         mxnet.states.build_optimizer(mxnet.load_states(path))
 
 
+@pytest.mark.parametrize("class_name", ["LARS", "Test"])
+def test_mxnet1_rules_that_differ_from_2_0_are_refused(tmp_path, class_name):
+    attrs = {k: v for k, v in adam_attrs().items() if k != "use_fused_step"}  # 1.x has no use_fused_step
+    path = _write(tmp_path, states_pickle({0: torch.zeros(3)}, attrs, version="1.x", class_name=class_name),
+                  "t.states")
+    with pytest.raises(CheckpointError, match=f"MXNet 1.x's {class_name} .* is a different rule"):
+        mxnet.states.build_optimizer(mxnet.load_states(path))
+
+
 def test_state_shape_mismatch_is_named(tmp_path):
     path = _write(tmp_path, states_pickle({0: (torch.zeros(4), torch.zeros(4))}, adam_attrs()), "t.states")
     trainer = Trainer({"bias": torch.nn.Parameter(torch.zeros(3))}, "adam", {"learning_rate": 0.1})

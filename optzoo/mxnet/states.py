@@ -18,7 +18,7 @@ parity tests check every leaf), so a 2.0 state maps leaf by leaf. 1.x differs fo
   2.0's ``epsilon`` outside (``g / (sqrt(h) + eps)``); a resumed 1.x AdaGrad run continues with 2.0's rule
   and ``epsilon = float_stable_eps`` (a warning says so; the difference is of the order of ``eps / sqrt(h)``);
 * Adamax: 1.x has no epsilon (``m / u``); it resumes with ``epsilon=0``, the same rule;
-* LARS: 1.x's rule (``momentum_correction``, ``eps``, ``skip``) is not 2.0's; such files are refused.
+* LARS and Test: 1.x's rules are not 2.0's; such files are refused.
 
 Schedulers are rebuilt from what they were *constructed* with, not from the advanced state: MXNet's
 optimizer sets ``scheduler.base_lr = learning_rate`` at construction, and Factor/MultiFactor schedulers then
@@ -48,6 +48,8 @@ __all__ = ["MXNetStates", "load_states", "build_optimizer", "convert_state", "mx
 
 #: optimizers whose 1.x multi-precision state is ``(state, master_weight)``
 _MOM_FIRST_1X = {"sgd", "nag", "ccsgd", "lars"}
+#: 1.x optimizers whose update rule is not 2.0's (optzoo's)
+_OTHER_RULE_1X = {"lars": "momentum_correction, eps, skip", "test": "weight += rescaled grad"}
 #: optzoo arguments that are not hyperparameters of the update rule
 _NOT_HYPER = {"param_dict", "lr_scheduler", "impl", "use_fused_step", "param_idx2name", "learning_rate",
               "rescale_grad", "aggregate_num", "begin_num_update"}
@@ -109,9 +111,12 @@ class MXNetStates:
         return None if self.optimizer_class is None else self.optimizer_class.lower()
 
 
-def mxnet_version(module: str) -> str:
-    """``"2.0"`` for 2.0's one-module-per-optimizer layout (``mxnet.optimizer.adam``), else ``"1.x"``."""
-    return "1.x" if module in ("mxnet.optimizer.optimizer", "mxnet.optimizer") else "2.0"
+def mxnet_version(module: str, attrs: dict) -> str:
+    """``"2.0"`` for 2.0's optimizers: their own modules (``mxnet.optimizer.adam``) or, for the few that stayed
+    in ``mxnet.optimizer.optimizer`` / ``contrib``, the ``use_fused_step`` attribute 1.x does not have."""
+    if module not in ("mxnet.optimizer.optimizer", "mxnet.optimizer", "mxnet.optimizer.contrib"):
+        return "2.0"
+    return "2.0" if "use_fused_step" in attrs else "1.x"
 
 
 def _tensors(value, source: str, where: str):
@@ -172,7 +177,7 @@ def loads_states(data: bytes, source: str = "MXNet states") -> MXNetStates:
         if not optimizer.module.startswith("mxnet.optimizer"):
             raise CheckpointError(f"{source}: the dumped optimizer is a {optimizer.qualname}, not an MXNet "
                                   "optimizer")
-        out.version = mxnet_version(optimizer.module)
+        out.version = mxnet_version(optimizer.module, optimizer.attrs)
         out.optimizer_class = optimizer.name
         attrs = optimizer.attrs
         out.optimizer_attrs = {k: _plain(v) for k, v in attrs.items() if k not in ("lr_scheduler", "param_dict")}
@@ -259,9 +264,9 @@ def optimizer_arguments(mx: MXNetStates) -> dict:
     klass = Optimizer.opt_registry.get(name)
     if klass is None:
         raise CheckpointError(f"{mx.path}: optimizer {mx.optimizer_class!r} has no optzoo counterpart")
-    if mx.version == "1.x" and name == "lars":
-        raise CheckpointError(f"{mx.path}: MXNet 1.x's LARS (momentum_correction, eps, skip) is a different rule "
-                              "from 2.0's, which optzoo implements; it cannot be resumed exactly")
+    if mx.version == "1.x" and name in _OTHER_RULE_1X:
+        raise CheckpointError(f"{mx.path}: MXNet 1.x's {mx.optimizer_class} ({_OTHER_RULE_1X[name]}) is a different "
+                              "rule from 2.0's, which optzoo implements; it cannot be resumed exactly")
     attrs = mx.optimizer_attrs
     aliases = _aliases(name, mx.version)
     kwargs = {}
