@@ -372,3 +372,25 @@ def test_migration_guide_worked_example(tmp_path, monkeypatch):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), err_msg=key, **F32_TOL)
         if key != "0.bias":  # a bias right before BatchNorm gets no gradient
             assert (ours - start[name]).abs().max() > 100 * F32_TOL["atol"], key
+
+
+@pytest.mark.oracle
+def test_cli_convert_module_checkpoint_needs_and_uses_the_index_order(mxnet19, tmp_path, capsys):
+    from optzoo.cli import main
+
+    out, _, _ = mxnet19
+    case = next(c for c in CASES_19 if c["id"] == "module-sgd")
+    folder = out / case["id"]
+    args = ["convert", str(folder / "model-0000.params"), str(folder / "model-0000.states"), "--out", str(tmp_path),
+            "--optimizer", "sgd", "--optimizer-params", json.dumps(case["kwargs"])]
+    assert main(args) == 2 and "list_arguments" in capsys.readouterr().err
+    order = mxnet.module_param_names(folder / "model-symbol.json", folder / "model-0000.params",
+                                     label_names=("label",))
+    assert main([*args, "--param-names", json.dumps(order)]) == 0
+    # the optzoo checkpoint holds MXNet index 2's momentum under the name fc2_weight
+    params = {n: torch.nn.Parameter(torch.zeros(s)) for n, s in (("fc1_weight", (8, 6)), ("fc1_bias", (8,)),
+                                                                ("fc2_weight", (3, 8)), ("fc2_bias", (3,)))}
+    trainer = Trainer(params, "sgd", case["kwargs"])
+    trainer.load_states(tmp_path / "trainer.states")
+    momentum = trainer._updater.states[trainer.param_names.index("fc2_weight")]
+    assert torch.equal(momentum, mxnet.load_states(folder / "model-0000.states").states[2])

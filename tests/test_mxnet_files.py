@@ -355,3 +355,16 @@ def test_cli_inspect_and_convert_crafted_files(tmp_path, capsys):
     assert main(["inspect", str(evil)]) == 2
     assert "refusing to load" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
     assert main(["inspect", str(tmp_path / "nope")]) == 2
+
+
+def test_updater_set_states_infers_multi_precision_pairs():
+    master, mom = torch.ones(3), torch.full((3,), 0.5)
+    attrs = adam_attrs(multi_precision=True)
+    updater = get_updater(create("sgd"))
+    updater.set_states(states_pickle({0: (master, (mom, mom * 2)), 1: (mom, mom * 3)}, attrs))
+    assert isinstance(updater.states[0], tuple) and torch.equal(updater.states[0][0], master)
+    assert torch.equal(updater.states[0][1].var, mom * 2)  # (master, AdamState) for a float16 weight
+    assert torch.equal(updater.states[1].var, mom * 3)  # a float32 weight of the same optimizer: plain state
+    weight = torch.ones(3, dtype=torch.float16)
+    updater(0, torch.full((3,), 0.1, dtype=torch.float16), weight)
+    assert updater.optimizer._index_update_count[0] == 4 and weight.dtype == torch.float16

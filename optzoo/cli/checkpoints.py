@@ -135,7 +135,10 @@ def convert(params_path, states_path, out_dir, optimizer=None, optimizer_params=
         raise CLIError(f"{states_path}: holds no optimizer (a Module file): pass --optimizer and --optimizer-params")
     else:
         trainer = Trainer(trainable, optimizer, optimizer_params or {})
-    order = param_names or (None if mx.idx2name or mx.version == "1.x" else sorted(params))
+    # Gluon 2.0 numbers every parameter of the params file in sorted-name order; for 1.x and Module files the
+    # order must be given (load_states refuses to guess it)
+    guessable = mx.has_optimizer and mx.version == "2.0" and not mx.idx2name
+    order = param_names or (sorted(params) if guessable else None)
     trainer.load_states(states_path, param_names=order, override=True)
     state = trainer.state_dict()
     written.append(out_dir / "trainer.states")

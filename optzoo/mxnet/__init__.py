@@ -239,6 +239,10 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
     _check_order_known(mx, path, param_names)
     names = list(trainer._names)
     order, how = _gluon_order(mx, param_names, params, mapping, names)
+    for key in mx.states:  # states keyed by name (a kvstore's string keys)
+        if isinstance(key, str) and key not in order:
+            order[key] = (mapping.get(key) if isinstance(mapping, Mapping) else mapping(key)) if mapping else \
+                torch_param_name(key)
     index_of = {n: i for i, n in enumerate(names)}
     index_map, problems = {}, []
     for mx_index, name in order.items():

@@ -365,14 +365,21 @@ def _fill(template, leaves: list):
 
 
 def _weight_like(state, optimizer: Optimizer) -> torch.Tensor:
-    """A stand-in weight for a state when the real weight is not at hand (Updater.set_states)."""
-    leaves = [t for t in _leaves(state) if isinstance(t, torch.Tensor)]
+    """A stand-in weight for a state when the real weight is not at hand (Updater.set_states): float16 when
+    the state is a ``(float32 master weight, state)`` pair of a multi-precision optimizer, else the dtype of the
+    state's first tensor."""
+    leaves = _leaves(state)
     if not leaves:
         return torch.empty(0)
     first = leaves[0]
-    mp = (optimizer.multi_precision and isinstance(state, tuple) and len(state) == 2
-          and isinstance(state[0], torch.Tensor) and state[0].dtype == torch.float32)
-    return torch.empty(first.shape, dtype=torch.float16 if mp else first.dtype)
+    if (optimizer.multi_precision and isinstance(state, tuple) and len(state) == 2
+            and isinstance(state[0], torch.Tensor) and state[0].dtype == torch.float32):
+        low = torch.empty(first.shape, dtype=torch.float16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if len(_leaves(optimizer.create_state_multi_precision(0, low))) == len(leaves):
+                return low
+    return torch.empty(first.shape, dtype=first.dtype)
 
 
 def convert_state(state, optimizer: Optimizer, weight: torch.Tensor | None, version: str | None, where: str):
