@@ -235,7 +235,7 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
 
     if mxnet_version not in (None, "1.x", "2.0"):
         raise ValueError(f"mxnet_version must be '1.x', '2.0' or None, got {mxnet_version!r}")
-    mx = load_states(path)
+    mx = _read_pickled(load_states, path)
     _check_order_known(mx, path, param_names)
     names = list(trainer._names)
     order, how = _gluon_order(mx, param_names, params, mapping, names)
@@ -279,11 +279,20 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
     trainer._optimizer, trainer._updater = optimizer, updater
 
 
+def _read_pickled(reader, *args) -> MXNetStates:
+    """Reads a pickle handed to optzoo's own loaders: the error says both formats were tried."""
+    try:
+        return reader(*args)
+    except CheckpointError as err:
+        raise CheckpointError(f"not an optzoo checkpoint (bad magic), and not a readable MXNet states file: {err}"
+                              ) from None
+
+
 def set_updater_states(updater, data: bytes, source: str = "MXNet states",
                        mxnet_version: str | None = None) -> None:
     """``Updater.set_states`` of an MXNet ``get_states()`` blob: states keyed by MXNet's indices; a dumped
     optimizer replaces the updater's (keeping its ``param_dict``)."""
-    mx = loads_states(bytes(data), source)
+    mx = _read_pickled(loads_states, bytes(data), source)
     if mx.has_optimizer:
         optimizer = build_optimizer(mx, param_dict=updater.optimizer.param_dict)
         version = mx.version
