@@ -36,6 +36,7 @@ SCHED_WARM = {"type": "FactorScheduler", "kwargs": {"step": 3, "factor": 0.5, "b
                                                     "warmup_begin_lr": 0.01}}
 COSINE = {"type": "CosineScheduler", "kwargs": {"max_update": 12, "base_lr": 0.01, "final_lr": 0.001,
                                                 "warmup_steps": 3}}
+MULTI = {"type": "MultiFactorScheduler", "kwargs": {"step": [2, 5, 7], "factor": 0.5, "base_lr": 0.05}}
 POLY = {"type": "PolyScheduler", "kwargs": {"max_update": 12, "base_lr": 0.02, "pwr": 2, "warmup_steps": 2}}
 
 
@@ -51,6 +52,10 @@ CASES_20 = [
     _case("adam-bn-cosine-warmup", "adam", {"wd": 1e-4, "learning_rate": 0.01}, kind="bn", scheduler=COSINE),
     _case("adam-fp16-mp", "adam", {"multi_precision": True, "learning_rate": 0.01}, dtype="float16", kind="elem"),
     _case("nag", "nag", {"momentum": 0.9, "learning_rate": 0.02}, scheduler=POLY),
+    _case("sgd-multifactor-clip", "sgd", {"momentum": 0.5, "clip_gradient": 0.5, "learning_rate": 0.05},
+          scheduler=MULTI),
+    # the optimizer's learning_rate overrides the scheduler's base_lr (MXNet's rule, kept by optzoo)
+    _case("adam-lr-overrides-schedule", "adam", {"learning_rate": 0.02}, scheduler=SCHED_WARM),
     _case("adamw", "adamw", {"wd": 0.01, "learning_rate": 0.01}),
     _case("adabelief", "adabelief", {"learning_rate": 0.01}),
     _case("adamax", "adamax", {"learning_rate": 0.01}),
@@ -186,7 +191,8 @@ def one_thread():
 def optzoo_scheduler(spec):
     if not spec:
         return None
-    name = {"FactorScheduler": "factor", "CosineScheduler": "cosine", "PolyScheduler": "poly"}[spec["type"]]
+    name = {"FactorScheduler": "factor", "CosineScheduler": "cosine", "PolyScheduler": "poly",
+            "MultiFactorScheduler": "multifactor"}[spec["type"]]
     return lr_scheduler.create(name, **spec["kwargs"])
 
 

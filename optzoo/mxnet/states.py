@@ -295,18 +295,20 @@ def build_optimizer(mx: MXNetStates, param_dict=None, index_map: Mapping | None 
         raise CheckpointError(f"{mx.path}: holds only states (no dumped optimizer): build the optimizer yourself")
     kwargs = optimizer_arguments(mx)
 
-    def remap(key):
-        if index_map is None or isinstance(key, str):
-            return key
-        if key not in index_map:
-            raise CheckpointError(f"{mx.path}: index {key!r} has no parameter name")
-        return index_map[key]
+    def remap(table: dict, value=lambda v: v) -> dict:
+        """Integer keys renumbered by ``index_map`` (indices without a parameter dropped); names kept."""
+        try:
+            return {(k if index_map is None or isinstance(k, str) else index_map[k]): value(v)
+                    for k, v in table.items() if index_map is None or isinstance(k, str) or k in index_map}
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{mx.path}: corrupt optimizer table {table!r} ({err})") from None
 
-    idx2name = {remap(k): v for k, v in mx.idx2name.items() if index_map is None or k in index_map}
+    idx2name = remap(mx.idx2name)
     scheduler = _rebuild_scheduler(mx) if mx.scheduler_class else None
     if scheduler is not None:
         kwargs["learning_rate"] = None
-    kwargs.pop("use_fused_step", None) if kwargs.get("use_fused_step") is None else None
+    if kwargs.get("use_fused_step") is None:
+        kwargs.pop("use_fused_step", None)
     try:
         optimizer = Optimizer.opt_registry[mx.optimizer_name](
             param_dict=param_dict, lr_scheduler=scheduler, param_idx2name=idx2name or None, **kwargs)
@@ -323,14 +325,15 @@ def build_optimizer(mx: MXNetStates, param_dict=None, index_map: Mapping | None 
         for key, count in table.items():
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise CheckpointError(f"{mx.path}: bad update count {count!r} for index {key!r}")
-        tables[device] = {remap(k): c for k, c in table.items() if index_map is None or k in index_map}
+        tables[device] = remap(table)
     tables.setdefault(0, {})
     optimizer._all_index_update_counts = tables
     optimizer._index_update_count = tables[0]
-    optimizer.lr_mult = {remap(k): float(v) for k, v in mx.lr_mult.items() if index_map is None or k in index_map}
-    optimizer.wd_mult = {remap(k): float(v) for k, v in mx.wd_mult.items() if index_map is None or k in index_map}
-    if mx.optimizer_name == "nadam" and "m_schedule" in mx.optimizer_attrs:
-        optimizer.load_extra_state({"m_schedule": float(mx.optimizer_attrs["m_schedule"])})
+    optimizer.lr_mult = remap(mx.lr_mult, float)
+    optimizer.wd_mult = remap(mx.wd_mult, float)
+    m_schedule = mx.optimizer_attrs.get("m_schedule")  # Nadam's running product of momenta
+    if mx.optimizer_name == "nadam" and isinstance(m_schedule, (int, float)):
+        optimizer.load_extra_state({"m_schedule": float(m_schedule)})
     return optimizer
 
 
