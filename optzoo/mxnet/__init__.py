@@ -175,11 +175,51 @@ def _check_order_known(mx: MXNetStates, path, param_names) -> None:
         raise ValueError(f"{path}: holds states without an optimizer (Module.save_optimizer_states), which number "
                          "parameters in symbol.list_arguments() order; pass param_names="
                          "optzoo.mxnet.module_param_names('model-symbol.json', 'model-0000.params')")
-    if mx.version == "1.x":
-        raise ValueError(f"{path}: MXNet 1.x's Gluon Trainer numbers parameters by their sorted *prefixed* names "
-                         "(dense0_weight, ...), which the files do not record; pass param_names=[the structural "
-                         "names in that order] (in MXNet 1.x: {id(p): n for n, p in "
-                         "net._collect_params_with_prefix().items()} looked up for sorted(net.collect_params()))")
+
+
+def _index_map_by_shape(mx: MXNetStates, path, trainer) -> dict:
+    """MXNet 1.x Gluon: the Trainer numbers parameters by their sorted *prefixed* names (``dense0_weight``), which
+    the files do not record. Each state is given to the one Trainer parameter its tensors fit; if a state fits
+    several (equal shapes), the order cannot be known and ``param_names`` is required."""
+    probe = build_optimizer(mx)
+    index_map, names = {}, trainer._names
+    for mx_index, state in mx.states.items():
+        if state is None:
+            continue
+        fits = []
+        for i, p in enumerate(trainer._params):
+            try:
+                convert_state(state, probe, p, mx.version, "")
+                fits.append(i)
+            except CheckpointError:
+                pass
+        if len(fits) != 1:
+            which = f"fits {[names[i] for i in fits]}" if fits else "fits no Trainer parameter"
+            raise ValueError(
+                f"{path}: MXNet 1.x's Gluon Trainer numbers parameters by their sorted prefixed names (dense0_weight, "
+                f"...), which the files do not record, and state {mx_index} {which}; pass param_names=[the names "
+                "in that order] (in MXNet 1.x: [structural[id(p)] for _, p in sorted(net.collect_params().items())] "
+                "with structural = {id(p): n for n, p in net._collect_params_with_prefix().items()})")
+        index_map[mx_index] = fits[0]
+    if len(set(index_map.values())) != len(index_map):
+        raise ValueError(f"{path}: two MXNet 1.x states fit one Trainer parameter; pass param_names=")
+    return index_map
+
+
+def _index_map_by_name(mx: MXNetStates, path, names, param_names, params, mapping) -> dict:
+    order, how = _gluon_order(mx, param_names, params, mapping, names)
+    for key in mx.states:  # states keyed by name (a kvstore's string keys)
+        if isinstance(key, str) and key not in order:
+            order[key] = (mapping.get(key) if isinstance(mapping, Mapping) else mapping(key)) if mapping else \
+                torch_param_name(key)
+    index_of = {n: i for i, n in enumerate(names)}
+    index_map = {mx_index: index_of[name] for mx_index, name in order.items() if name in index_of}
+    problems = [f"state {mx_index!r} ({order.get(mx_index)!r} by {how}) is no Trainer parameter"
+                for mx_index in mx.states if mx_index not in index_map]
+    if problems:
+        raise ValueError(f"{path}: cannot match the MXNet indices to the Trainer's parameters: "
+                         + "; ".join(problems[:10]) + " (pass param_names=, params= or mapping=)")
+    return index_map
 
 
 def _differences(ours, theirs) -> list[str]:
@@ -215,7 +255,8 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
         path: the ``.states`` file (Gluon ``Trainer.save_states``, ``Module.save_optimizer_states``, ...).
         param_names: the MXNet names in index order (a list, or a dict ``{index: name}``), translated to the
             Trainer's names with ``mapping`` (default: Gluon's BatchNorm renaming, else unchanged). Default:
-            the file's ``idx2name`` if it has one, else the sorted names of ``params``, else the sorted names of
+            the file's ``idx2name`` if it has one; for MXNet 1.x Gluon files, the one parameter each state's
+            shape fits (an error if several fit); else the sorted names of ``params``, else the sorted names of
             the Trainer's parameters (Gluon numbers ``collect_params()`` in sorted-name order; this default is
             right when every Gluon parameter, gradient or not, is a Trainer parameter: give ``params`` when the
             Gluon block has BatchNorm running statistics or other parameters without gradient).
@@ -238,22 +279,10 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
     mx = _read_pickled(load_states, path)
     _check_order_known(mx, path, param_names)
     names = list(trainer._names)
-    order, how = _gluon_order(mx, param_names, params, mapping, names)
-    for key in mx.states:  # states keyed by name (a kvstore's string keys)
-        if isinstance(key, str) and key not in order:
-            order[key] = (mapping.get(key) if isinstance(mapping, Mapping) else mapping(key)) if mapping else \
-                torch_param_name(key)
-    index_of = {n: i for i, n in enumerate(names)}
-    index_map, problems = {}, []
-    for mx_index, name in order.items():
-        if name in index_of:
-            index_map[mx_index] = index_of[name]
-    for mx_index in mx.states:
-        if mx_index not in index_map:
-            problems.append(f"state {mx_index!r} ({order.get(mx_index)!r} by {how}) is no Trainer parameter")
-    if problems:
-        raise ValueError(f"{path}: cannot match the MXNet indices to the Trainer's parameters: "
-                         + "; ".join(problems[:10]) + " (pass param_names=, params= or mapping=)")
+    if mx.version == "1.x" and mx.has_optimizer and param_names is None and not mx.idx2name:
+        index_map = _index_map_by_shape(mx, path, trainer)
+    else:
+        index_map = _index_map_by_name(mx, path, names, param_names, params, mapping)
     if mx.has_optimizer:
         optimizer = build_optimizer(mx, param_dict=trainer._param_dict(), index_map=index_map)
         current = trainer._optimizer
