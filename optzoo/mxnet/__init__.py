@@ -160,11 +160,17 @@ def _gluon_order(mx: MXNetStates, param_names, params, mapping, trainer_names: l
         names, how = dict(enumerate(sorted(listed))), f"sorted names of {params}"
     else:
         names, how = dict(enumerate(sorted(trainer_names))), "sorted Trainer parameter names"
+    return {i: _translate(n, mapping) for i, n in names.items()}, how
+
+
+def _translate(name: str, mapping) -> str | None:
+    """An MXNet name as a torch name: ``mapping`` (dict, tried with and without ``arg:``) or callable, else the
+    structural-name rule (:func:`optzoo.mxnet.names.torch_param_name`)."""
     if mapping is None:
-        return {i: torch_param_name(n) for i, n in names.items()}, how
+        return torch_param_name(name)
     if isinstance(mapping, Mapping):
-        return {i: mapping.get(n, mapping.get("arg:" + n, mapping.get(strip_prefix(n)))) for i, n in names.items()}, how
-    return {i: mapping(n) for i, n in names.items()}, how
+        return mapping.get(name, mapping.get("arg:" + name, mapping.get(strip_prefix(name))))
+    return mapping(name)
 
 
 def _check_order_known(mx: MXNetStates, path, param_names) -> None:
@@ -210,8 +216,7 @@ def _index_map_by_name(mx: MXNetStates, path, names, param_names, params, mappin
     order, how = _gluon_order(mx, param_names, params, mapping, names)
     for key in mx.states:  # states keyed by name (a kvstore's string keys)
         if isinstance(key, str) and key not in order:
-            order[key] = (mapping.get(key) if isinstance(mapping, Mapping) else mapping(key)) if mapping else \
-                torch_param_name(key)
+            order[key] = _translate(key, mapping)
     index_of = {n: i for i, n in enumerate(names)}
     index_map = {mx_index: index_of[name] for mx_index, name in order.items() if name in index_of}
     problems = [f"state {mx_index!r} ({order.get(mx_index)!r} by {how}) is no Trainer parameter"
