@@ -273,7 +273,9 @@ def _fuzz_files():
                            adam_attrs(), {"base_lr": 0.05, "warmup_steps": 1, "warmup_final_lr": 0.1,
                                           "warmup_begin_lr": 0, "warmup_mode": "linear", "step": 2, "factor": 0.5,
                                           "stop_factor_lr": 1e-08, "count": 2})
-    return {"legacy": legacy, "states": states}
+    buffer = __import__("io").BytesIO()
+    np.savez(buffer, **{"0.weight": np.ones((2, 3), np.float32), "0.bias": np.arange(3, dtype=np.float16)})
+    return {"legacy": legacy, "states": states, "npz": buffer.getvalue()}
 
 
 FUZZ = _fuzz_files()
