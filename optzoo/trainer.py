@@ -578,8 +578,7 @@ class Trainer:
             raise TypeError(f"fname must be a path (str or os.PathLike), got {type(fname).__name__}")
         from . import mxnet
 
-        if mxnet.file_kind(fname) == "pickle":
-            mxnet.resume_trainer(self, fname, **mxnet_options)
+        if mxnet.load_trainer_states(self, fname, **mxnet_options):
             return
         if mxnet_options:
             raise TypeError(f"options {sorted(mxnet_options)} only apply to MXNet states files")

@@ -203,6 +203,22 @@ def test_mxnet1_rules_that_differ_from_2_0_are_refused(tmp_path, class_name):
         mxnet.states.build_optimizer(mxnet.load_states(path))
 
 
+def test_trainer_load_states_points_params_files_to_load_params_into(tmp_path):
+    path = _write(tmp_path, GOOD)
+    with pytest.raises(CheckpointError, match="MXNet parameters file.*load_params_into"):
+        Trainer(torch.nn.Linear(2, 2), "sgd").load_states(path)
+
+
+@pytest.mark.parametrize("header_length", [0x80, 0x380, 0x28, 0x7D, 0x63])
+def test_safetensors_files_are_not_taken_for_pickles(header_length):
+    from optzoo.mxnet.ndarray import sniff
+
+    blob = struct.pack("<Q", header_length) + b'{"__metadata__":{}}'
+    assert sniff(blob[:16]) == "safetensors"
+    for protocol in (0, 2, 4):
+        assert sniff(pickle.dumps({0: None}, protocol=protocol)[:16]) == "pickle"
+
+
 def test_state_shape_mismatch_is_named(tmp_path):
     path = _write(tmp_path, states_pickle({0: (torch.zeros(4), torch.zeros(4))}, adam_attrs()), "t.states")
     trainer = Trainer({"bias": torch.nn.Parameter(torch.zeros(3))}, "adam", {"learning_rate": 0.1})

@@ -30,7 +30,7 @@ from .ndarray import read_tensor_file, sniff
 from .states import MXNetStates, build_optimizer, convert_state, load_states, loads_states
 
 __all__ = ["CheckpointError", "MXNetStates", "file_kind", "is_mxnet_file", "load_params", "load_params_into",
-           "load_states", "module_param_names", "resume_trainer", "set_updater_states"]
+           "load_states", "load_trainer_states", "module_param_names", "resume_trainer", "set_updater_states"]
 
 
 def file_kind(path) -> str:
@@ -311,6 +311,19 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
     updater.states = states
     updater.states_synced = dict.fromkeys(states, True)
     trainer._optimizer, trainer._updater = optimizer, updater
+
+
+def load_trainer_states(trainer, path, **options) -> bool:
+    """``Trainer.load_states``'s hook: resumes from an MXNet states file (True), refuses an MXNet parameters
+    file, and leaves anything else to optzoo's own loader (False)."""
+    kind = file_kind(path)
+    if kind == "pickle":
+        resume_trainer(trainer, path, **options)
+        return True
+    if kind in ("npz", "legacy"):
+        raise CheckpointError(f"{path}: is an MXNet parameters file, not optimizer states: load it into the model "
+                              "with optzoo.mxnet.load_params_into(model, path)")
+    return False
 
 
 def _read_pickled(reader, *args) -> MXNetStates:

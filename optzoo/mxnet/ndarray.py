@@ -280,7 +280,10 @@ def _read_npz(path: Path) -> list[tuple[str, torch.Tensor]]:
 
 
 def sniff(data: bytes) -> str:
-    """``'npz'``, ``'legacy'``, ``'pickle'``, ``'optzoo'`` or ``'unknown'`` from a file's first bytes."""
+    """``'npz'``, ``'legacy'``, ``'pickle'``, ``'optzoo'``, ``'safetensors'`` or ``'unknown'`` from a file's
+    first 16 bytes."""
+    if len(data) >= 9 and data[8:9] == b"{" and struct.unpack("<Q", data[:8])[0] < (1 << 32):
+        return "safetensors"  # u64 header length + JSON; its first byte may look like a pickle opcode
     if data[:4] == b"PK\x03\x04" or data[:4] == b"PK\x05\x06":
         return "npz"
     if data[:8] == struct.pack("<Q", LIST_MAGIC):
