@@ -373,6 +373,15 @@ def test_cli_inspect_and_convert_crafted_files(tmp_path, capsys):
     assert main(["inspect", str(evil)]) == 2
     assert "refusing to load" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
     assert main(["inspect", str(tmp_path / "nope")]) == 2
+    capsys.readouterr()
+    net = torch.nn.Linear(2, 3)
+    trainer = Trainer(net, "adam", {"learning_rate": 0.1})
+    net(torch.ones(4, 2)).sum().backward()
+    trainer.step(4)
+    trainer.save_states(tmp_path / "optzoo.states")
+    assert main(["inspect", str(tmp_path / "optzoo.states")]) == 0
+    text = capsys.readouterr().out
+    assert "optzoo optzoo.trainer" in text and "optimizer: adam" in text and "'weight': 1" in text
 
 
 def test_updater_set_states_infers_multi_precision_pairs():
