@@ -291,7 +291,9 @@ def _fuzz_files():
                                           "stop_factor_lr": 1e-08, "count": 2})
     buffer = __import__("io").BytesIO()
     np.savez(buffer, **{"0.weight": np.ones((2, 3), np.float32), "0.bias": np.arange(3, dtype=np.float16)})
-    return {"legacy": legacy, "states": states, "npz": buffer.getvalue()}
+    compressed = __import__("io").BytesIO()
+    np.savez_compressed(compressed, w=np.arange(40, dtype=np.float32))
+    return {"legacy": legacy, "states": states, "npz": buffer.getvalue(), "npz-deflate": compressed.getvalue()}
 
 
 FUZZ = _fuzz_files()

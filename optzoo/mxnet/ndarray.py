@@ -29,6 +29,7 @@ import ast
 import struct
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -272,10 +273,11 @@ def _read_npz(path: Path) -> list[tuple[str, torch.Tensor]]:
                 if info.file_size > path.stat().st_size * 1100 + (1 << 20):
                     raise CheckpointError(f"{path}: member {info.filename!r} claims an implausible size")
                 out.append((name, _npy(archive.read(info), f"{path} [{info.filename}]")))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as err:
-        if isinstance(err, OSError) and not isinstance(err, zipfile.BadZipFile) and not path.exists():
-            raise
-        raise CheckpointError(f"{path}: corrupt .npz archive ({err})") from None
+    except (CheckpointError, FileNotFoundError):
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, zlib.error,
+            RuntimeError, ValueError, struct.error) as err:  # zipfile: RuntimeError for "encrypted" entries
+        raise CheckpointError(f"{path}: corrupt .npz archive ({type(err).__name__}: {err})") from None
     return out
 
 
