@@ -219,6 +219,14 @@ def test_safetensors_files_are_not_taken_for_pickles(header_length):
         assert sniff(pickle.dumps({0: None}, protocol=protocol)[:16]) == "pickle"
 
 
+def test_numpy_scalar_hyperparameters_are_read_without_numpy_pickles(tmp_path):
+    attrs = adam_attrs(beta1=np.float32(0.5), wd=np.float64(1e-4), num_update=np.int64(3))
+    path = _write(tmp_path, states_pickle({0: (torch.zeros(3), torch.zeros(3))}, attrs), "t.states")
+    mx = mxnet.load_states(path)
+    assert mx.optimizer_attrs["beta1"] == 0.5 and mx.optimizer_attrs["wd"] == 1e-4 and mx.num_update == 3
+    assert type(mx.optimizer_attrs["num_update"]) is int
+
+
 def test_state_shape_mismatch_is_named(tmp_path):
     path = _write(tmp_path, states_pickle({0: (torch.zeros(4), torch.zeros(4))}, adam_attrs()), "t.states")
     trainer = Trainer({"bias": torch.nn.Parameter(torch.zeros(3))}, "adam", {"learning_rate": 0.1})
