@@ -591,10 +591,20 @@ class Trainer:
         state = self.state_dict()
         atomic_write(fname, dumps(state["tensors"], state["meta"]))
 
-    def load_states(self, fname) -> None:
-        """Loads :meth:`save_states` output (see :meth:`load_state_dict`). Loading never executes code."""
+    def load_states(self, fname, **mxnet_options) -> None:
+        """Loads :meth:`save_states` output (see :meth:`load_state_dict`). Loading never executes code.
+
+        An MXNet states file (Gluon ``Trainer.save_states``, ``Module.save_optimizer_states``; recognised by
+        its content) is loaded by :func:`optzoo.mxnet.resume_trainer`, which takes ``mxnet_options``
+        (``params``, ``param_names``, ``mapping``, ``override``, ``mxnet_version``)."""
         if not isinstance(fname, (str, os.PathLike)):
             raise TypeError(f"fname must be a path (str or os.PathLike), got {type(fname).__name__}")
+        from . import mxnet
+
+        if mxnet.load_trainer_states(self, fname, **mxnet_options):
+            return
+        if mxnet_options:
+            raise TypeError(f"options {sorted(mxnet_options)} only apply to MXNet states files")
         tensors, meta = load(fname)
         self._restore({"meta": meta, "tensors": tensors}, copy=False)
 

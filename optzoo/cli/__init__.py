@@ -4,6 +4,8 @@
     optzoo compare [options]              train small models on scikit-learn's digits, ranked table + report
     optzoo trajectories [options]         optimizer paths on 2-D test functions (PNG + animated GIF)
     optzoo bench [args]                   the speed benchmark (when installed)
+    optzoo inspect FILE                   what an MXNet (.params/.states) or optzoo checkpoint holds
+    optzoo convert P [S] --out DIR        MXNet .params (+ .states) -> safetensors + optzoo Trainer checkpoint
 
 User errors print one line on stderr and exit with status 2 (1 for a missing optional package or a failure
 while running, 130 when interrupted). Set ``OPTZOO_DEBUG=1`` to see the traceback of an unexpected error.
@@ -30,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, compare, list_cmd, trajectories
+    from . import bench, checkpoints, compare, list_cmd, trajectories
 
     parser = _Parser(prog="optzoo", description="optzoo: MXNet's optimizers on PyTorch. Which one should I use? "
                                                 "Run them and see.")
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_parser(subparsers)
     trajectories.add_parser(subparsers)
     bench.add_parser(subparsers)
+    checkpoints.add_parsers(subparsers)
     return parser
 
 

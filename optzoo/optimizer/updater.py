@@ -178,7 +178,15 @@ class Updater:
         return dumps(tensors, meta)
 
     def set_states(self, states: bytes) -> None:
-        """Restores :meth:`get_states` output; tensors move to each weight's device at its next update."""
+        """Restores :meth:`get_states` output; tensors move to each weight's device at its next update.
+        MXNet's ``get_states()`` bytes (a pickle, read safely by :mod:`optzoo.mxnet`) are accepted too."""
+        from ..mxnet.ndarray import sniff
+
+        if isinstance(states, (bytes, bytearray, memoryview)) and sniff(bytes(states[:16])) == "pickle":
+            from ..mxnet import set_updater_states
+
+            set_updater_states(self, bytes(states))
+            return
         tensors, meta = loads(states)
         if not isinstance(meta, dict) or meta.get("kind") != "optzoo.updater":
             raise CheckpointError("not an optzoo Updater state blob")
