@@ -5,6 +5,7 @@ from .adagrad import AdaDelta, AdaGrad, GroupAdaGrad, RMSProp
 from .adam import AdaBelief, Adam, Adamax, AdamW, Nadam
 from .base import Optimizer, create, register, state_class
 from .dcasgd import DCASGD
+from .factored import CAME, Adafactor
 from .ftrl import FTML, Ftrl
 from .legacy import LBSGD, ccSGD
 from .sgd import NAG, SGD
@@ -22,3 +23,4 @@ __all__ = [
     "Adam", "AdamW", "Adamax", "Nadam", "AdaBelief", "Ftrl", "FTML", "LARS", "LAMB", "LANS", "Test",
     "LBSGD", "ccSGD",
 ]
+__all__ += ["Adafactor", "CAME"]

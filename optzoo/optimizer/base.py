@@ -543,6 +543,11 @@ class Optimizer:
         if grad.is_sparse and self.sparse_support == "none":
             raise ValueError(f"{type(self).__name__} cannot take a sparse gradient; pass grad.to_dense()")
 
+    def _state_shape_fits(self, weight, leaf) -> bool:
+        """Whether a state tensor can belong to ``weight``: states share the weight's first dimension (scalars fit
+        any weight); an optimizer with other state shapes (factored moments, preconditioners) overrides this."""
+        return leaf.shape[:1] == weight.shape[:1] or leaf.numel() == 1
+
     def _check_inputs(self, indices, weights, grads, states) -> None:
         if not (len(indices) == len(weights) == len(grads) == len(states)):
             raise ValueError(f"update needs as many indices, weights, grads and states; got {len(indices)}, "
@@ -553,7 +558,7 @@ class Optimizer:
                 if leaf.device != w.device:
                     raise ValueError(f"state of parameter {index!r} is on {leaf.device} but its weight is on "
                                      f"{w.device}")
-                if leaf.shape[:1] != w.shape[:1] and leaf.numel() != 1:
+                if not self._state_shape_fits(w, leaf):
                     raise ValueError(f"state of parameter {index!r} has shape {tuple(leaf.shape)}, which does not "
                                      f"fit weight shape {tuple(w.shape)}")
 
