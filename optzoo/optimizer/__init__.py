@@ -8,6 +8,7 @@ from .dcasgd import DCASGD
 from .factored import CAME, Adafactor
 from .ftrl import FTML, Ftrl
 from .legacy import LBSGD, ccSGD
+from .muon import Muon
 from .sgd import NAG, SGD
 from .sgld import SGLD
 from .signum import Signum
@@ -23,4 +24,4 @@ __all__ = [
     "Adam", "AdamW", "Adamax", "Nadam", "AdaBelief", "Ftrl", "FTML", "LARS", "LAMB", "LANS", "Test",
     "LBSGD", "ccSGD",
 ]
-__all__ += ["Adafactor", "CAME"]
+__all__ += ["Adafactor", "CAME", "Muon"]
