@@ -12,6 +12,7 @@ from .muon import Muon
 from .sgd import NAG, SGD
 from .sgld import SGLD
 from .signum import Signum
+from .soap import SOAP
 from .testing import Test
 from .trust_ratio import LAMB, LANS, LARS
 from .updater import Updater, get_updater
@@ -24,4 +25,4 @@ __all__ = [
     "Adam", "AdamW", "Adamax", "Nadam", "AdaBelief", "Ftrl", "FTML", "LARS", "LAMB", "LANS", "Test",
     "LBSGD", "ccSGD",
 ]
-__all__ += ["Adafactor", "CAME", "Muon"]
+__all__ += ["Adafactor", "CAME", "Muon", "SOAP"]
