@@ -98,8 +98,10 @@ def newton_schulz(update: torch.Tensor, coefficients, steps: int, eps: float) ->
 
 
 def newton_schulz_batched(updates: torch.Tensor, coefficients, steps: int, eps: float) -> torch.Tensor:
-    """:func:`newton_schulz` of a stack ``[k, n, m]`` of same-shape matrices with one ``bmm`` chain (the same
-    bfloat16 arithmetic, matrix by matrix)."""
+    """:func:`newton_schulz` of a stack ``[k, n, m]`` of same-shape matrices with one ``bmm`` chain. The same
+    bfloat16 arithmetic, but batched GEMMs sum their products in another order than ``addmm``: a few elements in a
+    thousand round to the neighbouring bfloat16 value, so the result agrees with the per-matrix one to bfloat16
+    rounding, not bit for bit."""
     a, b, c = coefficients
     x = updates.bfloat16()
     tall = updates.size(1) > updates.size(2)
@@ -143,6 +145,9 @@ class Muon(Optimizer):
         adamw_lr_ratio: the AdamW side's rate as a multiple of the learning rate (default 1).
         adamw_beta1, adamw_beta2, adamw_epsilon: the AdamW side's ``betas`` and ``eps`` (torch's defaults).
         adamw_params: indices or names of parameters that go to AdamW whatever their shape.
+        batch_newton_schulz: the fast path stacks same-shape matrices into one ``bmm`` chain
+            (:func:`newton_schulz_batched`): fewer, larger matrix products, equal to torch.optim.Muon to bfloat16
+            rounding of the update; default False: one matrix at a time, bit-identical to torch.optim.Muon.
     """
 
     default_learning_rate = 1e-3
@@ -151,7 +156,7 @@ class Muon(Optimizer):
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon"})
     def __init__(self, learning_rate=None, momentum=0.95, nesterov=True, ns_coefficients=NS_COEFFICIENTS,
                  ns_steps=5, epsilon=1e-7, adjust_lr_fn="original", wd=0.1, adamw_lr_ratio=1.0, adamw_beta1=0.9,
-                 adamw_beta2=0.999, adamw_epsilon=1e-8, adamw_params=(), **kwargs):
+                 adamw_beta2=0.999, adamw_epsilon=1e-8, adamw_params=(), batch_newton_schulz=False, **kwargs):
         super().__init__(learning_rate=learning_rate, wd=wd, **kwargs)
         self.momentum = check_real("momentum", momentum, 0.0, 1.0, high_open=True)
         self.nesterov = check_bool("nesterov", nesterov)
@@ -169,6 +174,7 @@ class Muon(Optimizer):
         if isinstance(adamw_params, (str, bytes)) or not hasattr(adamw_params, "__iter__"):
             raise TypeError(f"adamw_params must be a list of parameter indices or names, got {adamw_params!r}")
         self.adamw_params = list(adamw_params)
+        self.batch_newton_schulz = check_bool("batch_newton_schulz", batch_newton_schulz)
 
     # ------------------------------------------------------------------ which side
     def uses_muon(self, index, weight) -> bool:
@@ -233,23 +239,26 @@ class Muon(Optimizer):
             self._adamw_foreach(*([seq[i] for i in adamw] for seq in (weights, gs, states, lrs, wds, ts)))
         if not muon:
             return
-        buffers = [states[i].momentum for i in muon]
-        torch._foreach_lerp_(buffers, [gs[i] for i in muon], 1 - self.momentum)
-        if self.nesterov:
-            directions = torch._foreach_lerp([gs[i] for i in muon], buffers, self.momentum)
-        else:
-            directions = buffers
-        by_shape: dict[tuple, list[int]] = {}
+        # momentum one tensor at a time: torch._foreach_lerp rounds differently from Tensor.lerp on some sizes
+        directions = [self._muon_direction(gs[i], states[i]) for i in muon]
+        groups: dict[tuple, list[int]] = {}
         for k, i in enumerate(muon):
-            by_shape.setdefault((len(weights[i]), weights[i][0].numel(), weights[i].dtype), []).append(k)
-        for (rows, cols, _), members in by_shape.items():
-            stacked = torch.stack([directions[k].reshape(rows, cols) for k in members])
-            ortho = newton_schulz_batched(stacked, self.ns_coefficients, self.ns_steps, self.epsilon)
-            for k, o in zip(members, ortho):
+            key = (len(weights[i]), weights[i][0].numel(), weights[i].dtype) if self.batch_newton_schulz else (k,)
+            groups.setdefault(key, []).append(k)
+        for members in groups.values():
+            i0 = muon[members[0]]
+            rows, cols = len(weights[i0]), weights[i0][0].numel()
+            if len(members) > 1:
+                stacked = torch.stack([directions[k].reshape(rows, cols) for k in members])
+                orthos = newton_schulz_batched(stacked, self.ns_coefficients, self.ns_steps, self.epsilon)
+            else:
+                orthos = [newton_schulz(directions[members[0]].reshape(rows, cols), self.ns_coefficients,
+                                        self.ns_steps, self.epsilon)]
+            for k, ortho in zip(members, orthos):
                 i = muon[k]
                 w = weights[i]
                 w.mul_(1 - lrs[i] * wds[i])
-                w.add_(o.view(w.shape), alpha=-_adjusted_lr(lrs[i], self.adjust_lr_fn, (rows, cols)))
+                w.add_(ortho.view(w.shape), alpha=-_adjusted_lr(lrs[i], self.adjust_lr_fn, (rows, cols)))
 
     def _adamw_foreach(self, weights, gs, states, lrs, wds, ts) -> None:
         scalars = [self._adamw_scalars(lr, t) for lr, t in zip(lrs, ts)]
