@@ -137,7 +137,8 @@ class Muon(Optimizer):
         learning_rate: step size (default 1e-3, torch's; reference name ``lr``).
         momentum: ``mu`` (default 0.95).
         nesterov: Nesterov-style momentum (default True).
-        ns_coefficients: the quintic's ``(a, b, c)``; ns_steps: its iterations (default 5, fewer than 100).
+        ns_coefficients: the quintic's ``(a, b, c)`` (None: Keller Jordan's ``(3.4445, -4.7750, 2.0315)``);
+            ns_steps: its iterations (default 5, fewer than 100).
         epsilon: floor of the Frobenius norm before the iteration (default 1e-7; reference name ``eps``).
         adjust_lr_fn: "original" (``sqrt(max(1, A/B))``, the default, torch's ``None``), "match_rms_adamw"
             (``0.2*sqrt(max(A, B))``) or "none".
@@ -154,12 +155,14 @@ class Muon(Optimizer):
     sparse_support = "none"
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon"})
-    def __init__(self, learning_rate=None, momentum=0.95, nesterov=True, ns_coefficients=NS_COEFFICIENTS,
+    def __init__(self, learning_rate=None, momentum=0.95, nesterov=True, ns_coefficients=None,
                  ns_steps=5, epsilon=1e-7, adjust_lr_fn="original", wd=0.1, adamw_lr_ratio=1.0, adamw_beta1=0.9,
-                 adamw_beta2=0.999, adamw_epsilon=1e-8, adamw_params=(), batch_newton_schulz=False, **kwargs):
+                 adamw_beta2=0.999, adamw_epsilon=1e-8, adamw_params=None, batch_newton_schulz=False, **kwargs):
         super().__init__(learning_rate=learning_rate, wd=wd, **kwargs)
         self.momentum = check_real("momentum", momentum, 0.0, 1.0, high_open=True)
         self.nesterov = check_bool("nesterov", nesterov)
+        if ns_coefficients is None:
+            ns_coefficients = NS_COEFFICIENTS
         if not isinstance(ns_coefficients, (tuple, list)) or len(ns_coefficients) != 3:
             raise TypeError(f"ns_coefficients must be three numbers (a, b, c), got {ns_coefficients!r}")
         self.ns_coefficients = [check_real(f"ns_coefficients[{i}]", v) for i, v in enumerate(ns_coefficients)]
@@ -171,6 +174,8 @@ class Muon(Optimizer):
         self.adamw_beta1 = check_real("adamw_beta1", adamw_beta1, 0.0, 1.0, high_open=True)
         self.adamw_beta2 = check_real("adamw_beta2", adamw_beta2, 0.0, 1.0, high_open=True)
         self.adamw_epsilon = check_real("adamw_epsilon", adamw_epsilon, 0.0)
+        if adamw_params is None:
+            adamw_params = []
         if isinstance(adamw_params, (str, bytes)) or not hasattr(adamw_params, "__iter__"):
             raise TypeError(f"adamw_params must be a list of parameter indices or names, got {adamw_params!r}")
         self.adamw_params = list(adamw_params)
