@@ -36,6 +36,7 @@ __all__ = [
     "register",
     "rescale_clip",
     "rescale_clip_foreach",
+    "rescale_clip_readonly_foreach",
     "sparse_rows",
     "state_class",
 ]
@@ -82,6 +83,14 @@ def rescale_clip_foreach(grads, rescale_grad: float, clip_gradient: float | None
         torch._foreach_clamp_min_(gs, -c)
         torch._foreach_clamp_max_(gs, c)
     return gs
+
+
+def rescale_clip_readonly_foreach(grads, rescale_grad: float, clip_gradient: float | None) -> list[torch.Tensor]:
+    """:func:`rescale_clip_foreach` for a rule that only reads the result: the caller's gradients themselves when
+    there is nothing to rescale or clip (no copy), else new tensors."""
+    if f32(rescale_grad) == 1.0 and clip_gradient is None:
+        return list(grads)
+    return rescale_clip_foreach(grads, rescale_grad, clip_gradient)
 
 
 def sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

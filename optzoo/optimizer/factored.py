@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
 from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_real
 
@@ -148,7 +148,7 @@ class Adafactor(Optimizer):
         adafactor_reference(weight, grad, state, lr=lr, wd=wd, t=t, **self._hyper())
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        gs = rescale_clip_foreach(grads, self.rescale_grad, self.clip_gradient)
+        gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
         scalars = [_adafactor_scalars(norm, w.numel(), lr, t, self.beta2_decay, self.epsilon2)
                    for norm, w, lr, t in zip(_norms(weights), weights, lrs, ts)]
         decayed = [(w, 1 - lr * wd) for w, lr, wd in zip(weights, lrs, wds) if wd != 0]
@@ -291,7 +291,7 @@ class CAME(Optimizer):
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         b1, b2, b3 = self.beta1, self.beta2, self.beta3
-        gs = rescale_clip_foreach(grads, self.rescale_grad, self.clip_gradient)
+        gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
         sq = torch._foreach_mul(gs, gs)
         torch._foreach_add_(sq, self.epsilon1)
         updates = []

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
 from .reference_names import accepts_reference_names
 from .validation import check_bool, check_choice, check_int, check_real
 
@@ -237,7 +237,7 @@ class Muon(Optimizer):
         weight.add_(ortho.view(weight.shape), alpha=-_adjusted_lr(lr, self.adjust_lr_fn, ortho.shape))
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        gs = rescale_clip_foreach(grads, self.rescale_grad, self.clip_gradient)
+        gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
         muon = [i for i, s in enumerate(states) if isinstance(s, MuonState)]
         adamw = [i for i, s in enumerate(states) if isinstance(s, MuonAdamWState)]
         if adamw:

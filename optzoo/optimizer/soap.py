@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
 from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_int, check_real
 
@@ -215,6 +215,6 @@ class SOAP(Optimizer):
         self._update_preconditioner(g, state, k)
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        gs = rescale_clip_foreach(grads, self.rescale_grad, self.clip_gradient)
+        gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
         for w, g, s, lr, wd, t in zip(weights, gs, states, lrs, wds, ts):
             self._soap_step(w, g, s, lr, wd, t)
