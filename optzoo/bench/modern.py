@@ -41,7 +41,7 @@ def _references():
     """name -> (optzoo kwargs, builder of the reference optimizer over (params, kinds)), for installed packages."""
     out = {
         "adafactor": ({"learning_rate": 0.01},
-                      lambda ps, kinds: torch.optim.Adafactor(ps, lr=0.01, foreach=True)),
+                      lambda ps, kinds: torch.optim.Adafactor(ps, lr=0.01)),  # torch's default: for-loop
     }
 
     def muon(ps, kinds):
