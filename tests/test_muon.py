@@ -195,3 +195,12 @@ def test_label_params_and_the_torch_and_gluon_faces():
     by_name = {name: type(trainer._updater.states[i]).__name__ for i, name in enumerate(trainer._names)}
     assert sorted(by_name.items()) == [("0.bias", "MuonAdamWState"), ("0.weight", "MuonState"),
                                        ("1.bias", "MuonAdamWState"), ("1.weight", "MuonAdamWState")]
+
+
+def test_the_split_is_decided_on_the_callers_tensor_under_multi_precision():
+    o = opt.create("muon", multi_precision=True)
+    head = torch.zeros(6, 4, dtype=torch.bfloat16)
+    head.use_muon = False  # the float32 master copy made for it has no such attribute
+    master, state = o.create_state_multi_precision(0, head)
+    assert master.dtype == torch.float32 and isinstance(state, MuonAdamWState)
+    assert isinstance(o.create_state_multi_precision(1, torch.zeros(6, 4, dtype=torch.bfloat16))[1], MuonState)

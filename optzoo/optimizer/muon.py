@@ -153,6 +153,7 @@ class Muon(Optimizer):
 
     default_learning_rate = 1e-3
     sparse_support = "none"
+    _decided: bool | None = None  # the side chosen for the weight whose master copy is being given a state
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon"})
     def __init__(self, learning_rate=None, momentum=0.95, nesterov=True, ns_coefficients=None,
@@ -202,9 +203,18 @@ class Muon(Optimizer):
         return flag
 
     def create_state(self, index, weight):
-        if self.uses_muon(index, weight):
+        use_muon = self.uses_muon(index, weight) if self._decided is None else self._decided
+        if use_muon:
             return MuonState(self._zeros(weight))
         return MuonAdamWState(self._zeros(weight), self._zeros(weight))
+
+    def create_state_multi_precision(self, index, weight):
+        # decided on the caller's tensor: the float32 master copy does not carry its use_muon attribute
+        self._decided = self.uses_muon(index, weight)
+        try:
+            return super().create_state_multi_precision(index, weight)
+        finally:
+            self._decided = None
 
     def _state_shape_fits(self, weight, leaf) -> bool:
         return leaf.shape == weight.shape
