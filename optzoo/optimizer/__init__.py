@@ -12,9 +12,9 @@ from .ftrl import FTML, Ftrl
 from .legacy import LBSGD, ccSGD
 from .lion import Lion
 from .mars import MARS
+from .muon import Muon
 from .prodigy import Prodigy
 from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
-from .muon import Muon
 from .sgd import NAG, SGD
 from .sgld import SGLD
 from .signum import Signum

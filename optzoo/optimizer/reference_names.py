@@ -33,7 +33,8 @@ def split_tuple(*names: str) -> Callable[[str, object], dict]:
     return split
 
 
-def translate_reference_names(owner: str, kwargs: dict, mapping: dict[str, str | Callable[[str, object], dict]]) -> dict:
+def translate_reference_names(owner: str, kwargs: dict,
+                              mapping: dict[str, str | Callable[[str, object], dict]]) -> dict:
     """``kwargs`` with every reference name in ``mapping`` replaced by the optzoo argument(s) it stands for."""
     out = {k: v for k, v in kwargs.items() if k not in mapping}
     for alias, target in mapping.items():
@@ -50,7 +51,8 @@ def translate_reference_names(owner: str, kwargs: dict, mapping: dict[str, str |
 
 def accepts_reference_names(mapping: dict[str, str | Callable[[str, object], dict]]):
     """Decorator for an optimizer's ``__init__``: keyword arguments named as in the reference package are mapped
-    (:func:`translate_reference_names`) before the real ``__init__`` binds them; its signature stays the documented one."""
+    (:func:`translate_reference_names`) before the real ``__init__`` binds them; its signature stays the documented
+    one."""
 
     def decorate(init):
         @functools.wraps(init)
