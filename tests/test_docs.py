@@ -158,8 +158,7 @@ def test_site_needs_no_network(site):
 def test_pages_fit_the_screen_in_a_real_browser(site, width):
     """Opened offline in headless chromium at a phone's and a laptop's width: no page is wider than the screen
     (code wraps, tables and equations scroll in their own box), images load, the math is typeset, no errors."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from browser import probe
+    from browser import probe  # tests/browser.py
 
     for name in ("optimizers.html", "api.html", "torch_optim.html", "genindex.html", "migration.html"):
         check = probe(site / name, width)

@@ -38,6 +38,11 @@ def _round(lr: float) -> float:
     return float(f"{lr:.3g}")
 
 
+def _point(reference: float, k: int) -> float:
+    """The grid point k half-decades from the reference (from the reference, so extensions never drift)."""
+    return _round(reference * _HALF_DECADE ** k)
+
+
 def lr_grid(reference: float, points: int = GRID_POINTS) -> list[float]:
     """``points`` learning rates half a decade apart, centred on ``reference`` (ascending)."""
     if not (math.isfinite(reference) and reference > 0):
@@ -45,7 +50,7 @@ def lr_grid(reference: float, points: int = GRID_POINTS) -> list[float]:
     if points < 1:
         raise ValueError(f"points must be >= 1, got {points!r}")
     low = -(points // 2)
-    return [_round(reference * _HALF_DECADE ** (low + k)) for k in range(points)]
+    return [_point(reference, low + k) for k in range(points)]
 
 
 def rank_key(records: list[dict], validation_size: int) -> tuple:
@@ -82,17 +87,17 @@ def search(reference: float, seeds: int, evaluate: Callable[[float, int], dict |
     runs: dict[float, list] = {}
     for lr in lr_grid(reference, points):
         runs[lr] = [evaluate(lr, 0)]
-    extended = {"low": 0, "high": 0}
+    low, high = -(points // 2), -(points // 2) + points - 1  # the grid's ends, in half-decades from the reference
     while True:
         best = rank_lrs(runs, validation_size)[0]
-        lrs = sorted(runs)
-        if best == lrs[0] and extended["low"] < max_extensions:
-            side, new = "low", _round(lrs[0] / _HALF_DECADE)
-        elif best == lrs[-1] and extended["high"] < max_extensions:
-            side, new = "high", _round(lrs[-1] * _HALF_DECADE)
+        if best == _point(reference, low) and low > -(points // 2) - max_extensions:
+            low -= 1
+            new = _point(reference, low)
+        elif best == _point(reference, high) and high < -(points // 2) + points - 1 + max_extensions:
+            high += 1
+            new = _point(reference, high)
         else:
             break
-        extended[side] += 1
         runs[new] = [evaluate(new, 0)]
     if seeds > 1:
         for lr in rank_lrs(runs, validation_size)[:survivors]:
