@@ -623,13 +623,13 @@ def test_plot_styles_are_colour_blind_safe_and_distinct():
 def test_trajectories_pick_the_closest_final_point_among_non_diverging_runs():
     from optzoo.cli.trajectories import FUNCTIONS, LR_GRID, _score, best_path, final_distance, optimize_path
 
-    fn = FUNCTIONS["rosenbrock"]
-    spec = OptimizerSpec("rmsprop", {"momentum": 0.9})
+    fn = FUNCTIONS["beale"]
+    spec = OptimizerSpec("rmsprop", {"rho": 0.9, "momentum": 0.9, "epsilon": 1e-7})  # the guide's RMSProp
     paths = {lr: optimize_path(spec.with_params(learning_rate=lr), fn, 300) for lr in LR_GRID}
-    assert any(p["status"] == "diverged" for p in paths.values())  # some rates throw it out of the picture
     fine = {lr: final_distance(p, fn) for lr, p in paths.items() if p["status"] == "ok"}
     chosen = best_path(spec, fn, 300, 0)
     assert chosen["status"] == "ok" and chosen["tuned"] is True
-    assert chosen["final_distance"] == pytest.approx(min(fine.values()), abs=1e-4)
+    assert chosen["final_distance"] == pytest.approx(min(fine.values()), abs=1e-4) and chosen["final_distance"] < 0.1
+    # (the mean log gap along the path, the former rule, picks lr 0.3, which ends 0.69 from the minimum)
     assert _score({"status": "diverged", "f": [0.0] * 301, "path": [[1.0, 1.0]]}, fn, 300) > _score(
         paths[chosen["learning_rate"]], fn, 300)

@@ -381,7 +381,8 @@ def plot_lr_sweep(groups: list[dict], model: str, path: Path, color_order: list[
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("final validation accuracy")
-    ax.set_ylim(0.0, 1.0)
+    lowest = min(acc for points in lines.values() for _, acc, _ in points)
+    ax.set_ylim(max(0.0, math.floor(10 * lowest - 0.5) / 10), 1.0)  # room below the lowest point, not below 0
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", ncol=2, loc="best")
     ringed = "; ring: the chosen learning rate" if chosen is not None else ""
