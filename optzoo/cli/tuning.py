@@ -87,13 +87,15 @@ def search(reference: float, seeds: int, evaluate: Callable[[float, int], dict |
     runs: dict[float, list] = {}
     for lr in lr_grid(reference, points):
         runs[lr] = [evaluate(lr, 0)]
-    low, high = -(points // 2), -(points // 2) + points - 1  # the grid's ends, in half-decades from the reference
+    first = -(points // 2)  # the grid's ends, in half-decades from the reference
+    last = first + points - 1
+    low, high = first, last
     while True:
         best = rank_lrs(runs, validation_size)[0]
-        if best == _point(reference, low) and low > -(points // 2) - max_extensions:
+        if best == _point(reference, low) and low > first - max_extensions:
             low -= 1
             new = _point(reference, low)
-        elif best == _point(reference, high) and high < -(points // 2) + points - 1 + max_extensions:
+        elif best == _point(reference, high) and high < last + max_extensions:
             high += 1
             new = _point(reference, high)
         else:
