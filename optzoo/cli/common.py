@@ -17,7 +17,6 @@ from ..serialization import atomic_write as write_atomic
 
 __all__ = [
     "GUIDE_OPTIMIZERS",
-    "PRESETS",
     "CLIError",
     "OptimizerSpec",
     "assign_labels",
@@ -77,9 +76,6 @@ GUIDE_OPTIMIZERS: tuple[tuple[str, dict], ...] = (
     ("ftml", {"beta1": 0.6, "beta2": 0.999, "epsilon": 1e-8}),
     ("sgld", {}),
 )
-
-#: ``--preset NAME`` of ``optzoo compare``: named optimizer lists, each ((name, constructor arguments), ...)
-PRESETS: dict[str, tuple[tuple[str, dict], ...]] = {"guide": GUIDE_OPTIMIZERS}
 
 
 @dataclass
@@ -184,14 +180,14 @@ def check_specs(specs: list[OptimizerSpec], option: str = "--optimizers") -> Non
             raise CLIError(f"{option}: {spec.describe()}: {err}") from None
 
 
-def guide_specs(preset: str = "guide") -> tuple[list[OptimizerSpec], list[str]]:
-    """A preset's optimizers that are registered (with its hyperparameters; default: the guide's) and notes on
-    the others."""
+def guide_specs(optimizers=None) -> tuple[list[OptimizerSpec], list[str]]:
+    """The guide's optimizers (or ``optimizers``: ``(name, params)`` pairs, a preset) that are registered, with
+    their hyperparameters, and notes on the others."""
     from ..optimizer import create
 
     registry = registered_optimizers()
     specs, notes = [], []
-    for name, params in PRESETS[preset]:
+    for name, params in optimizers or GUIDE_OPTIMIZERS:
         if name not in registry:
             notes.append(f"skipped {name}: not registered in this optzoo build")
             continue

@@ -174,6 +174,14 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return loss, accuracy
 
 
+def _set_mode(optimizer, updater, params, mode: str) -> None:
+    """``optimizer.eval``/``train`` over the parameters that have a state, for optimizers with modes."""
+    swap = getattr(optimizer, mode, None)
+    if callable(swap):
+        indices = [i for i in range(len(params)) if i in updater.states]
+        swap([params[i].data for i in indices], [updater.states[i] for i in indices])
+
+
 def train_run(config: RunConfig, data: Dataset, progress: Callable[[int, int, float | None], None] | None = None,
               ) -> dict:
     """Trains one model with one optimizer; returns the run record (curves, final metrics, wall time).
@@ -200,6 +208,13 @@ def train_run(config: RunConfig, data: Dataset, progress: Callable[[int, int, fl
     clock = [0.0, None]  # training seconds so far (evaluations excluded), start of the current stretch
 
     def record(step):
+        _set_mode(optimizer, updater, params, "eval")  # Schedule-Free is evaluated at its averaged weights
+        try:
+            return _record(step)
+        finally:
+            _set_mode(optimizer, updater, params, "train")
+
+    def _record(step):
         # Training curves are the mean minibatch loss/accuracy since the previous point (as a training log
         # shows them); step 0 and the final point evaluate the whole training set.
         if clock[1] is not None:
