@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from . import sharding
 from .optimizer.base import STATE_CLASSES, Optimizer, create
 from .optimizer.validation import check_real
 from .serialization import CheckpointError
@@ -22,16 +23,23 @@ from .serialization import CheckpointError
 __all__ = ["TorchOptimizer"]
 
 
-def _plain(state):
-    """A state as nested dicts/lists of tensors, loadable with ``torch.load(weights_only=True)``."""
-    if state is None or isinstance(state, torch.Tensor):
-        return state
-    items = [_plain(item) for item in state]
-    kind = type(state).__name__ if hasattr(state, "_fields") else "tuple"
-    return {"kind": kind, "items": items}
+def _flat(state, path: str = "state") -> dict:
+    """A state as a flat ``{path: tensor}`` dict: ``"state"`` for one tensor, ``"state.mean"`` for a named field,
+    ``"state.0"`` for a tuple item (``None`` entries are left out). torch.distributed.checkpoint saves and
+    reshards these tensors as they are (DTensors included)."""
+    if state is None:
+        return {}
+    if isinstance(state, torch.Tensor):
+        return {path: state}
+    names = state._fields if hasattr(state, "_fields") else range(len(state))
+    out = {}
+    for name, item in zip(names, state):
+        out.update(_flat(item, f"{path}.{name}"))
+    return out
 
 
 def _unplain(raw, device):
+    """A state saved in the nested ``{"kind", "items"}`` format of earlier optzoo versions."""
     if raw is None:
         return None
     if isinstance(raw, torch.Tensor):
@@ -61,6 +69,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             raise ValueError("TorchOptimizer: pass constructor arguments only with an optimizer name, "
                              "not with an optimizer instance")
         self.optimizer = create(optimizer, **optimizer_params)
+        sharding.check_partitioned(self.optimizer)
         self._param_index: dict[torch.Tensor, int] = {}
         lr = self.optimizer.lr if self.optimizer.lr is not None else self.optimizer.learning_rate
         super().__init__(params, {"lr": lr, "wd": self.optimizer.wd})
@@ -81,6 +90,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         opt = self.optimizer
+        if sharding.is_state_init_step(self):  # torch.distributed.checkpoint's: create the states only
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self.state[p]["state"] = sharding.create_state(opt, self._param_index[p], p)
+            return loss
         by_device: dict[torch.device, list] = {}
         for group in self.param_groups:
             for p in group["params"]:
@@ -98,7 +112,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             for (group, p), index in zip(items, indices):
                 entry = self.state[p]
                 if "state" not in entry:
-                    entry["state"] = opt.create_state_multi_precision(index, p)
+                    entry["state"] = sharding.create_state(opt, index, p)
                 params.append(p)
                 states.append(entry["state"])
                 lrs.append(group["lr"] * getattr(p, "lr_mult", 1.0))
@@ -107,6 +121,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                 entry["step"] = t
                 ts.append(t)
             grads = [p.grad for p in params]
+            params, grads, states = sharding.local_views(opt, indices, params, grads, states)
             if opt.impl == "native" and opt._native_call(indices, params, grads, states, lrs, wds, ts,
                                                          opt.multi_precision):
                 continue
@@ -125,10 +140,30 @@ class TorchOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         """As torch's, with each state stored as plain containers (``torch.load(weights_only=True)`` reads it)."""
         packed = super().state_dict()
-        packed["state"] = {k: {"step": v.get("step", 0), "state": _plain(v.get("state"))}
-                           for k, v in packed["state"].items()}
+        packed["state"] = {k: {"step": v.get("step", 0), **_flat(v.get("state"))} for k, v in packed["state"].items()}
+        # optimizer-wide progress also rides in the first param group: torch.distributed.checkpoint keeps only
+        # "state" and "param_groups"
         packed["optzoo"] = {"num_update": self.optimizer.num_update, "extra": self.optimizer.extra_state()}
+        packed["param_groups"][0]["optzoo"] = packed["optzoo"]
         return packed
+
+    def _load_state(self, index, p, entry: dict):
+        """The live state of ``p`` from a saved entry: the flat format of :func:`_flat` copied into a fresh
+        state (sharded like ``p``), or the nested ``{"kind", "items"}`` format of older checkpoints."""
+        if isinstance(entry.get("state"), dict):
+            return _unplain(entry["state"], p.device)
+        state = sharding.create_state(self.optimizer, index, p)
+        expected = _flat(state)
+        unknown = sorted(set(entry) - set(expected) - {"step"})
+        if unknown:
+            raise CheckpointError(f"load_state_dict: parameter {index} has unexpected state entries {unknown}")
+        for path, leaf in expected.items():
+            value = entry.get(path)
+            if not isinstance(value, torch.Tensor) or value.shape != leaf.shape:
+                raise CheckpointError(f"load_state_dict: parameter {index} needs a tensor {path!r} of shape "
+                                      f"{tuple(leaf.shape)}, got {getattr(value, 'shape', value)!r}")
+            leaf.copy_(value)
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restores :meth:`state_dict`; states keep their dtypes (float32 master copies stay float32)."""
@@ -139,7 +174,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         for group, saved in zip(self.param_groups, saved_groups):
             if len(group["params"]) != len(saved["params"]):
                 raise ValueError("load_state_dict: a param group has a different number of parameters")
-            group.update({k: v for k, v in saved.items() if k != "params"})
+            group.update({k: v for k, v in saved.items() if k not in ("params", "optzoo")})
         saved_ids = [i for g in saved_groups for i in g["params"]]
         self.state.clear()
         counts = self.optimizer._index_update_count
@@ -147,12 +182,12 @@ class TorchOptimizer(torch.optim.Optimizer):
             entry = state_dict["state"].get(param_id)
             if entry is None:
                 continue
-            state = _unplain(entry["state"], p.device)
+            state = self._load_state(self._param_index[p], p, entry)
             self.state[p] = {"step": int(entry["step"]), "state": state}
             counts[self._param_index[p]] = int(entry["step"])
-        self.optimizer.num_update = int(state_dict.get("optzoo", {}).get("num_update", max(counts.values(),
-                                                                                            default=0)))
-        self.optimizer.load_extra_state(state_dict.get("optzoo", {}).get("extra") or {})
+        progress = state_dict.get("optzoo") or saved_groups[0].get("optzoo") or {}
+        self.optimizer.num_update = int(progress.get("num_update", max(counts.values(), default=0)))
+        self.optimizer.load_extra_state(progress.get("extra") or {})
 
     def __repr__(self) -> str:
         return f"TorchOptimizer({self.optimizer!r}, groups={len(self.param_groups)})"
