@@ -26,6 +26,7 @@ the parameter: a norm is never silently computed on a local shard.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 
@@ -33,7 +34,8 @@ import torch
 
 from .optimizer.base import Optimizer, _leaves, _map_state
 
-__all__ = ["ShardingError", "check_partitioned", "create_state", "is_dtensor", "local_views"]
+__all__ = ["ShardingError", "check_partitioned", "create_state", "gathered", "is_dtensor", "local_views",
+           "place_state", "writes_checkpoint"]
 
 
 class ShardingError(RuntimeError):
@@ -169,8 +171,7 @@ def local_views(opt: Optimizer, indices, params, grads, states):
             elif p.device_mesh != mesh_of and needs_norms:
                 raise ValueError(f"{_name(opt, index)} is sharded over another device mesh than the other "
                                  f"parameters of this {type(opt).__name__} step; one optimizer per mesh")
-            chunk = -(-p.shape[0] // p.device_mesh.size())  # Shard(0) splits rows as torch.chunk does
-            start = min(p.device_mesh.get_local_rank() * chunk, p.shape[0])
+            start = _row_start(p)
             for tensor in (local, *(_leaves(local_state)[:1] if opt._uses_master_copy(local) else ())):
                 sharded_ids.add(id(tensor))
                 rows[id(tensor)] = (tuple(p.shape), start)
@@ -225,3 +226,46 @@ def is_state_init_step(torch_optimizer) -> bool:
         return False
     grads = [p.grad for g in torch_optimizer.param_groups for p in g["params"] if p.grad is not None]
     return bool(grads) and all(not bool(_local(grad).any()) for grad in grads)
+
+
+def _row_start(param) -> int:
+    chunk = -(-param.shape[0] // param.device_mesh.size())  # Shard(0) splits rows as torch.chunk does
+    return min(param.device_mesh.get_local_rank() * chunk, param.shape[0])
+
+
+def place_state(opt: Optimizer, index, param: torch.Tensor, state):
+    """A loaded state made ready for ``param``: moved to its device; for a DTensor parameter, whole tensors (an
+    ``optzoo.Trainer`` checkpoint) are cut to this rank's rows and wrapped like the parameter."""
+    if not is_dtensor(param):
+        return _map_state(lambda s: s.to(param.device), state)
+    if all(is_dtensor(leaf) for leaf in _leaves(state)):
+        return state
+    placed = create_state(opt, index, param)
+    wholes, targets = _leaves(state), _leaves(placed)
+    if len(wholes) != len(targets) or any(w.shape != t.shape for w, t in zip(wholes, targets)):
+        raise ValueError(f"the loaded state of {_name(opt, index)} does not fit the parameter: shapes "
+                         f"{[tuple(w.shape) for w in wholes]}, expected {[tuple(t.shape) for t in targets]}")
+    sharded = _check_placement(opt, index, param)
+    start = _row_start(param) if sharded else 0
+    for whole, target in zip(wholes, targets):
+        local = target.to_local()
+        local.copy_(whole.narrow(0, start, local.shape[0]) if sharded else whole)
+    return placed
+
+
+def gathered(updater):
+    """``updater`` itself, or a shallow copy whose DTensor states are gathered into whole tensors (a collective:
+    every rank must call it) for an ``optzoo.Trainer`` checkpoint."""
+    if not any(is_dtensor(leaf) for state in updater.states.values() for leaf in _leaves(state)):
+        return updater
+    whole = copy.copy(updater)
+    whole.states = {i: _map_state(lambda t: t.full_tensor() if is_dtensor(t) else t, s)
+                    for i, s in updater.states.items()}
+    return whole
+
+
+def writes_checkpoint(updater) -> bool:
+    """Whether this process writes an ``optzoo.Trainer`` checkpoint: rank 0 when the states are sharded
+    (DTensors, gathered by :func:`gathered`), every process otherwise (dist_sync replicas are identical)."""
+    sharded = any(is_dtensor(leaf) for state in updater.states.values() for leaf in _leaves(state))
+    return not sharded or torch.distributed.get_rank() == 0

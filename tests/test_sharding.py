@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from optimizer_table import ROWS, ROW_BY_NAME
+from optimizer_table import ROW_BY_NAME, ROWS
 
 import optzoo
 from optzoo.optimizer.base import _leaves
@@ -109,11 +109,16 @@ def batch(step: int, rank: int = 0, world: int = 1):
     return x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
 
 
-def train(model, step_fn, steps, rank=0, world=1, first=0):
+def train(model, opt, steps, rank=0, world=1, first=0):
+    """``steps`` steps of ``opt`` (a torch optimizer or an optzoo.Trainer) on this rank's part of the batch."""
     for step in range(first, first + steps):
         x, y = batch(step, rank, world)
         ((model(x) - y) ** 2).mean().backward()  # FSDP2 and DDP average the ranks' gradients
-        step_fn()
+        if isinstance(opt, optzoo.Trainer):
+            opt.step(1)
+        else:
+            opt.step()
+            opt.zero_grad()
 
 
 def _full(t):
@@ -133,11 +138,11 @@ def reference_run(name: str, trainer: bool = False):
     model = make_model(name)
     if trainer:
         tr = optzoo.Trainer(model, name, kwargs_of(name), kvstore=None)
-        train(model, lambda: tr.step(1), STEPS)
+        train(model, tr, STEPS)
         return snapshot(model, [[leaf.clone() for leaf in _leaves(tr._updater.states[i])]
                                 for i in range(len(list(model.parameters())))])
     opt = optzoo.TorchOptimizer(model.parameters(), name, **kwargs_of(name))
-    train(model, lambda: (opt.step(), opt.zero_grad()), STEPS)
+    train(model, opt, STEPS)
     return snapshot(model, torch_states(opt, list(model.parameters())))
 
 
@@ -163,18 +168,18 @@ def parity_job(rank, world, outdir, names, modes):
             if mode == "fsdp":
                 model = fsdp(model)
                 opt = optzoo.TorchOptimizer(model.parameters(), name, **kwargs)
-                train(model, lambda: (opt.step(), opt.zero_grad()), STEPS, rank, world)
+                train(model, opt, STEPS, rank, world)
                 out[(name, mode)] = snapshot(model, torch_states(opt, list(model.parameters())))
             elif mode == "fsdp-trainer":
                 model = fsdp(model)
                 tr = optzoo.Trainer(model, name, kwargs, kvstore=None)
-                train(model, lambda: tr.step(1), STEPS, rank, world)
+                train(model, tr, STEPS, rank, world)
                 out[(name, mode)] = snapshot(model, [[_full(leaf) for leaf in _leaves(tr._updater.states[i])]
                                                      for i in range(len(list(model.parameters())))])
             elif mode == "ddp":
                 ddp = DistributedDataParallel(model)
                 opt = optzoo.TorchOptimizer(ddp.parameters(), name, **kwargs)
-                train(ddp, lambda: (opt.step(), opt.zero_grad()), STEPS, rank, world)
+                train(ddp, opt, STEPS, rank, world)
                 out[(name, mode)] = snapshot(model, torch_states(opt, list(model.parameters())))
             elif mode == "zero":
                 ddp = DistributedDataParallel(model)
@@ -184,7 +189,7 @@ def parity_job(rank, world, outdir, names, modes):
                 except ValueError as err:  # an optimizer-wide sequence: refused, never a different run
                     out[(name, mode)] = str(err)
                     continue
-                train(ddp, lambda: (opt.step(), opt.zero_grad()), STEPS, rank, world)
+                train(ddp, opt, STEPS, rank, world)
                 # each rank holds the states of its partition only
                 out[(name, mode)] = snapshot(model, torch_states(opt.optim, list(model.parameters())))
     return out
@@ -219,13 +224,13 @@ def references():
 
 def _assert_matches(got, want, what):
     for k, (g, w) in enumerate(zip(got["weights"], want["weights"])):
-        torch.testing.assert_close(g, w, **TOL, msg=lambda m: f"{what}: weight {k}: {m}")
+        torch.testing.assert_close(g, w, **TOL, msg=lambda m, k=k: f"{what}: weight {k}: {m}")
     for k, (g, w) in enumerate(zip(got["states"], want["states"])):
         if g is None:  # a ZeRO rank holds only its partition's states
             continue
         assert len(g) == len(w), f"{what}: state {k} has {len(g)} tensors, want {len(w)}"
         for j, (a, b) in enumerate(zip(g, w)):
-            torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{what}: state {k}.{j}: {m}")
+            torch.testing.assert_close(a, b, **TOL, msg=lambda m, k=k, j=j: f"{what}: state {k}.{j}: {m}")
 
 
 @pytest.mark.parametrize("mode", _modes())
@@ -251,3 +256,152 @@ def test_four_processes_equal_one(parity4, references, name, mode):
             assert mode == "zero" and name in ("nadam", "sgld"), got
             continue
         _assert_matches(got, want, f"{name} {mode} rank {rank}")
+
+
+# ---------------------------------------------------------------------------------------------- DCP
+DCP_NAMES = ["lamb", "nadam", "lans", "groupadagrad", "sgld"]
+DCP_SPLIT = 10  # steps before the checkpoint; as many after it
+
+
+def _dcp_state(model, opt):
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+
+
+def dcp_save_job(rank, world, outdir, names):
+    """Trains DCP_SPLIT steps, saves with DCP, trains on: the uninterrupted run (and its Trainer twin)."""
+    import torch.distributed.checkpoint as dcp
+
+    out = {}
+    for name in names:
+        model = fsdp(make_model(name))
+        opt = optzoo.TorchOptimizer(model.parameters(), name, **kwargs_of(name))
+        train(model, opt, DCP_SPLIT, rank, world)
+        dcp.save(_dcp_state(model, opt), checkpoint_id=os.path.join(outdir, "dcp", name))
+        train(model, opt, STEPS - DCP_SPLIT, rank, world, first=DCP_SPLIT)
+        out[name] = snapshot(model, torch_states(opt, list(model.parameters())))
+        # optzoo.Trainer: rank 0 writes one file of whole tensors
+        model = fsdp(make_model(name))
+        tr = optzoo.Trainer(model, name, kwargs_of(name), kvstore=None)
+        train(model, tr, DCP_SPLIT, rank, world)
+        tr.save_states(os.path.join(outdir, f"{name}.states"))
+        torch.save({k: _full(v) for k, v in model.state_dict().items()}, os.path.join(outdir, f"{name}.model"))
+        out[name, "files"] = sorted(os.listdir(outdir))
+    return out
+
+
+def dcp_load_job(rank, world, outdir, names):
+    """A fresh job on another number of processes resumes from the checkpoint and runs the remaining steps."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    out = {}
+    for name in names:
+        model = fsdp(make_model(name, seed=5))  # other weights: the checkpoint must replace them
+        opt = optzoo.TorchOptimizer(model.parameters(), name, **kwargs_of(name))
+        state = _dcp_state(model, opt)
+        dcp.load(state, checkpoint_id=os.path.join(outdir, "dcp", name))
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, opt, state["optim"])
+        train(model, opt, STEPS - DCP_SPLIT, rank, world, first=DCP_SPLIT)
+        out[name] = snapshot(model, torch_states(opt, list(model.parameters())))
+        model = make_model(name, seed=5)
+        model.load_state_dict(torch.load(os.path.join(outdir, f"{name}.model")))
+        model = fsdp(model)
+        tr = optzoo.Trainer(model, name, kwargs_of(name), kvstore=None)
+        tr.load_states(os.path.join(outdir, f"{name}.states"))
+        train(model, tr, STEPS - DCP_SPLIT, rank, world, first=DCP_SPLIT)
+        out[name, "trainer"] = snapshot(model, [[_full(leaf) for leaf in _leaves(tr._updater.states[i])]
+                                                for i in range(len(list(model.parameters())))])
+    return out
+
+
+@pytest.fixture(scope="module")
+def resharded(tmp_path_factory):
+    outdir = tmp_path_factory.mktemp("dcp")
+    saved = run_job("dcp_save_job", 4, outdir, (DCP_NAMES,))[0]
+    loaded = run_job("dcp_load_job", 2, outdir, (DCP_NAMES,))[0]
+    return saved, loaded
+
+
+@pytest.mark.parametrize("name", DCP_NAMES)
+def test_dcp_checkpoint_of_4_processes_resumes_on_2(resharded, references, name):
+    saved, loaded = resharded
+    for rank in range(2):
+        _assert_matches(loaded[rank][name], saved[0][name], f"{name} resumed on 2 ranks vs uninterrupted on 4")
+    _assert_matches(saved[0][name], references(name), f"{name} on 4 ranks vs one process")
+
+
+@pytest.mark.parametrize("name", DCP_NAMES)
+def test_trainer_checkpoint_is_one_file_written_by_rank_0_and_reshards(resharded, references, name):
+    saved, loaded = resharded
+    assert f"{name}.states" in saved[0][name, "files"]
+    assert not any(f.startswith(f"{name}.states.") for f in saved[0][name, "files"])  # no partial/temp files
+    for rank in range(2):
+        _assert_matches(loaded[rank][name, "trainer"], references(name, trainer=True),
+                        f"{name} Trainer resumed on 2 ranks vs one process")
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def killed_worker_job(rank, world, outdir):
+    """Rank 1 dies in the middle of training; rank 0 must fail promptly, not hang."""
+    model = fsdp(make_model("lamb"))
+    opt = optzoo.TorchOptimizer(model.parameters(), "lamb", learning_rate=0.01)
+
+    for step in range(STEPS):
+        if rank == 1 and step == 3:
+            os._exit(17)
+        train(model, opt, 1, rank, world, first=step)
+    return "finished"
+
+
+def test_a_killed_worker_makes_the_others_fail_promptly(tmp_path):
+    results, seconds = run_job("killed_worker_job", 2, tmp_path, timeout=30, expect_fail=(0, 1))
+    assert results[1] is None  # killed: no traceback
+    assert results[0] is not None and ("Connection" in results[0] or "ShardingError" in results[0]
+                                       or "timed out" in results[0].lower()), results[0]
+    assert seconds < 45, f"the surviving worker took {seconds:.0f} s to fail"
+
+
+def bad_input_job(rank, world, outdir):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    errors = {}
+
+    def attempt(key, params, name="lamb", **kwargs):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        try:
+            optzoo.TorchOptimizer(params, name, **kwargs).step()
+            errors[key] = None
+        except ValueError as err:
+            errors[key] = str(err)
+
+    mesh = init_device_mesh("cpu", (world,))
+    sharded = torch.nn.Parameter(distribute_tensor(torch.ones(5, 3), mesh, [Shard(0)]))
+    attempt("mixed", [sharded, torch.nn.Parameter(torch.ones(3))])
+    attempt("mixed_elementwise", [sharded, torch.nn.Parameter(torch.ones(3))], name="adam")
+    attempt("shard1", [torch.nn.Parameter(distribute_tensor(torch.ones(5, 3), mesh, [Shard(1)]))])
+    mesh2 = init_device_mesh("cpu", (1, world))
+    attempt("mesh2d", [torch.nn.Parameter(distribute_tensor(torch.ones(4, 4), mesh2, [Replicate(), Shard(0)]))],
+            name="adam")
+    attempt("reference", [torch.nn.Parameter(distribute_tensor(torch.ones(5, 3), mesh, [Shard(0)]))],
+            impl="reference")
+    try:
+        optzoo.Trainer([sharded], "sgd", kvstore="dist_sync")
+        errors["kvstore"] = None
+    except ValueError as err:
+        errors["kvstore"] = str(err)
+    return errors
+
+
+def test_bad_sharded_input_is_a_clear_value_error(tmp_path):
+    results, _ = run_job("bad_input_job", 2, tmp_path)
+    errors = results[0]
+    assert "plain tensor" in errors["mixed"] and "parameter 1" in errors["mixed"]
+    assert errors["mixed_elementwise"] is None  # element-wise rules need no norms: a mix is fine
+    assert "Shard(dim=1)" in errors["shard1"] and "parameter 0" in errors["shard1"]
+    assert "2-D mesh" in errors["mesh2d"]
+    assert "impl='reference'" in errors["reference"]
+    assert "kvstore=None" in errors["kvstore"]

@@ -8,7 +8,7 @@ import torch
 
 from .. import sharding
 from ..serialization import CheckpointError, dumps, loads
-from .base import STATE_CLASSES, Optimizer, _map_state, create
+from .base import STATE_CLASSES, Optimizer, create
 
 __all__ = ["Updater", "get_updater", "encode_states", "decode_states", "optimizer_to_meta",
            "optimizer_from_meta"]
@@ -165,7 +165,7 @@ class Updater:
                     self.states[i] = sharding.create_state(self.optimizer, i, w)
                     self.states_synced[i] = True
                 elif not self.states_synced.get(i, True):
-                    self.states[i] = _map_state(lambda s, w=w: s.to(w.device), self.states[i])
+                    self.states[i] = sharding.place_state(self.optimizer, i, w, self.states[i])
                     self.states_synced[i] = True
             indices = [i for i, _, _ in items]
             weights, grads, states = sharding.local_views(self.optimizer, indices, [w for _, _, w in items],
