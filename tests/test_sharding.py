@@ -199,16 +199,36 @@ def _modes():
     return ("fsdp", "fsdp-trainer", "ddp", "zero")
 
 
-@pytest.fixture(scope="module")
-def parity2(tmp_path_factory):
-    names = [row.name for row in ROWS]
-    return run_job("parity_job", 2, tmp_path_factory.mktemp("parity2"), (names, _modes()), timeout=60)[0]
+def jobs(rank, world, outdir, parts):
+    """Several jobs in one launch (process start-up dominates on 2 cores): ``parts`` lists ``(job, args)``."""
+    return {job: globals()[job](rank, world, outdir, *args) for job, args in parts}
 
 
 @pytest.fixture(scope="module")
-def parity4(tmp_path_factory):
+def four(tmp_path_factory):
+    """4 processes: FSDP2 and ZeRO parity (every optimizer with OPTZOO_FULL=1, else a sample), then a DCP save."""
+    outdir = tmp_path_factory.mktemp("sharding")
     names = [row.name for row in ROWS] if FULL else SAMPLE4
-    return run_job("parity_job", 4, tmp_path_factory.mktemp("parity4"), (names, ("fsdp", "zero")), timeout=60)[0]
+    parts = [("parity_job", (names, ("fsdp", "zero"))), ("dcp_save_job", (DCP_NAMES,))]
+    return outdir, run_job("jobs", 4, outdir, (parts,))[0]
+
+
+@pytest.fixture(scope="module")
+def two(four):
+    """2 processes: every optimizer in every mode, then resuming the 4-process DCP checkpoint."""
+    outdir = four[0]
+    parts = [("parity_job", ([row.name for row in ROWS], _modes())), ("dcp_load_job", (DCP_NAMES,))]
+    return run_job("jobs", 2, outdir, (parts,))[0]
+
+
+@pytest.fixture(scope="module")
+def parity2(two):
+    return {rank: result["parity_job"] for rank, result in two.items()}
+
+
+@pytest.fixture(scope="module")
+def parity4(four):
+    return {rank: result["parity_job"] for rank, result in four[1].items()}
 
 
 @pytest.fixture(scope="module")
@@ -317,11 +337,9 @@ def dcp_load_job(rank, world, outdir, names):
 
 
 @pytest.fixture(scope="module")
-def resharded(tmp_path_factory):
-    outdir = tmp_path_factory.mktemp("dcp")
-    saved = run_job("dcp_save_job", 4, outdir, (DCP_NAMES,))[0]
-    loaded = run_job("dcp_load_job", 2, outdir, (DCP_NAMES,))[0]
-    return saved, loaded
+def resharded(four, two):
+    return ({rank: r["dcp_save_job"] for rank, r in four[1].items()},
+            {rank: r["dcp_load_job"] for rank, r in two.items()})
 
 
 @pytest.mark.parametrize("name", DCP_NAMES)
@@ -343,8 +361,10 @@ def test_trainer_checkpoint_is_one_file_written_by_rank_0_and_reshards(resharded
 
 
 # ---------------------------------------------------------------------------------------------- failures
-def killed_worker_job(rank, world, outdir):
-    """Rank 1 dies in the middle of training; rank 0 must fail promptly, not hang."""
+def failure_job(rank, world, outdir):
+    """The bad-input checks (saved at once), then rank 1 dies in the middle of training: rank 0 must fail
+    promptly, not hang."""
+    torch.save(bad_input_job(rank, world, outdir), os.path.join(outdir, f"bad{rank}.pt"))
     model = fsdp(make_model("lamb"))
     opt = optzoo.TorchOptimizer(model.parameters(), "lamb", learning_rate=0.01)
 
@@ -355,12 +375,19 @@ def killed_worker_job(rank, world, outdir):
     return "finished"
 
 
-def test_a_killed_worker_makes_the_others_fail_promptly(tmp_path):
-    results, seconds = run_job("killed_worker_job", 2, tmp_path, timeout=30, expect_fail=(0, 1))
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory):
+    outdir = tmp_path_factory.mktemp("failures")
+    results, seconds = run_job("failure_job", 2, outdir, timeout=30, expect_fail=(0, 1))
+    return results, seconds, torch.load(outdir / "bad0.pt")
+
+
+def test_a_killed_worker_makes_the_others_fail_promptly(failures):
+    results, seconds, _ = failures
     assert results[1] is None  # killed: no traceback
     assert results[0] is not None and ("Connection" in results[0] or "ShardingError" in results[0]
                                        or "timed out" in results[0].lower()), results[0]
-    assert seconds < 45, f"the surviving worker took {seconds:.0f} s to fail"
+    assert seconds < 60, f"the surviving worker took {seconds:.0f} s to fail"
 
 
 def bad_input_job(rank, world, outdir):
@@ -396,9 +423,8 @@ def bad_input_job(rank, world, outdir):
     return errors
 
 
-def test_bad_sharded_input_is_a_clear_value_error(tmp_path):
-    results, _ = run_job("bad_input_job", 2, tmp_path)
-    errors = results[0]
+def test_bad_sharded_input_is_a_clear_value_error(failures):
+    errors = failures[2]
     assert "plain tensor" in errors["mixed"] and "parameter 1" in errors["mixed"]
     assert errors["mixed_elementwise"] is None  # element-wise rules need no norms: a mix is fine
     assert "Shard(dim=1)" in errors["shard1"] and "parameter 0" in errors["shard1"]
