@@ -60,12 +60,13 @@ def _norms(tensors) -> list[torch.Tensor]:
 
 
 def _norm_sums(tensors) -> torch.Tensor:
-    """The norm pass of a sharded step: every tensor's sum of squares, float64, as one vector (a local shard
-    gives its partial sum; :mod:`optzoo.sharding` adds the shards' partial sums up)."""
+    """The norm pass of a sharded step: every tensor's sum of squares as one float64 vector (a local shard
+    gives its partial sum; :mod:`optzoo.sharding` adds the shards' partial sums up). Each is accumulated as
+    :func:`_norms` does (float32, no float64 copy of the tensors) and squared in float64."""
     tensors = list(tensors)
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
-    return torch.stack(list(torch._foreach_norm(tensors, 2, dtype=torch.float64))).square_()
+    return torch.stack(_norms(tensors)).to(torch.float64).square_()
 
 
 def _tensor_norms(families, owners, reduce_sums=None) -> torch.Tensor:
