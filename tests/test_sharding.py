@@ -370,6 +370,8 @@ def failure_job(rank, world, outdir):
 
     for step in range(STEPS):
         if rank == 1 and step == 3:
+            with open(os.path.join(outdir, "killed_at"), "w") as f:
+                f.write(repr(time.time()))
             os._exit(17)
         train(model, opt, 1, rank, world, first=step)
     return "finished"
@@ -378,8 +380,10 @@ def failure_job(rank, world, outdir):
 @pytest.fixture(scope="module")
 def failures(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("failures")
-    results, seconds = run_job("failure_job", 2, outdir, timeout=30, expect_fail=(0, 1))
-    return results, seconds, torch.load(outdir / "bad0.pt")
+    results, _ = run_job("failure_job", 2, outdir, timeout=30, expect_fail=(0, 1))
+    # from the kill to the survivor's traceback (process start-up on a busy machine is not counted)
+    seconds = os.path.getmtime(outdir / "rank0.err") - float((outdir / "killed_at").read_text())
+    return results, seconds, torch.load(outdir / "bad0.pt", weights_only=False)
 
 
 def test_a_killed_worker_makes_the_others_fail_promptly(failures):
@@ -387,7 +391,7 @@ def test_a_killed_worker_makes_the_others_fail_promptly(failures):
     assert results[1] is None  # killed: no traceback
     assert results[0] is not None and ("Connection" in results[0] or "ShardingError" in results[0]
                                        or "timed out" in results[0].lower()), results[0]
-    assert seconds < 60, f"the surviving worker took {seconds:.0f} s to fail"
+    assert seconds < 40, f"the surviving worker took {seconds:.0f} s to fail"  # process group timeout: 30 s
 
 
 def bad_input_job(rank, world, outdir):
@@ -415,6 +419,20 @@ def bad_input_job(rank, world, outdir):
             name="adam")
     attempt("reference", [torch.nn.Parameter(distribute_tensor(torch.ones(5, 3), mesh, [Shard(0)]))],
             impl="reference")
+    # Replicate and Shard(0) parameters in one LAMB step: the replicated norms pass through, the sharded add up
+    torch.manual_seed(0)
+    full, grads = torch.randn(5, 3), [torch.randn(5, 3) for _ in range(3)]
+    plain = [torch.nn.Parameter(full.clone()), torch.nn.Parameter(2 * full)]
+    placed = [torch.nn.Parameter(distribute_tensor(full, mesh, [Replicate()])),
+              torch.nn.Parameter(distribute_tensor(2 * full, mesh, [Shard(0)]))]
+    opts = [optzoo.TorchOptimizer(ps, "lamb", learning_rate=0.1, wd=0.01) for ps in (plain, placed)]
+    for g in grads:
+        plain[0].grad, plain[1].grad = g.clone(), g.clone()
+        placed[0].grad = distribute_tensor(g, mesh, [Replicate()])
+        placed[1].grad = distribute_tensor(g, mesh, [Shard(0)])
+        for opt in opts:
+            opt.step()
+    errors["replicate"] = [(p.full_tensor().detach(), q.detach()) for p, q in zip(placed, plain)]
     try:
         optzoo.Trainer([sharded], "sgd", kvstore="dist_sync")
         errors["kvstore"] = None
@@ -431,3 +449,5 @@ def test_bad_sharded_input_is_a_clear_value_error(failures):
     assert "2-D mesh" in errors["mesh2d"]
     assert "impl='reference'" in errors["reference"]
     assert "kvstore=None" in errors["kvstore"]
+    for got, want in errors["replicate"]:
+        torch.testing.assert_close(got, want, **TOL)
