@@ -138,7 +138,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         return loss
 
     def state_dict(self) -> dict:
-        """As torch's, with each state stored as plain containers (``torch.load(weights_only=True)`` reads it)."""
+        """As torch's, with each parameter's state as a flat dict of tensors (``{"step", "state.<field>"}``, see
+        :func:`_flat`): ``torch.load(weights_only=True)`` reads it, torch.distributed.checkpoint reshards it."""
         packed = super().state_dict()
         packed["state"] = {k: {"step": v.get("step", 0), **_flat(v.get("state"))} for k, v in packed["state"].items()}
         # optimizer-wide progress also rides in the first param group: torch.distributed.checkpoint keeps only

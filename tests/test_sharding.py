@@ -451,3 +451,44 @@ def test_bad_sharded_input_is_a_clear_value_error(failures):
     assert "kvstore=None" in errors["kvstore"]
     for got, want in errors["replicate"]:
         torch.testing.assert_close(got, want, **TOL)
+
+
+# ---------------------------------------------------------------------------------------------- one process
+def test_state_dict_is_flat_tensors_per_parameter_and_loads_the_nested_format_of_older_versions(tmp_path):
+    model = torch.nn.Linear(3, 2).to(torch.float16)
+    opt = optzoo.TorchOptimizer(model.parameters(), "nadam", multi_precision=True)
+    model(torch.ones(1, 3, dtype=torch.float16)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    assert sorted(saved["state"][0]) == ["state.0", "state.1.mean", "state.1.var", "step"]
+    assert saved["param_groups"][0]["optzoo"]["extra"]["m_schedule"] == opt.optimizer.m_schedule
+    torch.save(saved, tmp_path / "opt.pt")
+    fresh = optzoo.TorchOptimizer(model.parameters(), "nadam", multi_precision=True)
+    fresh.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    for p in model.parameters():
+        for a, b in zip(_leaves(fresh.state[p]["state"]), _leaves(opt.state[p]["state"])):
+            assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    assert fresh.optimizer.m_schedule == opt.optimizer.m_schedule
+    old = {**saved, "state": {k: {"step": v["step"], "state": {"kind": "tuple", "items": [
+        v["state.0"], {"kind": "AdamState", "items": [v["state.1.mean"], v["state.1.var"]]}]}}
+        for k, v in saved["state"].items()}}
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.state[model.weight]["state"][1].var, opt.state[model.weight]["state"][1].var)
+    bad = {**saved, "state": {0: {**saved["state"][0], "state.1.extra": torch.ones(1)}}}
+    with pytest.raises(optzoo.serialization.CheckpointError, match="unexpected state entries"):
+        fresh.load_state_dict(bad)
+
+
+def test_the_state_initialisation_step_of_distributed_checkpoint_changes_nothing():
+    """DCP's _init_optim_state steps a fresh optimizer with lr 0 and zero gradients: FTRL's weights would become
+    0 and every count would advance. optzoo creates the states only."""
+    model = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = optzoo.TorchOptimizer(model.parameters(), "ftrl")
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.param_groups[0]["lr"] = 0.0
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(opt.state[p]["state"] is not None and "step" not in opt.state[p] for p in model.parameters())
+    assert opt.optimizer.num_update == 0
