@@ -168,8 +168,12 @@ def parity_job(rank, world, outdir, names, modes):
             if mode == "fsdp":
                 model = fsdp(model)
                 opt = optzoo.TorchOptimizer(model.parameters(), name, **kwargs)
+                inner, calls = opt.optimizer, []
+                inner._foreach_rule = lambda *args, inner=inner, calls=calls: (
+                    calls.append(1), type(inner)._foreach_rule(inner, *args))
                 train(model, opt, STEPS, rank, world)
                 out[(name, mode)] = snapshot(model, torch_states(opt, list(model.parameters())))
+                out[(name, "path")] = (inner.impl, bool(inner.uses_tensor_norms), len(calls))
             elif mode == "fsdp-trainer":
                 model = fsdp(model)
                 tr = optzoo.Trainer(model, name, kwargs, kvstore=None)
@@ -264,6 +268,19 @@ def test_two_processes_equal_one(parity2, references, name, mode):
             assert "ZeroRedundancyOptimizer" in got
             continue
         _assert_matches(got, want, f"{name} {mode} rank {rank}")
+
+
+@pytest.mark.parametrize("name", [row.name for row in ROWS])
+def test_sharded_steps_keep_the_native_kernel_of_element_wise_rules(parity2, name):
+    """No silent fallback: an element-wise rule with a native kernel runs it on the local shards; the
+    norm-using rules run their torch._foreach path (the kernels take their norms inside)."""
+    impl, uses_norms, foreach_calls = parity2[0][(name, "path")]
+    if uses_norms:
+        assert foreach_calls == STEPS
+    elif impl == "native":
+        assert foreach_calls == 0
+    else:
+        assert impl == "foreach" and foreach_calls == STEPS
 
 
 @pytest.mark.parametrize("mode", ["fsdp", "zero"])
