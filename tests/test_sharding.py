@@ -180,6 +180,12 @@ def parity_job(rank, world, outdir, names, modes):
                 train(model, tr, STEPS, rank, world)
                 out[(name, mode)] = snapshot(model, [[_full(leaf) for leaf in _leaves(tr._updater.states[i])]
                                                      for i in range(len(list(model.parameters())))])
+            elif mode == "ddp-trainer":
+                ddp = DistributedDataParallel(model)
+                tr = optzoo.Trainer(model, name, kwargs, kvstore=None)
+                train(ddp, tr, STEPS, rank, world)
+                out[(name, mode)] = snapshot(model, [[leaf.clone() for leaf in _leaves(tr._updater.states[i])]
+                                                     for i in range(len(list(model.parameters())))])
             elif mode == "ddp":
                 ddp = DistributedDataParallel(model)
                 opt = optzoo.TorchOptimizer(ddp.parameters(), name, **kwargs)
@@ -200,7 +206,7 @@ def parity_job(rank, world, outdir, names, modes):
 
 
 def _modes():
-    return ("fsdp", "fsdp-trainer", "ddp", "zero")
+    return ("fsdp", "fsdp-trainer", "ddp", "ddp-trainer", "zero")
 
 
 def jobs(rank, world, outdir, parts):
@@ -260,7 +266,7 @@ def _assert_matches(got, want, what):
 @pytest.mark.parametrize("mode", _modes())
 @pytest.mark.parametrize("name", [row.name for row in ROWS])
 def test_two_processes_equal_one(parity2, references, name, mode):
-    want = references(name, trainer=mode == "fsdp-trainer")
+    want = references(name, trainer="trainer" in mode)
     for rank, result in parity2.items():
         got = result[(name, mode)]
         if isinstance(got, str):
