@@ -50,6 +50,38 @@ class _ByteCounter:
             setattr(dist, name, counted)
 
 
+def _model(width):
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(width, width) for _ in range(4)] + [torch.nn.Linear(width, 10)]
+    return layers, torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.ReLU())][:-1])
+
+
+def _train(model, opt, steps, warmup, began=lambda: None):
+    """``warmup + steps`` steps; the optimizer step's seconds of the last ``steps``."""
+    x, y = torch.randn(32, model[0].in_features), torch.randint(0, 10, (32,))
+    opt_times = []
+    for step in range(steps + warmup):
+        if step == warmup:
+            began()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        t0 = time.perf_counter()
+        opt.step()
+        if step >= warmup:
+            opt_times.append(time.perf_counter() - t0)
+        opt.zero_grad()
+    return opt_times
+
+
+def unsharded_step_ms(steps, width, name) -> float:
+    """The optimizer step of the same model without FSDP, in this process (the native kernel where built)."""
+    import optzoo
+
+    torch.set_num_threads(1)
+    _, model = _model(width)
+    opt = optzoo.TorchOptimizer(model.parameters(), name, learning_rate=1e-3, wd=0.01)
+    return statistics.median(_train(model, opt, steps, 3)) * 1e3
+
+
 def _worker(rank, world, port, steps, width, name, queue):
     import optzoo
     from optzoo.optimizer.base import _leaves
@@ -60,25 +92,20 @@ def _worker(rank, world, port, steps, width, name, queue):
     from torch.distributed.fsdp import fully_shard
 
     counter = _ByteCounter()
-    torch.manual_seed(0)
-    layers = [torch.nn.Linear(width, width) for _ in range(4)] + [torch.nn.Linear(width, 10)]
-    model = torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.ReLU())][:-1])
+    layers, model = _model(width)
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)
     opt = optzoo.TorchOptimizer(model.parameters(), name, learning_rate=1e-3, wd=0.01)
-    x, y = torch.randn(32, width), torch.randint(0, 10, (32,))
-    warmup, opt_times = 3, []
-    for step in range(steps + warmup):
-        if step == warmup:
-            dist.barrier()
-            start, bytes0 = time.perf_counter(), counter.bytes
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        t0 = time.perf_counter()
-        opt.step()
-        if step >= warmup:
-            opt_times.append(time.perf_counter() - t0)
-        opt.zero_grad()
+    warmup = 3
+    start, bytes0 = None, 0
+
+    def began():
+        nonlocal start, bytes0
+        dist.barrier()
+        start, bytes0 = time.perf_counter(), counter.bytes
+
+    opt_times = _train(model, opt, steps, warmup, began)
     dist.barrier()
     elapsed = time.perf_counter() - start
     sent = (counter.bytes - bytes0) / steps
@@ -111,6 +138,7 @@ def main():
           "| state bytes/worker |")
     print("|---|---|---|---|---|---|")
     for name in args.optimizers:
+        print(f"| {name} | 1, no FSDP | | {unsharded_step_ms(args.steps, args.width, name):.2f} | 0 | |", flush=True)
         for world in args.workers:
             rate, ranks, params = run(world, args.steps, args.width, name)
             ms = " / ".join(f"{r[0]:.2f}" for r in ranks)
