@@ -110,8 +110,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             if opt.impl == "native" and opt._native_call(indices, params, grads, states, lrs, wds, ts,
                                                          opt.multi_precision):
                 continue
-            for p, g in zip(params, grads):
-                opt._check_pair(p, g)
+            opt._check_inputs(indices, params, grads, states)
             masters = [opt._uses_master_copy(p) for p in params]
             weights = [s[0] if m else p for p, s, m in zip(params, states, masters)]
             inner_grads = [g.to(torch.float32) if m else g for g, m in zip(grads, masters)]

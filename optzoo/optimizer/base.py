@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from .. import native
+from .input_checks import _flat as _flat_state
+from .input_checks import check_no_shared_memory, check_state_layout, native_positions, repeat_rounds
 from .validation import check_bool, check_choice, check_int, check_real, reject_unknown_kwargs
 
 __all__ = [
@@ -411,6 +413,12 @@ class Optimizer:
 
     def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast: bool) -> None:
         """Runs the rule with finished per-tensor scalars (lr, wd, t); used by the torch adapter too."""
+        rounds = repeat_rounds(indices, weights, states)
+        if rounds is not None:  # the same entry listed twice: one update after the other, as MXNet
+            columns = (indices, weights, grads, states, lrs, wds, ts)
+            for r in rounds:
+                self._apply(*([column[k] for k in r] for column in columns), fast)
+            return
         with torch.no_grad():
             dense = ([], [], [], [], [], [], [])
             for item in zip(indices, weights, grads, states, lrs, wds, ts):
@@ -439,8 +447,10 @@ class Optimizer:
         if self.impl == "native":
             aux, commit = self._native_aux([index], [lr], [t])
             values = values.contiguous()
-            if native.load().step_rows(self._native_kernel(), weight, rows, values, state, lr, wd, t,
-                                       self._native_hyper(), False, aux):
+            with native_positions([index]):
+                done = native.load().step_rows(self._native_kernel(), weight, rows, values, state, lr, wd, t,
+                                               self._native_hyper(), False, aux)
+            if done:
                 if commit is not None:
                     commit()
                 return
@@ -483,8 +493,10 @@ class Optimizer:
     def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision: bool) -> bool:
         """Runs the native rule over the lists; False (nothing written) when some tensor is not one it takes."""
         aux, commit = self._native_aux(indices, lrs, ts)
-        if not native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts, self._native_hyper(),
-                                  multi_precision, aux):
+        with native_positions(indices):  # the core names bad tensors by position: name the parameters
+            done = native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
+                                      self._native_hyper(), multi_precision, aux)
+        if not done:
             return False
         if commit is not None:
             commit()
@@ -549,6 +561,7 @@ class Optimizer:
                              f"{len(weights)}, {len(grads)} and {len(states)}")
         for index, w, g, s in zip(indices, weights, grads, states):
             self._check_pair(w, g)
+            check_state_layout(index, w, s, self._state_template(index, w))
             for leaf in _leaves(s):
                 if leaf.device != w.device:
                     raise ValueError(f"state of parameter {index!r} is on {leaf.device} but its weight is on "
@@ -556,6 +569,26 @@ class Optimizer:
                 if leaf.shape[:1] != w.shape[:1] and leaf.numel() != 1:
                     raise ValueError(f"state of parameter {index!r} has shape {tuple(leaf.shape)}, which does not "
                                      f"fit weight shape {tuple(w.shape)}")
+        rounds = repeat_rounds(indices, weights, states) or [range(len(indices))]
+        for r in rounds:  # a repeated entry is updated once per occurrence, round by round (see _apply)
+            check_no_shared_memory(*([column[k] for k in r] for column in (indices, weights, grads, states)))
+
+    def _state_template(self, index, weight):
+        """``[(shape, dtype) or None, ...]``: the flat entries of the state ``create_state_multi_precision`` makes
+        for ``weight`` (made once per shape and dtype on the meta device), or None where it cannot tell."""
+        key = (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight))
+        templates = self.__dict__.setdefault("_state_templates", {})
+        if key not in templates:
+            try:
+                meta = torch.empty(key[0], dtype=torch.float32 if key[2] else weight.dtype, device="meta")
+                state = self.create_state(index, meta)
+                if key[2]:
+                    state = (meta, state)
+                templates[key] = [None if leaf is None else (tuple(leaf.shape), leaf.dtype)
+                                  for leaf in _flat_state(state)]
+            except Exception:  # a custom create_state that cannot run on meta tensors: no template
+                templates[key] = None
+        return templates[key]
 
     # ------------------------------------------------------------------ registry
     @staticmethod
