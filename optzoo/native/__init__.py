@@ -1,10 +1,13 @@
 """optzoo's native optimizer kernels: one C++/OpenMP call per optimizer step.
 
 The sources in ``optzoo/native/src`` are compiled with the system C++ compiler the first time a process needs them
-(about 20 s on two cores, announced on stderr) and cached in ``$OPTZOO_CACHE`` (default ``~/.cache/optzoo``) under
-a key made of the sources, the compiler flags, the torch and Python versions and the CPU, so later processes load
-the cached module at once. Each ``.cpp`` becomes its own cached object file; only ``core.cpp`` includes the torch
-and pybind headers. Concurrent processes wait on a lock file instead of building twice.
+(about 20 s on two cores, announced on stderr) and cached in ``$OPTZOO_CACHE`` (default ``~/.cache/optzoo``). Each
+object file is keyed by everything that changes its machine code (compiler path and ``--version``, flags, the CPU
+the flags tune for, torch and Python versions, the source and headers) and the library by its objects' keys, so a
+cache shared by machines with different CPUs never mixes their ``-march=native`` code. ``OPTZOO_NATIVE_ARCH=portable``
+(or an unknown CPU, or a failing tuned build) builds with portable flags instead. Each ``.cpp`` becomes its own
+cached object file; only ``core.cpp`` includes the torch and pybind headers. Concurrent processes wait on a lock
+file instead of building twice. See docs/native.md.
 
 Without a compiler (or with ``OPTZOO_NATIVE=0``) :func:`load` returns ``None`` after one warning line, and every
 optimizer runs its ``torch._foreach`` path instead.
@@ -15,7 +18,8 @@ Python API of the loaded module (``load()``):
 * ``step(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux) -> bool``: one update of every
   tensor (lists); ``lrs``/``wds``/``ts`` are one number for all tensors or one per tensor; ``aux`` is ``None`` or
   a flat sequence with the same number of extra values for each tensor. Returns False, having written nothing,
-  when some tensor is not one the kernels take (then the caller uses the torch path);
+  when some tensor is not one the kernels take (then the caller uses the torch path); raises ValueError, having
+  written nothing, for shared memory or a misshapen state (tensors named ``@<position>``, see core.cpp);
 * ``step_rows(rule, weight, rows, values, state, lr, wd, t, hyper, multi_precision, aux) -> bool``: the same on
   the rows of a row-sparse gradient only (lazy update).
 """
