@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .optimizer.base import STATE_CLASSES, Optimizer, create
+from .optimizer.input_checks import check_state_layout
 from .optimizer.validation import check_real
 from .serialization import CheckpointError
 
@@ -36,7 +37,7 @@ def _unplain(raw, device):
         return None
     if isinstance(raw, torch.Tensor):
         return raw.to(device)
-    if not isinstance(raw, dict) or "items" not in raw:
+    if not isinstance(raw, dict) or not isinstance(raw.get("items"), (list, tuple)):
         raise CheckpointError(f"bad optimizer state entry {raw!r}")
     items = [_unplain(item, device) for item in raw["items"]]
     if raw["kind"] == "tuple":
@@ -130,7 +131,17 @@ class TorchOptimizer(torch.optim.Optimizer):
         return packed
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restores :meth:`state_dict`; states keep their dtypes (float32 master copies stay float32)."""
+        """Restores :meth:`state_dict`; states keep their dtypes (float32 master copies stay float32). A state
+        that does not fit its parameter (shape, dtype, another optimizer's layout) is a ValueError and anything
+        malformed a CheckpointError; on error the optimizer is unchanged."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"load_state_dict expects the dict state_dict() returns, got {type(state_dict).__name__}")
+        try:
+            self._load_state_dict(state_dict)
+        except (KeyError, TypeError, AttributeError, IndexError, OverflowError, RuntimeError, RecursionError) as err:
+            raise CheckpointError(f"corrupt optimizer state_dict: {err!r}") from None
+
+    def _load_state_dict(self, state_dict: dict) -> None:
         params = [p for group in self.param_groups for p in group["params"]]
         saved_groups = state_dict.get("param_groups")
         if saved_groups is None or len(saved_groups) != len(self.param_groups):
@@ -138,20 +149,33 @@ class TorchOptimizer(torch.optim.Optimizer):
         for group, saved in zip(self.param_groups, saved_groups):
             if len(group["params"]) != len(saved["params"]):
                 raise ValueError("load_state_dict: a param group has a different number of parameters")
-            group.update({k: v for k, v in saved.items() if k != "params"})
+            for key in ("lr", "wd"):
+                if key in saved:
+                    check_real(f"saved param group {key}", saved[key], 0.0)
         saved_ids = [i for g in saved_groups for i in g["params"]]
-        self.state.clear()
-        counts = self.optimizer._index_update_count
+        restored, steps = {}, {}
         for param_id, p in zip(saved_ids, params):
             entry = state_dict["state"].get(param_id)
             if entry is None:
                 continue
             state = _unplain(entry["state"], p.device)
-            self.state[p] = {"step": int(entry["step"]), "state": state}
-            counts[self._param_index[p]] = int(entry["step"])
-        self.optimizer.num_update = int(state_dict.get("optzoo", {}).get("num_update", max(counts.values(),
-                                                                                            default=0)))
-        self.optimizer.load_extra_state(state_dict.get("optzoo", {}).get("extra") or {})
+            index = self._param_index[p]
+            check_state_layout(index, p, state, self.optimizer._state_template(index, p))
+            step = entry["step"]
+            if isinstance(step, torch.Tensor) and step.numel() == 1:
+                step = step.item()
+            if isinstance(step, bool) or not isinstance(step, (int, float)) or step < 0 or step != int(step):
+                raise CheckpointError(f"bad update count {entry['step']!r} for parameter {index}")
+            restored[p], steps[index] = {"step": int(step), "state": state}, int(step)
+        extra = state_dict.get("optzoo", {})
+        num_update = int(extra.get("num_update", max(steps.values(), default=0)))
+        for group, saved in zip(self.param_groups, saved_groups):  # nothing changes before every check passed
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        self.state.clear()
+        self.state.update(restored)
+        self.optimizer._index_update_count.update(steps)
+        self.optimizer.num_update = num_update
+        self.optimizer.load_extra_state(extra.get("extra") or {})
 
     def __repr__(self) -> str:
         return f"TorchOptimizer({self.optimizer!r}, groups={len(self.param_groups)})"

@@ -127,7 +127,7 @@ def test_state_blob_is_not_pickle_and_rejects_garbage():
     w = torch.ones(3)
     updater(0, torch.ones(3), w)
     blob = updater.get_states(dump_optimizer=True)
-    assert blob[:6] == b"OPTZOO" and b"\x80\x04\x95" not in blob[:64]
+    assert blob[8:9] == b"{" and b"optzoo.meta" in blob[:200] and b"\x80\x04\x95" not in blob[:64]  # safetensors
     with pytest.raises(ValueError, match="not an optzoo checkpoint"):
         updater.set_states(b"\x80\x04garbage")
     with pytest.raises(ValueError):

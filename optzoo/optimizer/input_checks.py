@@ -81,17 +81,24 @@ def check_no_shared_memory(indices, weights, grads, states) -> None:
             reach_written = r
 
 
-def check_state_layout(index, weight: torch.Tensor, state, template) -> None:
-    """ValueError when a state tensor differs in shape, dtype or device from the ``template`` state
-    (``[(shape, dtype) or None, ...]`` per flat entry, from ``create_state`` on a meta tensor)."""
+def check_state_layout(index, weight: torch.Tensor, state, template, check_device: bool = True) -> None:
+    """ValueError when a state has another number of entries than the ``template`` state, or a state tensor
+    differs in shape, dtype or device from it (``template``: ``[(shape, dtype) or None, ...]`` per flat entry,
+    from ``create_state`` on a meta tensor; None: no check). An entry may be None where the template has a tensor
+    or the reverse (optional states depend on settings such as ``momentum``)."""
+    if template is None:
+        return  # a custom create_state that cannot run on meta tensors: its rule decides what it accepts
     entries = _flat(state)
-    if template is None or len(entries) != len(template):
-        return  # a state the optimizer does not make itself: its rule decides what it accepts
+    if len(entries) != len(template):
+        raise ValueError(f"the state of parameter {index!r} has {len(entries)} entries, but this optimizer's "
+                         f"states have {len(template)} (a state of another optimizer or other settings?)")
     for k, (leaf, expected) in enumerate(zip(entries, template)):
-        if not isinstance(leaf, torch.Tensor) or expected is None:
+        if expected is None or leaf is None:
             continue
+        if not isinstance(leaf, torch.Tensor):
+            raise ValueError(f"state {k} of parameter {index!r} is a {type(leaf).__name__}, expected a tensor")
         shape, dtype = expected
-        if leaf.device != weight.device:
+        if check_device and leaf.device != weight.device:
             raise ValueError(f"state {k} of parameter {index!r} is on {leaf.device} but its weight is on "
                              f"{weight.device}")
         if tuple(leaf.shape) != shape or leaf.dtype != dtype:
