@@ -107,7 +107,7 @@ def test_first_format_byte_flips_are_checkpoint_errors_or_load(edits):
         tensors, _ = serialization.loads(_flip(LEGACY_BLOB, edits))  # no checksum: flipped values may load
     except CheckpointError:
         return
-    assert tensors.keys() <= set(TENSORS) | {k for k in tensors}
+    assert all(isinstance(t, torch.Tensor) for t in tensors.values())  # and no other exception escaped
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats(allow_nan=False)
