@@ -130,6 +130,16 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+def _update_takes_lists(update) -> bool:
+    """Whether an overridden ``update`` is MXNet 2.0's (lists: its first argument is ``indices`` or another
+    plural name) rather than MXNet 1.x's (``index``, ``i``, ...: one parameter per call)."""
+    try:
+        names = [p for p in inspect.signature(update).parameters if p != "self"]
+    except (TypeError, ValueError):
+        return False
+    return bool(names) and (names[0] == "indices" or (names[0].endswith("s") and names[0] != "index"))
+
+
 class Optimizer:
     """Base class of every optzoo optimizer (MXNet 2.0 ``mxnet.optimizer.Optimizer``).
 
@@ -208,6 +218,11 @@ class Optimizer:
     def _has_fast_rule(self) -> bool:
         return type(self)._foreach_rule is not Optimizer._foreach_rule
 
+    def _overrides_fused_step_only(self) -> bool:
+        """An MXNet 2.0-style custom optimizer writing its own ``fused_step`` (not ``_foreach_rule``): as in MXNet,
+        ``fused_step`` runs when ``use_fused_step=True`` (or ``impl="foreach"``), ``step`` otherwise."""
+        return type(self).fused_step is not Optimizer.fused_step and not self._has_fast_rule()
+
     def _resolve_impl(self, impl, use_fused_step) -> str:
         if use_fused_step is not None:
             check_bool("use_fused_step", use_fused_step)
@@ -219,6 +234,11 @@ class Optimizer:
             impl = "auto" if use_fused_step else "reference"
         else:
             impl = "auto"
+        if impl != "reference" and self._overrides_fused_step_only():
+            self._native_id = -1
+            if impl == "native":
+                raise ValueError(f"{type(self).__name__} has no native kernel; use impl='foreach' (its fused_step)")
+            return "foreach" if (impl == "foreach" or use_fused_step) else "reference"
         if impl != "reference" and not self._has_fast_rule():
             if impl in ("foreach", "native") or use_fused_step:
                 raise ValueError(f"{type(self).__name__} has no fast implementation; use impl='reference'")
@@ -390,8 +410,10 @@ class Optimizer:
                     w.copy_(w32)
 
     def _dispatch_update(self, indices, weights, grads, states):
-        # A custom optimizer written in MXNet 1.x style overrides update(index, weight, grad, state).
-        if type(self).update is not Optimizer.update and type(self).step is Optimizer.step:
+        # A custom optimizer overriding update: MXNet 2.0 style takes lists (update(self, indices, weights, grads,
+        # states)), MXNet 1.x style one parameter (update(self, index, weight, grad, state)); the name of its first
+        # argument tells them apart (see _update_takes_lists).
+        if type(self).update is not Optimizer.update and not _update_takes_lists(type(self).update):
             for i, w, g, s in zip(indices, weights, grads, states):
                 self.update(i, w, g, s)
         else:
