@@ -154,7 +154,7 @@ def lars_foreach(weights, grads, moms, *, lrs, wds, trusts, momentum, eta, epsil
         ratios = lars_ratio(torch.stack(norms[:k]), torch.stack(norms[k:]), wd=chosen_wds, eta=eta,
                             epsilon=epsilon, rescale_grad=rescale_grad)
         index = torch.tensor(chosen, device=lr_ts.device)
-        lr_ts = lr_ts.index_copy(0, index, lr_ts.index_select(0, index) * ratios)
+        lr_ts = lr_ts.index_copy(0, index, (lr_ts.index_select(0, index) * ratios).to(lr_ts.dtype))  # float64 norms
     gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     torch._foreach_mul_(gs, list(lr_ts.unbind(0)))
     momentum_step_foreach(weights, gs, moms, momentum)

@@ -192,7 +192,9 @@ bool unpack_state(Step& s, PyObject* state, const at::Tensor& weight) {
         if (!plain(*leaf, at::kFloat, leaf->numel())) return false;  // a non-contiguous state: the torch path
         note_region(s.regions, *leaf, tensor, kStateRole, k);
         present |= 1u << k;
-        s.states[k].push_back(leaf->data_ptr<float>());
+        // a 0-size state may have no data pointer, but a null entry means None to the rules: point anywhere
+        static float empty_state;
+        s.states[k].push_back(leaf->numel() ? leaf->data_ptr<float>() : &empty_state);
         s.written.push_back(leaf->unsafeGetTensorImpl());
     }
     if (!s.have_present) {
