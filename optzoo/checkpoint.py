@@ -1,8 +1,8 @@
 """Trainer checkpoints keyed by parameter name: the optimizer, its update counts and every state tensor.
 
 A checkpoint is ``{"meta": <JSON-able dict>, "tensors": {path: tensor}}``; on disk it is
-:func:`optzoo.serialization.dumps` of those two (magic bytes, JSON header, raw tensor bytes: nothing is
-unpickled, no code runs on load), written atomically. ``meta`` holds::
+:func:`optzoo.serialization.dumps` of those two (a safetensors file with the JSON metadata and a sha256 checksum
+in its metadata: nothing is unpickled, no code runs on load), written atomically. ``meta`` holds::
 
     format   "optzoo.trainer"            version  TRAINER_STATE_VERSION (loading a newer one is an error)
     params   [{"name", "shape", "dtype"}, ...] of the saving Trainer, in its index order
@@ -10,7 +10,8 @@ unpickled, no code runs on load), written atomically. ``meta`` holds::
     counts   {name: update count}        states   encode_states() structure keyed by name, sorted
 
 Parameters are matched by name on load, so indices may differ between the saving and the loading
-Trainer (a model whose parameter order changed). Update counts are restored per parameter into the
+Trainer (a model whose parameter order changed). A checkpoint of another optimizer class is a ValueError unless
+``allow_optimizer_change=True``; every state must have the shape and dtype its parameter's state has. Update counts are restored per parameter into the
 count table of the device the parameter lives on now, so a checkpoint moves between CPU and GPU.
 """
 
