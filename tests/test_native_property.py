@@ -136,3 +136,60 @@ def test_fast_path_equals_reference_on_random_tensor_lists(row: Row):
         check()
     finally:
         torch.set_num_threads(threads)
+
+
+def _adam_case(case: str):
+    """The findings of the review, with tensors large enough for two threads to split them."""
+    weight = torch.randn(100_000)
+    base = torch.randn(200_000)
+    if case == "tied weight listed twice":
+        return [7, 8], [weight, weight], "share memory", "parameter 7"
+    return [7, 8], [base[:120_000], base[80_000:]], "share memory", "parameter 7"  # overlapping views
+
+
+@pytest.mark.parametrize("impl", ["native", "foreach", "reference"])
+@pytest.mark.parametrize("case", ["tied weight listed twice", "overlapping views", "state is its weight",
+                                  "state of the right size but the wrong shape", "float64 state"])
+def test_review_findings_are_clear_errors_on_every_path(case, impl):
+    if impl == "native":
+        require_native()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        o = opt.create("adam", impl=impl)
+        if case in ("tied weight listed twice", "overlapping views"):
+            indices, weights, match, who = _adam_case(case)
+            states = [o.create_state(i, w) for i, w in zip(indices, weights)]
+        else:
+            w = torch.randn(300, 200)
+            state = o.create_state(7, w)
+            bad = {"state is its weight": w, "state of the right size but the wrong shape": torch.zeros(200, 300),
+                   "float64 state": torch.zeros(300, 200, dtype=torch.float64)}[case]
+            indices, weights, states = [3, 7], [torch.randn(5), w], [o.create_state(3, torch.randn(5)),
+                                                                     type(state)(bad, state.var)]
+            match, who = ("share memory" if case == "state is its weight" else "state 0 of parameter 7"), "parameter 7"
+        before = [w.clone() for w in weights]
+        with pytest.raises(ValueError, match=match) as err:
+            o.update(indices, weights, [torch.ones_like(w) for w in weights], states)
+        assert who in str(err.value)
+        assert all(torch.equal(a, b) for a, b in zip(weights, before)), "nothing may be written"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_repeated_entry_is_updated_in_order_with_two_threads():
+    require_native()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = {}
+        for impl in ("native", "reference"):
+            o = opt.create("adam", impl=impl)
+            w = torch.linspace(-1, 1, 100_000)
+            s = o.create_state(0, w)
+            o.update([0, 0], [w, w], [torch.full_like(w, 0.5), torch.full_like(w, -0.25)], [s, s])
+            results[impl] = [w, *s]
+        for a, b in zip(results["native"], results["reference"]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    finally:
+        torch.set_num_threads(threads)
