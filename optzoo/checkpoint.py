@@ -11,8 +11,9 @@ in its metadata: nothing is unpickled, no code runs on load), written atomically
 
 Parameters are matched by name on load, so indices may differ between the saving and the loading
 Trainer (a model whose parameter order changed). A checkpoint of another optimizer class is a ValueError unless
-``allow_optimizer_change=True``; every state must have the shape and dtype its parameter's state has. Update counts are restored per parameter into the
-count table of the device the parameter lives on now, so a checkpoint moves between CPU and GPU.
+``allow_optimizer_change=True``; every state must have the shape and dtype its parameter's state has. Update
+counts are restored per parameter into the count table of the device the parameter lives on now, so a
+checkpoint moves between CPU and GPU.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from collections.abc import Mapping
 import torch
 
 from .optimizer.base import _leaves
-from .optimizer.input_checks import check_state_layout
 from .optimizer.updater import Updater, decode_states, encode_states, optimizer_from_meta, optimizer_to_meta
 from .serialization import CheckpointError
 
@@ -176,5 +176,5 @@ def _restore(meta, tensors, names, params, param_dict, copy, current, allow_opti
     optimizer._index_update_count = tables[0]
     for name, st in by_name.items():
         i = index[name]
-        check_state_layout(name, params[i], st, optimizer._state_template(i, params[i]), check_device=False)
+        optimizer._check_state_layout(name, params[i], st, check_device=False)
     return optimizer, {index[name]: st for name, st in by_name.items()}

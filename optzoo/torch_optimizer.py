@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 
 from .optimizer.base import STATE_CLASSES, Optimizer, create
-from .optimizer.input_checks import check_state_layout
 from .optimizer.validation import check_real
 from .serialization import CheckpointError
 
@@ -160,7 +159,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                 continue
             state = _unplain(entry["state"], p.device)
             index = self._param_index[p]
-            check_state_layout(index, p, state, self.optimizer._state_template(index, p))
+            self.optimizer._check_state_layout(index, p, state)
             step = entry["step"]
             if isinstance(step, torch.Tensor) and step.numel() == 1:
                 step = step.item()

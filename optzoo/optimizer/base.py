@@ -583,7 +583,7 @@ class Optimizer:
                              f"{len(weights)}, {len(grads)} and {len(states)}")
         for index, w, g, s in zip(indices, weights, grads, states):
             self._check_pair(w, g)
-            check_state_layout(index, w, s, self._state_template(index, w))
+            self._check_state_layout(index, w, s)
             for leaf in _leaves(s):
                 if leaf.device != w.device:
                     raise ValueError(f"state of parameter {index!r} is on {leaf.device} but its weight is on "
@@ -595,12 +595,21 @@ class Optimizer:
         for r in rounds:  # a repeated entry is updated once per occurrence, round by round (see _apply)
             check_no_shared_memory(*([column[k] for k in r] for column in (indices, weights, grads, states)))
 
-    def _state_template(self, index, weight):
+    def _check_state_layout(self, index, weight, state, check_device: bool = True) -> None:
+        """ValueError unless ``state`` has the layout, shapes and dtypes of the state this optimizer makes for
+        ``weight`` (see :func:`~optzoo.optimizer.input_checks.check_state_layout`)."""
+        try:
+            check_state_layout(index, weight, state, self._state_template(index, weight), check_device)
+        except ValueError:  # the cached template may predate a settings change (RMSProp's centered): once more
+            check_state_layout(index, weight, state, self._state_template(index, weight, fresh=True), check_device)
+
+    def _state_template(self, index, weight, fresh: bool = False):
         """``[(shape, dtype) or None, ...]``: the flat entries of the state ``create_state_multi_precision`` makes
-        for ``weight`` (made once per shape and dtype on the meta device), or None where it cannot tell."""
+        for ``weight`` (made once per shape and dtype on the meta device, again with ``fresh``), or None where it
+        cannot tell."""
         key = (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight))
         templates = self.__dict__.setdefault("_state_templates", {})
-        if key not in templates:
+        if fresh or key not in templates:
             try:
                 meta = torch.empty(key[0], dtype=torch.float32 if key[2] else weight.dtype, device="meta")
                 state = self.create_state(index, meta)
