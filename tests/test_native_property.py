@@ -131,7 +131,10 @@ def test_fast_path_equals_reference_on_random_tensor_lists(row: Row):
                 assert fast == reference, f"reference: {reference!r}, fast path: {fast!r}"
                 return
             for a, b in zip(reference, fast):
-                torch.testing.assert_close(b, a, rtol=row.impl_tol.rtol * 10, atol=row.impl_tol.atol * 10)
+                if a.dtype in (torch.float16, torch.bfloat16):  # one rounding of master copies that may differ
+                    torch.testing.assert_close(b, a, rtol=row.tol["float16"].rtol, atol=row.tol["float16"].atol)
+                else:
+                    torch.testing.assert_close(b, a, rtol=row.impl_tol.rtol * 10, atol=row.impl_tol.atol * 10)
 
         check()
     finally:
