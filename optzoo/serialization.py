@@ -37,7 +37,6 @@ __all__ = ["FORMAT_VERSION", "CheckpointError", "atomic_write", "dumps", "load",
 
 FORMAT_VERSION = 2
 LEGACY_MAGIC = b"OPTZOO\x00\x01"  # format version 1
-MAGIC = LEGACY_MAGIC  # kept for callers of the first format
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16,
     torch.int32, torch.int64, torch.bool)}
@@ -140,7 +139,7 @@ def loads(blob: bytes) -> tuple[dict[str, torch.Tensor], object]:
 
 
 def _loads_legacy(blob: bytes) -> tuple[dict[str, torch.Tensor], object]:
-    """The first optzoo format: ``MAGIC``, header length (u64 LE), JSON header, raw tensor bytes."""
+    """The first optzoo format: ``LEGACY_MAGIC``, header length (u64 LE), JSON header, raw tensor bytes."""
     if len(blob) < 16:
         raise CheckpointError("truncated checkpoint header")
     (length,) = struct.unpack("<Q", blob[8:16])
