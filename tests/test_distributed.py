@@ -178,8 +178,12 @@ def test_dist_sync_equals_one_process_on_the_concatenated_batch(sync_results, na
     model = make_model(seed=0)
     trainer = optzoo.Trainer(model, name, OPTIMIZERS[name])
     train(model, trainer, STEPS)
+    want_params = params_of(model)
+    assert want_params and not all(torch.equal(a, b) for a, b in zip(want_params, params_of(make_model(seed=0))))
     for rank in range(WORLD):
-        for got, want in zip(sync_results[rank][(name, uok)], params_of(model)):
+        got_params = sync_results[rank][(name, uok)]
+        assert len(got_params) == len(want_params)  # zip must not hide a missing parameter
+        for got, want in zip(got_params, want_params):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -213,7 +217,9 @@ def test_wire_bytes_without_compression(sync_results):
 
 def test_checkpoint_resume_loses_nothing(sync_results):
     for rank in range(WORLD):
-        for a, b in zip(sync_results[rank]["continuous"], sync_results[rank]["resumed"]):
+        continuous, resumed = sync_results[rank]["continuous"], sync_results[rank]["resumed"]
+        assert continuous and len(continuous) == len(resumed)
+        for a, b in zip(continuous, resumed):
             assert torch.equal(a, b)
 
 
