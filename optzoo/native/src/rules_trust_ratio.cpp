@@ -23,6 +23,8 @@
 //
 // Element arithmetic mirrors torch's CPU kernels: `m.mul_(b1).add_(g, alpha=1-b1)` is fma(g, 1-b1, m*b1) and
 // `v.mul_(b2).addcmul_(g, g, value=1-b2)` is fma((1-b2)*g, g, v*b2) (torch fuses both: checked bit for bit).
+// Divisions by a per-tensor constant (the bias corrections, LANS's gradient norm) are multiplications by its
+// reciprocal, and LANS divides once per element (1/d): within an ulp or two of the reference's division.
 // torch's float32 sqrt is not always correctly rounded (1 ulp apart for ~15% of inputs here); ours is, so LAMB
 // and LANS directions can differ from the reference in the last bit. float16/bfloat16 gradients are widened,
 // and master weights rounded back, a unit at a time (api.h's F16C conversions for float16).
@@ -402,10 +404,18 @@ inline void moments(const float* sc, float g, float& m, float& v) {
     v = std::fma(sc[5] * g, g, v * sc[4]);
 }
 
+// The reciprocals of a tensor's bias corrections [1/c1, 1/c2]: a division by a per-tensor constant becomes a
+// multiplication (at most an ulp apart from the reference's division; a division costs up to 10 times as much,
+// and these rules recompute their directions in the update pass).
+struct Reciprocals {
+    float c1, c2;
+    explicit Reciprocals(const float* sc) : c1(1.0f / sc[9]), c2(1.0f / sc[10]) {}
+};
+
 // LAMB's u = m_hat/(sqrt(v_hat) + eps) (+ wd*w)
 template <bool BC, bool WD>
-inline float lamb_direction(const float* sc, float m, float v, float w) {
-    float u = BC ? (m / sc[9]) / (std::sqrt(v / sc[10]) + sc[6]) : m / (std::sqrt(v) + sc[6]);
+inline float lamb_direction(const float* sc, Reciprocals r, float m, float v, float w) {
+    float u = BC ? (m * r.c1) / (std::sqrt(v * r.c2) + sc[6]) : m / (std::sqrt(v) + sc[6]);
     if (WD) u = u + sc[1] * w;
     return u;
 }
@@ -415,6 +425,7 @@ template <bool BC, bool WD>
 void lamb_pass1(const float* sc, const float* __restrict w, const float* __restrict grad, float* __restrict mean,
                 float* __restrict var, int64_t n, double* out) {
     const float rg = sc[7], clip = sc[8];
+    const Reciprocals r(sc);
     double sw = 0.0, su = 0.0;
     for (int64_t b = 0; b < n; b += kSumBlock) {
         const int64_t e = std::min(n, b + kSumBlock);
@@ -426,7 +437,7 @@ void lamb_pass1(const float* sc, const float* __restrict w, const float* __restr
             moments(sc, g, m, v);
             mean[i] = m;
             var[i] = v;
-            const float u = lamb_direction<BC, WD>(sc, m, v, w[i]);
+            const float u = lamb_direction<BC, WD>(sc, r, m, v, w[i]);
             fw += w[i] * w[i];
             fu += u * u;
         }
@@ -440,8 +451,9 @@ void lamb_pass1(const float* sc, const float* __restrict w, const float* __restr
 template <bool BC, bool WD>
 void lamb_pass2(const float* sc, float s, float* __restrict w, const float* __restrict mean,
                 const float* __restrict var, int64_t n) {
+    const Reciprocals r(sc);
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) w[i] = w[i] - lamb_direction<BC, WD>(sc, mean[i], var[i], w[i]) * s;
+    for (int64_t i = 0; i < n; ++i) w[i] = w[i] - lamb_direction<BC, WD>(sc, r, mean[i], var[i], w[i]) * s;
 }
 
 template <typename L>
@@ -497,17 +509,18 @@ struct LambKernel {
     }
 };
 
-// LANS's normalised, clipped gradient: clip(rg*grad / divisor)
-inline float lans_grad(const float* sc, float grad, float divisor) {
-    return clamp_abs((grad * sc[7]) / divisor, sc[8]);
+// LANS's normalised, clipped gradient: clip(rg*grad / divisor), the division as a multiplication by 1/divisor
+inline float lans_grad(const float* sc, float grad, float inverse_divisor) {
+    return clamp_abs((grad * sc[7]) * inverse_divisor, sc[8]);
 }
 
-// u_m = (m/c1)/d (+ wd*w), u_g = g/d (+ wd*w) with d = sqrt(v/c2) + eps
+// u_m = (m/c1)/d (+ wd*w), u_g = g/d (+ wd*w) with d = sqrt(v/c2) + eps (one division: 1/d)
 template <bool WD>
-inline void lans_directions(const float* sc, float g, float m, float v, float w, float& um, float& ug) {
-    const float d = std::sqrt(v / sc[10]) + sc[6];
-    um = (m / sc[9]) / d;
-    ug = g / d;
+inline void lans_directions(const float* sc, Reciprocals r, float g, float m, float v, float w, float& um,
+                            float& ug) {
+    const float inverse_d = 1.0f / (std::sqrt(v * r.c2) + sc[6]);
+    um = (m * r.c1) * inverse_d;
+    ug = g * inverse_d;
     if (WD) {
         const float decay = sc[1] * w;
         um = um + decay;
@@ -519,19 +532,21 @@ inline void lans_directions(const float* sc, float g, float m, float v, float w,
 template <bool WD>
 void lans_pass1(const float* sc, float divisor, const float* __restrict w, const float* __restrict grad,
                 float* __restrict mean, float* __restrict var, int64_t n, double* out) {
+    const Reciprocals r(sc);
+    const float inverse_divisor = 1.0f / divisor;
     double sw = 0.0, sm = 0.0, sg = 0.0;
     for (int64_t b = 0; b < n; b += kSumBlock) {
         const int64_t e = std::min(n, b + kSumBlock);
         float fw = 0.0f, fm = 0.0f, fg = 0.0f;
 #pragma omp simd reduction(+ : fw, fm, fg)
         for (int64_t i = b; i < e; ++i) {
-            const float g = lans_grad(sc, grad[i], divisor);
+            const float g = lans_grad(sc, grad[i], inverse_divisor);
             float m = mean[i], v = var[i];
             moments(sc, g, m, v);
             mean[i] = m;
             var[i] = v;
             float um, ug;
-            lans_directions<WD>(sc, g, m, v, w[i], um, ug);
+            lans_directions<WD>(sc, r, g, m, v, w[i], um, ug);
             fw += w[i] * w[i];
             fm += um * um;
             fg += ug * ug;
@@ -549,11 +564,13 @@ template <bool WD>
 void lans_pass2(const float* sc, float divisor, const float* d, float* __restrict w, const float* __restrict grad,
                 const float* __restrict mean, const float* __restrict var, int64_t n) {
     const float step_m = d[0], step_g = d[1];
+    const Reciprocals r(sc);
+    const float inverse_divisor = 1.0f / divisor;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-        const float g = lans_grad(sc, grad[i], divisor);
+        const float g = lans_grad(sc, grad[i], inverse_divisor);
         float um, ug;
-        lans_directions<WD>(sc, g, mean[i], var[i], w[i], um, ug);
+        lans_directions<WD>(sc, r, g, mean[i], var[i], w[i], um, ug);
         w[i] = w[i] - (um * step_m + ug * step_g);
     }
 }
