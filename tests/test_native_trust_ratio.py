@@ -327,7 +327,7 @@ def test_norm_sums_are_the_sums_of_squares(name):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_split_step_equals_the_whole_step(name):
-    """norm stage(s), then the update with the sums (aux = (aux, sums)): bit for bit the one-call step."""
+    """norm stage(s), then the update with their sums (aux = (aux, *sums)): bit for bit the one-call step."""
     require_native()
     weights = _weights([(300_001,), (5, 3), (33, 1001)], seed=8)
     grads = _weights([(300_001,), (5, 3), (33, 1001)], seed=9)
@@ -340,15 +340,15 @@ def test_split_step_equals_the_whole_step(name):
     split_w = [w.clone() for w in weights]
     split_s = [o.create_state(i, w) for i, w in enumerate(split_w)]
     aux, stages = _norm_stages(o, split_w, grads, split_s)
-    assert native.load().step(kernel, split_w, grads, split_s, o.lr, o.wd, 1, hyper, False,
-                              (aux, torch.cat(stages, 1)))
+    assert native.load().step(kernel, split_w, grads, split_s, o.lr, o.wd, 1, hyper, False, (aux, *stages))
     for a, b in zip(whole_w + [t for s in whole_s for t in _leaves(s)],
                     split_w + [t for s in split_s for t in _leaves(s)]):
         assert torch.equal(a, b)
     # sums of the wrong width or dtype: the kernel declines (nothing written), as for any input it cannot take
     before = [w.clone() for w in split_w]
-    for bad in (torch.cat(stages, 1)[:, :1].contiguous(), torch.cat(stages, 1).float()):
-        assert not native.load().step(kernel, split_w, grads, split_s, o.lr, o.wd, 2, hyper, False, (aux, bad))
+    for bad in (stages[-1][:, :1].contiguous(), stages[-1].float(), stages[-1][:2].contiguous()):
+        assert not native.load().step(kernel, split_w, grads, split_s, o.lr, o.wd, 2, hyper, False,
+                                      (aux, *stages[:-1], bad))
     assert all(torch.equal(a, b) for a, b in zip(before, split_w))
 
 
@@ -380,12 +380,12 @@ def test_sums_of_shards_give_the_unsharded_step(name, no_foreach):
 
     ranks = [(shard(full_w, p), shard(grads, p), shard_states(p)) for p in halves]
     aux, _ = o._native_aux([0, 1, 2], [o.lr] * 3, [1] * 3)
-    total = None
+    totals = []
     for _ in range(o._native_norm_stages):
-        stage = sum(o._native_norm_sums(w, g, s, o.lr, o.wd, 1, False, aux, total) for w, g, s in ranks)
-        total = stage if total is None else torch.cat((total, stage), 1)
+        prior = totals[0] if totals else None
+        totals.append(sum(o._native_norm_sums(w, g, s, o.lr, o.wd, 1, False, aux, prior) for w, g, s in ranks))
     for w, g, s in ranks:
-        assert native.load().step(kernel, w, g, s, o.lr, o.wd, 1, hyper, False, (aux, total))
+        assert native.load().step(kernel, w, g, s, o.lr, o.wd, 1, hyper, False, (aux, *totals))
     _assert_close(full_w + [t for s in full_s for t in _leaves(s)],
                   whole_w + [t for s in whole_s for t in _leaves(s)], name)
     assert all((w - w0).abs().max() > 1e-4 for w, w0 in zip(full_w, weights))

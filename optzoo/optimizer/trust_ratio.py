@@ -165,8 +165,8 @@ class _NativeNormPasses:
     """The native path of the trust-ratio rules as separate calls: the norm stage(s), then the update pass.
 
     Each norm stage is one parallel pass over all tensors returning per-tensor float64 sums of squares
-    (:meth:`_native_norm_sums`); the update pass takes the sums of every stage (``aux = (aux, sums)``). A sharded
-    step adds the sums of all ranks between the calls."""
+    (:meth:`_native_norm_sums`); the update pass takes the sums of every stage (``aux = (aux, *stage_sums)``). A
+    sharded step adds the sums of all ranks between the calls."""
 
     #: norm stages before the update (LANS: the gradient norm, then the moments' norms)
     _native_norm_stages = 1
@@ -183,16 +183,17 @@ class _NativeNormPasses:
 
     def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision: bool) -> bool:
         aux, commit = self._native_aux(indices, lrs, ts)
-        sums = None
+        stages = []
         for _ in range(self._native_norm_stages):
-            stage = self._native_norm_sums(weights, grads, states, lrs, wds, ts, multi_precision, aux, sums)
-            if stage is None:
-                if sums is None:
+            prior = stages[0] if stages else None
+            sums = self._native_norm_sums(weights, grads, states, lrs, wds, ts, multi_precision, aux, prior)
+            if sums is None:
+                if not stages:
                     return False  # nothing written: the foreach path takes the step
                 raise RuntimeError("optzoo: a native norm stage refused a step the previous stage took")
-            sums = stage if sums is None else torch.cat((sums, stage), 1)
+            stages.append(sums)
         if not native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
-                                  self._native_hyper(), multi_precision, (aux, sums)):
+                                  self._native_hyper(), multi_precision, (aux, *stages)):
             raise RuntimeError("optzoo: the native update refused a step its norm pass took")
         if commit is not None:
             commit()

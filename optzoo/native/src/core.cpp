@@ -65,7 +65,8 @@ struct Step {
     bool multi_precision_step = false;
     uint32_t present = 0;
     bool have_present = false;
-    const double* given_sums = nullptr;  // every norm stage's sums, from aux = (aux, sums)
+    std::vector<double> given_sums;  // every norm stage's sums, one row per tensor, from aux = (aux, sums...)
+    bool sums_given = false;
 };
 
 // The state slots of one tensor: None, a tensor, or a tuple of tensors/None (a NamedTuple is a tuple).
@@ -190,14 +191,22 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
     if (r.check != nullptr && r.check(hyper.data(), static_cast<int>(hyper.size()), s.present) != nullptr)
         return false;
     const size_t n = s.weights.size();
-    // aux = (aux, sums): a rule with norm stages given every stage's sums, a float64 [n, all sums] tensor
-    const int64_t all_sums = r.stage_sums[0] + r.stage_sums[1];
-    if (all_sums > 0 && PyTuple_Check(aux) && PyTuple_GET_SIZE(aux) == 2 &&
-        as_tensor(PyTuple_GET_ITEM(aux, 1)) != nullptr) {
-        const at::Tensor& sums = *as_tensor(PyTuple_GET_ITEM(aux, 1));
-        if (!plain(sums, at::kDouble, static_cast<int64_t>(n) * all_sums) || sums.dim() != 2 || sums.size(1) != all_sums)
-            return false;
-        s.given_sums = sums.data_ptr<double>();
+    // aux = (aux, sums of stage 0, ...): a rule with norm stages given each stage's sums, float64 [n, width]
+    const int n_stages = (r.stage_sums[0] > 0) + (r.stage_sums[1] > 0);
+    if (n_stages > 0 && PyTuple_Check(aux) && PyTuple_GET_SIZE(aux) == 1 + n_stages) {
+        const int64_t all_sums = r.stage_sums[0] + r.stage_sums[1];
+        s.given_sums.assign(n * all_sums, 0.0);
+        for (int k = 0, column = 0; k < n_stages; column += r.stage_sums[k], ++k) {
+            const at::Tensor* sums = as_tensor(PyTuple_GET_ITEM(aux, 1 + k));
+            const int64_t width = r.stage_sums[k];
+            if (sums == nullptr || !plain(*sums, at::kDouble, static_cast<int64_t>(n) * width) || sums->dim() != 2 ||
+                sums->size(1) != width)
+                return false;
+            const double* from = sums->data_ptr<double>();
+            for (size_t t = 0; t < n; ++t)
+                for (int64_t j = 0; j < width; ++j) s.given_sums[t * all_sums + column + j] = from[t * width + j];
+        }
+        s.sums_given = true;
         aux = PyTuple_GET_ITEM(aux, 0);
     }
     std::vector<double> aux_values;
@@ -233,7 +242,7 @@ StepArgs make_args(Step& s) {
     a.numels = s.numels.data();
     a.row_lengths = s.row_lengths.data();
     a.n_threads = at::get_num_threads();
-    a.given_sums = s.given_sums;
+    a.given_sums = s.sums_given ? s.given_sums.data() : nullptr;
     return a;
 }
 
@@ -281,7 +290,7 @@ bool step(int rule, py::list weights, py::list grads, py::list states, py::objec
 // one norm stage of a rule with norm stages (RuleDesc::stage_sums): stage 0 without `prior`, stage 1 with prior =
 // stage 0's sums. Returns the stage's per-tensor sums, float64 [n_tensors, width], or None when the kernels cannot
 // take the step (nothing written). A stage may advance states in place (LAMB's and LANS's moments): the update
-// (`step` with aux = (aux, every stage's sums)) must follow.
+// (`step` with aux = (aux, stage 0's sums[, stage 1's sums])) must follow.
 py::object norm_sums(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds,
                      py::object ts, const std::vector<double>& hyper, bool multi_precision, py::object aux,
                      py::object prior) {
