@@ -21,11 +21,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 #: rows whose GPU run cannot follow the CPU run, with the reason
 DIFFERENT_ON_GPU = {
     "sgld": "the Langevin noise comes from a generator of the parameter's device: CPU and CUDA draw other numbers",
+    "soap": "its eigenbases come from eigh/QR of rank-deficient statistics: cuSOLVER and LAPACK pick other bases of "
+            "the null space, and the trajectory depends on the choice (measured on an H200: 15% apart after 25 steps)",
 }
 #: looser tolerances, with the reason
 TOLERANCE = {
     "muon": (2e-3, 2e-4, "Newton-Schulz runs in bfloat16: tensor-core products round differently from the CPU's"),
-    "soap": (2e-3, 2e-4, "eigendecompositions (cuSOLVER vs LAPACK) give eigenvectors that differ in the last bits"),
 }
 
 
