@@ -113,6 +113,8 @@ class Prodigy(Optimizer):
             gs = [self._gradient(g, w, wd) for g, w, wd in zip(grads, weights, wds)]
             beta1, beta2 = self.beta1, self.beta2
             beta3 = self.beta3 if self.beta3 is not None else math.sqrt(beta2)
+            if self.k == 0:  # no step taken yet: the estimate starts at d0 as it is now (a group may edit it)
+                self.d = self.d_max = self.d0
             k, d, d0 = self.k, self.d, self.d0
             bias_correction = (((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
                                if self.use_bias_correction else 1)
