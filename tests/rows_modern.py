@@ -63,7 +63,10 @@ ROWS = [
                 _nan("momentum"), ({"warmup_steps": -1}, ValueError, "warmup_steps"), _neg("r")],
         oracle=None, train_kwargs={"learning_rate": 0.1}),
     Row("prodigy",
-        configs=[{}, {"beta1": 0.5, "beta2": 0.8, "wd": 0.03}, {"beta1": 0.0, "beta3": 0.9, "clip_gradient": 0.4},
+        # configs[1] drives the torch contract tests: with the default d0=1e-6 the first steps move a weight by
+        # ~1e-6, below float16/bfloat16 resolution (the float32 master copy moves, the weight rightly does not)
+        configs=[{}, {"beta1": 0.5, "beta2": 0.8, "wd": 0.03, "d0": 1e-3},
+                 {"beta1": 0.0, "beta3": 0.9, "clip_gradient": 0.4},
                  {"decouple": False, "wd": 0.05, "use_bias_correction": True, "safeguard_warmup": True},
                  {"learning_rate": 0.5, "d0": 1e-3, "d_coef": 0.5, "growth_rate": 1.02, "rescale_grad": 0.5}],
         errors=beta_errors("beta1", "beta2") + [
