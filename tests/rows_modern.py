@@ -29,6 +29,7 @@ ROWS = [
                  {"wd": 0.05, "weight_decouple": True, "fixed_decay": True, "begin_num_update": 3}],
         errors=beta_errors("beta1", "beta2") + [_neg("epsilon"), _nan("clip_exponent"),
                                                 _flag_error("weight_decouple"), _flag_error("fixed_decay")],
+        first_step_still="ADOPT's first update of a tensor only records v = g^2 (the update uses the previous v)",
         oracle=None, train_kwargs={"learning_rate": 0.01}),
     Row("ademamix",
         configs=[{}, {"beta1": 0.5, "beta2": 0.8, "beta3": 0.95, "wd": 0.03},
@@ -47,6 +48,7 @@ ROWS = [
         errors=beta_errors("beta1", "beta2", "beta1_1d") + [
             _neg("gamma"), _neg("wd_1d"), _neg("lr_1d"), ({"mars_type": "shampoo"}, ValueError, "mars_type"),
             _flag_error("optimize_1d"), ({"wd_1d": 0.2, "weight_decay_1d": 0.3}, ValueError, "not both")],
+        no_decay_kwargs={"wd_1d": 0.0},  # 1-D tensors take the AdamW side with their own decay (0.1 by default)
         oracle=None, train_kwargs={"learning_rate": 0.01}),
     Row("schedulefree_adamw",
         configs=[{}, {"beta1": 0.5, "beta2": 0.8, "wd": 0.03}, {"warmup_steps": 10, "r": 0.5, "clip_gradient": 0.4},

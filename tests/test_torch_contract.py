@@ -458,7 +458,7 @@ def test_every_dtype_on_every_path(row, dtype):
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_grads_untouched_closure_and_none_or_zero_grads(row):
     params = make_params(row)
-    opt = optzoo.TorchOptimizer(params, row.name, **kwargs_of(row, wd=0.0))
+    opt = optzoo.TorchOptimizer(params, row.name, **kwargs_of(row, wd=0.0, **row.no_decay_kwargs))
     before = [p.detach().clone() for p in params]
     params[0].grad = None
     params[1].grad = torch.zeros_like(params[1])
@@ -476,6 +476,10 @@ def test_grads_untouched_closure_and_none_or_zero_grads(row):
 
     assert opt.step(closure).item() == 3.0 and calls == [True]
     assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))
+    if row.first_step_still:  # the closure step was params[0]'s first update: declared to move nothing
+        assert torch.equal(params[0], before[0]), row.first_step_still
+        set_grads(params, 1)
+        opt.step()
     assert not any(torch.equal(p, b) for p, b in zip(params, before))
 
 
