@@ -333,9 +333,11 @@ def test_every_group_hyperparameter_is_live(row):
     assert changed_any
 
 
+@pytest.mark.parametrize("only_lr", [False, True], ids=["all", "lr"])
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
-def test_add_param_group_with_other_hyperparameters(row):
-    """A group added with other hyperparameters steps as a separate optimizer built with them would."""
+def test_add_param_group_with_other_hyperparameters(row, only_lr):
+    """A group added with other hyperparameters (or only another lr, which some rules read as the initial rate:
+    Lion's decoupled decay, MARS's 1-D rate) steps as a separate optimizer built with them would."""
     if row.name == "sgld":
         pytest.skip("SGLD's noise stream is optimizer-wide: two optimizers draw different noise")
     params = make_params(row)
@@ -344,6 +346,8 @@ def test_add_param_group_with_other_hyperparameters(row):
     hyper = {name: value for name in hyperparameter_names(opt.optimizer)
              if (value := _other_value(type(opt.optimizer), name, opt.param_groups[0][name])) is not None}
     hyper.pop("lazy_update", None)
+    if only_lr:
+        hyper = {}
     opt.add_param_group({"params": [params[1]], "lr": 0.02, **hyper})
     alone = [make_params(row)[0], make_params(row)[1]]
     first = optzoo.TorchOptimizer(alone[:1], row.name, **kwargs_of(row, **extra))

@@ -101,6 +101,8 @@ class MARS(Optimizer):
 
     default_learning_rate = 3e-3
     native_rule = "mars"
+    #: lr_1d is relative to the initial rate: in TorchOptimizer a group's own lr (optzoo.torch_optimizer)
+    reads_initial_lr = True
 
     def __init__(self, learning_rate=None, beta1=0.95, beta2=0.99, gamma=0.025, mars_type="adamw", optimize_1d=False,
                  lr_1d=3e-3, beta1_1d=0.9, beta2_1d=0.95, wd_1d=0.1, epsilon=1e-8, **kwargs):
