@@ -250,6 +250,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         if given is not None and next(given, None) is not None:
             raise RuntimeError("TorchOptimizer: the compiled step saw more parameters with gradients")
         opt = self.optimizer
+        if len(buckets) > 1 and getattr(opt, "joint_step", False):
+            self._reject_split_joint_step()
         saved = {name: getattr(opt, name) for name in (*self._hyper_names, "lr")}
         try:
             for (device, kind), bucket in buckets.items():
@@ -261,6 +263,17 @@ class TorchOptimizer(torch.optim.Optimizer):
         finally:
             for name, value in saved.items():
                 setattr(opt, name, value)
+
+    def _reject_split_joint_step(self) -> None:
+        """A rule whose step couples every parameter (``joint_step``: Prodigy's one ``d`` estimate) cannot be taken
+        in parts: groups may differ in ``lr`` and ``wd`` only, and the parameters must share one device."""
+        name, first = type(self.optimizer).__name__, self.param_groups[0]
+        for number, group in enumerate(self.param_groups):
+            differ = [n for n in self._hyper_names if group[n] != first[n]]
+            if differ:
+                raise ValueError(f"param group {number}: {name} takes one step over every parameter, so "
+                                 f"{', '.join(differ)} must be the same in every param group (lr and wd may differ)")
+        raise ValueError(f"{name} takes one step over every parameter: they must all be on one device")
 
     def _adopt_attribute_edits(self) -> None:
         """A hyperparameter set on the wrapped optimizer itself (``opt.optimizer.momentum = 0.5``, the way before

@@ -70,6 +70,9 @@ class Row:
     no_decay_kwargs: dict = field(default_factory=dict)
     #: why a tensor's first update moves no weight, if it does not (e.g. ADOPT: it only initialises the state)
     first_step_still: str = ""
+    #: why one step couples every parameter, if it does (Prodigy's one d estimate): a param group then is not a
+    #: separate optimizer, and groups may differ in lr and wd only
+    joint_step: str = ""
     notes: str = ""
 
     def shape(self, shape: tuple) -> tuple:

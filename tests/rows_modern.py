@@ -77,5 +77,6 @@ ROWS = [
             _flag_error("decouple"), ({"beta3": math.inf}, ValueError, "beta3")],
         # the d estimate sums over every tensor of the step: the paths add in different orders
         impl_tol=Tol(1e-4, 1e-5, "float32 sums of the d estimate in a different order"),
+        joint_step="one step size d is estimated from every parameter together (optimizer-wide, as in prodigyopt)",
         oracle=None),
 ]

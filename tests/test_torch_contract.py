@@ -348,6 +348,9 @@ def test_add_param_group_with_other_hyperparameters(row, only_lr):
     hyper.pop("lazy_update", None)
     if only_lr:
         hyper = {}
+    if row.joint_step:
+        _joint_step_groups(row, opt, params, hyper, kwargs_of(row, **extra))
+        return
     opt.add_param_group({"params": [params[1]], "lr": 0.02, **hyper})
     alone = [make_params(row)[0], make_params(row)[1]]
     first = optzoo.TorchOptimizer(alone[:1], row.name, **kwargs_of(row, **extra))
@@ -358,6 +361,28 @@ def test_add_param_group_with_other_hyperparameters(row, only_lr):
         for o in (opt, first, second):
             o.step()
     assert torch.equal(params[0], alone[0]) and torch.equal(params[1], alone[1])
+
+
+def _joint_step_groups(row, opt, params, hyper, kwargs):
+    """A rule whose step couples every parameter (``row.joint_step``) is not the sum of separate optimizers: a
+    group with another lr joins the one step as a per-parameter ``lr_mult`` does, other hyperparameters are a
+    ``ValueError`` naming the group, before anything moves."""
+    lr = opt.param_groups[0]["lr"]
+    if hyper:
+        opt.add_param_group({"params": [params[1]], **hyper})
+        set_grads(params, 0)
+        before = snapshot(opt)
+        with pytest.raises(ValueError, match="param group 1: .* must be the same in every param group"):
+            opt.step()
+        assert_same(before, snapshot(opt))
+        return
+    opt.add_param_group({"params": [params[1]], "lr": lr * 0.5})
+    alone = make_params(row)
+    alone[1].lr_mult = 0.5
+    together = optzoo.TorchOptimizer(alone, row.name, **kwargs)
+    drive(opt, params, range(3))
+    drive(together, alone, range(3))
+    assert_same(snapshot(opt), snapshot(together))
 
 
 def test_group_hyperparameter_errors_name_the_argument():

@@ -50,7 +50,9 @@ class Prodigy(Optimizer):
 
     The estimate needs every parameter in one step: the Trainer and TorchOptimizer pass them together; calling the
     updater once per parameter advances :math:`d` once per call. Per-parameter rates (``lr_mult``) scale each
-    tensor's :math:`\hat\eta`; the package requires one rate for all groups (or 0).
+    tensor's :math:`\hat\eta`; the package requires one rate for all groups (or 0). TorchOptimizer param groups
+    may differ in ``lr`` and ``wd`` only: a group with other hyperparameters would need a step of its own (a
+    ``ValueError`` at the step).
 
     Args:
         learning_rate: multiplier of the estimated step (default 1.0); ``lr`` is accepted.
@@ -70,6 +72,8 @@ class Prodigy(Optimizer):
     default_learning_rate = 1.0
     # the step is two native element-wise passes (prodigy_moments, then this one) around Python's d estimate
     native_rule = "prodigy_apply"
+    #: one d estimate over every tensor of the step: TorchOptimizer takes it in one call (optzoo.torch_optimizer)
+    joint_step = True
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, beta3=None, epsilon=1e-8, decouple=True,
                  use_bias_correction=False, safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=math.inf,
