@@ -8,4 +8,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optzoo.bench import main
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["modern"]:  # Adafactor, CAME, Muon, SOAP against their reference packages
+        from optzoo.bench.modern_transformer import main as modern_main
+
+        sys.exit(modern_main(sys.argv[2:]))
     sys.exit(main(sys.argv[1:]))

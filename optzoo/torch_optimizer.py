@@ -117,7 +117,10 @@ class TorchOptimizer(torch.optim.Optimizer):
                 if name in optimizer_params:
                     raise ValueError(f"TorchOptimizer: pass {name!r} or torch's {torch_name!r}, not both")
                 optimizer_params[name] = optimizer_params.pop(torch_name)
-        if "betas" in optimizer_params:
+        betas = optimizer_params.get("betas")
+        if isinstance(betas, (tuple, list)) and len(betas) != 2:
+            pass  # not torch's pair: the optimizer reads it as its package does (AdEMAMix's three betas)
+        elif "betas" in optimizer_params:
             if "beta1" in optimizer_params or "beta2" in optimizer_params:
                 raise ValueError("TorchOptimizer: pass betas or beta1/beta2, not both")
             optimizer_params["beta1"], optimizer_params["beta2"] = _check_betas(optimizer_params.pop("betas"))

@@ -7,15 +7,18 @@ from .ademamix import AdEMAMix
 from .adopt import ADOPT
 from .base import Optimizer, create, register, state_class
 from .dcasgd import DCASGD
+from .factored import CAME, Adafactor
 from .ftrl import FTML, Ftrl
 from .legacy import LBSGD, ccSGD
 from .lion import Lion
 from .mars import MARS
+from .muon import Muon
 from .prodigy import Prodigy
 from .schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 from .sgd import NAG, SGD
 from .sgld import SGLD
 from .signum import Signum
+from .soap import SOAP
 from .testing import Test
 from .trust_ratio import LAMB, LANS, LARS
 from .updater import Updater, get_updater
@@ -29,3 +32,4 @@ __all__ = [
     "LBSGD", "ccSGD",
     "Lion", "ADOPT", "AdEMAMix", "MARS", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Prodigy",
 ]
+__all__ += ["Adafactor", "CAME", "Muon", "SOAP"]

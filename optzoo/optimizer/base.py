@@ -37,6 +37,7 @@ __all__ = [
     "registered_name",
     "rescale_clip",
     "rescale_clip_foreach",
+    "rescale_clip_readonly_foreach",
     "sparse_rows",
     "state_class",
 ]
@@ -83,6 +84,14 @@ def rescale_clip_foreach(grads, rescale_grad: float, clip_gradient: float | None
         torch._foreach_clamp_min_(gs, -c)
         torch._foreach_clamp_max_(gs, c)
     return gs
+
+
+def rescale_clip_readonly_foreach(grads, rescale_grad: float, clip_gradient: float | None) -> list[torch.Tensor]:
+    """:func:`rescale_clip_foreach` for a rule that only reads the result: the caller's gradients themselves when
+    there is nothing to rescale or clip (no copy), else new tensors."""
+    if f32(rescale_grad) == 1.0 and clip_gradient is None:
+        return list(grads)
+    return rescale_clip_foreach(grads, rescale_grad, clip_gradient)
 
 
 def sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -544,6 +553,11 @@ class Optimizer:
         if grad.is_sparse and self.sparse_support == "none":
             raise ValueError(f"{type(self).__name__} cannot take a sparse gradient; pass grad.to_dense()")
 
+    def _state_shape_fits(self, weight, leaf) -> bool:
+        """Whether a state tensor can belong to ``weight``: states share the weight's first dimension (scalars fit
+        any weight); an optimizer with other state shapes (factored moments, preconditioners) overrides this."""
+        return leaf.shape[:1] == weight.shape[:1] or leaf.numel() == 1
+
     def _check_inputs(self, indices, weights, grads, states) -> None:
         if not (len(indices) == len(weights) == len(grads) == len(states)):
             raise ValueError(f"update needs as many indices, weights, grads and states; got {len(indices)}, "
@@ -554,7 +568,7 @@ class Optimizer:
                 if leaf.device != w.device:
                     raise ValueError(f"state of parameter {index!r} is on {leaf.device} but its weight is on "
                                      f"{w.device}")
-                if leaf.shape[:1] != w.shape[:1] and leaf.numel() != 1:
+                if not self._state_shape_fits(w, leaf):
                     raise ValueError(f"state of parameter {index!r} has shape {tuple(leaf.shape)}, which does not "
                                      f"fit weight shape {tuple(w.shape)}")
 

@@ -1,17 +1,69 @@
-"""The argument names of the optimizers' reference packages, accepted next to optzoo's MXNet names.
+"""Hyperparameter names of the reference packages, accepted where a user would paste them.
 
-A user who pastes ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)`` from ``lion-pytorch`` gets
-the same optimizer: ``lr`` is ``learning_rate``, ``betas`` fills ``beta1, beta2[, beta3]``, ``eps`` is
-``epsilon`` and ``weight_decay`` is ``wd``. Passing both spellings of one argument is an error.
+``optimizer.create("adafactor", lr=0.01, weight_decay=0.1)`` means ``learning_rate=0.01, wd=0.1``: each optimizer
+of the modern families lists the names its reference package uses and how they map onto optzoo's (MXNet's)
+arguments; tuples such as ``betas=(0.9, 0.95)`` are split. Giving both a reference name and the optzoo name it maps
+to is an error, so a pasted configuration is never silently half-applied.
+
+Two forms exist: the :func:`accepts_reference_names` decorator (a mapping per optimizer: Adafactor, CAME, Muon,
+SOAP) and :func:`map_reference_names`, called inside ``__init__`` with the values as passed (Lion, ADOPT,
+AdEMAMix, MARS, Schedule-Free, Prodigy), which also refuses an optzoo argument changed from its default next to
+its reference name.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 
 from .validation import check_real
 
-__all__ = ["map_reference_names"]
+__all__ = ["accepts_reference_names", "map_reference_names", "split_tuple", "translate_reference_names"]
+
+
+def split_tuple(*names: str) -> Callable[[str, object], dict]:
+    """A mapping for a tuple argument (``betas``, ``eps``): its items go to ``names`` in order."""
+
+    def split(alias: str, value) -> dict:
+        if not isinstance(value, (tuple, list)) or len(value) != len(names):
+            raise TypeError(f"{alias} must be a tuple of {len(names)} values ({', '.join(names)}), got {value!r}")
+        return dict(zip(names, value))
+
+    return split
+
+
+def translate_reference_names(owner: str, kwargs: dict,
+                              mapping: dict[str, str | Callable[[str, object], dict]]) -> dict:
+    """``kwargs`` with every reference name in ``mapping`` replaced by the optzoo argument(s) it stands for."""
+    out = {k: v for k, v in kwargs.items() if k not in mapping}
+    for alias, target in mapping.items():
+        if alias not in kwargs:
+            continue
+        translated = target(alias, kwargs[alias]) if callable(target) else {target: kwargs[alias]}
+        for name, value in translated.items():
+            if name in out:
+                raise TypeError(f"{owner}() got both {alias!r} (the reference package's name) and {name!r}; "
+                                "pass only one")
+            out[name] = value
+    return out
+
+
+def accepts_reference_names(mapping: dict[str, str | Callable[[str, object], dict]]):
+    """Decorator for an optimizer's ``__init__``: keyword arguments named as in the reference package are mapped
+    (:func:`translate_reference_names`) before the real ``__init__`` binds them; its signature stays the documented
+    one."""
+
+    def decorate(init):
+        @functools.wraps(init)
+        def init_with_reference_names(self, *args, **kwargs):
+            init(self, *args, **translate_reference_names(type(self).__name__, kwargs, mapping))
+
+        init_with_reference_names.reference_names = dict(mapping)
+        return init_with_reference_names
+
+    return decorate
+
 
 #: reference name -> optzoo name (``betas`` is spread over ``beta1``, ``beta2``, ...)
 ALIASES = {"lr": "learning_rate", "eps": "epsilon", "weight_decay": "wd"}

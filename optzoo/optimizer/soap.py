@@ -1,0 +1,220 @@
+r"""SOAP: Adam in the eigenbasis of Shampoo's preconditioner (Vyas et al., 2024), exact to ``pytorch-optimizer``
+4.1's ``SOAP`` (which follows the authors' published code; docs/deviations.md lists the differences).
+
+For every dimension ``i`` of a weight (up to ``max_precondition_dim`` long; 1-D weights only with
+``precondition_1d``) SOAP keeps a statistic ``L_i = EMA(G_(i) G_(i)^T)`` of the gradient contracted over the other
+dimensions, and its eigenbasis ``Q_i``. Adam's moments live in the rotated space ``G' = G x_i Q_i`` (the second
+moment) and are rotated back for the step. ``Q_i`` is computed by ``eigh`` after the first gradient (that step only
+accumulates statistics: no update) and refreshed every ``precondition_frequency`` steps by one power iteration and
+a QR decomposition, re-sorting the second moment to the new eigenvalue order.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import chain
+from typing import NamedTuple
+
+import torch
+
+from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
+from .reference_names import accepts_reference_names, split_tuple
+from .validation import check_bool, check_int, check_real
+
+__all__ = ["SOAP", "SOAPState", "merged_shape"]
+
+
+@state_class
+class SOAPState(NamedTuple):
+    exp_avg: torch.Tensor       # first moment, in the weight's own space
+    exp_avg_sq: torch.Tensor    # second moment, in the eigenbasis
+    gg: tuple                   # per (merged) dimension: the (d, d) statistic, or an empty tensor (not preconditioned)
+    # per (merged) dimension: its eigenbasis Q transposed (row j is eigenvector j), or an empty tensor. Used as
+    # the view q.t(): Q column-major, the layout torch.linalg.eigh/qr return, so the matrix products round as the
+    # reference's do.
+    q: tuple
+    started: torch.Tensor       # 0 until the first gradient has been seen (that step makes no update), then 1
+
+
+def merged_shape(shape, max_dim: int) -> list[int]:
+    """The shape SOAP preconditions with ``merge_dims``: neighbouring dimensions multiplied together while the
+    product stays at most ``max_dim`` (the authors' rule; see docs/deviations.md for pytorch-optimizer's)."""
+    merged, product = [], 1
+    for dim in shape:
+        if product * dim <= max_dim:
+            product *= dim
+        elif product > 1:
+            merged.append(product)
+            product = dim
+        else:
+            merged.append(dim)
+    if product > 1 or not merged:
+        merged.append(product)
+    return merged
+
+
+def _project(x, qs, backward: bool = False):
+    """``x`` rotated by every ``Q_i`` (stored transposed) along dimension ``i`` (``Q_i^T`` forward, ``Q_i``
+    backward); a dimension without a basis is only cycled to the end, as the reference does."""
+    for q in qs:
+        if len(q) > 0:
+            x = torch.tensordot(x, q.t(), dims=[[0], [1 if backward else 0]])
+        else:
+            x = x.permute([*range(1, x.dim()), 0])
+    return x
+
+
+def _eigenbasis(gg):
+    """Eigenvectors of ``gg + 1e-30 I``, largest eigenvalue first."""
+    _, q = torch.linalg.eigh(gg + 1e-30 * torch.eye(gg.shape[0], device=gg.device, dtype=gg.dtype))
+    return torch.flip(q, dims=[1])
+
+
+@register
+class SOAP(Optimizer):
+    r"""SOAP, exactly as ``pytorch_optimizer.SOAP`` (4.1) computes it, after MXNet's gradient preprocessing.
+
+    .. math::
+        g_t &= \mathrm{clip}(\mathrm{rescale\_grad}\cdot\nabla, \mathrm{clip\_gradient}), \quad
+            g'_t = g_t \times_i Q_i \\
+        m_t &= \mathrm{lerp}(m_{t-1}, g_t, 1-\beta_1), \quad v_t = \mathrm{lerp}(v_{t-1}, g_t'^2, 1-\beta_2) \\
+        w &\leftarrow w_{t-1} - \eta\,\frac{\sqrt{1-\beta_2^k}}{1-\beta_1^k}\;
+            \Big(\frac{m_t \times_i Q_i}{\sqrt{v_t} + \epsilon}\Big) \times_i Q_i^T, \quad k = t - 1 \\
+        w_t &= w\,(1 - \eta\,\mathrm{wd}) \\
+        L_i &\leftarrow \mathrm{lerp}(L_i, G_{(i)} G_{(i)}^T, 1 - \beta_{\mathrm{shampoo}}), \quad
+            Q_i \leftarrow \mathrm{QR}(L_i Q_i) \text{ every } f \text{ steps}
+
+    The first update of a parameter only accumulates ``L_i`` and computes ``Q_i = eigh(L_i)``.
+
+    Args:
+        learning_rate: step size (default 3e-3; reference name ``lr``).
+        beta1, beta2: Adam's decay rates (default 0.95, 0.95; reference: ``betas``).
+        shampoo_beta: decay rate of the statistics ``L_i``; ``None``: ``beta2``.
+        epsilon: added to ``sqrt(v)`` (default 1e-8; reference name ``eps``).
+        wd: decoupled weight decay after the step, ``w *= 1 - lr*wd`` (default 0.01; reference ``weight_decay``).
+        precondition_frequency: steps between eigenbasis refreshes (default 10).
+        max_precondition_dim: longer dimensions are not rotated (default 10000).
+        merge_dims: precondition the shape :func:`merged_shape` makes (default False).
+        precondition_1d: rotate 1-D weights too (default False: plain Adam for them).
+        correct_bias: Adam's bias correction (default True).
+        normalize_gradient: divide the rotated-back step by ``RMS + eps`` (default False).
+    """
+
+    default_learning_rate = 3e-3
+    sparse_support = "none"
+
+    @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon",
+                              "betas": split_tuple("beta1", "beta2")})
+    def __init__(self, learning_rate=None, beta1=0.95, beta2=0.95, shampoo_beta=None, epsilon=1e-8, wd=0.01,
+                 precondition_frequency=10, max_precondition_dim=10000, merge_dims=False, precondition_1d=False,
+                 correct_bias=True, normalize_gradient=False, **kwargs):
+        super().__init__(learning_rate=learning_rate, wd=wd, **kwargs)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0, high_open=True)
+        self.shampoo_beta = check_real("shampoo_beta", shampoo_beta, 0.0, 1.0, allow_none=True)
+        self.epsilon = check_real("epsilon", epsilon, 0.0)
+        self.precondition_frequency = check_int("precondition_frequency", precondition_frequency, 1)
+        self.max_precondition_dim = check_int("max_precondition_dim", max_precondition_dim, 1)
+        self.merge_dims = check_bool("merge_dims", merge_dims)
+        self.precondition_1d = check_bool("precondition_1d", precondition_1d)
+        self.correct_bias = check_bool("correct_bias", correct_bias)
+        self.normalize_gradient = check_bool("normalize_gradient", normalize_gradient)
+
+    # ------------------------------------------------------------------ state
+    def _preconditioned_shape(self, shape) -> list[int]:
+        """The dimensions that get a statistic (``0`` marks one that is not rotated)."""
+        limit = self.max_precondition_dim
+        if len(shape) == 1:
+            return [shape[0] if self.precondition_1d and shape[0] <= limit else 0]
+        if len(shape) == 0:
+            return []
+        dims = merged_shape(shape, limit) if self.merge_dims else list(shape)
+        return [d if d <= limit else 0 for d in dims]
+
+    def create_state(self, index, weight):
+        dtype = self.state_dtype or weight.dtype
+        mats = tuple(weight.new_zeros((d, d) if d else (0,), dtype=dtype)
+                     for d in self._preconditioned_shape(weight.shape))
+        return SOAPState(self._zeros(weight), self._zeros(weight), mats,
+                         tuple(torch.zeros_like(m) for m in mats), weight.new_zeros((), dtype=dtype))
+
+    def _state_shape_fits(self, weight, leaf) -> bool:
+        dims = self._preconditioned_shape(weight.shape)
+        return tuple(leaf.shape) in {tuple(weight.shape), (), (0,), *((d, d) for d in dims)}
+
+    def _shampoo_beta(self) -> float:
+        return self.beta2 if self.shampoo_beta is None else self.shampoo_beta
+
+    def _as_preconditioned(self, x):
+        return x.reshape(merged_shape(x.shape, self.max_precondition_dim)) if self.merge_dims and x.dim() > 1 else x
+
+    # ------------------------------------------------------------------ preconditioner
+    def _accumulate(self, g, state: SOAPState) -> None:
+        """``L_i = lerp(L_i, G_(i) G_(i)^T, 1 - shampoo_beta)`` for every rotated dimension."""
+        weight = 1.0 - self._shampoo_beta()
+        if g.dim() == 1:
+            if len(state.gg[0]) > 0:
+                state.gg[0].lerp_(g.unsqueeze(1) @ g.unsqueeze(0), weight=weight)
+            return
+        g = self._as_preconditioned(g)
+        for i, gg in enumerate(state.gg):
+            if len(gg) > 0:
+                others = [*chain(range(i), range(i + 1, g.dim()))]
+                gg.lerp_(torch.tensordot(g, g, dims=[others, others]), weight=weight)
+
+    def _refresh(self, state: SOAPState) -> None:
+        """One power iteration and a QR per rotated dimension; the second moment re-sorted to the new order."""
+        exp_avg_sq = self._as_preconditioned(state.exp_avg_sq)
+        for i, (gg, q) in enumerate(zip(state.gg, state.q)):
+            if len(gg) == 0:
+                continue
+            basis = q.t()
+            product = gg @ basis
+            order = torch.argsort((basis * product).sum(dim=0), descending=True)
+            exp_avg_sq = exp_avg_sq.index_select(i, order)
+            q.copy_(torch.linalg.qr(product.index_select(1, order).to(torch.float32))[0].t())
+        state.exp_avg_sq.copy_(exp_avg_sq.reshape(state.exp_avg_sq.shape))
+
+    def _update_preconditioner(self, g, state: SOAPState, k: int) -> None:
+        self._accumulate(g, state)
+        if not state.started:
+            for gg, q in zip(state.gg, state.q):
+                if len(gg) > 0:
+                    q.copy_(_eigenbasis(gg).t())
+        elif k % self.precondition_frequency == 0:
+            self._refresh(state)
+
+    def _rotate(self, x, state: SOAPState, backward: bool = False):
+        y = _project(self._as_preconditioned(x), state.q, backward)
+        return y.reshape(x.shape)
+
+    # ------------------------------------------------------------------ the rule
+    def _step_size(self, lr: float, k: int) -> float:
+        if not self.correct_bias:
+            return lr
+        return lr * (math.sqrt(1.0 - math.pow(self.beta2, k)) / (1.0 - math.pow(self.beta1, k)))
+
+    def _reference_rule(self, weight, grad, state, lr, wd, t):
+        self._soap_step(weight, rescale_clip(grad, self.rescale_grad, self.clip_gradient), state, lr, wd, t)
+
+    def _soap_step(self, weight, g, state: SOAPState, lr, wd, t) -> None:
+        if not state.started:
+            self._update_preconditioner(g, state, 0)
+            state.started.fill_(1)
+            return
+        k = t - 1
+        state.exp_avg.lerp_(g, weight=1.0 - self.beta1)
+        state.exp_avg_sq.lerp_(self._rotate(g, state).square(), weight=1.0 - self.beta2)
+        denom = state.exp_avg_sq.sqrt().add_(self.epsilon)
+        step = self._rotate(self._rotate(state.exp_avg, state) / denom, state, backward=True)
+        if self.normalize_gradient:
+            step.div_(torch.mean(step.square()).sqrt_().add_(self.epsilon))
+        weight.add_(step, alpha=-self._step_size(lr, k))
+        if wd != 0.0:
+            weight.mul_(1.0 - wd * lr)
+        self._update_preconditioner(g, state, k)
+
+    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+        gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
+        for w, g, s, lr, wd, t in zip(weights, gs, states, lrs, wds, ts):
+            self._soap_step(w, g, s, lr, wd, t)
