@@ -7,6 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 sys.path.insert(0, os.path.abspath("_ext"))
+sys.path.insert(0, os.path.abspath("_tools"))
 
 import optzoo
 
@@ -30,7 +31,7 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 root_doc = "index"
-exclude_patterns = ["_build", "_tools", "_ext", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_tools", "_ext", "_vendor", "Thumbs.db", ".DS_Store"]
 
 # Docstrings are Google style ("Args:", "Example:", "References:").
 napoleon_google_docstring = True
@@ -44,7 +45,13 @@ autodoc_default_options = {"show-inheritance": True}
 nitpicky = False
 
 html_theme = "alabaster"
-html_static_path = ["_static"]
+html_static_path = ["_static", "_vendor"]
+html_css_files = ["optzoo.css"]  # code blocks wrap, wide tables scroll
 html_title = f"optzoo {release}"
 html_theme_options = {"description": "MXNet's optimizers, Trainer and schedulers on PyTorch", "fixed_sidebar": True}
-# The build never touches the network; the rendered pages load MathJax from its CDN when read.
+# Offline math: MathJax from the site itself (docs/_tools/vendor_mathjax.py says why this file and how it is
+# fetched: once, with npm, checked by SHA-256, into docs/_vendor, which the build copies into _static).
+import vendor_mathjax  # noqa: E402
+
+vendor_mathjax.ensure()
+mathjax_path = f"mathjax/{vendor_mathjax.MATHJAX_FILE}"

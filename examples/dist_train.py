@@ -11,6 +11,9 @@ Several machines (run on each; node 0's address as the rendezvous endpoint)::
 
 Options: ``--kvstore dist_async`` (parameter server on rank 0), ``--compression 2bit|1bit``,
 ``--checkpoint DIR`` (saves every epoch; a restarted job resumes from it).
+
+Every log line starts with ``[rank R/N]`` and is written with one ``write`` call, so lines of different workers
+sharing a terminal or a pipe never interleave mid-line (``torchrun --tee 3`` or ``| sort -s -k1,1`` groups them).
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ import torch
 
 import optzoo
 from optzoo import kvstore as kvs
+
+
+def log(kv, message: str) -> None:
+    """One rank-prefixed line in one system call: shorter than PIPE_BUF (4096 bytes), it reaches a pipe whole."""
+    os.write(1, f"[rank {kv.rank}/{kv.num_workers}] {message}\n".encode()[:4096])
 
 
 def main():
@@ -59,7 +67,7 @@ def main():
             loss.backward()
             trainer.step(args.batch_size * kv.num_workers)  # gradients are SUMMED over workers: global batch
             total += loss.item()
-        print(f"rank {kv.rank}/{kv.num_workers} epoch {epoch}: mean loss {total / (50 * args.batch_size):.4f}")
+        log(kv, f"epoch {epoch}: mean loss {total / (50 * args.batch_size):.4f}")
         if args.checkpoint and kv.rank == 0 and args.kvstore != "dist_async":
             os.makedirs(args.checkpoint, exist_ok=True)
             trainer.save_states(os.path.join(args.checkpoint, "trainer.states"))

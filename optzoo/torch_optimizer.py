@@ -26,6 +26,7 @@ from itertools import chain
 import torch
 
 from . import compiled as _compile
+from . import sharding
 from .optimizer.base import STATE_CLASSES, Optimizer, create
 from .optimizer.validation import check_bool, check_real
 from .serialization import CheckpointError
@@ -70,16 +71,23 @@ def _lr_value(lr) -> float:
     return float(lr.item()) if isinstance(lr, torch.Tensor) else lr
 
 
-def _plain(state):
-    """A state as nested dicts/lists of tensors, loadable with ``torch.load(weights_only=True)``."""
-    if state is None or isinstance(state, torch.Tensor):
-        return state
-    items = [_plain(item) for item in state]
-    kind = type(state).__name__ if hasattr(state, "_fields") else "tuple"
-    return {"kind": kind, "items": items}
+def _flat(state, path: str = "state") -> dict:
+    """A state as a flat ``{path: tensor}`` dict: ``"state"`` for one tensor, ``"state.mean"`` for a named field,
+    ``"state.0"`` for a tuple item (``None`` entries are left out). ``torch.load(weights_only=True)`` reads it and
+    torch.distributed.checkpoint saves and reshards these tensors as they are (DTensors included)."""
+    if state is None:
+        return {}
+    if isinstance(state, torch.Tensor):
+        return {path: state}
+    names = state._fields if hasattr(state, "_fields") else range(len(state))
+    out = {}
+    for name, item in zip(names, state):
+        out.update(_flat(item, f"{path}.{name}"))
+    return out
 
 
 def _unplain(raw, device):
+    """A state saved in the nested ``{"kind", "items"}`` format of earlier optzoo versions."""
     if raw is None:
         return None
     if isinstance(raw, torch.Tensor):
@@ -135,6 +143,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                 raise ValueError("TorchOptimizer: pass foreach or impl/use_fused_step, not both")
             optimizer_params["impl"] = "foreach" if foreach else "reference"
         self.optimizer = create(optimizer, **optimizer_params)
+        sharding.check_partitioned(self.optimizer)
         self._param_index: dict[torch.Tensor, int] = {}
         self._hyper_names = hyperparameter_names(self.optimizer)
         self._reset_caches()
@@ -222,6 +231,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
             if params:
                 _compile.optimizer_step(self._handle, params, [p.grad for p in params])
+        elif sharding.is_state_init_step(self):  # torch.distributed.checkpoint's: create the states only
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self.state[p]["state"] = sharding.create_state(self.optimizer, self._param_index[p], p)
         else:
             self._update()
         return loss
@@ -297,7 +310,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         momentum that was 0, makes a state the rule had no use for necessary)."""
         opt, entry = self.optimizer, self.state[p]
         if "state" not in entry:
-            entry["state"] = opt.create_state_multi_precision(index, weight)
+            entry["state"] = sharding.create_state(opt, index, weight)
         elif opt._uses_master_copy(weight) and entry["state"][1] is None:
             fresh = opt.create_state(index, entry["state"][0])
             if fresh is not None:
@@ -336,6 +349,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             wds.append(group["wd"] * getattr(p, "wd_mult", 1.0))
             entry["step"] = t = counts[index]
             ts.append(t)
+        params, grads, states = sharding.local_views(opt, indices, params, grads, states)
         if opt.impl == "native" and opt._native_call(indices, params, grads, states, lrs, wds, ts,
                                                      opt.multi_precision):
             return
@@ -367,8 +381,9 @@ class TorchOptimizer(torch.optim.Optimizer):
             swap([p.data for p in params], [self.state[p]["state"] for p in params])
 
     def state_dict(self) -> dict:
-        """As torch's (hooks included), with each parameter's optzoo state stored as plain containers
-        (``torch.load(weights_only=True)`` reads it); other keys of ``self.state`` are kept as they are."""
+        """As torch's (hooks included), with each parameter's state as a flat dict of tensors (``{"step",
+        "state.<field>"}``, see :func:`_flat`): ``torch.load(weights_only=True)`` reads it, torch.distributed.checkpoint
+        reshards it. Other keys of ``self.state`` are kept as they are."""
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
         if self._has_betas():
@@ -385,16 +400,50 @@ class TorchOptimizer(torch.optim.Optimizer):
         state = {}
         for key, value in self.state.items():
             if isinstance(key, torch.Tensor):
-                state[mapping[id(key)]] = {k: _plain(v) if k == "state" else v for k, v in value.items()}
+                flat = {k: v for k, v in value.items() if k != "state"}
+                flat.update(_flat(value.get("state")))
+                state[mapping[id(key)]] = flat
             else:
                 state[key] = value
-        packed = {"state": state, "param_groups": groups,
-                  "optzoo": {"num_update": self.optimizer.num_update, "extra": self.optimizer.extra_state()}}
+        progress = {"num_update": self.optimizer.num_update, "extra": self.optimizer.extra_state()}
+        # optimizer-wide progress also rides in the first param group: torch.distributed.checkpoint keeps only
+        # "state" and "param_groups"
+        if groups:
+            groups[0]["optzoo"] = progress
+        packed = {"state": state, "param_groups": groups, "optzoo": progress}
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, packed)
             if result is not None:
                 packed = result
         return packed
+
+    def _load_entry(self, index, p, entry: dict) -> dict:
+        """A saved parameter entry as ``self.state`` holds it: ``"state"`` rebuilt from the flat format of
+        :func:`_flat` (copied into a fresh state, sharded like ``p``) or from the nested ``{"kind", "items"}``
+        format of older checkpoints; other keys kept."""
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"load_state_dict: the entry of parameter {index} is not a dict")
+        kept = {k: v for k, v in entry.items() if k != "state" and not k.startswith("state.")}
+        if isinstance(entry.get("state"), dict):
+            kept["state"] = _unplain(entry["state"], p.device)
+            return kept
+        paths = {k: v for k, v in entry.items() if k == "state" or k.startswith("state.")}
+        if not paths:
+            return kept
+        weight = torch.view_as_real(p) if p.is_complex() else p
+        state = sharding.create_state(self.optimizer, index, weight)
+        expected = _flat(state)
+        unknown = sorted(set(paths) - set(expected))
+        if unknown:
+            raise CheckpointError(f"load_state_dict: parameter {index} has unexpected state entries {unknown}")
+        for path, leaf in expected.items():
+            value = paths.get(path)
+            if not isinstance(value, torch.Tensor) or value.shape != leaf.shape:
+                raise CheckpointError(f"load_state_dict: parameter {index} needs a tensor {path!r} of shape "
+                                      f"{tuple(leaf.shape)}, got {getattr(value, 'shape', value)!r}")
+            leaf.copy_(value)
+        kept["state"] = state
+        return kept
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restores :meth:`state_dict` (hooks included); states keep their dtypes (float32 master copies stay
@@ -422,14 +471,14 @@ class TorchOptimizer(torch.optim.Optimizer):
             if p is None:
                 state[key] = entry
                 continue
-            entry = dict(entry)
-            if "state" in entry:
-                entry["state"] = _unplain(entry["state"], p.device)
+            entry = self._load_entry(self._param_index[p], p, entry)
             step = entry.get("step", 0)
             entry["step"] = steps[p] = int(step.item() if isinstance(step, torch.Tensor) else step)
             state[p] = entry
         groups = []
+        progress = state_dict.get("optzoo") or (saved_groups[0].get("optzoo") if saved_groups else None) or {}
         for number, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            saved.pop("optzoo", None)
             saved["params"] = group["params"]
             if self._has_betas() and "beta1" not in saved and "betas" in saved:
                 saved["beta1"], saved["beta2"] = _check_betas(saved["betas"])
@@ -452,9 +501,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         for number, group in enumerate(groups):
             self._check_group(group, number)
         counts = [c for d in opt._all_index_update_counts.values() for c in d.values()]
-        extra = state_dict.get("optzoo") or {}
-        opt.num_update = int(extra.get("num_update", max(counts, default=opt.begin_num_update)))
-        opt.load_extra_state(extra.get("extra") or {})
+        opt.num_update = int(progress.get("num_update", max(counts, default=opt.begin_num_update)))
+        opt.load_extra_state(progress.get("extra") or {})
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from . import checkpoint
+from . import checkpoint, sharding
 from .kvstore.compression import create_compression
 from .optimizer.base import Optimizer, create
 from .optimizer.updater import Updater, get_updater
@@ -282,6 +282,10 @@ class Trainer:
                  update_on_kvstore=None, *, grad_req: str = "write"):
         self._names, self._params = _collect_params(params)
         self._grad_req = check_choice("grad_req", grad_req, ("write", "add"))
+        if (any(sharding.is_dtensor(p) for p in self._params) and kvstore is not None
+                and not (isinstance(kvstore, str) and kvstore.lower() in ("device", "local", "nccl"))):
+            raise ValueError(f"kvstore={kvstore!r}: the parameters are DTensors (FSDP2), whose gradients FSDP2 "
+                             "already reduces across processes; use kvstore=None")
         self._optimizer = self._init_optimizer(optimizer, optimizer_params)
         self._updater: Updater = get_updater(self._optimizer)
         self._scale = self._optimizer.rescale_grad  # captured once, as Gluon does
@@ -485,7 +489,8 @@ class Trainer:
         for i, p in enumerate(self._params):
             if self._grad_req_of(i) == "null":
                 continue
-            (fresh if self._fresh[i] and p.grad is not None else stale).append(i)
+            # FSDP2 writes a sharded (DTensor) parameter's .grad after backward, past the hooks: it is fresh when set
+            (fresh if (self._fresh[i] or sharding.is_dtensor(p)) and p.grad is not None else stale).append(i)
         if stale and not ignore_stale_grad:
             listed = ", ".join(repr(self._names[i]) + ("" if self._params[i].grad is not None
                                                        else " (no gradient)") for i in stale[:10])
@@ -511,6 +516,8 @@ class Trainer:
             self._updater(fresh, [self._params[i].grad for i in fresh], [self._params[i] for i in fresh])
         for i in fresh:
             self._fresh[i] = False
+            if sharding.is_dtensor(self._params[i]) and self._grad_req_of(i) == "write":
+                self._params[i].grad = None  # FSDP2 adds to an existing gradient; 'write' replaces it
 
     # ------------------------------------------------------------------------------------------ learning rate
     @property
@@ -565,7 +572,8 @@ class Trainer:
         Tensors are the live states (as torch's ``state_dict``): save or copy them before stepping again.
         Parameter values and ``lr_mult``/``wd_mult`` attributes are not included (Gluon does the same).
         """
-        return checkpoint.trainer_state(self._names, self._params, self._updater)
+        # sharded (FSDP2) states are gathered into whole tensors: every rank must call
+        return checkpoint.trainer_state(self._names, self._params, sharding.gathered(self._updater))
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Restores :meth:`state_dict` output (tensors are copied). The saved optimizer replaces the current
@@ -585,11 +593,14 @@ class Trainer:
 
     def save_states(self, fname) -> None:
         """Writes :meth:`state_dict` to ``fname`` atomically: a crash mid-save leaves the previous file
-        intact."""
+        intact. Sharded (FSDP2) states: every rank calls it, the states are gathered and rank 0 writes one
+        file, which :meth:`load_states` cuts to each rank's rows on any number of processes. With
+        ``dist_sync`` every rank holds the same states and writes them."""
         if not isinstance(fname, (str, os.PathLike)):
             raise TypeError(f"fname must be a path (str or os.PathLike), got {type(fname).__name__}")
         state = self.state_dict()
-        atomic_write(fname, dumps(state["tensors"], state["meta"]))
+        if sharding.writes_checkpoint(self._updater):
+            atomic_write(fname, dumps(state["tensors"], state["meta"]))
 
     def load_states(self, fname, **mxnet_options) -> None:
         """Loads :meth:`save_states` output (see :meth:`load_state_dict`). Loading never executes code.

@@ -112,3 +112,60 @@ def test_other_pages_exist(site):
         assert target in api, target
     for name, klass in Optimizer.opt_registry.items():
         assert f"{klass.__module__}.{klass.__qualname__}" in api, name
+
+
+def _pages(site: Path) -> dict[Path, _Collector]:
+    return {page.resolve(): _parse(page) for page in sorted(site.rglob("*.html"))}
+
+
+def test_no_broken_internal_links_or_anchors(site):
+    """Every relative link lands on a page of the site and, with a #fragment, on an id of that page (viewcode's
+    "[docs]" links included)."""
+    from urllib.parse import unquote
+
+    pages = _pages(site)
+    broken, checked = [], 0
+    for page, parsed in pages.items():
+        for href in parsed.links:
+            if re.match(r"^[a-z][a-z0-9+.-]*:", href):  # mailto:, https:, ...: not part of the site
+                continue
+            path, _, fragment = href.partition("#")
+            target = (page.parent / unquote(path)).resolve() if path else page
+            checked += 1
+            if (target.suffix == ".html" and target not in pages) or not target.exists():
+                broken.append(f"{page.relative_to(site.resolve())}: {href} (no such file)")
+            elif fragment and target in pages and unquote(fragment) not in pages[target].ids:
+                broken.append(f"{page.relative_to(site.resolve())}: {href} (no such anchor)")
+    assert checked > 500
+    assert not broken, f"{len(broken)} broken internal links:\n" + "\n".join(broken[:30])
+
+
+def test_site_needs_no_network(site):
+    """No page loads anything from another host; the math renders with the site's own copy of MathJax."""
+    remote = []
+    for page in sorted(site.rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        for url in re.findall(r'<(?:script|link|img|iframe|source)\b[^>]*?\b(?:src|href)="([^"]+)"', text):
+            if re.match(r"^(?:[a-z][a-z0-9+.-]*:)?//", url):
+                remote.append(f"{page.name}: {url}")
+    assert not remote, remote[:10]
+    optimizers = (site / "optimizers.html").read_text(encoding="utf-8")
+    scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', optimizers, flags=re.I)
+    assert [s.split("?")[0] for s in scripts] == ["_static/mathjax/tex-svg-full.js"], scripts
+    assert (site / "_static" / "mathjax" / "tex-svg-full.js").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("width", [375, 1280])
+def test_pages_fit_the_screen_in_a_real_browser(site, width):
+    """Opened offline in headless chromium at a phone's and a laptop's width: no page is wider than the screen
+    (code wraps, tables and equations scroll in their own box), images load, the math is typeset, no errors."""
+    from browser import probe  # tests/browser.py
+
+    for name in ("optimizers.html", "api.html", "torch_optim.html", "genindex.html", "migration.html"):
+        check = probe(site / name, width)
+        assert check["width"] == width, check
+        assert check["overflow"] <= 0, (name, check["overflow"], check["wide"])
+        assert check["broken"] == [] and check["failed"] == [] and check["errors"] == [], (name, check)
+        assert check["math_errors"] == 0, name
+        if name in ("optimizers.html", "api.html", "torch_optim.html"):
+            assert check["math"] >= 20, (name, check["math"])  # typeset by the bundled MathJax, offline

@@ -100,8 +100,21 @@ def _check(app, env):
                        ", ".join(missing))
 
 
+def _unlink_unindexed(app, doctree) -> None:
+    """viewcode's "[docs]" link on a source page leads back to the page documenting the object; an unindexed
+    copy (the guide's ``:no-index:`` class docstrings) has no anchor to land on, so it must not claim the link:
+    the indexed entry in the API reference keeps it."""
+    from sphinx import addnodes
+
+    for desc in doctree.findall(addnodes.desc):
+        if desc.get("no-index") or desc.get("noindex"):
+            for signature in desc.findall(addnodes.desc_signature):
+                signature["module"] = None
+
+
 def setup(app):
     app.add_directive("optzoo-optimizer", OptimizerDirective)
+    app.connect("doctree-read", _unlink_unindexed, priority=400)  # before viewcode's handler (500)
     app.connect("env-merge-info", _merge)
     app.connect("env-purge-doc", _purge)
     app.connect("env-check-consistency", _check)

@@ -19,9 +19,15 @@ import time
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["main", "mxnet_python"]
+__all__ = ["QUICK_OPTIMIZERS", "QUICK_ROUNDS", "QUICK_SHAPES", "main", "min_of_rounds", "mxnet_python"]
 
 ROOT = Path(__file__).resolve().parents[2]
+#: ``--quick`` without --optimizers/--shapes: one rule per kind of memory traffic (one state, two states, two
+#: passes for the trust ratio) on many mid-size tensors and on many tiny ones (per-tensor overhead)
+QUICK_OPTIMIZERS = ("sgd", "adam", "lamb")
+QUICK_SHAPES = ("resnet50", "tiny")
+#: ``--quick`` times each step this many rounds (of about 5 ms) and keeps the fastest (min-of-rounds)
+QUICK_ROUNDS = 5
 
 
 def mxnet_python() -> Path | None:
@@ -40,16 +46,22 @@ def _parser():
     from .torch_runner import DEFAULT_OPTIMIZERS
 
     p = argparse.ArgumentParser(prog="optzoo bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
-                   help=f"comma-separated shape sets (default: {','.join(DEFAULT_SHAPES)})")
-    p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
-                   help=f"comma-separated optimizers (default: {','.join(DEFAULT_OPTIMIZERS)})")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is reported")
+    p.add_argument("--shapes", default=None,
+                   help=f"comma-separated shape sets (default: {','.join(DEFAULT_SHAPES)}; --quick: "
+                        f"{','.join(QUICK_SHAPES)})")
+    p.add_argument("--optimizers", default=None,
+                   help=f"comma-separated optimizers (default: {','.join(DEFAULT_OPTIMIZERS)}; --quick: "
+                        f"{','.join(QUICK_OPTIMIZERS)})")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"timed runs per measurement: the median is reported (default 3); --quick: the minimum "
+                        f"(default {QUICK_ROUNDS}), with the spread over the rounds as the noise estimate")
     p.add_argument("--threads", type=int, default=None, help="threads for torch, the SoL kernels and MXNet "
                    "(default: torch's current setting)")
     p.add_argument("--target-ms", type=float, default=None,
                    help="length of one timed run in ms (default 150, or 5 with --quick)")
-    p.add_argument("--quick", action="store_true", help="small shape sets, one repeat: a smoke run for CI/tests")
+    p.add_argument("--quick", action="store_true",
+                   help=f"under 30 s: small shape sets, {len(QUICK_OPTIMIZERS)} optimizers, min of {QUICK_ROUNDS} "
+                        "short rounds")
     p.add_argument("--no-mxnet", action="store_true", help="skip the MXNet comparison")
     p.add_argument("--no-reference", action="store_true", help="skip optzoo's impl='reference' path")
     p.add_argument("--no-foreach", action="store_true", help="skip optzoo's impl='foreach' path")
@@ -94,6 +106,29 @@ def _run_mxnet(python: Path, shapes, names, threads, repeats, target_s) -> dict:
         return json.loads(out_path.read_text())
 
 
+def min_of_rounds(results: list[dict]) -> dict:
+    """--quick: every time becomes the fastest of its rounds (``ms``; the median stays as ``median_ms``), with
+    ``spread_pct`` = (slowest - fastest) / fastest over the rounds; bandwidths and % SoL follow. Returns the
+    noise estimate over all measurements."""
+    spreads = []
+    for row in results:
+        timed = [m for m in [row.get("sol") or {}, *row["impls"].values()] if m.get("samples_ms")]
+        for m in timed:
+            fastest = min(m["samples_ms"])
+            m["median_ms"], m["ms"] = m["ms"], fastest
+            m["spread_pct"] = 100.0 * (max(m["samples_ms"]) - fastest) / fastest
+            spreads.append(m["spread_pct"])
+        sol_ms = (row.get("sol") or {}).get("ms")
+        for m in timed:
+            m["gbps"] = row["params"] * row["bytes_per_param"] / m["ms"] / 1e6
+            if m is not row.get("sol"):
+                m["pct_sol"] = 100.0 * sol_ms / m["ms"] if sol_ms else None
+    spreads.sort()
+    return {"method": "min of rounds", "measurements": len(spreads),
+            "median_spread_pct": spreads[len(spreads) // 2] if spreads else 0.0,
+            "max_spread_pct": spreads[-1] if spreads else 0.0}
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     import torch  # before the SoL kernels are loaded: one libgomp in the process
@@ -102,7 +137,8 @@ def main(argv=None) -> int:
     from .shapes import SHAPE_SETS, get_shapes, numel
     from .torch_runner import SPECS, make_grads, run_optzoo, run_torch, torch_variants
 
-    shape_names, names = _csv(args.shapes), _csv(args.optimizers)
+    shape_names = _csv(args.shapes) if args.shapes else list(QUICK_SHAPES if args.quick else SHAPE_SETS)
+    names = _csv(args.optimizers) if args.optimizers else list(QUICK_OPTIMIZERS if args.quick else SPECS)
     for s in shape_names:
         if s not in SHAPE_SETS:
             print(f"optzoo bench: unknown shape set {s!r}; choose from {', '.join(SHAPE_SETS)}", file=sys.stderr)
@@ -112,12 +148,12 @@ def main(argv=None) -> int:
             print(f"optzoo bench: no benchmark setup for optimizer {n!r}; choose from {', '.join(SPECS)}",
                   file=sys.stderr)
             return 2
-    if args.repeats < 1 or (args.threads is not None and args.threads < 1):
+    if (args.repeats is not None and args.repeats < 1) or (args.threads is not None and args.threads < 1):
         print("optzoo bench: --repeats and --threads must be >= 1", file=sys.stderr)
         return 2
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    repeats = 1 if args.quick else args.repeats
+    repeats = args.repeats or (QUICK_ROUNDS if args.quick else 3)
     target_s = (args.target_ms if args.target_ms is not None else (5.0 if args.quick else 150.0)) / 1e3
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +229,8 @@ def main(argv=None) -> int:
                     sol_ms = (row.get("sol") or {}).get("ms")
                     m["pct_sol"] = 100.0 * sol_ms / m["ms"] if sol_ms else None
                 row["impls"]["mxnet"] = m
+    if args.quick:
+        data["meta"]["timing"] = min_of_rounds(data["results"])
     for row in data["results"]:
         row["ratios"] = report.ratios(row["impls"])
     data["meta"]["wall_s"] = time.time() - started
@@ -204,6 +242,11 @@ def main(argv=None) -> int:
     print(report.main_table(data))
     print()
     print(report.targets_summary(data["targets"]))
+    if args.quick:
+        noise = data["meta"]["timing"]
+        print(f"timing: fastest of {repeats} rounds of ~{target_s * 1e3:g} ms per measurement; noise estimate (slowest "
+              f"round over the fastest, median over {noise['measurements']} measurements): "
+              f"{noise['median_spread_pct']:.0f}% (worst {noise['max_spread_pct']:.0f}%)")
     try:
         report.write_chart(data, out / "bench.png")
         chart = out / "bench.png"

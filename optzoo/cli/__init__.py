@@ -1,7 +1,7 @@
 """The ``optzoo`` command line (also ``python -m optzoo``).
 
     optzoo list [--json]                  registered optimizers, hyperparameters, defaults
-    optzoo compare [options]              train small models on scikit-learn's digits, ranked table + report
+    optzoo compare [--tune] [options]     train small models (digits, sparse logistic regression), ranked + report
     optzoo trajectories [options]         optimizer paths on 2-D test functions (PNG + animated GIF)
     optzoo bench [args]                   the speed benchmark (when installed)
     optzoo inspect FILE                   what an MXNet (.params/.states) or optzoo checkpoint holds

@@ -3,8 +3,9 @@
 
 Every optimizer moves one float32 point ``(x, y)`` with its own ``get_updater``. The test functions' scales
 have nothing in common with a neural network's, so unless a learning rate is given (``name:learning_rate=..``
-or ``--lr``) each optimizer is shown with the learning rate from a grid that brings it closest to the minimum
-fastest (the lowest mean ``log10(f - f_min)`` along the path, among the paths that stay finite).
+or ``--lr``) each optimizer is shown with the learning rate from a grid whose path ends closest to a minimum,
+among the paths that do not diverge (ties, such as two converged paths: the one that got there sooner). A
+diverged path is marked as such in the legend and the JSON summary.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .common import (
     write_atomic,
     write_json_atomic,
 )
-from .report import palette
+from .report import marker, palette
 
 __all__ = ["FUNCTIONS", "GIF_DPI", "GIF_SIZE", "LR_GRID", "TestFunction", "add_parser", "optimize_path", "png_size",
            "run"]
@@ -182,7 +183,11 @@ def optimize_path(spec: OptimizerSpec, fn: TestFunction, steps: int, seed: int =
     # row-wise rules such as GroupAdaGrad need
     point = torch.tensor(fn.start, dtype=torch.float32).reshape(2, 1)
     path, values = [list(fn.start)], [float(fn.f(*fn.start))]
-    span = max(fn.xlim[1] - fn.xlim[0], fn.ylim[1] - fn.ylim[0])
+    # a path that leaves the plotted window by more than half its size has diverged (it left the region where
+    # the function's minimum lies, or is thrashing across it)
+    width, height = fn.xlim[1] - fn.xlim[0], fn.ylim[1] - fn.ylim[0]
+    x_low, x_high = fn.xlim[0] - width / 2, fn.xlim[1] + width / 2
+    y_low, y_high = fn.ylim[0] - height / 2, fn.ylim[1] + height / 2
     status = "ok"
     for _ in range(steps):
         # the gradient in float64 at the float32 point, rounded to float32 (the optimizer's arithmetic is float32)
@@ -192,7 +197,7 @@ def optimize_path(spec: OptimizerSpec, fn: TestFunction, steps: int, seed: int =
             break
         updater(0, grad, point)
         x, y = float(point[0]), float(point[1])
-        if not (math.isfinite(x) and math.isfinite(y)) or max(abs(x), abs(y)) > 100 * span:
+        if not (math.isfinite(x) and math.isfinite(y) and x_low <= x <= x_high and y_low <= y <= y_high):
             status = "diverged"
             break
         path.append([x, y])
@@ -200,27 +205,40 @@ def optimize_path(spec: OptimizerSpec, fn: TestFunction, steps: int, seed: int =
     return {"path": path, "f": values, "status": status}
 
 
-def _score(result: dict, fn: TestFunction, steps: int) -> float:
-    """Mean log10 distance to the minimum value along the path (lower: closer, sooner); inf if it diverged."""
+def final_distance(result: dict, fn: TestFunction) -> float:
+    """Euclidean distance from the path's last point to the nearest minimum."""
+    x, y = result["path"][-1]
+    return min(math.hypot(x - mx, y - my) for mx, my in fn.minima)
+
+
+def _score(result: dict, fn: TestFunction, steps: int) -> tuple[float, float]:
+    """Sort key of a path (smaller is better): the final distance to the nearest minimum (distances below 1e-4,
+    converged, count as equal), then the mean log10 gap to the minimum value along the path (sooner); a path
+    that diverged or stopped early is never better than one that did not."""
     if result["status"] != "ok" or len(result["f"]) < steps + 1:
-        return math.inf
-    return sum(math.log10(max(v - fn.f_min, 0.0) + 1e-12) for v in result["f"]) / len(result["f"])
+        return (math.inf, math.inf)
+    distance = final_distance(result, fn)
+    speed = sum(math.log10(max(v - fn.f_min, 0.0) + 1e-12) for v in result["f"]) / len(result["f"])
+    return (0.0 if distance < 1e-4 else distance, speed)
 
 
 def best_path(spec: OptimizerSpec, fn: TestFunction, steps: int, seed: int) -> dict:
-    """The path at the spec's learning rate, or at the grid's best one when the spec gives none."""
+    """The path at the spec's learning rate, or, when the spec gives none, at the grid's learning rate whose path
+    ends closest to a minimum among the paths that do not diverge (all diverged: the largest rate's, marked so)."""
     if "learning_rate" in spec.params:
         result = optimize_path(spec, fn, steps, seed)
         result.update(learning_rate=spec.params["learning_rate"], tuned=False)
-        return result
-    best, best_score = None, math.inf
-    for lr in LR_GRID:
-        result = optimize_path(spec.with_params(learning_rate=lr), fn, steps, seed)
-        score = _score(result, fn, steps)
-        if best is None or score < best_score:
-            best, best_score = result, score
-            best.update(learning_rate=lr, tuned=True)
-    return best
+    else:
+        best, best_score = None, None
+        for lr in LR_GRID:
+            candidate = optimize_path(spec.with_params(learning_rate=lr), fn, steps, seed)
+            score = _score(candidate, fn, steps)
+            if best is None or score < best_score:
+                best, best_score = candidate, score
+                best.update(learning_rate=lr, tuned=True)
+        result = best
+    result["final_distance"] = final_distance(result, fn)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -255,7 +273,7 @@ def _contour(ax, fn: TestFunction, np) -> None:
 
 def _legend_label(spec: OptimizerSpec, result: dict) -> str:
     lr = f"lr={result['learning_rate']:g}" + ("*" if result["tuned"] else "")
-    return f"{spec.label} ({lr})" + (" diverged" if result["status"] != "ok" else "")
+    return f"{spec.label} ({lr})" + (" DIVERGED" if result["status"] != "ok" else "")
 
 
 def png_size(n_optimizers: int) -> tuple[int, int]:
@@ -279,18 +297,21 @@ def draw_png(fn: TestFunction, specs, results, path: Path) -> None:
     colors = palette(plt, len(specs))
     panels = list(axes.flat)
     ax_f = panels[len(specs)]
-    for ax, spec, result, color in zip(panels, specs, results, colors):
+    for i, (ax, spec, result, color) in enumerate(zip(panels, specs, results, colors)):
         _contour(ax, fn, np)
         xy = np.asarray(result["path"])
         ax.plot(xy[:, 0], xy[:, 1], color=color, linewidth=1.4)
-        ax.plot(xy[-1, 0], xy[-1, 1], marker="o", color=color, markersize=5, markeredgecolor="black")
-        gap = result["f"][-1] - fn.f_min
-        ax.set_title(f"{_legend_label(spec, result)}\nf - f_min = {gap:.2g} after {len(xy) - 1} steps",
-                     fontsize="small")
+        ax.plot(xy[-1, 0], xy[-1, 1], marker=marker(i), color=color, markersize=5, markeredgecolor="black")
+        if result["status"] != "ok":
+            line = f"diverged: left the plot or overflowed at step {len(xy)}"
+        else:
+            line = f"{len(xy) - 1} steps: {result['final_distance']:.2g} from the minimum"
+        ax.set_title(f"{_legend_label(spec, result)}\n{line}", fontsize="small")
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax_f.plot(np.arange(len(result["f"])), np.maximum(np.asarray(result["f"]) - fn.f_min, 1e-12),
-                  color=color, linewidth=1.2, label=spec.label)
+                  color=color, linewidth=1.2, label=spec.label, marker=marker(i), markersize=4,
+                  markevery=max(1, len(result["f"]) // 6), markeredgecolor="black", markeredgewidth=0.4)
     ax_f.set_yscale("log")
     ax_f.set_xlabel("step")
     ax_f.set_title("f - f_min against the step", fontsize="small")
@@ -302,7 +323,8 @@ def draw_png(fn: TestFunction, specs, results, path: Path) -> None:
         spare[0].legend(*ax_f.get_legend_handles_labels(), loc="center left", fontsize="small", ncol=2)
     else:
         ax_f.legend(fontsize="x-small", ncol=2)
-    tuned = " (lr* = the best learning rate of the grid)" if any(r["tuned"] for r in results) else ""
+    tuned = (" (lr*: the grid's learning rate ending closest to the minimum without diverging)"
+             if any(r["tuned"] for r in results) else "")
     fig.suptitle(f"{fn.name}: f = {fn.formula}; start ● minimum ★{tuned}")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=PNG_DPI)
@@ -325,8 +347,9 @@ def draw_gif(fn: TestFunction, specs, results, steps: int, path: Path) -> int:
     ax = static.add_axes(position)
     _contour(ax, fn, np)
     colors = palette(plt, len(specs))
-    for spec, result, color in zip(specs, results, colors):
-        ax.plot([], [], color=color, linewidth=1.6, label=_legend_label(spec, result))
+    for i, (spec, result, color) in enumerate(zip(specs, results, colors)):
+        ax.plot([], [], color=color, linewidth=1.6, label=_legend_label(spec, result), marker=marker(i),
+                markeredgecolor="black", markeredgewidth=0.4)
     ax.legend(loc="upper left", fontsize="x-small", framealpha=0.8)
     static.canvas.draw()
     background = np.asarray(static.canvas.buffer_rgba()).copy()
@@ -340,10 +363,11 @@ def draw_gif(fn: TestFunction, specs, results, steps: int, path: Path) -> int:
     moving.set_axis_off()
     moving.patch.set_alpha(0.0)
     lines, heads, paths = [], [], []
-    for result, color in zip(results, colors):
+    for i, (result, color) in enumerate(zip(results, colors)):
         paths.append(np.asarray(result["path"]))
         lines.append(moving.plot([], [], color=color, linewidth=1.6)[0])
-        heads.append(moving.plot([], [], marker="o", color=color, markersize=5)[0])
+        heads.append(moving.plot([], [], marker=marker(i), color=color, markersize=6, markeredgecolor="black",
+                                 markeredgewidth=0.4)[0])
     title = fig.text(0.5, 0.995, "", ha="center", va="top", fontsize="medium")
     frames = sorted({round(i * steps / (GIF_FRAMES - 1)) for i in range(GIF_FRAMES)})
     writer = animation.PillowWriter(fps=10)
@@ -390,9 +414,11 @@ def run(args) -> int:
             "f_min": fn.f_min,
             "optimizers": [{"label": s.label, "name": s.name, "params": s.params, **r}
                            for s, r in zip(specs, results)]}
-        ranking = sorted(zip(specs, results), key=lambda sr: (sr[1]["status"] != "ok", sr[1]["f"][-1]))
-        best = ", ".join(f"{s.label} {r['f'][-1] - fn.f_min:.2g}" for s, r in ranking[:3])
-        print(f"{fn.name}: f - f_min after {args.steps} steps, best: {best}; wrote "
+        ranking = sorted(zip(specs, results), key=lambda sr: (sr[1]["status"] != "ok", sr[1]["final_distance"]))
+        best = ", ".join(f"{s.label} {r['final_distance']:.2g}" for s, r in ranking[:3])
+        diverged = [s.label for s, r in ranking if r["status"] != "ok"]
+        best += f"; diverged: {', '.join(diverged)}" if diverged else ""
+        print(f"{fn.name}: distance to the minimum after {args.steps} steps, best: {best}; wrote "
               f"{', '.join(str(f) for f in files)} ({time.perf_counter() - started:.1f} s)")
     write_json_atomic(out / "trajectories.json", summary)
     return 0

@@ -131,8 +131,8 @@ def build(verbose: bool = True) -> Path:
             return target
         started = time.perf_counter()
         if verbose:
-            print(f"optzoo: compiling the native optimizer kernels (first use; about 20 s, cached in {folder})",
-                  file=sys.stderr, flush=True)
+            print(f"optzoo: compiling the native optimizer kernels (first use, cached in {folder}; 20 s to a few "
+                  "minutes, by the free cores)", file=sys.stderr, flush=True)
         torch_lib = Path(torch.__file__).parent / "lib"
         units = sorted((n for n in sources if n.endswith(".cpp")), key=lambda n: n != "core.cpp")  # slowest first
         torch_flags = [*_torch_flags(), f"-D_OPTZOO_TORCH={torch.__version__}"]

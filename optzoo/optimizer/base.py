@@ -167,6 +167,11 @@ class Optimizer:
     default_learning_rate = 0.01
     #: name of the rule's native kernel (optzoo/native/src), or None
     native_rule: ClassVar[str | None] = None
+    #: the rule reads whole-tensor norms (trust ratios): a sharded step must add up the shards' partial sums
+    uses_tensor_norms: ClassVar[bool] = False
+    #: ``reduce(sums, owners)`` while :mod:`optzoo.sharding` runs a step on local shards, else None
+    #: (see ``optzoo.optimizer.trust_ratio._tensor_norms``)
+    norm_sum_reducer = None
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
                  lr_scheduler=None, begin_num_update=0, multi_precision=False, param_dict=None,
@@ -492,6 +497,8 @@ class Optimizer:
 
     def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision: bool) -> bool:
         """Runs the native rule over the lists; False (nothing written) when some tensor is not one it takes."""
+        if self.norm_sum_reducer is not None:
+            return False  # the kernel would take the local shards' norms; the foreach path reduces them
         aux, commit = self._native_aux(indices, lrs, ts)
         if not native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts, self._native_hyper(),
                                   multi_precision, aux):

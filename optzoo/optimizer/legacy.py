@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 
 from .base import Optimizer, f32, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
+from .trust_ratio import _norm_sums
 from .validation import check_bool, check_choice, check_int, check_real
 
 __all__ = [
@@ -196,8 +197,10 @@ def lbsgd_foreach(
     momentum,
     rescale_grad,
     clip_gradient,
+    reduce_sums=None,
 ):
-    """All tensors at once; the same arithmetic as :func:`lbsgd_reference`."""
+    """All tensors at once; the same arithmetic as :func:`lbsgd_reference` (``reduce_sums``: a sharded step's
+    reduction of the ``'lars'`` ratio's sums of squares, see ``trust_ratio._tensor_norms``)."""
     batch_scale = schedule.batch_scale
     if batch_scale > 1:
         cums = [s.cum_grad for s in states]
@@ -211,7 +214,12 @@ def lbsgd_foreach(
         ready = list(range(len(weights)))
         means = list(grads)
     ws = [weights[k] for k in ready]
-    ws_lrs = [lrs[k] * schedule.multiplier(num_cums[k], w, g, wds[k]) for k, w, g in zip(ready, ws, means)]
+    if reduce_sums is not None and schedule.warmup_strategy == "lars":
+        sums = reduce_sums(_norm_sums([*ws, *means]).view(2, len(ws)), ws)
+        squares = [(float(sums[0, j].to(w.dtype)), float(sums[1, j].to(w.dtype))) for j, w in enumerate(ws)]
+        ws_lrs = [lrs[k] * schedule.lars(w2, g2, wds[k]) for k, (w2, g2) in zip(ready, squares)]
+    else:
+        ws_lrs = [lrs[k] * schedule.multiplier(num_cums[k], w, g, wds[k]) for k, w, g in zip(ready, ws, means)]
     moms = None if momentum == 0.0 else [states[k].momentum for k in ready]
     ccsgd_foreach(
         ws,
@@ -406,6 +414,10 @@ class LBSGD(_Legacy19Optimizer):
         self.lazy_update = check_bool("lazy_update", lazy_update)
 
     @property
+    def uses_tensor_norms(self) -> bool:  # the 'lars' multiplier reads whole-tensor norms
+        return self.warmup_strategy == "lars"
+
+    @property
     def schedule(self) -> LargeBatchSchedule:
         return LargeBatchSchedule(
             self.warmup_strategy, self.warmup_epochs, self.updates_per_epoch, self.batch_scale
@@ -460,6 +472,7 @@ class LBSGD(_Legacy19Optimizer):
             lrs=lrs,
             wds=wds,
             num_cums=[self._num_cums(t) for t in ts],
+            reduce_sums=self.norm_sum_reducer,
             **self._hyper(),
         )
 

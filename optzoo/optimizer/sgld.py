@@ -144,10 +144,24 @@ class SGLD(Optimizer):
         if extra.get("generator") is not None:
             self._generator = _generator_from_json(extra["generator"])
 
+    #: set by :mod:`optzoo.sharding` for a step on local shards: ``{id(local shard): (global shape, first row)}``
+    shard_rows: dict | None = None
+
     def _noise(self, weights, lrs) -> list[torch.Tensor]:
         """The noise of one update, one tensor per weight in order. Both paths draw through here, so they add
-        identical noise for the same generator state (tests override it to inject MXNet's noise)."""
-        return [sgld_noise(w, lr, self._generator) for w, lr in zip(weights, lrs)]
+        identical noise for the same generator state (tests override it to inject MXNet's noise). A local
+        shard gets its rows of the whole tensor's noise, so a sharded run adds the unsharded run's noise."""
+        rows = self.shard_rows or {}
+        noises = []
+        for w, lr in zip(weights, lrs):
+            where = rows.get(id(w))
+            if where is None:
+                noises.append(sgld_noise(w, lr, self._generator))
+            else:
+                shape, start = where
+                whole = sgld_noise(w.new_empty(()).expand(shape), lr, self._generator)
+                noises.append(whole.narrow(0, start, w.shape[0]))
+        return noises
 
     def _hyper(self):
         return {"rescale_grad": self.rescale_grad, "clip_gradient": self.clip_gradient}

@@ -59,6 +59,32 @@ def _norms(tensors) -> list[torch.Tensor]:
     return list(torch._foreach_norm(tensors, 2, dtype=torch.float32)) if tensors else []
 
 
+def _norm_sums(tensors) -> torch.Tensor:
+    """The norm pass of a sharded step: every tensor's sum of squares as one float64 vector (a local shard
+    gives its partial sum; :mod:`optzoo.sharding` adds the shards' partial sums up). Each is accumulated as
+    :func:`_norms` does (float32, no float64 copy of the tensors) and squared in float64."""
+    tensors = list(tensors)
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.stack(_norms(tensors)).to(torch.float64).square_()
+
+
+def _tensor_norms(families, owners, reduce_sums=None) -> torch.Tensor:
+    """Per-tensor L2 norms of ``families`` (lists of tensors shaped like ``owners``, the weights), stacked in
+    family order into one vector.
+
+    Without ``reduce_sums`` this is :func:`_norms`. With it (a sharded step) the norm pass takes the
+    float64 sums of squares of the local shards (:func:`_norm_sums`), ``reduce_sums(sums, owners)`` adds them
+    up over the shards of each owner (shape ``(len(families), len(owners))``, one collective for all) and the
+    update pass takes the square roots: the whole tensors' norms, as the unsharded rule."""
+    tensors = [t for family in families for t in family]
+    if reduce_sums is None:
+        return torch.stack(_norms(tensors))
+    sums = reduce_sums(_norm_sums(tensors).view(len(families), len(owners)), owners)
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return sums.reshape(-1).sqrt().to(dtype=dtype, device=owners[0].device)
+
+
 def trust_ratio(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
     """``r1 / r2``, or 1 where either norm is 0 (MXNet's kernels; the readable paths reach 1 through NaN)."""
     return torch.where((r1 == 0) | (r2 == 0), torch.ones_like(r1), r1 / r2)
@@ -143,15 +169,17 @@ def lars_reference(weight, grad, mom, *, lr, wd, momentum, eta, epsilon, rescale
 
 
 def lars_foreach(weights, grads, moms, *, lrs, wds, trusts, momentum, eta, epsilon, rescale_grad,
-                 clip_gradient):
-    """All tensors at once; the same arithmetic as :func:`lars_reference` (one round of norms)."""
+                 clip_gradient, reduce_sums=None):
+    """All tensors at once; the same arithmetic as :func:`lars_reference` (one round of norms;
+    ``reduce_sums``: see :func:`_tensor_norms`)."""
     lr_ts = _scalars(lrs, weights[0])
     chosen = [i for i, trust in enumerate(trusts) if trust]
     if chosen:
-        norms = _norms([*(weights[i] for i in chosen), *(grads[i] for i in chosen)])
+        owners = [weights[i] for i in chosen]
+        norms = _tensor_norms([owners, [grads[i] for i in chosen]], owners, reduce_sums)
         k = len(chosen)
         chosen_wds = _scalars([wds[i] for i in chosen], weights[0])
-        ratios = lars_ratio(torch.stack(norms[:k]), torch.stack(norms[k:]), wd=chosen_wds, eta=eta,
+        ratios = lars_ratio(norms[:k], norms[k:], wd=chosen_wds, eta=eta,
                             epsilon=epsilon, rescale_grad=rescale_grad)
         index = torch.tensor(chosen, device=lr_ts.device)
         lr_ts = lr_ts.to(ratios.dtype)  # float64 norms for float64 weights, as lars_reference
@@ -203,6 +231,7 @@ class LARS(Optimizer):
 
     sparse_support = "lazy"
     default_learning_rate = 0.1
+    uses_tensor_norms = True
     native_rule = "lars"
 
     def __init__(self, learning_rate=None, momentum=0.0, eta=0.001, epsilon=1e-8, lazy_update=False,
@@ -252,7 +281,8 @@ class LARS(Optimizer):
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         moms = None if self.momentum == 0.0 else states
         trusts = [id(w) not in self._plain_lr_ids for w in weights]
-        lars_foreach(weights, grads, moms, lrs=lrs, wds=wds, trusts=trusts, **self._hyper())
+        lars_foreach(weights, grads, moms, lrs=lrs, wds=wds, trusts=trusts, reduce_sums=self.norm_sum_reducer,
+                     **self._hyper())
 
     def _lazy_update(self, index, weight, grad, state, lr, wd, t):
         """Row-sparse lazy update: the ratio from the whole weight's norm and the gradient's norm, the SGD
@@ -309,9 +339,10 @@ def lamb_reference(weight, grad, state: LAMBState, *, lr, wd, beta1, beta2, epsi
 
 
 def lamb_foreach(weights, grads, states, *, lrs, wds, beta1, beta2, epsilon, corrections, lower_bound,
-                 upper_bound, rescale_grad, clip_gradient):
+                 upper_bound, rescale_grad, clip_gradient, reduce_sums=None):
     """All tensors at once; the same arithmetic as :func:`lamb_reference` (one round of norms: ``||w||`` and
-    ``||u||`` together). ``corrections`` is a list of ``(c1, c2)`` per tensor, or ``None``."""
+    ``||u||`` together; ``reduce_sums``: see :func:`_tensor_norms`). ``corrections`` is a list of
+    ``(c1, c2)`` per tensor, or ``None``."""
     gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
     means, variances = adam_moments_foreach(states, gs, beta1, beta2)
     if corrections is None:
@@ -326,7 +357,7 @@ def lamb_foreach(weights, grads, states, *, lrs, wds, beta1, beta2, epsilon, cor
     if any(wds):
         torch._foreach_add_(us, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
     n = len(weights)
-    norms = torch.stack(_norms([*weights, *us]))
+    norms = _tensor_norms([weights, us], weights, reduce_sums)
     r1 = _bounded(norms[:n], lower_bound, upper_bound)
     steps = _scalars(lrs, weights[0]) * trust_ratio(r1, norms[n:])
     torch._foreach_mul_(us, list(steps.unbind(0)))
@@ -403,6 +434,7 @@ class LAMB(_TrustRatioAdam):
         arXiv:1904.00962.
     """
 
+    uses_tensor_norms = True
     native_rule = "lamb"
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-6, lower_bound=None,
@@ -434,7 +466,8 @@ class LAMB(_TrustRatioAdam):
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         corrections = [self._corrections(t) for t in ts] if self.bias_correction else None
-        lamb_foreach(weights, grads, states, lrs=lrs, wds=wds, corrections=corrections, **self._hyper())
+        lamb_foreach(weights, grads, states, lrs=lrs, wds=wds, corrections=corrections,
+                     reduce_sums=self.norm_sum_reducer, **self._hyper())
 
 
 # ------------------------------------------------------------------------------------------ LANS
@@ -477,11 +510,12 @@ def lans_reference(weight, grad, state: LANSState, *, lr, wd, beta1, beta2, epsi
 
 
 def lans_foreach(weights, grads, states, *, lrs, wds, beta1, beta2, epsilon, corrections, lower_bound,
-                 upper_bound, rescale_grad, clip_gradient):
+                 upper_bound, rescale_grad, clip_gradient, reduce_sums=None):
     """All tensors at once; the same arithmetic as :func:`lans_reference` (two rounds of norms:
-    ``||rg*grad||``, then ``||w||``, ``||u_m||`` and ``||u_g||`` together)."""
+    ``||rg*grad||``, then ``||w||``, ``||u_m||`` and ``||u_g||`` together; ``reduce_sums``: see
+    :func:`_tensor_norms`)."""
     gs = list(torch._foreach_mul(list(grads), f32(rescale_grad)))
-    for g, g_norm in zip(gs, _norms(gs)):
+    for g, g_norm in zip(gs, _tensor_norms([gs], weights, reduce_sums).unbind(0)):
         _normalise_(g, g_norm)
     if clip_gradient is not None:
         torch._foreach_clamp_min_(gs, -f32(clip_gradient))
@@ -498,7 +532,7 @@ def lans_foreach(weights, grads, states, *, lrs, wds, beta1, beta2, epsilon, cor
         torch._foreach_add_(ums, decays)
         torch._foreach_add_(ugs, decays)
     n = len(weights)
-    norms = torch.stack(_norms([*weights, *ums, *ugs]))
+    norms = _tensor_norms([weights, ums, ugs], weights, reduce_sums)
     r1 = _bounded(norms[:n], lower_bound, upper_bound)
     lr32 = _scalars(lrs, weights[0])
     step_m = lr32 * (trust_ratio(r1, norms[n:2 * n]) * f32(beta1))
@@ -549,6 +583,7 @@ class LANS(_TrustRatioAdam):
         arXiv:2006.13484.
     """
 
+    uses_tensor_norms = True
     native_rule = "lans"
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-6, lower_bound=None,
@@ -575,4 +610,5 @@ class LANS(_TrustRatioAdam):
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         corrections = [bias_corrections(self.beta1, self.beta2, t) for t in ts]
-        lans_foreach(weights, grads, states, lrs=lrs, wds=wds, corrections=corrections, **self._hyper())
+        lans_foreach(weights, grads, states, lrs=lrs, wds=wds, corrections=corrections,
+                     reduce_sums=self.norm_sum_reducer, **self._hyper())

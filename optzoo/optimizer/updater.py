@@ -6,8 +6,9 @@ import math
 
 import torch
 
+from .. import sharding
 from ..serialization import CheckpointError, dumps, loads
-from .base import STATE_CLASSES, Optimizer, _map_state, create, registered_name
+from .base import STATE_CLASSES, Optimizer, create, registered_name
 
 __all__ = ["Updater", "get_updater", "encode_states", "decode_states", "optimizer_to_meta",
            "optimizer_from_meta"]
@@ -161,14 +162,15 @@ class Updater:
             self.optimizer._set_current_device(device.index or 0)
             for i, _, w in items:
                 if i not in self.states:
-                    self.states[i] = self.optimizer.create_state_multi_precision(i, w)
+                    self.states[i] = sharding.create_state(self.optimizer, i, w)
                     self.states_synced[i] = True
                 elif not self.states_synced.get(i, True):
-                    self.states[i] = _map_state(lambda s, w=w: s.to(w.device), self.states[i])
+                    self.states[i] = sharding.place_state(self.optimizer, i, w, self.states[i])
                     self.states_synced[i] = True
             indices = [i for i, _, _ in items]
-            self.optimizer.update_multi_precision(indices, [w for _, _, w in items], [g for _, g, _ in items],
-                                                  [self.states[i] for i in indices])
+            weights, grads, states = sharding.local_views(self.optimizer, indices, [w for _, _, w in items],
+                                                          [g for _, g, _ in items], [self.states[i] for i in indices])
+            self.optimizer.update_multi_precision(indices, weights, grads, states)
 
     def get_states(self, dump_optimizer: bool = False) -> bytes:
         """The states (and, with ``dump_optimizer``, the optimizer's configuration and progress) as bytes."""

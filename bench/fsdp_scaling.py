@@ -1,0 +1,151 @@
+"""FSDP2 scaling of optzoo's optimizers on this machine (gloo over 127.0.0.1, CPU).
+
+    .venv/bin/python bench/fsdp_scaling.py [--steps 20] [--workers 1 2 4] [--width 512] [--optimizers adam lamb]
+
+For each optimizer and number of processes: training steps/s (each process on its own batch of 32), the
+optimizer step's time on each rank (``TorchOptimizer.step`` on the local shards, LAMB's norm all-reduce
+included), the bytes each worker hands to collectives per step (counted at ``torch.distributed``'s
+all_gather / reduce_scatter / all_reduce calls: FSDP2's parameter all-gathers and gradient reduce-scatters,
+and LAMB's one norm all-reduce) and the optimizer state each worker holds. One thread per process: on a
+machine with fewer cores than processes, steps/s measures contention, not the network. NCCL/GPU: not
+measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import socket
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _ByteCounter:
+    """Counts the bytes this process passes into torch.distributed's collectives (their input tensors)."""
+
+    NAMES = ("all_gather_single", "reduce_scatter_single", "all_gather_into_tensor", "reduce_scatter_tensor",
+             "all_reduce")
+
+    def __init__(self):
+        self.bytes = 0
+        for name in self.NAMES:
+            original = getattr(dist, name, None)
+            if original is None:  # not in this torch version
+                continue
+
+            def counted(*args, _original=original, _name=name, **kwargs):
+                tensor = args[0] if _name == "all_reduce" else (args[1] if len(args) > 1 else kwargs["input"])
+                self.bytes += tensor.numel() * tensor.element_size()
+                return _original(*args, **kwargs)
+            setattr(dist, name, counted)
+
+
+def _model(width):
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(width, width) for _ in range(4)] + [torch.nn.Linear(width, 10)]
+    return layers, torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.ReLU())][:-1])
+
+
+def _train(model, opt, steps, warmup, began=lambda: None):
+    """``warmup + steps`` steps; the optimizer step's seconds of the last ``steps``."""
+    x, y = torch.randn(32, model[0].in_features), torch.randint(0, 10, (32,))
+    opt_times = []
+    for step in range(steps + warmup):
+        if step == warmup:
+            began()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        t0 = time.perf_counter()
+        opt.step()
+        if step >= warmup:
+            opt_times.append(time.perf_counter() - t0)
+        opt.zero_grad()
+    return opt_times
+
+
+def unsharded_step_ms(steps, width, name) -> float:
+    """The optimizer step of the same model without FSDP, in this process (the native kernel where built)."""
+    import optzoo
+
+    torch.set_num_threads(1)
+    _, model = _model(width)
+    opt = optzoo.TorchOptimizer(model.parameters(), name, learning_rate=1e-3, wd=0.01)
+    return statistics.median(_train(model, opt, steps, 3)) * 1e3
+
+
+def _worker(rank, world, port, steps, width, name, queue):
+    import optzoo
+    from optzoo.optimizer.base import _leaves
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
+    from torch.distributed.fsdp import fully_shard
+
+    counter = _ByteCounter()
+    layers, model = _model(width)
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    opt = optzoo.TorchOptimizer(model.parameters(), name, learning_rate=1e-3, wd=0.01)
+    warmup = 3
+    start, bytes0 = None, 0
+
+    def began():
+        nonlocal start, bytes0
+        dist.barrier()
+        start, bytes0 = time.perf_counter(), counter.bytes
+
+    opt_times = _train(model, opt, steps, warmup, began)
+    dist.barrier()
+    elapsed = time.perf_counter() - start
+    sent = (counter.bytes - bytes0) / steps
+    state_bytes = sum(leaf.to_local().numel() * leaf.element_size() for entry in opt.state.values()
+                      for leaf in _leaves(entry["state"]))
+    gathered = [None] * world
+    dist.all_gather_object(gathered, (statistics.median(opt_times) * 1e3, sent, state_bytes))
+    if rank == 0:
+        params = sum(p.numel() for p in model.parameters())
+        queue.put((steps / elapsed, gathered, params))
+    dist.destroy_process_group()
+
+
+def run(world, steps, width, name):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    mp.start_processes(_worker, args=(world, _free_port(), steps, width, name, queue), nprocs=world,
+                       start_method="spawn")
+    return queue.get(timeout=600)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--optimizers", nargs="+", default=["adam", "lamb"])
+    args = parser.parse_args()
+    print("| optimizer | workers | steps/s | optimizer step ms per rank (median) | collective bytes/step/worker "
+          "| state bytes/worker |")
+    print("|---|---|---|---|---|---|")
+    for name in args.optimizers:
+        print(f"| {name} | 1, no FSDP | | {unsharded_step_ms(args.steps, args.width, name):.2f} | 0 | |", flush=True)
+        for world in args.workers:
+            rate, ranks, params = run(world, args.steps, args.width, name)
+            ms = " / ".join(f"{r[0]:.2f}" for r in ranks)
+            print(f"| {name} | {world} | {rate:.1f} | {ms} | {max(r[1] for r in ranks):,.0f} "
+                  f"| {max(r[2] for r in ranks):,} |", flush=True)
+    print(f"\n{params:,} parameters ({params * 4:,} bytes, float32)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Every optzoo optimizer on sharded parameters: torch.distributed ``DTensor`` (FSDP2's ``fully_shard``).
+
+A step on DTensor parameters runs the optimizer's fast path on the local shards (``p.to_local()``), with
+states that are DTensors placed like their parameter (so ``torch.distributed.checkpoint`` saves and reshards
+them). Element-wise rules need nothing more: each rank updates its rows exactly as the unsharded rule would.
+
+Rules that read whole-tensor norms (LARS, LAMB, LANS, LBSGD's ``'lars'`` ratio; ``uses_tensor_norms``) get a
+*norm-sum reducer* for the step (``Optimizer.norm_sum_reducer``): the rule computes every tensor's float64
+sum of squares on its local shard, the reducer adds the shards' sums with one ``all_reduce`` over the mesh
+for all tensors of the step, and the rule continues with the whole tensors' norms (LANS needs two rounds:
+the gradients' norms, then the weights' and directions' norms). The native kernels compute their norms
+inside, so these rules run their ``torch._foreach`` path on shards; element-wise rules keep their kernel.
+
+Optimizer-wide quantities stay equal to the unsharded run: every rank updates every parameter in the same
+order, so Nadam's momentum schedule and the update counts advance alike, and SGLD draws each tensor's
+unsharded noise from its generator and keeps its own rows (all ranks must seed their generators equally,
+as for any replicated randomness). Under ``ZeroRedundancyOptimizer`` a rank's optimizer sees only its
+partition, so the optimizers with an optimizer-wide sequence (Nadam with ``schedule_scope='optimizer'``,
+SGLD) refuse it (see :func:`check_partitioned`).
+
+Supported: 1-D meshes with ``Shard(0)`` (uneven shards and empty local shards included) or ``Replicate()``
+placements. Anything else (2-D meshes, ``Shard(1)`` tensor parallelism, ``Partial``), a rule needing norms
+on a mix of DTensor and plain parameters, or on DTensors of different meshes, is a ``ValueError`` naming
+the parameter: a norm is never silently computed on a local shard.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+
+import torch
+
+from .optimizer.base import Optimizer, _leaves, _map_state
+
+__all__ = ["ShardingError", "check_partitioned", "create_state", "gathered", "is_dtensor", "local_views",
+           "place_state", "writes_checkpoint"]
+
+
+class ShardingError(RuntimeError):
+    """A collective of a sharded step failed (a worker died, or the process group timed out)."""
+
+
+def _dtensor_module():
+    # torch.distributed.tensor costs ~0.5 s to import; a tensor can only be a DTensor once it is imported.
+    return sys.modules.get("torch.distributed.tensor")
+
+
+def is_dtensor(t) -> bool:
+    """Whether ``t`` is a torch.distributed ``DTensor``."""
+    module = _dtensor_module()
+    return module is not None and isinstance(t, module.DTensor)
+
+
+def _local(t):
+    return t.to_local() if is_dtensor(t) else t
+
+
+def _name(opt: Optimizer, index) -> str:
+    name = opt.idx2name.get(index)
+    return f"parameter {name!r} (index {index!r})" if name is not None else f"parameter {index!r}"
+
+
+def _check_placement(opt: Optimizer, index, param) -> bool:
+    """True for a ``Shard(0)`` parameter, False for ``Replicate()``; ValueError for anything else."""
+    module = _dtensor_module()
+    placements = tuple(param.placements)
+    if param.device_mesh.ndim == 1 and len(placements) == 1:
+        if placements[0] == module.Shard(0):
+            return True
+        if placements[0] == module.Replicate():
+            return False
+    raise ValueError(
+        f"{_name(opt, index)} is a DTensor with placements {placements} on a {param.device_mesh.ndim}-D mesh; "
+        "optzoo steps DTensor parameters on a 1-D mesh placed Shard(0) (FSDP2's fully_shard) or Replicate() "
+        "only (tensor parallel Shard(1), 2-D meshes and Partial are not supported: a trust ratio or norm would "
+        "be computed on part of the tensor)")
+
+
+def _global_shape(param, local: torch.Tensor, leaf: torch.Tensor, sharded: bool) -> tuple:
+    if leaf.shape == local.shape:
+        return tuple(param.shape)
+    if not sharded:
+        return tuple(leaf.shape)
+    if leaf.dim() >= 1 and leaf.shape[0] == local.shape[0]:  # one value per row (GroupAdaGrad's history)
+        return (param.shape[0], *leaf.shape[1:])
+    raise ValueError(f"a state tensor of shape {tuple(leaf.shape)} cannot be sharded like a parameter whose "
+                     f"local shard has shape {tuple(local.shape)}")
+
+
+def create_state(opt: Optimizer, index, param: torch.Tensor):
+    """``opt.create_state_multi_precision(index, param)``; for a DTensor parameter the state is made on the local
+    shard and every state tensor is wrapped as a DTensor with the parameter's mesh and placements."""
+    if not is_dtensor(param):
+        return opt.create_state_multi_precision(index, param)
+    module = _dtensor_module()
+    sharded = _check_placement(opt, index, param)
+    local = param.to_local()
+    state = opt.create_state_multi_precision(index, local)
+
+    def wrap(leaf):
+        shape = _global_shape(param, local, leaf, sharded)
+        stride = tuple(math.prod(shape[d + 1:]) for d in range(len(shape)))
+        return module.DTensor.from_local(leaf, param.device_mesh, param.placements, run_check=False,
+                                         shape=torch.Size(shape), stride=stride)
+
+    return _map_state(wrap, state)
+
+
+class _ShardSums:
+    """The norm-sum reducer of one sharded step: adds up the partial sums of squares of ``Shard(0)`` tensors
+    over the mesh's process group, one ``all_reduce`` per call for all tensors; other columns pass through."""
+
+    def __init__(self, group, sharded_ids: set[int]):
+        self.group = group
+        self.sharded_ids = sharded_ids
+
+    def __call__(self, sums: torch.Tensor, owners) -> torch.Tensor:
+        mask = torch.tensor([id(w) in self.sharded_ids for w in owners], device=sums.device)
+        if not bool(mask.any()):
+            return sums
+        partial = torch.where(mask, sums, torch.zeros_like(sums))
+        try:
+            torch.distributed.all_reduce(partial, group=self.group)
+        except RuntimeError as err:
+            raise ShardingError(f"the all-reduce of the sharded parameters' norms failed (a worker died or the "
+                                f"process group timed out): {err}") from err
+        return torch.where(mask, partial, sums)
+
+
+def _sgld_shards(opt, sharded_rows) -> None:
+    if hasattr(type(opt), "shard_rows"):  # SGLD draws each tensor's unsharded noise and keeps its own rows
+        opt.shard_rows = sharded_rows or None
+
+
+def local_views(opt: Optimizer, indices, params, grads, states):
+    """``(params, grads, states)`` for one step of ``opt`` on local shards, and ``opt.norm_sum_reducer`` set
+    for that step (``None`` when no parameter is a DTensor: the lists come back unchanged)."""
+    if not any(is_dtensor(p) for p in params):
+        opt.norm_sum_reducer = None
+        _sgld_shards(opt, None)
+        return params, grads, states
+    needs_norms = bool(opt.uses_tensor_norms)
+    group, mesh_of, sharded_ids, rows = None, None, set(), {}
+    local_params, local_grads, local_states = [], [], []
+    for index, p, g, s in zip(indices, params, grads, states):
+        if not is_dtensor(p):
+            if needs_norms:
+                raise ValueError(
+                    f"{_name(opt, index)} is a plain tensor stepped together with DTensor parameters by "
+                    f"{type(opt).__name__}, whose rule needs whole-tensor norms: optzoo cannot tell whether it "
+                    "is whole or a shard. Shard it too (fully_shard / distribute_tensor) or give it its own "
+                    "optimizer")
+            local_params.append(p)
+            local_grads.append(g)
+            local_states.append(s)
+            continue
+        sharded = _check_placement(opt, index, p)
+        if not is_dtensor(g) or tuple(g.placements) != tuple(p.placements):
+            raise ValueError(f"the gradient of {_name(opt, index)} must be a DTensor placed like the parameter "
+                             f"({tuple(p.placements)}); got {getattr(g, 'placements', type(g).__name__)}")
+        if any(not is_dtensor(leaf) for leaf in _leaves(s)):
+            raise ValueError(f"the state of {_name(opt, index)} holds plain tensors but the parameter is a "
+                             "DTensor; restore sharded states with torch.distributed.checkpoint "
+                             "(get_optimizer_state_dict / set_optimizer_state_dict)")
+        local, local_state = p.to_local(), _map_state(_local, s)
+        if sharded:
+            if mesh_of is None:
+                mesh_of, group = p.device_mesh, p.device_mesh.get_group()
+            elif p.device_mesh != mesh_of and needs_norms:
+                raise ValueError(f"{_name(opt, index)} is sharded over another device mesh than the other "
+                                 f"parameters of this {type(opt).__name__} step; one optimizer per mesh")
+            start = _row_start(p)
+            for tensor in (local, *(_leaves(local_state)[:1] if opt._uses_master_copy(local) else ())):
+                sharded_ids.add(id(tensor))
+                rows[id(tensor)] = (tuple(p.shape), start)
+        local_params.append(local)
+        local_grads.append(g.to_local())
+        local_states.append(local_state)
+    if needs_norms and opt.impl == "reference" and sharded_ids:
+        raise ValueError(f"{type(opt).__name__}(impl='reference') computes each tensor's norm alone; sharded "
+                         "parameters need the fast path (impl='auto' or 'foreach'), which reduces the norms")
+    opt.norm_sum_reducer = _ShardSums(group, sharded_ids) if needs_norms and sharded_ids else None
+    _sgld_shards(opt, rows)
+    return local_params, local_grads, local_states
+
+
+def _inside_zero_redundancy() -> bool:
+    zero = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    if zero is None:
+        return False
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return False
+        if isinstance(frame.f_locals.get("self"), zero.ZeroRedundancyOptimizer):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def check_partitioned(opt: Optimizer) -> None:
+    """ValueError when ``opt`` is built for one rank's partition of ``ZeroRedundancyOptimizer`` and keeps an
+    optimizer-wide sequence that advances with every parameter: that rank would see only its partition's
+    updates, a silently different trajectory from the unsharded run."""
+    if not _inside_zero_redundancy():
+        return
+    if getattr(opt, "schedule_scope", None) == "optimizer":
+        raise ValueError(
+            f"{type(opt).__name__} with schedule_scope='optimizer' (MXNet's one momentum schedule advanced at "
+            "every parameter's update) cannot run under ZeroRedundancyOptimizer: each rank updates only its "
+            "partition, so the schedule would differ from the unsharded run. Use schedule_scope='parameter', "
+            "or DDP / FSDP2 (every rank updates every parameter)")
+    if hasattr(type(opt), "shard_rows"):
+        raise ValueError(
+            f"{type(opt).__name__} cannot run under ZeroRedundancyOptimizer: its noise is one generator's "
+            "sequence over all parameters, and each rank would draw it for its partition only. Use DDP or FSDP2")
+
+
+def is_state_init_step(torch_optimizer) -> bool:
+    """Whether a ``step()`` is torch.distributed.checkpoint's state initialisation (``_init_optim_state``: no
+    state yet, every group's ``lr`` 0 and every gradient all zeros): it must create the states and change
+    nothing else (an update with lr 0 still moves FTRL's weights and counts every parameter's step)."""
+    if torch_optimizer.state or any(float(g["lr"]) != 0.0 for g in torch_optimizer.param_groups):
+        return False
+    grads = [p.grad for g in torch_optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return bool(grads) and all(not bool(_local(grad).any()) for grad in grads)
+
+
+def _row_start(param) -> int:
+    chunk = -(-param.shape[0] // param.device_mesh.size())  # Shard(0) splits rows as torch.chunk does
+    return min(param.device_mesh.get_local_rank() * chunk, param.shape[0])
+
+
+def place_state(opt: Optimizer, index, param: torch.Tensor, state):
+    """A loaded state made ready for ``param``: moved to its device; for a DTensor parameter, whole tensors (an
+    ``optzoo.Trainer`` checkpoint) are cut to this rank's rows and wrapped like the parameter."""
+    if not is_dtensor(param):
+        return _map_state(lambda s: s.to(param.device), state)
+    if all(is_dtensor(leaf) for leaf in _leaves(state)):
+        return state
+    placed = create_state(opt, index, param)
+    wholes, targets = _leaves(state), _leaves(placed)
+    if len(wholes) != len(targets) or any(w.shape != t.shape for w, t in zip(wholes, targets)):
+        raise ValueError(f"the loaded state of {_name(opt, index)} does not fit the parameter: shapes "
+                         f"{[tuple(w.shape) for w in wholes]}, expected {[tuple(t.shape) for t in targets]}")
+    sharded = _check_placement(opt, index, param)
+    start = _row_start(param) if sharded else 0
+    for whole, target in zip(wholes, targets):
+        local = target.to_local()
+        local.copy_(whole.narrow(0, start, local.shape[0]) if sharded else whole)
+    return placed
+
+
+def gathered(updater):
+    """``updater`` itself, or a shallow copy whose DTensor states are gathered into whole tensors (a collective:
+    every rank must call it) for an ``optzoo.Trainer`` checkpoint."""
+    if not any(is_dtensor(leaf) for state in updater.states.values() for leaf in _leaves(state)):
+        return updater
+    whole = copy.copy(updater)
+    whole.states = {i: _map_state(lambda t: t.full_tensor() if is_dtensor(t) else t, s)
+                    for i, s in updater.states.items()}
+    return whole
+
+
+def writes_checkpoint(updater) -> bool:
+    """Whether this process writes an ``optzoo.Trainer`` checkpoint: rank 0 when the states are sharded
+    (DTensors, gathered by :func:`gathered`), every process otherwise (dist_sync replicas are identical)."""
+    sharded = any(is_dtensor(leaf) for state in updater.states.values() for leaf in _leaves(state))
+    return not sharded or torch.distributed.get_rank() == 0
