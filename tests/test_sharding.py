@@ -270,7 +270,7 @@ def test_two_processes_equal_one(parity2, references, name, mode):
     for rank, result in parity2.items():
         got = result[(name, mode)]
         if isinstance(got, str):
-            assert mode == "zero" and name in ("nadam", "sgld"), got
+            assert mode == "zero" and (name in ("nadam", "sgld") or ROW_BY_NAME[name].joint_step), got
             assert "ZeroRedundancyOptimizer" in got
             continue
         _assert_matches(got, want, f"{name} {mode} rank {rank}")
@@ -296,7 +296,7 @@ def test_four_processes_equal_one(parity4, references, name, mode):
     for rank, result in parity4.items():
         got = result[(name, mode)]
         if isinstance(got, str):
-            assert mode == "zero" and name in ("nadam", "sgld"), got
+            assert mode == "zero" and (name in ("nadam", "sgld") or ROW_BY_NAME[name].joint_step), got
             continue
         _assert_matches(got, want, f"{name} {mode} rank {rank}")
 
