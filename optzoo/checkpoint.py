@@ -1,8 +1,8 @@
 """Trainer checkpoints keyed by parameter name: the optimizer, its update counts and every state tensor.
 
 A checkpoint is ``{"meta": <JSON-able dict>, "tensors": {path: tensor}}``; on disk it is
-:func:`optzoo.serialization.dumps` of those two (magic bytes, JSON header, raw tensor bytes: nothing is
-unpickled, no code runs on load), written atomically. ``meta`` holds::
+:func:`optzoo.serialization.dumps` of those two (a safetensors file with the JSON metadata and a sha256 checksum
+in its metadata: nothing is unpickled, no code runs on load), written atomically. ``meta`` holds::
 
     format   "optzoo.trainer"            version  TRAINER_STATE_VERSION (loading a newer one is an error)
     params   [{"name", "shape", "dtype"}, ...] of the saving Trainer, in its index order
@@ -10,8 +10,10 @@ unpickled, no code runs on load), written atomically. ``meta`` holds::
     counts   {name: update count}        states   encode_states() structure keyed by name, sorted
 
 Parameters are matched by name on load, so indices may differ between the saving and the loading
-Trainer (a model whose parameter order changed). Update counts are restored per parameter into the
-count table of the device the parameter lives on now, so a checkpoint moves between CPU and GPU.
+Trainer (a model whose parameter order changed). A checkpoint of another optimizer class is a ValueError unless
+``allow_optimizer_change=True``; every state must have the shape and dtype its parameter's state has. Update
+counts are restored per parameter into the count table of the device the parameter lives on now, so a
+checkpoint moves between CPU and GPU.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from .optimizer.base import _leaves
 from .optimizer.updater import Updater, decode_states, encode_states, optimizer_from_meta, optimizer_to_meta
 from .serialization import CheckpointError
 
-__all__ = ["TRAINER_STATE_FORMAT", "TRAINER_STATE_VERSION", "restore_trainer_state", "trainer_state"]
+__all__ = ["TRAINER_STATE_FORMAT", "TRAINER_STATE_VERSION", "check_same_optimizer", "restore_trainer_state",
+           "trainer_state"]
 
 TRAINER_STATE_FORMAT = "optzoo.trainer"
 #: layout version of ``meta``; bump it (and add a migration in ``_migrate``) when the layout changes.
@@ -116,14 +119,35 @@ def _check_params(saved, names: list[str], params: list[torch.Tensor]) -> None:
         raise ValueError("the checkpoint does not fit this Trainer's parameters: " + "; ".join(problems))
 
 
+def check_same_optimizer(saved_meta, current, allow_optimizer_change: bool) -> None:
+    """ValueError when a checkpoint's optimizer is another class than ``current`` (loading it would silently
+    switch the optimizer), unless ``allow_optimizer_change``."""
+    saved = saved_meta.get("name") if isinstance(saved_meta, Mapping) else None
+    if current is None or allow_optimizer_change or saved not in type(current).opt_registry:
+        return  # an unknown name is reported when the optimizer is rebuilt
+    name = type(current).__name__.lower()
+    if saved != name:
+        raise ValueError(f"the checkpoint holds the states of a {saved!r} optimizer, but this one uses {name!r}; "
+                         "pass allow_optimizer_change=True to replace the optimizer with the saved one")
+
+
 def restore_trainer_state(state: Mapping, names: list[str], params: list[torch.Tensor], param_dict: dict,
-                          copy: bool = True):
+                          copy: bool = True, current=None, allow_optimizer_change: bool = False):
     """Checks ``state`` against the Trainer's parameters and rebuilds ``(optimizer, states by index)``.
 
     The optimizer is the saved one (class, arguments, scheduler, ``num_update``) with ``param_dict``
-    attached and each parameter's update count in the table of its current device.
+    attached and each parameter's update count in the table of its current device. A saved optimizer of
+    another class than ``current`` is a ValueError unless ``allow_optimizer_change``; every state must have
+    the shape and dtype the saved optimizer gives that parameter's state.
     """
     meta, tensors = _check_header(state)
+    try:
+        return _restore(meta, tensors, names, params, param_dict, copy, current, allow_optimizer_change)
+    except (KeyError, TypeError, AttributeError, IndexError, OverflowError, RuntimeError, RecursionError) as err:
+        raise CheckpointError(f"corrupt Trainer checkpoint: {err!r}") from None
+
+
+def _restore(meta, tensors, names, params, param_dict, copy, current, allow_optimizer_change):
     _check_params(meta["params"], names, params)
     index = {name: i for i, name in enumerate(names)}
     if copy:
@@ -142,6 +166,7 @@ def restore_trainer_state(state: Mapping, names: list[str], params: list[torch.T
     for name, count in counts.items():
         if name not in index or isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise CheckpointError(f"Trainer checkpoint: bad update count {count!r} for parameter {name!r}")
+    check_same_optimizer(meta["optimizer"], current, allow_optimizer_change)
     optimizer = optimizer_from_meta(meta["optimizer"], param_dict=param_dict)
     tables: dict[int, dict] = {0: {}}
     for name, count in counts.items():
@@ -149,4 +174,7 @@ def restore_trainer_state(state: Mapping, names: list[str], params: list[torch.T
         tables.setdefault(device.index or 0, {})[index[name]] = count
     optimizer._all_index_update_counts = tables
     optimizer._index_update_count = tables[0]
+    for name, st in by_name.items():
+        i = index[name]
+        optimizer._check_state_layout(name, params[i], st, check_device=False)
     return optimizer, {index[name]: st for name, st in by_name.items()}

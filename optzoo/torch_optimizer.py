@@ -92,7 +92,7 @@ def _unplain(raw, device):
         return None
     if isinstance(raw, torch.Tensor):
         return raw.to(device)
-    if not isinstance(raw, dict) or "items" not in raw:
+    if not isinstance(raw, dict) or not isinstance(raw.get("items"), (list, tuple)):
         raise CheckpointError(f"bad optimizer state entry {raw!r}")
     items = [_unplain(item, device) for item in raw["items"]]
     if raw["kind"] == "tuple":
@@ -353,8 +353,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         if opt.impl == "native" and opt._native_call(indices, params, grads, states, lrs, wds, ts,
                                                      opt.multi_precision):
             return
-        for p, g in zip(params, grads):
-            opt._check_pair(p, g)
+        opt._check_inputs(indices, params, grads, states)
         masters = [opt._uses_master_copy(p) for p in params]
         weights = [s[0] if m else p for p, s, m in zip(params, states, masters)]
         inner_grads = [g.to(torch.float32) if m else g for g, m in zip(grads, masters)]
@@ -447,9 +446,17 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restores :meth:`state_dict` (hooks included); states keep their dtypes (float32 master copies stay
-        float32). Parameters the saved state does not contain start fresh (update count 0)."""
+        float32). Parameters the saved state does not contain start fresh (update count 0). A state that does not
+        fit its parameter (shape, dtype, another optimizer's layout) is a ValueError and anything malformed a
+        CheckpointError; on error the optimizer is unchanged."""
         if not isinstance(state_dict, dict):
             raise TypeError(f"load_state_dict expects a dict, got {type(state_dict).__name__}")
+        try:
+            self._load_state_dict(state_dict)
+        except (KeyError, TypeError, AttributeError, IndexError, OverflowError, RuntimeError, RecursionError) as err:
+            raise CheckpointError(f"corrupt optimizer state_dict: {err!r}") from None
+
+    def _load_state_dict(self, state_dict: dict) -> None:
         state_dict = state_dict.copy()
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
@@ -471,9 +478,17 @@ class TorchOptimizer(torch.optim.Optimizer):
             if p is None:
                 state[key] = entry
                 continue
-            entry = self._load_entry(self._param_index[p], p, entry)
+            index = self._param_index[p]
+            entry = self._load_entry(index, p, entry)
+            if "state" in entry:
+                self.optimizer._check_state_layout(index, torch.view_as_real(p) if p.is_complex() else p,
+                                                   entry["state"])
             step = entry.get("step", 0)
-            entry["step"] = steps[p] = int(step.item() if isinstance(step, torch.Tensor) else step)
+            if isinstance(step, torch.Tensor) and step.numel() == 1:
+                step = step.item()
+            if isinstance(step, bool) or not isinstance(step, (int, float)) or step < 0 or step != int(step):
+                raise CheckpointError(f"bad update count {entry.get('step')!r} for parameter {index}")
+            entry["step"] = steps[p] = int(step)
             state[p] = entry
         groups = []
         progress = state_dict.get("optzoo") or (saved_groups[0].get("optzoo") if saved_groups else None) or {}

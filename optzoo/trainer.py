@@ -23,7 +23,7 @@ What the Trainer does (MXNet 2.0's ``gluon.Trainer``, spec section 7):
   freshen nor overwrite ``.grad``.
 * Per-parameter ``lr_mult``/``wd_mult`` attributes (``model.fc.bias.wd_mult = 0``) are read at every update.
 * Checkpoints (:meth:`save_states`, :meth:`state_dict`) are keyed by parameter name, written atomically in a
-  versioned tensors+JSON format (no pickle), and resume bit-identically (see :mod:`optzoo.checkpoint`).
+  safetensors file with a checksum (no pickle), and resume bit-identically (see :mod:`optzoo.checkpoint`).
 """
 
 from __future__ import annotations
@@ -575,17 +575,21 @@ class Trainer:
         # sharded (FSDP2) states are gathered into whole tensors: every rank must call
         return checkpoint.trainer_state(self._names, self._params, sharding.gathered(self._updater))
 
-    def load_state_dict(self, state_dict: Mapping) -> None:
+    def load_state_dict(self, state_dict: Mapping, allow_optimizer_change: bool = False) -> None:
         """Restores :meth:`state_dict` output (tensors are copied). The saved optimizer replaces the current
         one (learning rate, weight decay, scheduler and update counts come from the checkpoint, as Gluon's
         ``load_states``); its ``param_dict`` is this Trainer's parameters. Parameters are matched by name,
         so a model whose parameter order changed loads; a missing, extra or mismatched (shape/dtype)
-        parameter is a ValueError. On error the Trainer is unchanged."""
-        self._restore(state_dict, copy=True)
+        parameter is a ValueError. On error the Trainer is unchanged.
 
-    def _restore(self, state_dict: Mapping, copy: bool) -> None:
+        A checkpoint of another optimizer class (Adam states into an SGD Trainer) is a ValueError unless
+        ``allow_optimizer_change=True``; states whose shape or dtype does not fit their parameter are one too."""
+        self._restore(state_dict, copy=True, allow_optimizer_change=allow_optimizer_change)
+
+    def _restore(self, state_dict: Mapping, copy: bool, allow_optimizer_change: bool = False) -> None:
         optimizer, states = checkpoint.restore_trainer_state(state_dict, self._names, self._params,
-                                                             self._param_dict(), copy=copy)
+                                                             self._param_dict(), copy=copy, current=self._optimizer,
+                                                             allow_optimizer_change=allow_optimizer_change)
         updater = get_updater(optimizer)
         updater.states = states
         updater.states_synced = dict.fromkeys(states, False)  # moved to the weight's device when next used
@@ -602,8 +606,9 @@ class Trainer:
         if sharding.writes_checkpoint(self._updater):
             atomic_write(fname, dumps(state["tensors"], state["meta"]))
 
-    def load_states(self, fname, **mxnet_options) -> None:
-        """Loads :meth:`save_states` output (see :meth:`load_state_dict`). Loading never executes code.
+    def load_states(self, fname, allow_optimizer_change: bool = False, **mxnet_options) -> None:
+        """Loads :meth:`save_states` output (see :meth:`load_state_dict`). Loading never executes code; a file that
+        is not an intact checkpoint is a CheckpointError.
 
         An MXNet states file (Gluon ``Trainer.save_states``, ``Module.save_optimizer_states``; recognised by
         its content) is loaded by :func:`optzoo.mxnet.resume_trainer`, which takes ``mxnet_options``
@@ -617,7 +622,7 @@ class Trainer:
         if mxnet_options:
             raise TypeError(f"options {sorted(mxnet_options)} only apply to MXNet states files")
         tensors, meta = load(fname)
-        self._restore({"meta": meta, "tensors": tensors}, copy=False)
+        self._restore({"meta": meta, "tensors": tensors}, copy=False, allow_optimizer_change=allow_optimizer_change)
 
     def __repr__(self) -> str:
         return (f"Trainer({len(self._params)} parameters, optimizer={self._optimizer!r}, "

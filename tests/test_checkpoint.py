@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from optzoo import lr_scheduler, serialization
 from optzoo import optimizer as opt
@@ -65,7 +66,10 @@ def test_state_dict_resume_is_bit_identical():
     json.dumps(state["meta"])  # metadata is plain JSON
     resumed_model = clone_model(model)
     resumed = Trainer(resumed_model, "sgd")  # replaced by the saved optimizer, as Gluon's load_states does
-    resumed.load_state_dict(state)
+    with pytest.raises(ValueError, match="'adam' optimizer, but this one uses 'sgd'"):
+        resumed.load_state_dict(state)  # ... only when asked: a silent switch of the optimizer is an error
+    assert isinstance(resumed.optimizer, opt.SGD)
+    resumed.load_state_dict(state, allow_optimizer_change=True)
     train(model, trainer, 10, start=7)
     train(resumed_model, resumed, 10, start=7)
     assert_same_weights(model, resumed_model)
@@ -78,7 +82,9 @@ def test_save_and_load_states_file(tmp_path):
     train(model, trainer, 5)
     trainer.save_states(tmp_path / "trainer.states")
     trainer.save_states(str(tmp_path / "again.states"))  # str paths too
-    assert (tmp_path / "trainer.states").read_bytes()[:6] == b"OPTZOO"
+    with safe_open(tmp_path / "trainer.states", framework="pt") as f:  # a safetensors file any tool reads
+        assert json.loads(f.metadata()["optzoo.meta"])["format"] == "optzoo.trainer"
+        assert set(f.keys()) == set(trainer.state_dict()["tensors"])
     resumed_model = clone_model(model)
     resumed = adam_trainer(resumed_model)
     resumed.load_states(tmp_path / "trainer.states")
@@ -133,7 +139,7 @@ def test_load_replaces_the_optimizer_and_reattaches_param_dict():
     train(model, trainer, 1)
     other_model = clone_model(model)
     other = Trainer(other_model, "adam", {"learning_rate": 0.7})
-    other.load_state_dict(trainer.state_dict())
+    other.load_state_dict(trainer.state_dict(), allow_optimizer_change=True)
     restored = other.optimizer
     assert isinstance(restored, opt.SGD) and restored is not trainer.optimizer
     assert (restored.lr, restored.wd, restored.momentum, restored.num_update) == (0.1, 0.5, 0.9, 1)
@@ -160,7 +166,7 @@ def test_scheduler_and_multi_precision_states_round_trip():
     resumed_model = make_model().to(torch.bfloat16)
     resumed_model.load_state_dict(model.state_dict())
     resumed = Trainer(resumed_model, "sgd")
-    resumed.load_state_dict(state)
+    resumed.load_state_dict(state, allow_optimizer_change=True)
     assert resumed.optimizer.lr_scheduler.get_config() == sched.get_config()
     master, _ = resumed._updater.states[1]
     assert master.dtype == torch.float32
@@ -388,7 +394,7 @@ def test_process_killed_mid_save_leaves_the_previous_file_loadable(tmp_path):
         proc.kill()
         proc.wait(timeout=30)
     w = torch.nn.Parameter(torch.zeros(1_000_000))
-    trainer = Trainer([("w", w)], "sgd")
+    trainer = Trainer([("w", w)], "adam")
     trainer.load_states(path)
     assert trainer.optimizer.num_update == 1 and type(trainer.optimizer).__name__ == "Adam"
 
@@ -429,7 +435,7 @@ RESUME_SCRIPT = textwrap.dedent("""
             weights, _ = serialization.load(f"{workdir}/model.states")
             model.load_state_dict(weights)
             trainer = Trainer(params, "sgd")  # the checkpoint brings its own optimizer
-            trainer.load_states(f"{workdir}/trainer.states")
+            trainer.load_states(f"{workdir}/trainer.states", allow_optimizer_change=True)
         else:
             name, kwargs = options(case)
             trainer = Trainer(params, name, kwargs)

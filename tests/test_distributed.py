@@ -178,8 +178,12 @@ def test_dist_sync_equals_one_process_on_the_concatenated_batch(sync_results, na
     model = make_model(seed=0)
     trainer = optzoo.Trainer(model, name, OPTIMIZERS[name])
     train(model, trainer, STEPS)
+    want_params = params_of(model)
+    assert want_params and not all(torch.equal(a, b) for a, b in zip(want_params, params_of(make_model(seed=0))))
     for rank in range(WORLD):
-        for got, want in zip(sync_results[rank][(name, uok)], params_of(model)):
+        got_params = sync_results[rank][(name, uok)]
+        assert len(got_params) == len(want_params)  # zip must not hide a missing parameter
+        for got, want in zip(got_params, want_params):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -213,7 +217,9 @@ def test_wire_bytes_without_compression(sync_results):
 
 def test_checkpoint_resume_loses_nothing(sync_results):
     for rank in range(WORLD):
-        for a, b in zip(sync_results[rank]["continuous"], sync_results[rank]["resumed"]):
+        continuous, resumed = sync_results[rank]["continuous"], sync_results[rank]["resumed"]
+        assert continuous and len(continuous) == len(resumed)
+        for a, b in zip(continuous, resumed):
             assert torch.equal(a, b)
 
 
@@ -445,20 +451,23 @@ def test_dist_async_push_to_a_stuck_server_times_out(tmp_path):
 # ---------------------------------------------------------------------------------------------- job: close
 def close_job(rank, outdir):
     out = {}
-    for name in ("dist_sync", "dist_async"):
+    stores = {}
+    for name in ("dist_sync", "dist_async"):  # both open at once: the default group must outlive the first close
         kv = kvs.create(name, timeout=30)
         if name == "dist_async":
             kv.set_optimizer(optzoo.optimizer.create("sgd", learning_rate=0.1))
         kv.init(0, torch.zeros(4))
         kv.push(0, torch.ones(4))
         kv.barrier()
+        stores[name] = kv
+    registered = dist.distributed_c10d._world.pg_map  # the process groups torch.distributed holds
+    for name, kv in stores.items():
         groups = list(kv._groups)
-        registered = dist.distributed_c10d._world.pg_map  # the process groups torch.distributed holds
         assert groups and all(g in registered for g in groups)
         kv.close()
         out[name] = sum(g in registered for g in groups)
         out[name + "_left"] = len(kv._groups)
-    out["default_group"] = dist.is_initialized()
+        out[name + "_default_after"] = dist.is_initialized()
     return out
 
 
@@ -468,7 +477,8 @@ def test_close_releases_what_the_kvstore_created(tmp_path, init):
         assert result["dist_sync"] == result["dist_async"] == 0  # none of the kvstores' groups is registered
         assert result["dist_sync_left"] == result["dist_async_left"] == 0
         # a group the user created stays; one the first kvstore created goes with the last kvstore using it
-        assert result["default_group"] is False if not init else result["default_group"] is True
+        assert result["dist_sync_default_after"] is True
+        assert result["dist_async_default_after"] is init
 
 
 # ---------------------------------------------------------------------------------------------- job: 4 workers

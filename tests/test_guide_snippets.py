@@ -8,20 +8,32 @@ they run after the two substitutions the migration guide documents (``gluon.nn.D
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-GUIDE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "optimizers-guide.md"
-LOCAL_GUIDE = Path(__file__).resolve().parents[1] / "shared" / "seed" / "optimizers-guide.md"
+GUIDE_PATH = Path("shared") / "seed" / "optimizers-guide.md"
+
+
+def _guide() -> Path | None:
+    """MXNet's guide: $OPTZOO_GUIDE, or shared/seed/optimizers-guide.md in this checkout or a folder above it."""
+    if os.environ.get("OPTZOO_GUIDE"):
+        return Path(os.environ["OPTZOO_GUIDE"])
+    for folder in Path(__file__).resolve().parents:
+        if (folder / GUIDE_PATH).exists():
+            return folder / GUIDE_PATH
+    return None
 
 
 def _snippets() -> list[str]:
-    path = GUIDE if GUIDE.exists() else LOCAL_GUIDE
-    if not path.exists():
-        pytest.skip("the guide is not beside this checkout (../shared/seed/optimizers-guide.md)")
+    path = _guide()
+    if path is None or not path.exists():
+        # a failure under OPTZOO_REQUIRE_ORACLE=1 (tests/conftest.py), as CI runs
+        pytest.skip("MXNet's optimizer guide not found (shared/seed/optimizers-guide.md beside or above this "
+                    "checkout, or $OPTZOO_GUIDE); the snippet tests need it")
     blocks = re.findall(r"```\n(.*?)```", path.read_text(), flags=re.S)
     # code cells only: drop the "[n]:" prompt markers and MXNet's log lines
     return [b for b in blocks if not re.fullmatch(r"\[\d+\]:\s*", b) and not b.lstrip().startswith("[0")]

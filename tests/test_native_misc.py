@@ -9,13 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from native_support import require_native
 
-from optzoo import native
 from optzoo import optimizer as opt
 from optzoo.optimizer.base import _leaves
 
-pytestmark = pytest.mark.skipif(native.load() is None,
-                                reason=f"native kernels unavailable: {native.unavailable_reason()}")
+
+@pytest.fixture(autouse=True)
+def _native_required():
+    """Skips without the kernels, fails under OPTZOO_REQUIRE_NATIVE=1 (a module-level skipif would not)."""
+    require_native()
+
 
 EXACT = ("ftrl", "ftml")
 TOL = {"rtol": 1e-6, "atol": 1e-7}

@@ -194,7 +194,7 @@ def test_sgld_checkpoint_continues_the_noise_sequence(source):
     config = first.optimizer.get_config()
     assert "generator" not in config and json.loads(json.dumps(config)) == config
     resumed = opt.get_updater(opt.create("sgd"))
-    resumed.set_states(blob)
+    resumed.set_states(blob, allow_optimizer_change=True)
     assert isinstance(resumed.optimizer, SGLD) and resumed.optimizer.generator is not first.optimizer.generator
     w2 = [w.clone() for w in w1]
     for g in grads[5:]:

@@ -1,10 +1,13 @@
 """optzoo's native optimizer kernels: one C++/OpenMP call per optimizer step.
 
 The sources in ``optzoo/native/src`` are compiled with the system C++ compiler the first time a process needs them
-(about 20 s on two cores, announced on stderr) and cached in ``$OPTZOO_CACHE`` (default ``~/.cache/optzoo``) under
-a key made of the sources, the compiler flags, the torch and Python versions and the CPU, so later processes load
-the cached module at once. Each ``.cpp`` becomes its own cached object file; only ``core.cpp`` includes the torch
-and pybind headers. Concurrent processes wait on a lock file instead of building twice.
+(about 20 s on two cores, announced on stderr) and cached in ``$OPTZOO_CACHE`` (default ``~/.cache/optzoo``). Each
+object file is keyed by everything that changes its machine code (compiler path and ``--version``, flags, the CPU
+the flags tune for, torch and Python versions, the source and headers) and the library by its objects' keys, so a
+cache shared by machines with different CPUs never mixes their ``-march=native`` code. ``OPTZOO_NATIVE_ARCH=portable``
+(or an unknown CPU, or a failing tuned build) builds with portable flags instead. Each ``.cpp`` becomes its own
+cached object file; only ``core.cpp`` includes the torch and pybind headers. Concurrent processes wait on a lock
+file instead of building twice. See docs/native.md.
 
 Without a compiler (or with ``OPTZOO_NATIVE=0``) :func:`load` returns ``None`` after one warning line, and every
 optimizer runs its ``torch._foreach`` path instead.
@@ -15,7 +18,8 @@ Python API of the loaded module (``load()``):
 * ``step(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux) -> bool``: one update of every
   tensor (lists); ``lrs``/``wds``/``ts`` are one number for all tensors or one per tensor; ``aux`` is ``None`` or
   a flat sequence with the same number of extra values for each tensor. Returns False, having written nothing,
-  when some tensor is not one the kernels take (then the caller uses the torch path);
+  when some tensor is not one the kernels take (then the caller uses the torch path); raises ValueError, having
+  written nothing, for shared memory or a misshapen state (tensors named ``@<position>``, see core.cpp);
 * ``step_rows(rule, weight, rows, values, state, lr, wd, t, hyper, multi_precision, aux) -> bool``: the same on
   the rows of a row-sparse gradient only (lazy update).
 """
@@ -23,6 +27,7 @@ Python API of the loaded module (``load()``):
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import os
@@ -40,10 +45,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CXXFLAGS", "NativeUnavailable", "build", "cache_dir", "load", "rule_id", "unavailable_reason"]
+__all__ = ["BASE_CXXFLAGS", "CXXFLAGS", "NATIVE_ARCH", "NativeUnavailable", "build", "cache_dir", "load",
+           "portable_arch", "rule_id", "unavailable_reason"]
 
-CXXFLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
-            "-w")
+#: flags of every build; the CPU-specific part (:data:`NATIVE_ARCH` or :func:`portable_arch`) is added to them.
+BASE_CXXFLAGS = ("-O3", "-std=c++17", "-fPIC", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-w")
+NATIVE_ARCH = ("-march=native",)
+CXXFLAGS = BASE_CXXFLAGS[:1] + NATIVE_ARCH + BASE_CXXFLAGS[1:]  # the default build's flags (kept for callers)
 
 _module = None
 _failure: str | None = None
@@ -63,13 +71,44 @@ def _sources() -> dict[str, bytes]:
 
 
 def _cpu_id() -> str:
+    """The CPU's model and instruction-set flags from /proc/cpuinfo ("" where they cannot be read)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.machine()
+        return ""
+    keys = ("model name", "flags", "Features", "CPU implementer", "CPU part")
+    found = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name.strip() in keys:
+            found.setdefault(name.strip(), value.strip())
+    return "\n".join(f"{k}: {found[k]}" for k in sorted(found)) if any(
+        k in found for k in ("flags", "Features")) else ""
+
+
+@functools.lru_cache(maxsize=8)
+def _compiler_id(cxx: str) -> str:
+    """The compiler's resolved path and its ``--version`` text: a compiler upgrade changes the machine code."""
+    try:
+        proc = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+        version = proc.stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        raise NativeUnavailable(f"the C++ compiler {cxx} does not run: {err}") from None
+    return f"{os.path.realpath(cxx)}\n{version}"
+
+
+def portable_arch() -> tuple[str, ...]:
+    """Architecture flags that run on every CPU of this kind (x86-64: x86-64-v2, SSE4.2 without AVX)."""
+    return ("-march=x86-64-v2",) if platform.machine().lower() in ("x86_64", "amd64") else ()
+
+
+def _arch_choice() -> str:
+    """``"native"`` (tuned for this CPU, the default) or ``"portable"`` (``OPTZOO_NATIVE_ARCH=portable``, or a CPU
+    that cannot be identified: objects tuned for an unknown CPU could not be keyed by it)."""
+    choice = os.environ.get("OPTZOO_NATIVE_ARCH", "native").strip().lower() or "native"
+    if choice not in ("native", "portable"):
+        raise NativeUnavailable(f"OPTZOO_NATIVE_ARCH must be 'native' or 'portable', got {choice!r}")
+    return "portable" if choice == "native" and not _cpu_id() else choice
 
 
 def _torch_flags() -> list[str]:
@@ -84,46 +123,70 @@ def _torch_flags() -> list[str]:
     return flags
 
 
-def _compile(cxx: str, source: Path, obj: Path, extra: list[str]) -> None:
-    proc = subprocess.run([cxx, *CXXFLAGS, *extra, "-c", str(source), "-o", str(obj)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        raise NativeUnavailable(f"{source.name} failed to compile: {proc.stderr.strip()[-600:]}")
-
-
-def _object(cxx: str, folder: Path, name: str, sources: dict[str, bytes], extra: list[str]) -> Path:
-    """The cached object file of one translation unit (rebuilt only when it, a header or the flags change)."""
-    digest = hashlib.sha256("\n".join([cxx, *CXXFLAGS, *extra, sys.version]).encode())
+def _object_key(cxx: str, flags: list[str], cpu: str, name: str, sources: dict[str, bytes]) -> str:
+    """Everything that changes one object's machine code: compiler (path and version), flags, the CPU the flags
+    tune for, torch and Python versions, the unit and every header."""
+    digest = hashlib.sha256("\n".join([_compiler_id(cxx), *flags, cpu, torch.__version__, sys.version]).encode())
     for header in sorted(n for n in sources if n.endswith(".h")):
         digest.update(header.encode() + b"\0" + sources[header])
     digest.update(name.encode() + b"\0" + sources[name])
-    obj = folder / "obj" / f"{name}.{digest.hexdigest()[:16]}.o"
+    return digest.hexdigest()[:20]
+
+
+def _object(cxx: str, folder: Path, name: str, key: str, sources: dict[str, bytes], flags: list[str]) -> Path:
+    """The cached object file of one translation unit, compiled unless an object of the same key exists."""
+    obj = folder / "obj" / f"{name}.{key}.o"
     if not obj.exists():
         obj.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=obj.parent) as tmp:
             for src_name, text in sources.items():
                 (Path(tmp) / src_name).write_bytes(text)
             out = Path(tmp) / obj.name
-            _compile(cxx, Path(tmp) / name, out, extra)
+            proc = subprocess.run([cxx, *flags, "-c", str(Path(tmp) / name), "-o", str(out)], capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                raise NativeUnavailable(f"{name} failed to compile: {proc.stderr.strip()[-600:]}")
             os.replace(out, obj)
     return obj
 
 
+def _find_compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++") or shutil.which("c++")
+
+
 def build(verbose: bool = True) -> Path:
-    """Compiles the kernels if the cache lacks them; returns the shared library's path."""
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++") or shutil.which("c++")
+    """Compiles the kernels if the cache lacks them; returns the shared library's path.
+
+    Tuned for this CPU (``-march=native``) unless ``OPTZOO_NATIVE_ARCH=portable`` or the CPU is unknown; a tuned
+    build that fails is retried once with :func:`portable_arch` flags."""
+    cxx = _find_compiler()
+    if cxx is None:
+        raise NativeUnavailable("no C++ compiler (g++) found")
     sources = _sources()
-    key_parts = [" ".join(CXXFLAGS), torch.__version__, sys.version, _cpu_id()]
-    digest = hashlib.sha256("\n".join(key_parts).encode())
-    for name in sorted(sources):
-        digest.update(name.encode() + b"\0" + sources[name])
-    key = digest.hexdigest()[:16]
+    if _arch_choice() == "native":
+        try:
+            return _build(cxx, sources, NATIVE_ARCH, f"native:{_cpu_id()}", verbose)
+        except NativeUnavailable as err:
+            print(f"optzoo: the -march=native build failed ({str(err).splitlines()[0]}); building portable "
+                  "kernels instead", file=sys.stderr, flush=True)
+    return _build(cxx, sources, portable_arch(), f"portable:{platform.machine()}", verbose)
+
+
+def _build(cxx: str, sources: dict[str, bytes], arch: tuple[str, ...], cpu: str, verbose: bool) -> Path:
+    units = sorted((n for n in sources if n.endswith(".cpp")), key=lambda n: n != "core.cpp")  # slowest first
+    base = [BASE_CXXFLAGS[0], *arch, *BASE_CXXFLAGS[1:]]
+    torch_flags = [*base, *_torch_flags(), f"-D_OPTZOO_TORCH={torch.__version__}"]
+    unit_flags = {n: torch_flags if n == "core.cpp" else base for n in units}
+    keys = {n: _object_key(cxx, unit_flags[n], cpu, n, sources) for n in units}
+    torch_lib = Path(torch.__file__).parent / "lib"
+    link_flags = ["-shared", "-fopenmp", f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch", "-ltorch_python",
+                  f"-Wl,-rpath,{torch_lib}"]
+    digest = hashlib.sha256("\n".join([*link_flags, *(f"{n}={keys[n]}" for n in units)]).encode())
+    key = digest.hexdigest()[:16]  # the library changes whenever any of its objects does
     folder = cache_dir()
     target = folder / f"optzoo_native_{key}.so"
     if target.exists():
         return target
-    if cxx is None:
-        raise NativeUnavailable("no C++ compiler (g++) found")
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"optzoo_native_{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same kernels
@@ -133,18 +196,13 @@ def build(verbose: bool = True) -> Path:
         if verbose:
             print(f"optzoo: compiling the native optimizer kernels (first use, cached in {folder}; 20 s to a few "
                   "minutes, by the free cores)", file=sys.stderr, flush=True)
-        torch_lib = Path(torch.__file__).parent / "lib"
-        units = sorted((n for n in sources if n.endswith(".cpp")), key=lambda n: n != "core.cpp")  # slowest first
-        torch_flags = [*_torch_flags(), f"-D_OPTZOO_TORCH={torch.__version__}"]
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-            jobs = [pool.submit(_object, cxx, folder, n, sources, torch_flags if n == "core.cpp" else [])
-                    for n in units]
+            jobs = [pool.submit(_object, cxx, folder, n, keys[n], sources, unit_flags[n]) for n in units]
             objects = [job.result() for job in jobs]
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             out = Path(tmp) / target.name
-            link = [cxx, "-shared", "-fopenmp", *map(str, objects), "-o", str(out), f"-L{torch_lib}", "-lc10",
-                    "-ltorch_cpu", "-ltorch", "-ltorch_python", f"-Wl,-rpath,{torch_lib}"]
-            proc = subprocess.run(link, capture_output=True, text=True)
+            proc = subprocess.run([cxx, *map(str, objects), "-o", str(out), *link_flags], capture_output=True,
+                                  text=True)
             if proc.returncode != 0:
                 raise NativeUnavailable(f"linking failed: {proc.stderr.strip()[-600:]}")
             os.replace(out, target)  # atomic: a concurrent reader never sees half a file

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from .. import native
+from .input_checks import _flat as _flat_state
+from .input_checks import check_no_shared_memory, check_state_layout, native_positions, repeat_rounds
 from .validation import check_bool, check_choice, check_int, check_real, reject_unknown_kwargs
 
 __all__ = [
@@ -138,6 +140,16 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+def _update_takes_lists(update) -> bool:
+    """Whether an overridden ``update`` is MXNet 2.0's (lists: its first argument is ``indices`` or another
+    plural name) rather than MXNet 1.x's (``index``, ``i``, ...: one parameter per call)."""
+    try:
+        names = [p for p in inspect.signature(update).parameters if p != "self"]
+    except (TypeError, ValueError):
+        return False
+    return bool(names) and (names[0] == "indices" or (names[0].endswith("s") and names[0] != "index"))
+
+
 class Optimizer:
     """Base class of every optzoo optimizer (MXNet 2.0 ``mxnet.optimizer.Optimizer``).
 
@@ -221,6 +233,11 @@ class Optimizer:
     def _has_fast_rule(self) -> bool:
         return type(self)._foreach_rule is not Optimizer._foreach_rule
 
+    def _overrides_fused_step_only(self) -> bool:
+        """An MXNet 2.0-style custom optimizer writing its own ``fused_step`` (not ``_foreach_rule``): as in MXNet,
+        ``fused_step`` runs when ``use_fused_step=True`` (or ``impl="foreach"``), ``step`` otherwise."""
+        return type(self).fused_step is not Optimizer.fused_step and not self._has_fast_rule()
+
     def _resolve_impl(self, impl, use_fused_step) -> str:
         if use_fused_step is not None:
             check_bool("use_fused_step", use_fused_step)
@@ -232,6 +249,11 @@ class Optimizer:
             impl = "auto" if use_fused_step else "reference"
         else:
             impl = "auto"
+        if impl != "reference" and self._overrides_fused_step_only():
+            self._native_id = -1
+            if impl == "native":
+                raise ValueError(f"{type(self).__name__} has no native kernel; use impl='foreach' (its fused_step)")
+            return "foreach" if (impl == "foreach" or use_fused_step) else "reference"
         if impl != "reference" and not self._has_fast_rule():
             if impl in ("foreach", "native") or use_fused_step:
                 raise ValueError(f"{type(self).__name__} has no fast implementation; use impl='reference'")
@@ -403,8 +425,10 @@ class Optimizer:
                     w.copy_(w32)
 
     def _dispatch_update(self, indices, weights, grads, states):
-        # A custom optimizer written in MXNet 1.x style overrides update(index, weight, grad, state).
-        if type(self).update is not Optimizer.update and type(self).step is Optimizer.step:
+        # A custom optimizer overriding update: MXNet 2.0 style takes lists (update(self, indices, weights, grads,
+        # states)), MXNet 1.x style one parameter (update(self, index, weight, grad, state)); the name of its first
+        # argument tells them apart (see _update_takes_lists).
+        if type(self).update is not Optimizer.update and not _update_takes_lists(type(self).update):
             for i, w, g, s in zip(indices, weights, grads, states):
                 self.update(i, w, g, s)
         else:
@@ -426,6 +450,12 @@ class Optimizer:
 
     def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast: bool) -> None:
         """Runs the rule with finished per-tensor scalars (lr, wd, t); used by the torch adapter too."""
+        rounds = repeat_rounds(indices, weights, states)
+        if rounds is not None:  # the same entry listed twice: one update after the other, as MXNet
+            columns = (indices, weights, grads, states, lrs, wds, ts)
+            for r in rounds:
+                self._apply(*([column[k] for k in r] for column in columns), fast)
+            return
         with torch.no_grad():
             dense = ([], [], [], [], [], [], [])
             for item in zip(indices, weights, grads, states, lrs, wds, ts):
@@ -454,8 +484,10 @@ class Optimizer:
         if self.impl == "native":
             aux, commit = self._native_aux([index], [lr], [t])
             values = values.contiguous()
-            if native.load().step_rows(self._native_kernel(), weight, rows, values, state, lr, wd, t,
-                                       self._native_hyper(), False, aux):
+            with native_positions([index]):
+                done = native.load().step_rows(self._native_kernel(), weight, rows, values, state, lr, wd, t,
+                                               self._native_hyper(), False, aux)
+            if done:
                 if commit is not None:
                     commit()
                 return
@@ -500,8 +532,10 @@ class Optimizer:
         if self.norm_sum_reducer is not None:
             return False  # the kernel would take the local shards' norms; the foreach path reduces them
         aux, commit = self._native_aux(indices, lrs, ts)
-        if not native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts, self._native_hyper(),
-                                  multi_precision, aux):
+        with native_positions(indices):  # the core names bad tensors by position: name the parameters
+            done = native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
+                                      self._native_hyper(), multi_precision, aux)
+        if not done:
             return False
         if commit is not None:
             commit()
@@ -571,6 +605,7 @@ class Optimizer:
                              f"{len(weights)}, {len(grads)} and {len(states)}")
         for index, w, g, s in zip(indices, weights, grads, states):
             self._check_pair(w, g)
+            self._check_state_layout(index, w, s)
             for leaf in _leaves(s):
                 if leaf.device != w.device:
                     raise ValueError(f"state of parameter {index!r} is on {leaf.device} but its weight is on "
@@ -578,6 +613,35 @@ class Optimizer:
                 if not self._state_shape_fits(w, leaf):
                     raise ValueError(f"state of parameter {index!r} has shape {tuple(leaf.shape)}, which does not "
                                      f"fit weight shape {tuple(w.shape)}")
+        rounds = repeat_rounds(indices, weights, states) or [range(len(indices))]
+        for r in rounds:  # a repeated entry is updated once per occurrence, round by round (see _apply)
+            check_no_shared_memory(*([column[k] for k in r] for column in (indices, weights, grads, states)))
+
+    def _check_state_layout(self, index, weight, state, check_device: bool = True) -> None:
+        """ValueError unless ``state`` has the layout, shapes and dtypes of the state this optimizer makes for
+        ``weight`` (see :func:`~optzoo.optimizer.input_checks.check_state_layout`)."""
+        try:
+            check_state_layout(index, weight, state, self._state_template(index, weight), check_device)
+        except ValueError:  # the cached template may predate a settings change (RMSProp's centered): once more
+            check_state_layout(index, weight, state, self._state_template(index, weight, fresh=True), check_device)
+
+    def _state_template(self, index, weight, fresh: bool = False):
+        """``[(shape, dtype) or None, ...]``: the flat entries of the state ``create_state_multi_precision`` makes
+        for ``weight`` (made once per shape and dtype on the meta device, again with ``fresh``), or None where it
+        cannot tell."""
+        key = (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight))
+        templates = self.__dict__.setdefault("_state_templates", {})
+        if fresh or key not in templates:
+            try:
+                meta = torch.empty(key[0], dtype=torch.float32 if key[2] else weight.dtype, device="meta")
+                state = self.create_state(index, meta)
+                if key[2]:
+                    state = (meta, state)
+                templates[key] = [None if leaf is None else (tuple(leaf.shape), leaf.dtype)
+                                  for leaf in _flat_state(state)]
+            except Exception:  # a custom create_state that cannot run on meta tensors: no template
+                templates[key] = None
+        return templates[key]
 
     # ------------------------------------------------------------------ registry
     @staticmethod

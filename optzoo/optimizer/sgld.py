@@ -11,6 +11,7 @@ import torch
 from .. import native
 from ..serialization import CheckpointError
 from .base import Optimizer, decayed_grads_foreach, f32, register, rescale_clip
+from .input_checks import check_no_shared_memory, native_positions
 from .validation import check_int
 
 __all__ = ["SGLD", "sgld_foreach", "sgld_noise", "sgld_reference"]
@@ -205,14 +206,17 @@ class SGLD(Optimizer):
         ts = list(ts) if isinstance(ts, (list, tuple)) else [ts] * n
         if not (len(grads) == len(states) == len(lrs) == len(wds) == len(ts) == n):
             return False
+        check_no_shared_memory(indices, weights, grads, states)  # tensor by tensor: overlaps are checked here
         targets = [self._native_target(w, g, s, multi_precision) for w, g, s in zip(weights, grads, states)]
         if any(target is None for target in targets):
             return False
         step, hyper = native.load().step, self._native_hyper()
-        for w, g, target, lr, wd, t in zip(weights, grads, targets, lrs, wds, ts):
+        for index, w, g, target, lr, wd, t in zip(indices, weights, grads, targets, lrs, wds, ts):
             noise = self._noise([target], [lr])[0]
             state = noise if target is w else (target, noise)
-            if not step(self._native_kernel(), [w], [g], [state], lr, wd, t, hyper, multi_precision, None):
+            with native_positions([index]):
+                done = step(self._native_kernel(), [w], [g], [state], lr, wd, t, hyper, multi_precision, None)
+            if not done:
                 with torch.no_grad():  # e.g. a noise tensor from an overridden _noise: the Python rule
                     sgld_reference(target, g.to(torch.float32), noise, lr=lr, wd=wd, **self._hyper())
                     if target is not w:

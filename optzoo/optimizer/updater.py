@@ -8,7 +8,7 @@ import torch
 
 from .. import sharding
 from ..serialization import CheckpointError, dumps, loads
-from .base import STATE_CLASSES, Optimizer, create, registered_name
+from .base import STATE_CLASSES, Optimizer, _leaves, create, registered_name
 
 __all__ = ["Updater", "get_updater", "encode_states", "decode_states", "optimizer_to_meta",
            "optimizer_from_meta"]
@@ -179,9 +179,12 @@ class Updater:
                 "optimizer": optimizer_to_meta(self.optimizer) if dump_optimizer else None}
         return dumps(tensors, meta)
 
-    def set_states(self, states: bytes) -> None:
-        """Restores :meth:`get_states` output; tensors move to each weight's device at its next update.
-        MXNet's ``get_states()`` bytes (a pickle, read safely by :mod:`optzoo.mxnet`) are accepted too."""
+    def set_states(self, states: bytes, allow_optimizer_change: bool = False) -> None:
+        """Restores :meth:`get_states` output; tensors move to each weight's device at its next update (where a
+        state that does not fit its weight is a ValueError). A blob holding another optimizer class (with
+        ``dump_optimizer``) is a ValueError unless ``allow_optimizer_change=True``; anything that is not an intact
+        blob is a CheckpointError. On error the Updater is unchanged. MXNet's ``get_states()`` bytes (a pickle,
+        read safely by :mod:`optzoo.mxnet`) are accepted too."""
         from ..mxnet.ndarray import sniff
 
         if isinstance(states, (bytes, bytearray, memoryview)) and sniff(bytes(states[:16])) == "pickle":
@@ -190,12 +193,25 @@ class Updater:
             set_updater_states(self, bytes(states))
             return
         tensors, meta = loads(states)
-        if not isinstance(meta, dict) or meta.get("kind") != "optzoo.updater":
+        if not isinstance(meta, dict) or meta.get("kind") != "optzoo.updater" or "states" not in meta:
             raise CheckpointError("not an optzoo Updater state blob")
-        self.states = decode_states(tensors, meta["states"])
+        from ..checkpoint import check_same_optimizer
+
+        check_same_optimizer(meta.get("optimizer"), self.optimizer, allow_optimizer_change)
+        try:
+            decoded = decode_states(tensors, meta["states"])
+            optimizer = None
+            if meta.get("optimizer") is not None:
+                optimizer = optimizer_from_meta(meta["optimizer"], param_dict=self.optimizer.param_dict)
+        except (KeyError, TypeError, AttributeError, IndexError, OverflowError, RuntimeError, RecursionError) as err:
+            raise CheckpointError(f"corrupt Updater state blob: {err!r}") from None
+        for key, state in decoded.items():
+            if any(not leaf.is_floating_point() for leaf in _leaves(state)):
+                raise CheckpointError(f"the state of {key!r} holds a tensor that is not floating point")
+        self.states = decoded
         self.states_synced = dict.fromkeys(self.states, False)
-        if meta.get("optimizer") is not None:
-            self.optimizer = optimizer_from_meta(meta["optimizer"], param_dict=self.optimizer.param_dict)
+        if optimizer is not None:
+            self.optimizer = optimizer
 
 
 def get_updater(optimizer: Optimizer) -> Updater:

@@ -7,6 +7,8 @@
 #include <torch/csrc/utils/pybind.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -51,6 +53,91 @@ bool plain(const at::Tensor& t, at::ScalarType dtype, int64_t numel) {
            t.is_contiguous() && !t.is_neg() && !t.is_conj();
 }
 
+// ------------------------------------------------------------------------------------------ input checks
+// Bad input the torch path would reject too raises a ValueError here (pybind11 turns py::value_error into one)
+// instead of returning False. Messages name tensors by their position in the call as "@<i>"; the Python caller
+// (Optimizer._native_call) replaces each with the optimizer's index of that tensor.
+enum Role : int { kWeightRole, kLowPrecisionRole, kMasterRole, kGradRole, kStateRole };
+
+struct Region {
+    uintptr_t begin, end;  // [begin, end) bytes
+    int32_t tensor;
+    int role;
+    int slot;              // the state slot (kStateRole)
+    bool written() const { return role != kGradRole; }
+};
+
+std::string describe(const Region& r) {
+    const std::string who = "@" + std::to_string(r.tensor);
+    switch (r.role) {
+        case kWeightRole: return "the weight of " + who;
+        case kLowPrecisionRole: return "the weight of " + who;
+        case kMasterRole: return "the float32 master copy of " + who;
+        case kGradRole: return "the gradient of " + who;
+        default: return "state " + std::to_string(r.slot) + " of " + who;
+    }
+}
+
+std::string shape_text(at::IntArrayRef sizes) {
+    std::ostringstream out;
+    out << "(";
+    for (size_t i = 0; i < sizes.size(); ++i) out << (i ? ", " : "") << sizes[i];
+    out << (sizes.size() == 1 ? ",)" : ")");
+    return out.str();
+}
+
+// Records the memory of a contiguous tensor of the step (0-size tensors hold none).
+void note_region(std::vector<Region>& regions, const at::Tensor& t, int32_t tensor, int role, int slot = 0) {
+    if (t.numel() == 0) return;
+    const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+    regions.push_back(Region{begin, begin + static_cast<uintptr_t>(t.numel() * t.element_size()), tensor, role,
+                             slot});
+}
+
+// No tensor the step writes may share memory with another tensor of the step (a weight listed twice, a state
+// that is a view of a weight, overlapping views): threads would race on it and the result would depend on the
+// order of the chunks. Gradients are only read, so two gradients may share memory.
+void check_no_overlap(std::vector<Region> regions) {
+    std::sort(regions.begin(), regions.end(), [](const Region& a, const Region& b) { return a.begin < b.begin; });
+    const Region* reach_any = nullptr;      // the region reaching furthest so far
+    const Region* reach_written = nullptr;  // the written region reaching furthest so far
+    for (const Region& r : regions) {
+        const Region* clash = nullptr;
+        if (r.written() && reach_any != nullptr && r.begin < reach_any->end) clash = reach_any;
+        else if (!r.written() && reach_written != nullptr && r.begin < reach_written->end) clash = reach_written;
+        if (clash != nullptr) {
+            const bool same = clash->tensor == r.tensor && clash->role == r.role && clash->slot == r.slot;
+            throw py::value_error(same ? describe(r) + " overlaps itself"
+                                       : describe(*clash) + " and " + describe(r) +
+                                             " share memory; every weight and state must have its own storage");
+        }
+        if (reach_any == nullptr || r.end > reach_any->end) reach_any = &r;
+        if (r.written() && (reach_written == nullptr || r.end > reach_written->end)) reach_written = &r;
+    }
+}
+
+// A state tensor of a weight the kernels take must be a CPU float32 tensor of the weight's shape (`row_state`:
+// one value per row, shape [rows, 1]), as the optimizer creates it.
+void check_state_tensor(const at::Tensor& leaf, const at::Tensor& weight, int32_t tensor, int slot, bool row_state) {
+    const std::string who = "state " + std::to_string(slot) + " of @" + std::to_string(tensor);
+    if (!leaf.device().is_cpu() || leaf.layout() != at::kStrided || leaf.scalar_type() != at::kFloat)
+        throw py::value_error(who + " is a " + std::string(c10::toString(leaf.scalar_type())) + " tensor on " +
+                              leaf.device().str() + "; expected a dense float32 tensor on cpu");
+    std::vector<int64_t> expect(weight.sizes().begin(), weight.sizes().end());
+    if (row_state) expect = {weight.dim() == 0 ? 1 : weight.size(0), 1};
+    if (leaf.sizes() != at::IntArrayRef(expect))
+        throw py::value_error(who + " has shape " + shape_text(leaf.sizes()) + ", expected " +
+                              shape_text(expect) + " for a weight of shape " + shape_text(weight.sizes()));
+}
+
+// The float32 master copy of a float16/bfloat16 weight: a CPU float32 tensor of the weight's shape.
+void check_master_copy(const at::Tensor& master, const at::Tensor& weight, int32_t tensor) {
+    if (!master.device().is_cpu() || master.scalar_type() != at::kFloat || master.sizes() != weight.sizes())
+        throw py::value_error("the multi_precision state of @" + std::to_string(tensor) +
+                              " must be (weight32, state) with weight32 a float32 copy of shape " +
+                              shape_text(weight.sizes()) + " on cpu, as create_state_multi_precision makes it");
+}
+
 struct Step {
     const RuleDesc* rule = nullptr;
     std::vector<float*> weights;
@@ -65,10 +152,12 @@ struct Step {
     bool multi_precision_step = false;
     uint32_t present = 0;
     bool have_present = false;
+    std::vector<Region> regions;  // memory each tensor of the step reads or writes (see check_no_overlap)
 };
 
 // The state slots of one tensor: None, a tensor, or a tuple of tensors/None (a NamedTuple is a tuple).
-bool unpack_state(Step& s, PyObject* state, int64_t numel, int64_t rows) {
+bool unpack_state(Step& s, PyObject* state, const at::Tensor& weight) {
+    const int32_t tensor = static_cast<int32_t>(s.numels.size()) - 1;
     const RuleDesc& r = *s.rule;
     const at::Tensor* leaves[kMaxStates] = {nullptr, nullptr, nullptr, nullptr};
     int n = 0;
@@ -98,10 +187,14 @@ bool unpack_state(Step& s, PyObject* state, int64_t numel, int64_t rows) {
             s.states[k].push_back(nullptr);
             continue;
         }
-        const int64_t expect = (r.row_states & (1u << k)) ? rows : numel;
-        if (!plain(*leaf, at::kFloat, expect)) return false;
+        const bool row_state = (r.row_states & (1u << k)) != 0;
+        check_state_tensor(*leaf, weight, tensor, k, row_state);
+        if (!plain(*leaf, at::kFloat, leaf->numel())) return false;  // a non-contiguous state: the torch path
+        note_region(s.regions, *leaf, tensor, kStateRole, k);
         present |= 1u << k;
-        s.states[k].push_back(leaf->data_ptr<float>());
+        // a 0-size state may have no data pointer, but a null entry means None to the rules: point anywhere
+        static float empty_state;
+        s.states[k].push_back(leaf->numel() ? leaf->data_ptr<float>() : &empty_state);
         s.written.push_back(leaf->unsafeGetTensorImpl());
     }
     if (!s.have_present) {
@@ -123,13 +216,16 @@ bool unpack_one(Step& s, PyObject* weight_obj, PyObject* grad_obj, PyObject* sta
     const int64_t rows = weight->dim() == 0 ? 1 : weight->size(0);
     const int64_t row_length = rows == 0 ? 0 : numel / rows;
     const int64_t grad_numel = grad_rows < 0 ? numel : grad_rows * row_length;
+    const int32_t tensor = static_cast<int32_t>(s.numels.size());
     if (!plain(*grad, wtype, grad_numel)) return false;
     if (grad_rows < 0 && grad->sizes() != weight->sizes()) return false;
     const bool low = wtype == at::kHalf || wtype == at::kBFloat16;
     if (low) {
         if (!multi_precision || !PyTuple_Check(state_obj) || PyTuple_GET_SIZE(state_obj) != 2) return false;
         const at::Tensor* master = as_tensor(PyTuple_GET_ITEM(state_obj, 0));
-        if (master == nullptr || !plain(*master, at::kFloat, numel) || !plain(*weight, wtype, numel)) return false;
+        if (master == nullptr || !plain(*weight, wtype, numel)) return false;
+        check_master_copy(*master, *weight, tensor);
+        if (!plain(*master, at::kFloat, numel)) return false;
         const int dtype = wtype == at::kHalf ? kFloat16 : kBFloat16;
         if (s.multi_precision_step ? s.low_precision_dtype != dtype : !s.weights.empty()) return false;
         s.multi_precision_step = true;
@@ -137,16 +233,19 @@ bool unpack_one(Step& s, PyObject* weight_obj, PyObject* grad_obj, PyObject* sta
         s.weights.push_back(master->data_ptr<float>());
         s.low_precision.push_back(weight->data_ptr());
         s.written.push_back(master->unsafeGetTensorImpl());
+        note_region(s.regions, *master, tensor, kMasterRole);
         state_obj = PyTuple_GET_ITEM(state_obj, 1);
     } else {
         if (wtype != at::kFloat || !plain(*weight, at::kFloat, numel) || s.multi_precision_step) return false;
         s.weights.push_back(weight->data_ptr<float>());
     }
     s.written.push_back(weight->unsafeGetTensorImpl());
+    note_region(s.regions, *weight, tensor, low ? kLowPrecisionRole : kWeightRole);
+    note_region(s.regions, *grad, tensor, kGradRole);
     s.grads.push_back(grad->data_ptr());
     s.numels.push_back(numel);
     s.row_lengths.push_back(row_length);
-    return unpack_state(s, state_obj, numel, rows);
+    return unpack_state(s, state_obj, *weight);
 }
 
 // A per-tensor value: one number for every tensor, or a sequence with one per tensor.
@@ -207,6 +306,7 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
 }
 
 void run(Step& s) {
+    check_no_overlap(s.regions);
     StepArgs a{};
     a.n_tensors = static_cast<int64_t>(s.weights.size());
     a.n_chunks = static_cast<int64_t>(s.chunks.size());
