@@ -11,6 +11,7 @@ import torch
 
 from .. import native
 from .base import Optimizer, f32, register, rescale_clip, state_class
+from .input_checks import native_positions
 from .reference_names import map_reference_names
 from .validation import check_bool, check_choice, check_real
 
@@ -170,8 +171,9 @@ class MARS(Optimizer):
             aux += [lr, 1.0 - wd * lr, float(bool(wd)), float(mixed), divisor, gain, 1.0 - beta1, beta2, 1.0 - beta2,
                     math.sqrt(1.0 - math.pow(beta2, t)), 1.0 - math.pow(beta1, t),
                     float(mixed and self.mars_type == "lion")]
-        return native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts, self._native_hyper(),
-                                  multi_precision, aux)
+        with native_positions(indices):  # the core names bad tensors by position: name the parameters
+            return native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
+                                      self._native_hyper(), multi_precision, aux)
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         mixed = self.optimize_1d or weight.dim() >= 2
