@@ -74,6 +74,8 @@ def adafactor_reference(weight, grad, state, *, lr, wd, t, beta2_decay, epsilon1
 
 
 def _adafactor_step(weight, g, state, *, lr, wd, t, beta2_decay, epsilon1, epsilon2, clip_threshold) -> None:
+    if weight.numel() == 0:
+        return  # nothing to update (its RMS and the update's would be 0/0)
     eps1 = torch.finfo(weight.dtype).eps if epsilon1 is None else epsilon1
     one_minus_beta2, alpha = _adafactor_scalars(weight.norm(2).item(), weight.numel(), lr, t, beta2_decay, epsilon2)
     if wd != 0:
