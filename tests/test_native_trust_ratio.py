@@ -23,6 +23,7 @@ import pytest
 import torch
 from native_support import require_native
 
+from optzoo import native
 from optzoo import optimizer as opt
 from optzoo.optimizer.base import _leaves
 from optzoo.optimizer.trust_ratio import bias_corrections
@@ -114,8 +115,8 @@ def test_per_tensor_rates_and_decays(name, no_foreach):
 
 
 def test_many_tensors_and_a_large_one(no_foreach):
-    """Tensors grouped for cache reuse (groups of 131072 elements) next to tensors larger than a group, zero-size
-    tensors included: every phase of every tensor runs once, in any interleaving of the threads."""
+    """Many small tensors spread over the threads next to one larger than many units, zero-size tensors included:
+    every pass covers every unit of every tensor once, whatever the threads take."""
     require_native()
     rng = np.random.default_rng(7)
     shapes = [(int(n),) for n in rng.integers(1, 30000, size=25)] + [(0,), (300_001,), (3, 0), (64, 70)]
@@ -281,6 +282,113 @@ def test_results_do_not_depend_on_the_thread_count(name):
         torch.set_num_threads(previous)
     for run in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], run))
+
+
+# ------------------------------------------------------------------------------------------ split passes
+SPLIT_KWARGS = {"lars": {"momentum": 0.9, "eta": 0.1, "wd": 0.01}, "lamb": {"wd": 0.01, "lower_bound": 0.1},
+                "lans": {"wd": 0.01, "clip_gradient": 0.2}}
+
+
+def _norm_stages(o, weights, grads, states, t=1):
+    """Every native norm stage of one step (as _native_call runs them): (aux, [sums of each stage])."""
+    n = len(weights)
+    aux, _ = o._native_aux(list(range(n)), [o.lr] * n, [t] * n)
+    stages, prior = [], None
+    for _ in range(o._native_norm_stages):
+        prior = o._native_norm_sums(weights, grads, states, o.lr, o.wd, t, False, aux, prior)
+        stages.append(prior)
+    return aux, stages
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_norm_sums_are_the_sums_of_squares(name):
+    """The norm entry returns float64 [n_tensors, k] per-tensor sums of squares: LARS's |w|^2 and |grad|^2, LANS's
+    first stage |rescale_grad * grad|^2, and for LAMB/LANS the weight's |w|^2 (compared with float64 sums)."""
+    require_native()
+    shapes = [(33, 1001), (5, 3), (70_000,), (0,)]
+    o = opt.create(name, impl="native", rescale_grad=0.5, **SPLIT_KWARGS[name])
+    weights = _weights(shapes, seed=5)
+    grads = [w * 0.5 + 0.1 for w in _weights(shapes, seed=6)]
+    states = [o.create_state(i, w) for i, w in enumerate(weights)]
+    _, stages = _norm_stages(o, weights, grads, states)
+    w2 = torch.tensor([w.double().square().sum().item() for w in weights], dtype=torch.float64)
+    g2 = torch.tensor([g.double().square().sum().item() for g in grads], dtype=torch.float64)
+    assert [s.dtype for s in stages] == [torch.float64] * len(stages)
+    main = stages[-1]
+    assert main.shape == (len(shapes), 3 if name == "lans" else 2)
+    torch.testing.assert_close(main[:, 0], w2, rtol=1e-6, atol=0)
+    if name == "lars":
+        torch.testing.assert_close(main[:, 1], g2, rtol=1e-6, atol=0)
+    if name == "lans":
+        torch.testing.assert_close(stages[0][:, 0], g2 * 0.25, rtol=1e-6, atol=0)
+    if name != "lars":  # the norm stage advanced the moments in place (m = (1 - beta1) * g at the first step)
+        assert states[1].mean.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_split_step_equals_the_whole_step(name):
+    """norm stage(s), then the update with their sums (aux = (aux, *sums)): bit for bit the one-call step."""
+    require_native()
+    weights = _weights([(300_001,), (5, 3), (33, 1001)], seed=8)
+    grads = _weights([(300_001,), (5, 3), (33, 1001)], seed=9)
+    o = opt.create(name, impl="native", **SPLIT_KWARGS[name])
+    kernel, hyper = o._native_kernel(), o._native_hyper()
+    whole_w = [w.clone() for w in weights]
+    whole_s = [o.create_state(i, w) for i, w in enumerate(whole_w)]
+    aux, _ = o._native_aux([0, 1, 2], [o.lr] * 3, [1] * 3)
+    assert native.load().step(kernel, whole_w, grads, whole_s, o.lr, o.wd, 1, hyper, False, aux)
+    split_w = [w.clone() for w in weights]
+    split_s = [o.create_state(i, w) for i, w in enumerate(split_w)]
+    aux, stages = _norm_stages(o, split_w, grads, split_s)
+    assert native.load().step(kernel, split_w, grads, split_s, o.lr, o.wd, 1, hyper, False, (aux, *stages))
+    for a, b in zip(whole_w + [t for s in whole_s for t in _leaves(s)],
+                    split_w + [t for s in split_s for t in _leaves(s)]):
+        assert torch.equal(a, b)
+    # sums of the wrong width or dtype: the kernel declines (nothing written), as for any input it cannot take
+    before = [w.clone() for w in split_w]
+    for bad in (stages[-1][:, :1].contiguous(), stages[-1].float(), stages[-1][:2].contiguous()):
+        assert not native.load().step(kernel, split_w, grads, split_s, o.lr, o.wd, 2, hyper, False,
+                                      (aux, *stages[:-1], bad))
+    assert all(torch.equal(a, b) for a, b in zip(before, split_w))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_sums_of_shards_give_the_unsharded_step(name, no_foreach):
+    """What sharded training does: each 'rank' holds half of every (flat) tensor, computes its norm sums, the sums
+    are added (the all-reduce) before the next stage, and each rank updates its half with the total. The result is
+    the unsharded step up to the order of the float64 additions."""
+    require_native()
+    sizes = [40_000, 6, 20_001]
+    weights, grads = _weights([(n,) for n in sizes], seed=10), _weights([(n,) for n in sizes], seed=11)
+    whole = opt.create(name, impl="native", **SPLIT_KWARGS[name])
+    whole_w = [w.clone() for w in weights]
+    whole_s = [whole.create_state(i, w) for i, w in enumerate(whole_w)]
+    whole.update(list(range(3)), whole_w, grads, whole_s)
+
+    o = opt.create(name, impl="native", **SPLIT_KWARGS[name])
+    kernel, hyper = o._native_kernel(), o._native_hyper()
+    full_w = [w.clone() for w in weights]
+    full_s = [o.create_state(i, w) for i, w in enumerate(full_w)]
+    halves = [(0, n // 2) for n in sizes], [(n // 2, n) for n in sizes]
+
+    def shard(lst, part):
+        return [x[a:b] for x, (a, b) in zip(lst, part)]
+
+    def shard_states(part):
+        return [s if s is None else (s[a:b] if isinstance(s, torch.Tensor) else type(s)(*(x[a:b] for x in s)))
+                for s, (a, b) in zip(full_s, part)]
+
+    ranks = [(shard(full_w, p), shard(grads, p), shard_states(p)) for p in halves]
+    aux, _ = o._native_aux([0, 1, 2], [o.lr] * 3, [1] * 3)
+    totals = []
+    for _ in range(o._native_norm_stages):
+        prior = totals[0] if totals else None
+        totals.append(sum(o._native_norm_sums(w, g, s, o.lr, o.wd, 1, False, aux, prior) for w, g, s in ranks))
+    for w, g, s in ranks:
+        assert native.load().step(kernel, w, g, s, o.lr, o.wd, 1, hyper, False, (aux, *totals))
+    _assert_close(full_w + [t for s in full_s for t in _leaves(s)],
+                  whole_w + [t for s in whole_s for t in _leaves(s)], name)
+    assert all((w - w0).abs().max() > 1e-4 for w, w0 in zip(full_w, weights))
 
 
 def test_float64_falls_back_to_the_torch_path():

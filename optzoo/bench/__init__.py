@@ -53,8 +53,11 @@ def _parser():
                    help=f"comma-separated optimizers (default: {','.join(DEFAULT_OPTIMIZERS)}; --quick: "
                         f"{','.join(QUICK_OPTIMIZERS)})")
     p.add_argument("--repeats", type=int, default=None,
-                   help=f"timed runs per measurement: the median is reported (default 3); --quick: the minimum "
-                        f"(default {QUICK_ROUNDS}), with the spread over the rounds as the noise estimate")
+                   help=f"timed runs per measurement: the median is reported (default 3; --min: the fastest); "
+                        f"--quick: the minimum (default {QUICK_ROUNDS}), with the spread over the rounds as the "
+                        "noise estimate")
+    p.add_argument("--min", action="store_true", help="report the fastest of the timed runs instead of their median "
+                   "(the least disturbed run, on a machine shared with other work)")
     p.add_argument("--threads", type=int, default=None, help="threads for torch, the SoL kernels and MXNet "
                    "(default: torch's current setting)")
     p.add_argument("--target-ms", type=float, default=None,
@@ -65,6 +68,12 @@ def _parser():
     p.add_argument("--no-mxnet", action="store_true", help="skip the MXNet comparison")
     p.add_argument("--no-reference", action="store_true", help="skip optzoo's impl='reference' path")
     p.add_argument("--no-foreach", action="store_true", help="skip optzoo's impl='foreach' path")
+    p.add_argument("--compiled", default="", metavar="OPTIMIZERS",
+                   help="comma-separated optimizers (or 'all') to also time under torch.compile: optzoo's foreach "
+                        "rule and torch.optim's step, after their compile (reported apart); minutes per shape set. "
+                        "Default: none (the columns say 'not measured')")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the tensors live (cuda: optzoo runs its foreach path; SoL = a.add_(b) bandwidth)")
     p.add_argument("--out", default="bench-results", help="directory for bench.json and bench.png")
     return p
 
@@ -88,11 +97,11 @@ def _loadavg() -> str | None:
         return None
 
 
-def _run_mxnet(python: Path, shapes, names, threads, repeats, target_s) -> dict:
+def _run_mxnet(python: Path, shapes, names, threads, repeats, target_s, statistic) -> dict:
     from .torch_runner import SPECS
 
     spec = {"shapes": [list(s) for s in shapes], "optimizers": {n: SPECS[n][0] for n in names},
-            "repeats": repeats, "target_s": target_s}
+            "repeats": repeats, "target_s": target_s, "statistic": statistic}
     with tempfile.TemporaryDirectory(prefix="optzoo-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
@@ -135,10 +144,12 @@ def main(argv=None) -> int:
 
     from . import report, sol
     from .shapes import SHAPE_SETS, get_shapes, numel
-    from .torch_runner import SPECS, make_grads, run_optzoo, run_torch, torch_variants
+    from .timing import set_statistic
+    from .torch_runner import SPECS, make_grads, run_compiled, run_optzoo, run_torch, run_torch_compiled, torch_variants
 
     shape_names = _csv(args.shapes) if args.shapes else list(QUICK_SHAPES if args.quick else SHAPE_SETS)
     names = _csv(args.optimizers) if args.optimizers else list(QUICK_OPTIMIZERS if args.quick else SPECS)
+    compiled = set(names if args.compiled.strip().lower() == "all" else _csv(args.compiled))
     for s in shape_names:
         if s not in SHAPE_SETS:
             print(f"optzoo bench: unknown shape set {s!r}; choose from {', '.join(SHAPE_SETS)}", file=sys.stderr)
@@ -152,6 +163,8 @@ def main(argv=None) -> int:
         print("optzoo bench: --repeats and --threads must be >= 1", file=sys.stderr)
         return 2
     threads = args.threads or torch.get_num_threads()
+    statistic = "min" if args.min else "median"
+    set_statistic(statistic)
     torch.set_num_threads(threads)
     repeats = args.repeats or (QUICK_ROUNDS if args.quick else 3)
     target_s = (args.target_ms if args.target_ms is not None else (5.0 if args.quick else 150.0)) / 1e3
@@ -159,9 +172,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     notes = []
+    device_ok = args.device == "cpu" or torch.cuda.is_available()
+    if not device_ok:
+        notes.append("no CUDA device here: nothing is measured")
+        print(f"note: {notes[-1]}")
     try:
-        sol.load()
-        sol_ok = True
+        if args.device == "cpu":
+            sol.load()
+        sol_ok = device_ok
     except sol.SolUnavailable as err:
         sol_ok = False
         notes.append(f"SoL n/a: {err}")
@@ -172,16 +190,20 @@ def main(argv=None) -> int:
     if not native_ok:
         notes.append(f"native kernels unavailable ({native.unavailable_reason()}): optzoo runs its foreach path")
         print(f"note: {notes[-1]}")
-    mx_python = None if args.no_mxnet else mxnet_python()
-    if not args.no_mxnet and mx_python is None:
+    mx_python = None if args.no_mxnet or args.device != "cpu" else mxnet_python()
+    if not args.no_mxnet and args.device != "cpu":
+        notes.append("MXNet skipped: its comparison runs on the CPU only")
+        print(f"note: {notes[-1]}")
+    elif not args.no_mxnet and mx_python is None:
         notes.append("MXNet skipped: no MXNet 2.0 virtualenv (<repo>/.venv-mxnet or $OPTZOO_MXNET_PYTHON)")
         print(f"note: {notes[-1]}")
 
     started = time.time()
     data = {"meta": {"machine": _machine(threads), "threads": threads, "torch": torch.__version__,
                      "python": platform.python_version(), "quick": args.quick, "repeats": repeats,
+                     "statistic": statistic,
                      "target_ms": target_s * 1e3, "loadavg_start": _loadavg(), "argv": list(argv or []),
-                     "sol_available": sol_ok, "native": native_ok, "notes": notes,
+                     "sol_available": sol_ok, "native": native_ok, "notes": notes, "device": args.device,
                      "ratio_definition": "t_other / t_optzoo (optzoo impl='auto'); > 1 means optzoo is faster",
                      "peak_memory_method": {
                          "torch": "torch.profiler(profile_memory=True): peak of the running sum of allocator "
@@ -196,7 +218,14 @@ def main(argv=None) -> int:
                                       "largest": max(numel(s) for s in shapes),
                                       "description": SHAPE_SETS[shape_name][2]}
         print(f"== {shape_name}: {len(shapes)} tensors, {params:,} values", flush=True)
-        grads = make_grads(shapes)
+        if not device_ok:
+            for name in names:
+                row = {"shape": shape_name, "optimizer": name, "tensors": len(shapes), "params": params,
+                       "n_states": None, "bytes_per_param": None, "sol": None,
+                       "impls": {"optzoo": {"unavailable": "not measured: no CUDA device"}}}
+                data["results"].append(row)
+            continue
+        grads = make_grads(shapes, device=args.device)
         for name in names:
             impls = {}
             oz, n_states, sol_row = run_optzoo(name, shapes, grads, "auto", repeats, target_s, threads, sol_ok)
@@ -211,6 +240,12 @@ def main(argv=None) -> int:
                 impls[f"optzoo {impl}"] = other
             for variant in torch_variants(name):
                 impls[variant] = run_torch(name, variant, shapes, grads, repeats, target_s, bpp, sol_s)
+            if name in compiled:
+                impls["optzoo compiled"] = run_compiled(name, shapes, grads, repeats, target_s, bpp, sol_s)
+                if torch_variants(name):
+                    impls["torch compiled"] = run_torch_compiled(name, shapes, grads, repeats, target_s, bpp, sol_s)
+            else:
+                impls["optzoo compiled"] = {"unavailable": "not measured (--compiled)"}
             data["results"].append({"shape": shape_name, "optimizer": name, "tensors": len(shapes), "params": params,
                                     "n_states": n_states, "bytes_per_param": bpp, "sol": sol_row, "impls": impls})
             shown = "  ".join(f"{k}={m['ms']:.3g}ms" for k, m in impls.items() if m.get("ms"))
@@ -218,7 +253,7 @@ def main(argv=None) -> int:
         del grads
         if mx_python is not None:
             print(f"  (MXNet 2.0, own process, {threads} OpenMP threads)", flush=True)
-            mx = _run_mxnet(mx_python, shapes, names, threads, repeats, target_s)
+            mx = _run_mxnet(mx_python, shapes, names, threads, repeats, target_s, statistic)
             data["meta"].setdefault("mxnet", mx.get("mxnet_version") or mx.get("_error"))
             for row in data["results"]:
                 if row["shape"] != shape_name:

@@ -14,7 +14,7 @@ counts only memory newly taken from the OS and is a lower bound.
 import json
 import sys
 
-from timing import time_step  # beside this file; standard library only
+from timing import set_statistic, time_step  # beside this file; standard library only
 
 
 def _rss_kb(field):
@@ -42,6 +42,7 @@ def main(spec_path, out_path):
     with open(spec_path) as fh:
         spec = json.load(fh)
     shapes = [tuple(s) for s in spec["shapes"]]
+    set_statistic(spec.get("statistic", "median"))
     mx.random.seed(0)
     grads = [mx.nd.random.normal(0, 0.1, shape=s) for s in shapes]
     results = {"mxnet_version": mx.__version__}

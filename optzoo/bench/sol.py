@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CHUNK", "MAX_STATES", "SolUnavailable", "TouchKernel", "bytes_per_param", "cache_dir", "load"]
+__all__ = ["CHUNK", "MAX_STATES", "PassKernel", "SolUnavailable", "TouchKernel", "bytes_per_param", "cache_dir", "load"]
 
 #: elements per work item (128 KiB of fp32): small enough to balance threads, big enough to stream
 CHUNK = 1 << 15
@@ -79,6 +79,13 @@ def load():
         fn = getattr(lib, f"optzoo_touch_s{k}")
         fn.argtypes = head + [ctypes.c_void_p] * k + [ctypes.c_float]
         fn.restype = None
+    for r in range(1, MAX_STATES + 1):
+        for w in range(r):
+            fn = getattr(lib, f"optzoo_pass_r{r}w{w}", None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_float]
+                fn.restype = None
     lib.optzoo_sol_set_threads.argtypes = [ctypes.c_int]
     lib.optzoo_sol_get_threads.restype = ctypes.c_int
     _lib = lib
@@ -124,6 +131,50 @@ class TouchKernel:
         self._threads = threads
         self._args = (self.n_chunks, ctypes.addressof(self._ct), ctypes.addressof(self._co),
                       ctypes.addressof(self._cl), *[ctypes.addressof(t) for t in self._tables], ctypes.c_float(scale))
+
+    def __call__(self) -> None:
+        self._lib.optzoo_sol_set_threads(self._threads)
+        self._fn(*self._args)
+
+
+def _chunk_table(tensors):
+    tensor, offset, length = [], [], []
+    for i, w in enumerate(tensors):
+        n = w.numel()
+        for off in range(0, n, CHUNK):
+            tensor.append(i)
+            offset.append(off)
+            length.append(min(CHUNK, n - off))
+    n_chunks = len(tensor)
+    return n_chunks, ((ctypes.c_int32 * n_chunks)(*tensor), (ctypes.c_int64 * n_chunks)(*offset),
+                      (ctypes.c_int64 * n_chunks)(*length))
+
+
+class PassKernel:
+    """The traffic of one pass of a multi-pass step: reads every list of ``written + read`` and writes the
+    ``written`` lists back in place (each a list of tensors, one per weight), summing squares per chunk (as a norm
+    pass does). The sum of a step's passes is its multi-pass floor. Same tensor rules as :class:`TouchKernel`."""
+
+    def __init__(self, written, read, threads: int, scale: float = 1e-30):
+        lists = [list(x) for x in (*written, *read)]
+        if not 1 <= len(lists) <= MAX_STATES or len(written) >= len(lists):
+            raise ValueError(f"a pass reads 1..{MAX_STATES} tensor lists and writes fewer than it reads")
+        for lst in lists:
+            if len(lst) != len(lists[0]):
+                raise ValueError("every tensor list must have one tensor per weight")
+            for t, w in zip(lst, lists[0]):
+                if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != w.numel():
+                    raise ValueError("pass kernels need contiguous float32 tensors of the weight's size")
+        self._lib = load()
+        self._fn = getattr(self._lib, f"optzoo_pass_r{len(lists)}w{len(written)}")
+        self.n_chunks, self._chunks = _chunk_table(lists[0])
+        self._tables = [_ptr_table(lst) for lst in lists]
+        self._table_of_tables = (ctypes.c_void_p * len(lists))(*[ctypes.addressof(t) for t in self._tables])
+        self._out = (ctypes.c_double * max(1, self.n_chunks))()
+        self._keep = lists
+        self._threads = threads
+        self._args = (self.n_chunks, *[ctypes.addressof(c) for c in self._chunks],
+                      ctypes.addressof(self._table_of_tables), ctypes.addressof(self._out), ctypes.c_float(scale))
 
     def __call__(self) -> None:
         self._lib.optzoo_sol_set_threads(self._threads)

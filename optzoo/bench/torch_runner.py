@@ -7,16 +7,17 @@ import contextlib
 import gc
 import os
 import sys
+import time
 
 import torch
 
 from .modern import MODERN_SPECS, REFERENCE_LABEL, make_reference
 from .shapes import numel
-from .sol import MAX_STATES, SolUnavailable, TouchKernel
+from .sol import MAX_STATES, PassKernel, SolUnavailable, TouchKernel
 from .timing import time_step
 
-__all__ = ["SPECS", "DEFAULT_OPTIMIZERS", "TORCH_VARIANTS", "time_step", "make_grads", "peak_extra_bytes",
-           "run_optzoo", "run_torch", "torch_variants"]
+__all__ = ["SPECS", "DEFAULT_OPTIMIZERS", "MULTI_PASS", "TORCH_VARIANTS", "time_step", "make_grads",
+           "peak_extra_bytes", "run_compiled", "run_optzoo", "run_torch", "run_torch_compiled", "torch_variants"]
 
 #: optimizer -> (optzoo/MXNet keyword arguments, torch.optim class name or None, torch keyword arguments).
 #: The same hyperparameters go to MXNet (optzoo uses MXNet 2.0's argument names).
@@ -36,6 +37,8 @@ SPECS = {
     "lamb": ({"learning_rate": 1e-3}, None, {}),
     "lans": ({"learning_rate": 1e-3}, None, {}),
     "lars": ({"learning_rate": 0.1, "momentum": 0.9}, None, {}),
+    # MXNet 1.x's large-batch SGD with the per-layer lars ratio (MXNet 2.0 has no lbsgd: its column stays empty)
+    "lbsgd": ({"learning_rate": 0.1, "momentum": 0.9, "warmup_strategy": "lars"}, None, {}),
     "ftrl": ({"learning_rate": 0.1}, None, {}),
     "ftml": ({"learning_rate": 2.5e-3}, None, {}),
     "adabelief": ({"learning_rate": 1e-3}, None, {}),
@@ -48,6 +51,16 @@ SPECS.update({name: (kwargs, None, {}) for name, (kwargs, _, _) in MODERN_SPECS.
 #: torch.optim implementations: label -> constructor keyword arguments
 TORCH_VARIANTS = {"torch for-loop": {"foreach": False}, "torch foreach": {"foreach": True},
                   "torch fused": {"fused": True}}
+#: Rules whose update needs per-tensor norms first: the passes of their multi-pass floor, each as (lists written,
+#: lists only read), indices into [weights, grads, *full-size states]. Pass 1 reads what the norms need (LAMB and
+#: LANS advance their moments there), the last pass moves the update's bytes; LANS first reads the gradient alone
+#: for its norm (its moments need the normalised gradient).
+MULTI_PASS = {
+    "lars": [((), (0, 1)), ((0, 2), (1,))],
+    "lbsgd": [((), (0, 1)), ((0, 2), (1,))],
+    "lamb": [((2, 3), (0, 1)), ((0,), (2, 3))],
+    "lans": [((), (1,)), ((2, 3), (0, 1)), ((0,), (1, 2, 3))],
+}
 
 
 @contextlib.contextmanager
@@ -64,12 +77,31 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def peak_extra_bytes(step) -> int:
+def _synced(step, device: torch.device):
+    """``step`` that waits for the device, so that timing it measures the work (CUDA runs asynchronously)."""
+    if device.type != "cuda":
+        return step
+
+    def synced():
+        step()
+        torch.cuda.synchronize(device)
+
+    return synced
+
+
+def peak_extra_bytes(step, device: torch.device | None = None) -> int:
     """Peak bytes held by torch's CPU allocator during one ``step()`` beyond what was held before it.
 
     Every allocation and free of the step is recorded by ``torch.profiler`` (``profile_memory=True``); the peak
     of their running sum is the step's temporary memory (0 for a purely in-place step). The state itself is
-    created in the warm-up step, so it is not counted."""
+    created in the warm-up step, so it is not counted. On CUDA: the rise of the allocator's peak over one step."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -83,14 +115,14 @@ def peak_extra_bytes(step) -> int:
     return peak
 
 
-def make_grads(shapes, seed: int = 0) -> list[torch.Tensor]:
+def make_grads(shapes, seed: int = 0, device="cpu") -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=gen) * 0.1 for shape in shapes]
+    return [(torch.randn(shape, generator=gen) * 0.1).to(device) for shape in shapes]
 
 
-def _weights(shapes, seed: int = 1) -> list[torch.Tensor]:
+def _weights(shapes, seed: int = 1, device="cpu") -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=gen) * 0.1 for shape in shapes]
+    return [(torch.randn(shape, generator=gen) * 0.1).to(device) for shape in shapes]
 
 
 def _full_state_lists(states, weights):
@@ -118,7 +150,8 @@ def run_optzoo(name, shapes, grads, impl, repeats, target_s, threads, with_sol):
     import optzoo.optimizer as oo
 
     kwargs, _, _ = SPECS[name]
-    weights = _weights(shapes)
+    device = grads[0].device
+    weights = _weights(shapes, device=device)
     opt = oo.create(name, impl=impl, **kwargs)
     indices = list(range(len(weights)))
     states = [opt.create_state_multi_precision(i, w) for i, w in zip(indices, weights)]
@@ -126,6 +159,7 @@ def run_optzoo(name, shapes, grads, impl, repeats, target_s, threads, with_sol):
     def step():
         opt.update_multi_precision(indices, weights, grads, states)
 
+    step = _synced(step, device)
     step()  # warm-up
     state_lists = _full_state_lists(states, weights)
     n_states = len(state_lists)
@@ -133,10 +167,14 @@ def run_optzoo(name, shapes, grads, impl, repeats, target_s, threads, with_sol):
     from .sol import bytes_per_param
 
     bpp = bytes_per_param(n_states)
-    peak = peak_extra_bytes(step)
+    peak = peak_extra_bytes(step, device)
     seconds, samples = time_step(step, repeats, target_s)
     sol = None
-    if with_sol:
+    if with_sol and device.type == "cuda":
+        bandwidth = device_bandwidth(device, repeats, target_s)
+        sol = {"ms": params * bpp / bandwidth * 1e3, "gbps": bandwidth / 1e9, "bytes_per_param": bpp,
+               "kernel": "a.add_(b) bandwidth"}
+    elif with_sol:
         if n_states > MAX_STATES:
             sol = {"error": f"{n_states} state tensors: no touch kernel"}
         else:
@@ -147,12 +185,38 @@ def run_optzoo(name, shapes, grads, impl, repeats, target_s, threads, with_sol):
                 sol = {"ms": sol_s * 1e3, "samples_ms": [s * 1e3 for s in sol_samples],
                        "gbps": params * bpp / sol_s / 1e9, "kernel": f"touch_s{n_states}",
                        "bytes_per_param": bpp}
+                if name in MULTI_PASS:
+                    sol.update(_floor(MULTI_PASS[name], [weights, grads, *state_lists], threads, repeats, target_s))
             except SolUnavailable as err:
                 sol = {"error": str(err)}
     row = _result(seconds, samples, params, bpp, (sol or {}).get("ms", 0) / 1e3, peak)
+    if (sol or {}).get("floor_ms"):
+        row["pct_floor"] = 100.0 * sol["floor_ms"] / row["ms"]
     row["impl"] = opt.impl
     gc.collect()
     return row, n_states, sol
+
+
+def device_bandwidth(device: torch.device, repeats: int, target_s: float, numel: int = 1 << 26) -> float:
+    """Bytes per second of ``a.add_(b)`` on ``device`` (reads a and b, writes a: 12 bytes per float32 element): the
+    speed of light of a step on a GPU, where optzoo has no kernels of its own to time."""
+    a, b = torch.zeros(numel, device=device), torch.ones(numel, device=device)
+    step = _synced(lambda: a.add_(b, alpha=1e-30), device)
+    step()
+    seconds, _ = time_step(step, max(repeats, 3), target_s)
+    return 12 * numel / seconds
+
+
+def _floor(passes, lists, threads, repeats, target_s) -> dict:
+    """The multi-pass floor: the sum of the pass kernels' times over the step's own tensors."""
+    times = []
+    for written, read in passes:
+        kernel = PassKernel([lists[i] for i in written], [lists[i] for i in read], threads)
+        kernel()
+        times.append(time_step(kernel, max(repeats, 3), target_s)[0])
+    bytes_moved = sum(4 * (len(w) * 2 + len(r)) for w, r in passes)
+    return {"floor_ms": sum(times) * 1e3, "floor_passes_ms": [t * 1e3 for t in times],
+            "floor_bytes_per_param": bytes_moved}
 
 
 def torch_variants(name) -> dict[str, dict]:
@@ -165,7 +229,8 @@ def torch_variants(name) -> dict[str, dict]:
 def run_torch(name, variant, shapes, grads, repeats, target_s, bytes_per_param, sol_s):
     """Times ``torch.optim.<cls>(..., **TORCH_VARIANTS[variant]).step()``; None when torch lacks that variant."""
     _, cls, tkwargs = SPECS[name]
-    params = [w.requires_grad_(True) for w in _weights(shapes)]
+    device = grads[0].device
+    params = [w.requires_grad_(True) for w in _weights(shapes, device=device)]
     for p, g in zip(params, grads):
         p.grad = g
     try:
@@ -173,12 +238,75 @@ def run_torch(name, variant, shapes, grads, repeats, target_s, bytes_per_param, 
             opt = make_reference(name, params)
         else:
             opt = getattr(torch.optim, cls)(params, **tkwargs, **TORCH_VARIANTS[variant])
-        opt.step()  # warm-up; also where an unsupported fused variant raises
+        step = _synced(opt.step, device)
+        step()  # warm-up; also where an unsupported fused variant raises
     except (RuntimeError, ValueError, TypeError, ImportError) as err:
         return {"unavailable": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
-    peak = peak_extra_bytes(opt.step)
-    seconds, samples = time_step(opt.step, repeats, target_s)
+    peak = peak_extra_bytes(step, device)
+    seconds, samples = time_step(step, repeats, target_s)
     n = sum(numel(s) for s in shapes)
     del opt, params
     gc.collect()
     return _result(seconds, samples, n, bytes_per_param, sol_s, peak)
+
+
+# ------------------------------------------------------------------------------------------ torch.compile
+def _time_compiled(step, repeats, target_s, params, bytes_per_param, sol_s) -> dict:
+    """Times a compiled ``step`` after its first call (the compile, reported as ``compile_s``) and a second one (any
+    recompile for the steady state); a column that cannot be measured says why and the run goes on."""
+    from torch._dynamo.utils import counters
+
+    try:
+        start = time.perf_counter()
+        step()
+        compile_s = time.perf_counter() - start
+        step()
+        graphs = counters["stats"]["unique_graphs"]
+        seconds, samples = time_step(step, repeats, target_s)
+        if counters["stats"]["unique_graphs"] != graphs:
+            return {"error": "recompiled while timed"}
+    except Exception as err:  # torch.compile can fail in many ways (no C++ compiler, an unsupported op, ...)
+        return {"error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"}
+    finally:
+        torch._dynamo.reset()
+        gc.collect()
+    out = _result(seconds, samples, params, bytes_per_param, sol_s, 0)
+    out.pop("peak_extra_mb")
+    out["compile_s"] = compile_s
+    return out
+
+
+def run_compiled(name, shapes, grads, repeats, target_s, bytes_per_param, sol_s) -> dict:
+    """``torch.compile`` of optzoo's foreach rule (``_foreach_rule``: the whole step's arithmetic over every tensor).
+    The rule is called with the scalars of one update count: optzoo's foreach rules round their per-step scalars
+    in Python (numpy float32), so each new count would compile again, a property of the rules' Python, not of the
+    kernels Inductor generates."""
+    import optzoo.optimizer as oo
+
+    kwargs, _, _ = SPECS[name]
+    weights = _weights(shapes, device=grads[0].device)
+    opt = oo.create(name, impl="foreach", **kwargs)
+    indices = list(range(len(weights)))
+    states = [opt.create_state(i, w) for i, w in zip(indices, weights)]
+    opt.update(indices, weights, grads, states)  # the first update, eager: creates the state
+    lrs, wds = opt._get_lrs(indices), opt._get_wds(indices)
+    ts = [opt._index_update_count[i] + 1 for i in indices]
+    rule = torch.compile(opt._foreach_rule)
+
+    def step():
+        with torch.no_grad():
+            rule(weights, grads, states, lrs, wds, ts)
+
+    return _time_compiled(_synced(step, grads[0].device), repeats, target_s, sum(numel(s) for s in shapes),
+                          bytes_per_param, sol_s)
+
+
+def run_torch_compiled(name, shapes, grads, repeats, target_s, bytes_per_param, sol_s) -> dict:
+    """``torch.compile`` of ``torch.optim.<cls>.step`` (the way PyTorch's tutorial compiles an optimizer step)."""
+    _, cls, tkwargs = SPECS[name]
+    params = [w.requires_grad_(True) for w in _weights(shapes, device=grads[0].device)]
+    for p, g in zip(params, grads):
+        p.grad = g
+    opt = getattr(torch.optim, cls)(params, **tkwargs)
+    step = _synced(torch.compile(opt.step), grads[0].device)
+    return _time_compiled(step, repeats, target_s, sum(numel(s) for s in shapes), bytes_per_param, sol_s)

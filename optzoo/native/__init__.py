@@ -22,6 +22,10 @@ Python API of the loaded module (``load()``):
   written nothing, for shared memory or a misshapen state (tensors named ``@<position>``, see core.cpp);
 * ``step_rows(rule, weight, rows, values, state, lr, wd, t, hyper, multi_precision, aux) -> bool``: the same on
   the rows of a row-sparse gradient only (lazy update).
+* ``norm_sums(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux, prior) -> Tensor | None``:
+  one norm stage of a two-pass rule (LARS, LAMB, LANS): float64 ``[n_tensors, k]`` per-tensor sums of squares
+  (``prior``: the first stage's sums, for LANS's second stage); ``step`` with ``aux = (aux, *stage_sums)`` then runs
+  the update pass only (docs/native.md, "Two-pass rules").
 """
 
 from __future__ import annotations

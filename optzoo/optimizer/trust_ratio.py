@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import native
 from .adam import adam_moments_, adam_moments_foreach
 from .base import (
     Optimizer,
@@ -189,8 +190,47 @@ def lars_foreach(weights, grads, moms, *, lrs, wds, trusts, momentum, eta, epsil
     momentum_step_foreach(weights, gs, moms, momentum)
 
 
+class _NativeNormPasses:
+    """The native path of the trust-ratio rules as separate calls: the norm stage(s), then the update pass.
+
+    Each norm stage is one parallel pass over all tensors returning per-tensor float64 sums of squares
+    (:meth:`_native_norm_sums`); the update pass takes the sums of every stage (``aux = (aux, *stage_sums)``). A
+    sharded step adds the sums of all ranks between the calls."""
+
+    #: norm stages before the update (LANS: the gradient norm, then the moments' norms)
+    _native_norm_stages = 1
+
+    def _native_norm_sums(self, weights, grads, states, lrs, wds, ts, multi_precision, aux, prior=None):
+        """One native norm stage over the lists: a float64 ``[len(weights), k]`` tensor of per-tensor sums of
+        squares (this process's share of each norm), or ``None`` when the kernels cannot take the step (nothing
+        written). The first stage takes ``prior=None``; LANS's second stage takes the first stage's sums (reduced
+        across ranks when sharded). The stage that needs the new moments (LAMB's, LANS's last) advances them in
+        place, so the update must follow it. Columns: LARS ``[|w|^2, |grad|^2]``, LAMB ``[|w|^2, |u|^2]``, LANS
+        ``[|rescale_grad*grad|^2]`` then ``[|w|^2, |u_m|^2, |u_g|^2]``."""
+        return native.load().norm_sums(self._native_kernel(), weights, grads, states, lrs, wds, ts,
+                                       self._native_hyper(), multi_precision, aux, prior)
+
+    def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision: bool) -> bool:
+        aux, commit = self._native_aux(indices, lrs, ts)
+        stages = []
+        for _ in range(self._native_norm_stages):
+            prior = stages[0] if stages else None
+            sums = self._native_norm_sums(weights, grads, states, lrs, wds, ts, multi_precision, aux, prior)
+            if sums is None:
+                if not stages:
+                    return False  # nothing written: the foreach path takes the step
+                raise RuntimeError("optzoo: a native norm stage refused a step the previous stage took")
+            stages.append(sums)
+        if not native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
+                                  self._native_hyper(), multi_precision, (aux, *stages)):
+            raise RuntimeError("optzoo: the native update refused a step its norm pass took")
+        if commit is not None:
+            commit()
+        return True
+
+
 @register
-class LARS(Optimizer):
+class LARS(_NativeNormPasses, Optimizer):
     r"""Layer-wise adaptive rate scaling (MXNet 2.0 ``lars``): SGD whose learning rate is scaled per tensor.
 
     .. math::
@@ -373,7 +413,7 @@ def _check_bounds(lower_bound, upper_bound):
     return lower_bound, upper_bound
 
 
-class _TrustRatioAdam(Optimizer):
+class _TrustRatioAdam(_NativeNormPasses, Optimizer):
     """Shared constructor of LAMB and LANS: Adam moments (always float32) and a bounded weight norm."""
 
     state_dtype = torch.float32
@@ -585,6 +625,7 @@ class LANS(_TrustRatioAdam):
 
     uses_tensor_norms = True
     native_rule = "lans"
+    _native_norm_stages = 2
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-6, lower_bound=None,
                  upper_bound=None, aggregate_num=4, **kwargs):

@@ -153,6 +153,8 @@ struct Step {
     uint32_t present = 0;
     bool have_present = false;
     std::vector<Region> regions;  // memory each tensor of the step reads or writes (see check_no_overlap)
+    std::vector<double> given_sums;  // every norm stage's sums, one row per tensor, from aux = (aux, sums...)
+    bool sums_given = false;
 };
 
 // The state slots of one tensor: None, a tensor, or a tuple of tensors/None (a NamedTuple is a tuple).
@@ -288,6 +290,24 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
     if (r.check != nullptr && r.check(hyper.data(), static_cast<int>(hyper.size()), s.present) != nullptr)
         return false;
     const size_t n = s.weights.size();
+    // aux = (aux, sums of stage 0, ...): a rule with norm stages given each stage's sums, float64 [n, width]
+    const int n_stages = (r.stage_sums[0] > 0) + (r.stage_sums[1] > 0);
+    if (n_stages > 0 && PyTuple_Check(aux) && PyTuple_GET_SIZE(aux) == 1 + n_stages) {
+        const int64_t all_sums = r.stage_sums[0] + r.stage_sums[1];
+        s.given_sums.assign(n * all_sums, 0.0);
+        for (int k = 0, column = 0; k < n_stages; column += r.stage_sums[k], ++k) {
+            const at::Tensor* sums = as_tensor(PyTuple_GET_ITEM(aux, 1 + k));
+            const int64_t width = r.stage_sums[k];
+            if (sums == nullptr || !plain(*sums, at::kDouble, static_cast<int64_t>(n) * width) || sums->dim() != 2 ||
+                sums->size(1) != width)
+                return false;
+            const double* from = sums->data_ptr<double>();
+            for (size_t t = 0; t < n; ++t)
+                for (int64_t j = 0; j < width; ++j) s.given_sums[t * all_sums + column + j] = from[t * width + j];
+        }
+        s.sums_given = true;
+        aux = PyTuple_GET_ITEM(aux, 0);
+    }
     std::vector<double> aux_values;
     const size_t aux_width = static_cast<size_t>(r.n_aux);
     if ((aux == Py_None) != (aux_width == 0)) return false;
@@ -305,8 +325,7 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
     return true;
 }
 
-void run(Step& s) {
-    check_no_overlap(s.regions);
+StepArgs make_args(Step& s) {
     StepArgs a{};
     a.n_tensors = static_cast<int64_t>(s.weights.size());
     a.n_chunks = static_cast<int64_t>(s.chunks.size());
@@ -322,6 +341,13 @@ void run(Step& s) {
     a.numels = s.numels.data();
     a.row_lengths = s.row_lengths.data();
     a.n_threads = at::get_num_threads();
+    a.given_sums = s.sums_given ? s.given_sums.data() : nullptr;
+    return a;
+}
+
+void run(Step& s) {
+    check_no_overlap(s.regions);
+    const StepArgs a = make_args(s);
     {
         py::gil_scoped_release release;
         s.rule->run(a);
@@ -329,10 +355,10 @@ void run(Step& s) {
     for (at::TensorImpl* impl : s.written) impl->bump_version();  // autograd sees the in-place update
 }
 
-// step(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux) -> bool
-bool step(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds, py::object ts,
-          const std::vector<double>& hyper, bool multi_precision, py::object aux) {
-    Step s;
+// Unpacks and checks a dense step (the lists of `step`) into s; false when the kernels cannot take it.
+bool unpack_dense(Step& s, int rule, py::list weights, py::list grads, py::list states, py::object lrs,
+                  py::object wds, py::object ts, const std::vector<double>& hyper, bool multi_precision,
+                  py::object aux) {
     s.rule = rule_by_id(rule);
     const Py_ssize_t n = PyList_GET_SIZE(weights.ptr());
     if (s.rule == nullptr || PyList_GET_SIZE(grads.ptr()) != n || PyList_GET_SIZE(states.ptr()) != n) return false;
@@ -348,8 +374,50 @@ bool step(int rule, py::list weights, py::list grads, py::list states, py::objec
         !per_tensor(ts.ptr(), n, t_values) || !finish(s, hyper, lr_values, wd_values, t_values, aux.ptr()))
         return false;
     for (int32_t i = 0; i < static_cast<int32_t>(n); ++i) add_dense_chunks(s, i);
+    return true;
+}
+
+// step(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux) -> bool
+bool step(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds, py::object ts,
+          const std::vector<double>& hyper, bool multi_precision, py::object aux) {
+    Step s;
+    if (!unpack_dense(s, rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux)) return false;
     run(s);
     return true;
+}
+
+// norm_sums(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux, prior) -> tensor or None:
+// one norm stage of a rule with norm stages (RuleDesc::stage_sums): stage 0 without `prior`, stage 1 with prior =
+// stage 0's sums. Returns the stage's per-tensor sums, float64 [n_tensors, width], or None when the kernels cannot
+// take the step (nothing written). A stage may advance states in place (LAMB's and LANS's moments): the update
+// (`step` with aux = (aux, stage 0's sums[, stage 1's sums])) must follow.
+py::object norm_sums(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds,
+                     py::object ts, const std::vector<double>& hyper, bool multi_precision, py::object aux,
+                     py::object prior) {
+    Step s;
+    const RuleDesc* r = rule_by_id(rule);
+    if (r == nullptr || r->norm_stage == nullptr) return py::none();
+    const int stage = prior.is_none() ? 0 : 1;
+    const int64_t width = r->stage_sums[stage], prior_width = stage == 0 ? 0 : r->stage_sums[0];
+    if (width == 0 || !unpack_dense(s, rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux))
+        return py::none();
+    const int64_t n = static_cast<int64_t>(s.weights.size());
+    const double* prior_sums = nullptr;
+    if (stage == 1) {
+        const at::Tensor* p = as_tensor(prior.ptr());
+        if (p == nullptr || !plain(*p, at::kDouble, n * prior_width) || p->dim() != 2 || p->size(1) != prior_width)
+            return py::none();
+        prior_sums = p->data_ptr<double>();
+    }
+    check_no_overlap(s.regions);  // a norm stage may write states (LAMB's and LANS's moments)
+    at::Tensor out = at::zeros({n, width}, at::TensorOptions().dtype(at::kDouble));
+    const StepArgs a = make_args(s);
+    {
+        py::gil_scoped_release release;
+        r->norm_stage(a, stage, prior_sums, out.data_ptr<double>());
+    }
+    for (at::TensorImpl* impl : s.written) impl->bump_version();
+    return py::reinterpret_steal<py::object>(THPVariable_Wrap(out));
 }
 
 // step_rows(rule, weight, rows, values, state, lr, wd, t, hyper, multi_precision, aux) -> bool: the rule on the
@@ -390,5 +458,6 @@ PYBIND11_MODULE(_optzoo_native, m) {
         return names;
     });
     m.def("step", &optzoo::step);
+    m.def("norm_sums", &optzoo::norm_sums);
     m.def("step_rows", &optzoo::step_rows);
 }

@@ -171,7 +171,8 @@ void run_lbsgd_typed(const StepArgs& a) {
     std::vector<float> scalars(a.scalars, a.scalars + nt * kMaxScalars);
     if (nt > 0 && scalars[slot::kLars] != 0.0f) {
         std::vector<double> sums(2 * a.n_chunks, 0.0);
-#pragma omp parallel for schedule(static) num_threads(a.n_threads) if (parallel)
+        // dynamic: the chunks of small tensors are short, and a chunk's sums do not depend on who takes it
+#pragma omp parallel for schedule(dynamic, 4) num_threads(a.n_threads) if (parallel)
         for (int64_t c = 0; c < a.n_chunks; ++c) {
             const float* sc = a.scalars + a.chunks[c].tensor * kMaxScalars;
             if (sc[slot::kReady] != 0.0f) lars_sums<kCum, G>(a, sc, a.chunks[c], sums.data() + 2 * c);
@@ -191,9 +192,7 @@ void run_lbsgd_typed(const StepArgs& a) {
         }
     }
     const float* all = scalars.data();
-#pragma omp parallel for schedule(static) num_threads(a.n_threads) if (parallel)
-    for (int64_t c = 0; c < a.n_chunks; ++c) {
-        const Chunk& ch = a.chunks[c];
+    for_balanced(a, [&](const Chunk& ch) {
         float sc[kMaxScalars];
         for (int k = 0; k < kMaxScalars; ++k) sc[k] = all[ch.tensor * kMaxScalars + k];
         if (sc[slot::kReady] != 0.0f) {
@@ -202,7 +201,7 @@ void run_lbsgd_typed(const StepArgs& a) {
             elementwise_chunk<LBSGDAccumulate, G, L>(a, sc, ch);
         }
         // (not ready without cum_grad cannot happen: batch_scale 1 completes every micro-batch)
-    }
+    });
 }
 
 template <typename G, typename L>

@@ -1,27 +1,30 @@
 // The trust-ratio family (optzoo/optimizer/trust_ratio.py): LARS, LAMB, LANS.
 //
 // Each rule scales a tensor's step by a ratio of that tensor's own norms, so a step is not one element-wise pass:
-//   LARS  phase 1: ||w||^2, ||grad||^2                     phase 2: the SGD step with lr * ratio
-//   LAMB  phase 1: moments in place, ||w||^2, ||u||^2      phase 2: u again from (m, v, w); w -= lr * ratio * u
-//   LANS  phase 0: ||rg*grad||^2                           phase 1: moments in place, ||w||^2, ||u_m||^2, ||u_g||^2
-//                                                          phase 2: u_m, u_g again from (grad, m, v, w); w -= ...
-// Phase 2 recomputes the direction rather than storing it: a full-size buffer is not allowed (peak memory), and
-// the recomputation is bit-identical to phase 1's.
+//   LARS  norms: ||w||^2, ||grad||^2                       update: the SGD step with lr * ratio
+//   LAMB  norms: moments in place, ||w||^2, ||u||^2        update: u again from (m, v, w); w -= lr * ratio * u
+//   LANS  gradient norm: ||rg*grad||^2, then norms: moments in place, ||w||^2, ||u_m||^2, ||u_g||^2
+//         update: u_m, u_g again from (grad, m, v, w); w -= ...
+// The update recomputes the direction rather than storing it: a full-size buffer is not allowed (peak memory),
+// and the recomputation is bit-identical to the norm pass's.
 //
-// Sums of squares are kept per fixed unit of kUnit elements (cut from the core's chunks, so the same whatever the
-// thread count) and reduced per tensor in unit order: results are deterministic and do not depend on the number
-// of threads (see "sums of squares" for the order inside a unit). A norm is the square root in double rounded
-// once to float32; every later scalar (bounds, ratios, steps) is float32 arithmetic in the reference's order.
+// Passes: every stage is ONE parallel pass over all tensors at once: the tensors are cut into units of kUnit
+// elements and the units of every tensor are spread over the threads (dynamically, kBatch at a time, so a thread
+// the OS preempts on a shared machine delays only the units it holds). A norm stage writes one float64 partial
+// sum per unit and sum; they are then added per tensor in unit order. Units are cut from the core's chunks, so
+// they and the results are the same whatever the thread count (see "sums of squares" for the order inside a
+// unit). A norm is the square root in double rounded once to float32; every later scalar (bounds, ratios,
+// steps) is float32 arithmetic in the reference's order.
 //
-// Scheduling: consecutive tensors form groups of at most kGroup elements (a larger tensor is a group of its own).
-// The plan lists (phase, unit) tasks so that phase k of group g comes right after phase k-1 of group g+1: the
-// data of a small group is still in cache when its next phase re-reads it, and a thread seldom waits for the
-// previous phase of a tensor. Threads claim kBatch tasks at a time from one shared cursor; there are no barriers,
-// so a thread that the OS preempts (the benchmark machines are shared) only delays the units that depend on the
-// ones it holds.
+// Split steps: the `norm_sums` entry of the core runs one norm stage and returns the per-tensor sums; `step` with
+// the sums of every stage (aux = (aux, sums)) runs the update pass only. Sharded training adds the sums of all
+// ranks in between (a sum of squares over a tensor is the sum of its shards' sums). LAMB and LANS advance their
+// moments in the norm stage, so a norm stage must be followed by exactly one update with its sums.
 //
 // Element arithmetic mirrors torch's CPU kernels: `m.mul_(b1).add_(g, alpha=1-b1)` is fma(g, 1-b1, m*b1) and
 // `v.mul_(b2).addcmul_(g, g, value=1-b2)` is fma((1-b2)*g, g, v*b2) (torch fuses both: checked bit for bit).
+// Divisions by a per-tensor constant (the bias corrections, LANS's gradient norm) are multiplications by its
+// reciprocal, and LANS divides once per element (1/d): within an ulp or two of the reference's division.
 // torch's float32 sqrt is not always correctly rounded (1 ulp apart for ~15% of inputs here); ours is, so LAMB
 // and LANS directions can differ from the reference in the last bit. float16/bfloat16 gradients are widened,
 // and master weights rounded back, a unit at a time (api.h's F16C conversions for float16).
@@ -32,9 +35,6 @@
 //          bias_correction (1/0)]; aux per tensor: [c1, c2], the float32 bias corrections as Python computes them
 //          (numpy's float32 power, which is not the C library's powf; ignored without bias correction)
 //   lans: [beta1, beta2, epsilon, rescale_grad, clip_gradient, lower_bound, upper_bound]; aux: as for lamb
-#include <omp.h>
-#include <sched.h>
-
 #include <algorithm>
 #include <vector>
 
@@ -44,8 +44,7 @@ namespace optzoo {
 namespace {
 
 constexpr int64_t kUnit = 8192;      // elements per partial sum (and per float16/bfloat16 conversion)
-constexpr int64_t kGroup = 1 << 17;  // elements per group of tensors (a larger tensor is a group of its own)
-constexpr int64_t kBatch = 16;       // tasks (units) a thread claims at once
+constexpr int64_t kBatch = 16;       // units a thread claims at once (128K elements: long streams)
 constexpr int64_t kSumBlock = 256;   // elements summed in float32 before joining a unit's double sum
 
 // ------------------------------------------------------------------------------------------ conversions
@@ -69,74 +68,30 @@ inline void narrow(const float* __restrict in, L* __restrict out, int64_t n) {
     }
 }
 
-// ------------------------------------------------------------------------------------------ the plan
+// ------------------------------------------------------------------------------------------ the units
+// Every pass works on units: kUnit-element pieces of the core's chunks, which come tensor by tensor, in order.
 struct Unit {
     int32_t tensor;
     int64_t offset;
     int64_t length;
 };
 
-struct Plan {
+struct Units {
     std::vector<Unit> units;
-    std::vector<int64_t> first, end;  // per tensor: its units [first, end)
-    std::vector<int64_t> groups;      // unit boundaries of the groups (n_groups + 1 entries)
-    std::vector<int64_t> tasks;       // unit * kMaxPhases + phase, in the order threads take them
-    std::vector<int32_t> done;        // per tensor and phase: units finished (atomic)
+    std::vector<int64_t> first;  // per tensor and one more: tensor t owns units [first[t], first[t + 1])
 };
 
-constexpr int kMaxPhases = 4;
-
-void make_plan(const StepArgs& a, int first_phase, int n_phases, Plan& p) {
+void make_units(const StepArgs& a, Units& p) {
     p.units.clear();
-    p.first.assign(a.n_tensors, 0);
-    p.end.assign(a.n_tensors, 0);
-    p.groups.assign(1, 0);
-    int64_t in_group = 0;
-    int32_t previous = -1;
+    p.first.assign(a.n_tensors + 1, 0);
     for (int64_t c = 0; c < a.n_chunks; ++c) {
         const Chunk& ch = a.chunks[c];
-        if (ch.tensor != previous) {  // a new tensor (a dense step's chunks come tensor by tensor, in order)
-            const int64_t here = static_cast<int64_t>(p.units.size());
-            if (previous >= 0) p.end[previous] = here;
-            p.first[ch.tensor] = here;
-            const int64_t numel = a.numels[ch.tensor];
-            if (in_group > 0 && in_group + numel > kGroup) {
-                p.groups.push_back(here);
-                in_group = 0;
-            }
-            in_group += numel;
-            previous = ch.tensor;
-        }
         for (int64_t off = 0; off < ch.length; off += kUnit) {
-            const int64_t len = std::min(kUnit, ch.length - off);
-            p.units.push_back(Unit{ch.tensor, ch.offset + off, len});
+            p.units.push_back(Unit{ch.tensor, ch.offset + off, std::min(kUnit, ch.length - off)});
+            ++p.first[ch.tensor + 1];
         }
     }
-    const int64_t n_units = static_cast<int64_t>(p.units.size());
-    if (previous >= 0) p.end[previous] = n_units;
-    if (p.groups.back() != n_units) p.groups.push_back(n_units);
-    // Step s runs phase k of group s - k, lowest phase first: a phase of a group comes one group after the
-    // previous phase of that group, so a thread rarely waits for a unit another thread still holds, while the
-    // group is still in cache. (Running alternate phases backwards, to start on the data read last, measured
-    // slower: descending streams prefetch worse.)
-    const int64_t n_groups = static_cast<int64_t>(p.groups.size()) - 1;
-    p.tasks.clear();
-    for (int64_t s = 0; s < n_groups + n_phases - 1; ++s) {
-        for (int k = 0; k < n_phases; ++k) {
-            const int64_t g = s - k;
-            if (g < 0 || g >= n_groups) continue;
-            const int64_t lo = p.groups[g], hi = p.groups[g + 1];
-            for (int64_t u = lo; u < hi; ++u) p.tasks.push_back(u * kMaxPhases + first_phase + k);
-        }
-    }
-    p.done.assign(static_cast<size_t>(a.n_tensors) * kMaxPhases, 0);
-}
-
-// The norm of tensor t from its units' sums of squares (slot j of `width`), reduced in unit order.
-float norm_of(const Plan& p, const std::vector<double>& sums, int width, int32_t t, int j) {
-    double s = 0.0;
-    for (int64_t u = p.first[t]; u < p.end[t]; ++u) s += sums[u * width + j];
-    return f32(std::sqrt(s));
+    for (int64_t t = 0; t < a.n_tensors; ++t) p.first[t + 1] += p.first[t];
 }
 
 // ------------------------------------------------------------------------------------------ shared scalar math
@@ -176,114 +131,125 @@ inline double sum_squares(const float* __restrict x, int64_t n) {
     return s;
 }
 
-// ------------------------------------------------------------------------------------------ the driver
+// ------------------------------------------------------------------------------------------ the passes
 // A Kernel provides
-//   kPre (sums of phase 0: 0 or 1), kSums (sums of phase 1), kDerived (per-tensor values of phase 2),
-//   kPass2Grad (whether phase 2 reads the gradient), and, on n elements of tensor t from offset `off`
-//   (g: the float32 gradient of those elements):
-//   pre(t, off, n, g, out)                  phase 0: adds its sum of squares to out[0]
-//   derive_pre(t, norm) -> float             phase 0's per-tensor value, given to phases 1 and 2
-//   pass1(t, off, n, g, pre, out)           phase 1: adds its sums of squares to out[0..kSums)
-//   derive(t, norms, d)                     phase 2's per-tensor values from the kSums norms
-//   pass2(t, off, n, g, pre, d)             phase 2: writes the float32 weight (the driver rounds it to the
+//   kPre (sums of the gradient-norm stage: 0 or 1), kSums (sums of the norm stage), kDerived (per-tensor values of
+//   the update), kPass2Grad (whether the update reads the gradient), and, on n elements of tensor t from offset
+//   `off` (g: the float32 gradient of those elements):
+//   pre(t, off, n, g, out)                  gradient-norm stage: adds its sum of squares to out[0]
+//   derive_pre(t, norm) -> float            that stage's per-tensor value, given to the later passes
+//   pass1(t, off, n, g, pre, out)           norm stage: adds its sums of squares to out[0..kSums)
+//   derive(t, norms, d)                     the update's per-tensor values from the kSums norms
+//   pass2(t, off, n, g, pre, d)             the update: writes the float32 weight (the driver rounds it to the
 //                                           low-precision copy)
-// Threads take (phase, unit) tasks from one shared cursor in the plan's order; a unit of phase k > first waits
-// (rarely: see make_plan) until its tensor has finished phase k - 1. No barriers: a thread that the OS preempts
-// delays only the units that depend on the ones it holds.
-inline void relax(int& spins) {
-    if (++spins < 64) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    } else {
-        sched_yield();
-    }
-}
+// Each pass is one parallel loop over the units of every tensor (threads claim kBatch units at a time, so a
+// thread that the OS preempts only delays the units it holds); a stage's per-unit sums are then added per
+// tensor in unit order.
 
-template <class Kernel, typename G, typename L>
-void drive(const StepArgs& a, const Kernel& k) {
-    constexpr int kPre = Kernel::kPre, kSums = Kernel::kSums, kPreWidth = kPre > 0 ? kPre : 1;
-    constexpr int kFirst = kPre > 0 ? 0 : 1;  // phase 0 (LANS's gradient norm), 1 (norms), 2 (update)
-    constexpr bool kConvert = !std::is_same<G, float>::value;
-    // reused between steps (per calling thread); the parallel region reaches them through these references only
-    thread_local Plan plan_storage;
-    thread_local std::vector<double> pre_storage, sums_storage;
-    Plan& p = plan_storage;
-    std::vector<double>& pre_sums = pre_storage;
-    std::vector<double>& sums = sums_storage;
-    make_plan(a, kFirst, 3 - kFirst, p);
-    const int64_t n_units = static_cast<int64_t>(p.units.size());
-    pre_sums.assign(static_cast<size_t>(n_units * kPreWidth), 0.0);
-    sums.assign(static_cast<size_t>(n_units * kSums), 0.0);
-    const int64_t n_tasks = static_cast<int64_t>(p.tasks.size());
-    int64_t cursor = 0;
+// fn(unit index, float32 buffer) over every unit, on all threads
+template <class Fn>
+void for_units(const StepArgs& a, int64_t n_units, Fn&& fn) {
     const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
 #pragma omp parallel num_threads(a.n_threads) if (parallel)
     {
-        int32_t pre_tensor = -1, main_tensor = -1;
-        float pre_value = 1.0f;
-        float derived[Kernel::kDerived] = {};
-        alignas(64) float buffer[kConvert ? kUnit : 1];  // the unit's gradient in float32
-        auto pre_of = [&](int32_t t) {  // phase 0's per-tensor value, computed by each thread that needs it
-            if (t != pre_tensor) {
-                pre_tensor = t;
-                pre_value = k.derive_pre(t, kPre > 0 ? norm_of(p, pre_sums, kPreWidth, t, 0) : 0.0f);
-            }
-            return pre_value;
-        };
-        // fn(offset, length, float32 gradient) on unit u (a low-precision gradient is widened into `buffer`)
-        auto with_grad = [&](const Unit& un, bool need_grad, auto&& fn) {
-            const G* grad = static_cast<const G*>(a.grads[un.tensor]) + un.offset;
-            if constexpr (kConvert) {
-                if (need_grad) widen<G>(grad, buffer, un.length);
-                fn(un.offset, un.length, buffer);
-            } else {
-                fn(un.offset, un.length, reinterpret_cast<const float*>(grad));
-            }
-        };
-        int64_t i = 0, claimed_end = 0;
-        for (;; ++i) {
-            if (i >= claimed_end) {  // claim the next kBatch tasks (consecutive units: longer streams per thread)
-#pragma omp atomic capture
-                { i = cursor; cursor += kBatch; }
-                claimed_end = std::min(i + kBatch, n_tasks);
-            }
-            if (i >= n_tasks) break;
-            const int64_t u = p.tasks[i] / kMaxPhases;
-            const int phase = static_cast<int>(p.tasks[i] % kMaxPhases);
-            const Unit& un = p.units[u];
-            const int32_t t = un.tensor;
-            if (phase > kFirst) {
-                const int32_t need = static_cast<int32_t>(p.end[t] - p.first[t]);
-                int spins = 0;
-                while (__atomic_load_n(&p.done[t * kMaxPhases + phase - 1], __ATOMIC_ACQUIRE) < need) relax(spins);
-            }
-            if (phase == 0) {
-                with_grad(un, true, [&](int64_t off, int64_t n, const float* g) {
-                    k.pre(t, off, n, g, &pre_sums[u * kPreWidth]);
-                });
-            } else if (phase == 1) {
-                const float pre = kPre > 0 ? pre_of(t) : 1.0f;
-                with_grad(un, true, [&](int64_t off, int64_t n, const float* g) {
-                    k.pass1(t, off, n, g, pre, &sums[u * kSums]);
-                });
-            } else {
-                if (t != main_tensor) {  // phase 2's per-tensor values, computed by each thread that needs them
-                    main_tensor = t;
-                    float norms[kSums];
-                    for (int j = 0; j < kSums; ++j) norms[j] = norm_of(p, sums, kSums, t, j);
-                    k.derive(t, norms, derived);
-                }
-                const float pre = kPre > 0 ? pre_of(t) : 1.0f;
-                with_grad(un, Kernel::kPass2Grad, [&](int64_t off, int64_t n, const float* g) {
-                    k.pass2(t, off, n, g, pre, derived);
-                    if constexpr (!std::is_same<L, NoLowPrecision>::value)
-                        narrow<L>(a.weights[t] + off, static_cast<L*>(a.low_precision[t]) + off, n);
-                });
-            }
-            __atomic_fetch_add(&p.done[t * kMaxPhases + phase], 1, __ATOMIC_RELEASE);
-        }
+        alignas(64) float buffer[kUnit];  // a unit's gradient widened to float32 (low-precision steps only)
+#pragma omp for schedule(dynamic, kBatch)
+        for (int64_t u = 0; u < n_units; ++u) fn(u, buffer);
     }
+}
+
+// fn(float32 gradient) on unit `un` (a low-precision gradient is widened into `buffer` first)
+template <typename G, class Fn>
+inline void with_grad(const StepArgs& a, const Unit& un, bool need_grad, float* buffer, Fn&& fn) {
+    const G* grad = static_cast<const G*>(a.grads[un.tensor]) + un.offset;
+    if constexpr (std::is_same<G, float>::value) {
+        fn(reinterpret_cast<const float*>(grad));
+    } else {
+        if (need_grad) widen<G>(grad, buffer, un.length);
+        fn(static_cast<const float*>(buffer));
+    }
+}
+
+// A stage's sums of every tensor: out[t * out_stride + j] (j < width). Stage 0 of a kernel with kPre is the
+// gradient norm; the other stage is the norm stage (it reads the gradient-norm sums from prior[t * prior_stride]).
+template <class Kernel, typename G>
+void sums_stage(const StepArgs& a, const Kernel& k, const Units& p, int stage, const double* prior,
+                int prior_stride, double* out, int out_stride) {
+    const bool gradient_norm = Kernel::kPre > 0 && stage == 0;
+    const int width = gradient_norm ? Kernel::kPre : Kernel::kSums;
+    std::vector<float> pre(a.n_tensors, 1.0f);
+    if (Kernel::kPre > 0 && !gradient_norm)
+        for (int64_t t = 0; t < a.n_tensors; ++t)
+            pre[t] = k.derive_pre(static_cast<int32_t>(t), f32(std::sqrt(prior[t * prior_stride])));
+    const int64_t n_units = static_cast<int64_t>(p.units.size());
+    std::vector<double> unit_sums(static_cast<size_t>(n_units * width), 0.0);
+    for_units(a, n_units, [&](int64_t u, float* buffer) {
+        const Unit& un = p.units[u];
+        const int32_t t = un.tensor;
+        with_grad<G>(a, un, true, buffer, [&](const float* g) {
+            if (gradient_norm) k.pre(t, un.offset, un.length, g, &unit_sums[u * width]);
+            else k.pass1(t, un.offset, un.length, g, pre[t], &unit_sums[u * width]);
+        });
+    });
+    for (int64_t t = 0; t < a.n_tensors; ++t)  // in unit order: the same sums whatever the thread count
+        for (int j = 0; j < width; ++j) {
+            double s = 0.0;
+            for (int64_t u = p.first[t]; u < p.first[t + 1]; ++u) s += unit_sums[u * width + j];
+            out[t * out_stride + j] = s;
+        }
+}
+
+// The stages' sums of every tensor in one row per tensor (gradient-norm sums first), as the update takes them.
+template <class Kernel>
+constexpr int kAllSums = Kernel::kPre + Kernel::kSums;
+
+// The update pass, from the sums of every stage (`sums`: kAllSums per tensor).
+template <class Kernel, typename G, typename L>
+void update_pass(const StepArgs& a, const Kernel& k, const Units& p, const double* sums) {
+    constexpr int kPre = Kernel::kPre, kSums = Kernel::kSums, kWidth = kAllSums<Kernel>, kD = Kernel::kDerived;
+    std::vector<float> pre(a.n_tensors, 1.0f), derived(a.n_tensors * kD, 0.0f);
+    for (int64_t t = 0; t < a.n_tensors; ++t) {
+        const double* row = sums + t * kWidth;
+        if (kPre > 0) pre[t] = k.derive_pre(static_cast<int32_t>(t), f32(std::sqrt(row[0])));
+        float norms[kSums];
+        for (int j = 0; j < kSums; ++j) norms[j] = f32(std::sqrt(row[kPre + j]));
+        k.derive(static_cast<int32_t>(t), norms, &derived[t * kD]);
+    }
+    for_units(a, static_cast<int64_t>(p.units.size()), [&](int64_t u, float* buffer) {
+        const Unit& un = p.units[u];
+        const int32_t t = un.tensor;
+        with_grad<G>(a, un, Kernel::kPass2Grad, buffer, [&](const float* g) {
+            k.pass2(t, un.offset, un.length, g, pre[t], &derived[t * kD]);
+            if constexpr (!std::is_same<L, NoLowPrecision>::value)
+                narrow<L>(a.weights[t] + un.offset, static_cast<L*>(a.low_precision[t]) + un.offset, un.length);
+        });
+    });
+}
+
+// A whole step: every stage's sums (unless the caller gives them: a.given_sums), then the update.
+template <class Kernel, typename G, typename L>
+void drive(const StepArgs& a, const Kernel& k) {
+    constexpr int kWidth = kAllSums<Kernel>;
+    Units p;
+    make_units(a, p);
+    std::vector<double> sums;
+    if (a.given_sums == nullptr) {
+        sums.assign(static_cast<size_t>(a.n_tensors * kWidth), 0.0);
+        if (Kernel::kPre > 0) sums_stage<Kernel, G>(a, k, p, 0, nullptr, 0, sums.data(), kWidth);
+        sums_stage<Kernel, G>(a, k, p, Kernel::kPre > 0 ? 1 : 0, sums.data(), kWidth, sums.data() + Kernel::kPre,
+                              kWidth);
+    }
+    update_pass<Kernel, G, L>(a, k, p, a.given_sums != nullptr ? a.given_sums : sums.data());
+}
+
+// One stage's sums only (the native `norm_sums` entry): out is [n_tensors, width of the stage], prior the earlier
+// stages' sums [n_tensors, kPre] (LANS's norm stage).
+template <class Kernel, typename G>
+void drive_stage(const StepArgs& a, const Kernel& k, int stage, const double* prior, double* out) {
+    Units p;
+    make_units(a, p);
+    const int width = Kernel::kPre > 0 && stage == 0 ? Kernel::kPre : Kernel::kSums;
+    sums_stage<Kernel, G>(a, k, p, stage, prior, Kernel::kPre, out, width);
 }
 
 template <template <typename> class Kernel>
@@ -294,6 +260,17 @@ void run_typed(const StepArgs& a) {
         drive<Kernel<Half>, Half, Half>(a, Kernel<Half>{a});
     } else {
         drive<Kernel<BFloat16>, BFloat16, BFloat16>(a, Kernel<BFloat16>{a});
+    }
+}
+
+template <template <typename> class Kernel>
+void stage_typed(const StepArgs& a, int stage, const double* prior, double* out) {
+    if (a.low_precision == nullptr) {
+        drive_stage<Kernel<NoLowPrecision>, float>(a, Kernel<NoLowPrecision>{a}, stage, prior, out);
+    } else if (a.low_precision_dtype == kFloat16) {
+        drive_stage<Kernel<Half>, Half>(a, Kernel<Half>{a}, stage, prior, out);
+    } else {
+        drive_stage<Kernel<BFloat16>, BFloat16>(a, Kernel<BFloat16>{a}, stage, prior, out);
     }
 }
 
@@ -427,10 +404,18 @@ inline void moments(const float* sc, float g, float& m, float& v) {
     v = std::fma(sc[5] * g, g, v * sc[4]);
 }
 
+// The reciprocals of a tensor's bias corrections [1/c1, 1/c2]: a division by a per-tensor constant becomes a
+// multiplication (at most an ulp apart from the reference's division; a division costs up to 10 times as much,
+// and these rules recompute their directions in the update pass).
+struct Reciprocals {
+    float c1, c2;
+    explicit Reciprocals(const float* sc) : c1(1.0f / sc[9]), c2(1.0f / sc[10]) {}
+};
+
 // LAMB's u = m_hat/(sqrt(v_hat) + eps) (+ wd*w)
 template <bool BC, bool WD>
-inline float lamb_direction(const float* sc, float m, float v, float w) {
-    float u = BC ? (m / sc[9]) / (std::sqrt(v / sc[10]) + sc[6]) : m / (std::sqrt(v) + sc[6]);
+inline float lamb_direction(const float* sc, Reciprocals r, float m, float v, float w) {
+    float u = BC ? (m * r.c1) / (std::sqrt(v * r.c2) + sc[6]) : m / (std::sqrt(v) + sc[6]);
     if (WD) u = u + sc[1] * w;
     return u;
 }
@@ -440,6 +425,7 @@ template <bool BC, bool WD>
 void lamb_pass1(const float* sc, const float* __restrict w, const float* __restrict grad, float* __restrict mean,
                 float* __restrict var, int64_t n, double* out) {
     const float rg = sc[7], clip = sc[8];
+    const Reciprocals r(sc);
     double sw = 0.0, su = 0.0;
     for (int64_t b = 0; b < n; b += kSumBlock) {
         const int64_t e = std::min(n, b + kSumBlock);
@@ -451,7 +437,7 @@ void lamb_pass1(const float* sc, const float* __restrict w, const float* __restr
             moments(sc, g, m, v);
             mean[i] = m;
             var[i] = v;
-            const float u = lamb_direction<BC, WD>(sc, m, v, w[i]);
+            const float u = lamb_direction<BC, WD>(sc, r, m, v, w[i]);
             fw += w[i] * w[i];
             fu += u * u;
         }
@@ -465,8 +451,9 @@ void lamb_pass1(const float* sc, const float* __restrict w, const float* __restr
 template <bool BC, bool WD>
 void lamb_pass2(const float* sc, float s, float* __restrict w, const float* __restrict mean,
                 const float* __restrict var, int64_t n) {
+    const Reciprocals r(sc);
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) w[i] = w[i] - lamb_direction<BC, WD>(sc, mean[i], var[i], w[i]) * s;
+    for (int64_t i = 0; i < n; ++i) w[i] = w[i] - lamb_direction<BC, WD>(sc, r, mean[i], var[i], w[i]) * s;
 }
 
 template <typename L>
@@ -522,17 +509,18 @@ struct LambKernel {
     }
 };
 
-// LANS's normalised, clipped gradient: clip(rg*grad / divisor)
-inline float lans_grad(const float* sc, float grad, float divisor) {
-    return clamp_abs((grad * sc[7]) / divisor, sc[8]);
+// LANS's normalised, clipped gradient: clip(rg*grad / divisor), the division as a multiplication by 1/divisor
+inline float lans_grad(const float* sc, float grad, float inverse_divisor) {
+    return clamp_abs((grad * sc[7]) * inverse_divisor, sc[8]);
 }
 
-// u_m = (m/c1)/d (+ wd*w), u_g = g/d (+ wd*w) with d = sqrt(v/c2) + eps
+// u_m = (m/c1)/d (+ wd*w), u_g = g/d (+ wd*w) with d = sqrt(v/c2) + eps (one division: 1/d)
 template <bool WD>
-inline void lans_directions(const float* sc, float g, float m, float v, float w, float& um, float& ug) {
-    const float d = std::sqrt(v / sc[10]) + sc[6];
-    um = (m / sc[9]) / d;
-    ug = g / d;
+inline void lans_directions(const float* sc, Reciprocals r, float g, float m, float v, float w, float& um,
+                            float& ug) {
+    const float inverse_d = 1.0f / (std::sqrt(v * r.c2) + sc[6]);
+    um = (m * r.c1) * inverse_d;
+    ug = g * inverse_d;
     if (WD) {
         const float decay = sc[1] * w;
         um = um + decay;
@@ -544,19 +532,21 @@ inline void lans_directions(const float* sc, float g, float m, float v, float w,
 template <bool WD>
 void lans_pass1(const float* sc, float divisor, const float* __restrict w, const float* __restrict grad,
                 float* __restrict mean, float* __restrict var, int64_t n, double* out) {
+    const Reciprocals r(sc);
+    const float inverse_divisor = 1.0f / divisor;
     double sw = 0.0, sm = 0.0, sg = 0.0;
     for (int64_t b = 0; b < n; b += kSumBlock) {
         const int64_t e = std::min(n, b + kSumBlock);
         float fw = 0.0f, fm = 0.0f, fg = 0.0f;
 #pragma omp simd reduction(+ : fw, fm, fg)
         for (int64_t i = b; i < e; ++i) {
-            const float g = lans_grad(sc, grad[i], divisor);
+            const float g = lans_grad(sc, grad[i], inverse_divisor);
             float m = mean[i], v = var[i];
             moments(sc, g, m, v);
             mean[i] = m;
             var[i] = v;
             float um, ug;
-            lans_directions<WD>(sc, g, m, v, w[i], um, ug);
+            lans_directions<WD>(sc, r, g, m, v, w[i], um, ug);
             fw += w[i] * w[i];
             fm += um * um;
             fg += ug * ug;
@@ -574,11 +564,13 @@ template <bool WD>
 void lans_pass2(const float* sc, float divisor, const float* d, float* __restrict w, const float* __restrict grad,
                 const float* __restrict mean, const float* __restrict var, int64_t n) {
     const float step_m = d[0], step_g = d[1];
+    const Reciprocals r(sc);
+    const float inverse_divisor = 1.0f / divisor;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-        const float g = lans_grad(sc, grad[i], divisor);
+        const float g = lans_grad(sc, grad[i], inverse_divisor);
         float um, ug;
-        lans_directions<WD>(sc, g, mean[i], var[i], w[i], um, ug);
+        lans_directions<WD>(sc, r, g, mean[i], var[i], w[i], um, ug);
         w[i] = w[i] - (um * step_m + ug * step_g);
     }
 }
@@ -637,9 +629,12 @@ struct LansKernel {
     }
 };
 
-const RuleDesc lars{"lars", 1, 1u, 0u, false, false, check_lars, prepare_lars, run_typed<LarsKernel>, 1};
-const RuleDesc lamb{"lamb", 2, 0u, 0u, false, false, check_lamb, prepare_lamb, run_typed<LambKernel>, 2};
-const RuleDesc lans{"lans", 2, 0u, 0u, false, false, check_lans, prepare_lans, run_typed<LansKernel>, 2};
+const RuleDesc lars{"lars", 1, 1u, 0u, false, false, check_lars, prepare_lars, run_typed<LarsKernel>, 1, 0, {2, 0},
+                    stage_typed<LarsKernel>};
+const RuleDesc lamb{"lamb", 2, 0u, 0u, false, false, check_lamb, prepare_lamb, run_typed<LambKernel>, 2, 0, {2, 0},
+                    stage_typed<LambKernel>};
+const RuleDesc lans{"lans", 2, 0u, 0u, false, false, check_lans, prepare_lans, run_typed<LansKernel>, 2, 0, {1, 3},
+                    stage_typed<LansKernel>};
 OPTZOO_RULE(lars);
 OPTZOO_RULE(lamb);
 OPTZOO_RULE(lans);
