@@ -117,6 +117,18 @@ def test_create_optimizer_bad_model_and_name():
         optzoo.create_optimizer(Block(), "adamm")
 
 
+def test_groups_match_timms_own_rule_where_timm_imports():
+    """Where timm imports (it needs a torchvision that loads: not beside this project's CPU torch pin, but on
+    machines with a matching pair), create_optimizer's groups equal timm's ``param_groups_weight_decay``."""
+    timm_optim = pytest.importorskip("timm.optim", reason="timm (with a working torchvision) is not installed")
+    model = Block()
+    model.frozen.requires_grad_(True)  # timm keeps frozen parameters out too; compare on trainable ones only
+    ours = optzoo.factory.param_groups_weight_decay(model, 0.05)
+    theirs = timm_optim.param_groups_weight_decay(model, 0.05, no_weight_decay_list=model.no_weight_decay())
+    as_sets = lambda groups, key: {g[key]: {id(p) for p in g["params"]} for g in groups}  # noqa: E731
+    assert as_sets(ours, "wd") == as_sets(theirs, "weight_decay")
+
+
 # ----------------------------------------------------------------------------------------------- Lightning
 def test_lightning_resume_after_kill_matches_uninterrupted(tmp_path):
     pytest.importorskip("lightning")
