@@ -70,6 +70,10 @@ def _check_placement(opt: Optimizer, index, param) -> bool:
     placements = tuple(param.placements)
     if param.device_mesh.ndim == 1 and len(placements) == 1:
         if placements[0] == module.Shard(0):
+            whole = getattr(opt, "needs_whole_tensors", "")
+            if whole:
+                raise ValueError(f"{_name(opt, index)} is sharded Shard(0) (FSDP2), but {type(opt).__name__} {whole}: "
+                                 "it cannot step a shard alone. Keep its parameters whole (DDP, or Replicate())")
             return True
         if placements[0] == module.Replicate():
             return False
