@@ -125,8 +125,9 @@ def check_same_optimizer(saved_meta, current, allow_optimizer_change: bool) -> N
     saved = saved_meta.get("name") if isinstance(saved_meta, Mapping) else None
     if current is None or allow_optimizer_change or saved not in type(current).opt_registry:
         return  # an unknown name is reported when the optimizer is rebuilt
-    name = type(current).__name__.lower()
-    if saved != name:
+    registry = type(current).opt_registry
+    if registry[saved] is not type(current):  # by class: a name given with register(name=...) is not the class's
+        name = next((n for n, k in registry.items() if k is type(current)), type(current).__name__.lower())
         raise ValueError(f"the checkpoint holds the states of a {saved!r} optimizer, but this one uses {name!r}; "
                          "pass allow_optimizer_change=True to replace the optimizer with the saved one")
 

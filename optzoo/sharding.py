@@ -10,13 +10,15 @@ sum of squares on its local shard, the reducer adds the shards' sums with one ``
 for all tensors of the step, and the rule continues with the whole tensors' norms (LANS needs two rounds:
 the gradients' norms, then the weights' and directions' norms). The native kernels compute their norms
 inside, so these rules run their ``torch._foreach`` path on shards; element-wise rules keep their kernel.
+MARS reduces its corrected gradients' norms, and Prodigy (``joint_step``) the per-tensor sums of its ``d``
+estimate, the same way.
 
 Optimizer-wide quantities stay equal to the unsharded run: every rank updates every parameter in the same
 order, so Nadam's momentum schedule and the update counts advance alike, and SGLD draws each tensor's
 unsharded noise from its generator and keeps its own rows (all ranks must seed their generators equally,
 as for any replicated randomness). Under ``ZeroRedundancyOptimizer`` a rank's optimizer sees only its
 partition, so the optimizers with an optimizer-wide sequence (Nadam with ``schedule_scope='optimizer'``,
-SGLD) refuse it (see :func:`check_partitioned`).
+SGLD) or estimate (Prodigy) refuse it (see :func:`check_partitioned`).
 
 Supported: 1-D meshes with ``Shard(0)`` (uneven shards and empty local shards included) or ``Replicate()``
 placements. Anything else (2-D meshes, ``Shard(1)`` tensor parallelism, ``Partial``), a rule needing norms
@@ -68,6 +70,10 @@ def _check_placement(opt: Optimizer, index, param) -> bool:
     placements = tuple(param.placements)
     if param.device_mesh.ndim == 1 and len(placements) == 1:
         if placements[0] == module.Shard(0):
+            whole = getattr(opt, "needs_whole_tensors", "")
+            if whole:
+                raise ValueError(f"{_name(opt, index)} is sharded Shard(0) (FSDP2), but {type(opt).__name__} {whole}: "
+                                 "it cannot step a shard alone. Keep its parameters whole (DDP, or Replicate())")
             return True
         if placements[0] == module.Replicate():
             return False
@@ -141,7 +147,7 @@ def local_views(opt: Optimizer, indices, params, grads, states):
         opt.norm_sum_reducer = None
         _sgld_shards(opt, None)
         return params, grads, states
-    needs_norms = bool(opt.uses_tensor_norms)
+    needs_norms = bool(opt.uses_tensor_norms) or getattr(opt, "joint_step", False)  # Prodigy's sums too
     group, mesh_of, sharded_ids, rows = None, None, set(), {}
     local_params, local_grads, local_states = [], [], []
     for index, p, g, s in zip(indices, params, grads, states):
@@ -212,6 +218,10 @@ def check_partitioned(opt: Optimizer) -> None:
             "every parameter's update) cannot run under ZeroRedundancyOptimizer: each rank updates only its "
             "partition, so the schedule would differ from the unsharded run. Use schedule_scope='parameter', "
             "or DDP / FSDP2 (every rank updates every parameter)")
+    if getattr(opt, "joint_step", False):
+        raise ValueError(
+            f"{type(opt).__name__} cannot run under ZeroRedundancyOptimizer: its step estimates one quantity from "
+            "every parameter, and each rank would see its partition only. Use DDP or FSDP2")
     if hasattr(type(opt), "shard_rows"):
         raise ValueError(
             f"{type(opt).__name__} cannot run under ZeroRedundancyOptimizer: its noise is one generator's "

@@ -35,6 +35,9 @@ __all__ = ["TorchOptimizer", "hyperparameter_names"]
 
 #: torch's argument names and optzoo's (MXNet's)
 _TORCH_NAMES = {"lr": "learning_rate", "weight_decay": "wd"}
+#: a group key: the lr a group was added with, where the rule reads the initial rate (Lion's decoupled decay,
+#: MARS's 1-D rate): the wrapped optimizer's ``lr`` while that group steps, as for an optimizer built with it
+_GROUP_INITIAL_LR = "initial_group_lr"
 #: constructor arguments that are not per-group hyperparameters: bookkeeping, or what fixes a state's layout
 _NOT_HYPERPARAMETERS = frozenset({
     "learning_rate", "wd", "param_idx2name", "param_dict", "lr_scheduler", "begin_num_update", "multi_precision",
@@ -178,6 +181,8 @@ class TorchOptimizer(torch.optim.Optimizer):
                 param_group[name] = value
         if "lr" in param_group:
             _check_lr("param group lr", param_group["lr"])
+            if getattr(self.optimizer, "reads_initial_lr", False):
+                param_group.setdefault(_GROUP_INITIAL_LR, _lr_value(param_group["lr"]))
         if "wd" in param_group:
             check_real("param group wd", param_group["wd"], 0.0)
         super().add_param_group(param_group)
@@ -243,6 +248,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         given = iter(zip(targets, grads)) if targets is not None else None
         for number, group in enumerate(self.param_groups):
             values = self._check_group(group, number)
+            if _GROUP_INITIAL_LR in group:
+                values = (*values, group[_GROUP_INITIAL_LR])  # its own bucket, stepped with its initial rate
             if values not in values_of:
                 values_of.append(values)
             kind = values_of.index(values)
@@ -259,15 +266,30 @@ class TorchOptimizer(torch.optim.Optimizer):
         if given is not None and next(given, None) is not None:
             raise RuntimeError("TorchOptimizer: the compiled step saw more parameters with gradients")
         opt = self.optimizer
-        saved = {name: getattr(opt, name) for name in self._hyper_names}
+        if len(buckets) > 1 and getattr(opt, "joint_step", False):
+            self._reject_split_joint_step()
+        saved = {name: getattr(opt, name) for name in (*self._hyper_names, "lr")}
         try:
             for (device, kind), bucket in buckets.items():
-                for name, value in zip(self._hyper_names, values_of[kind]):
+                values = values_of[kind]
+                for name, value in zip(self._hyper_names, values):
                     setattr(opt, name, value)
+                opt.lr = values[-1] if len(values) > len(self._hyper_names) else saved["lr"]
                 self._update_bucket(device, bucket)
         finally:
             for name, value in saved.items():
                 setattr(opt, name, value)
+
+    def _reject_split_joint_step(self) -> None:
+        """A rule whose step couples every parameter (``joint_step``: Prodigy's one ``d`` estimate) cannot be taken
+        in parts: groups may differ in ``lr`` and ``wd`` only, and the parameters must share one device."""
+        name, first = type(self.optimizer).__name__, self.param_groups[0]
+        for number, group in enumerate(self.param_groups):
+            differ = [n for n in self._hyper_names if group[n] != first[n]]
+            if differ:
+                raise ValueError(f"param group {number}: {name} takes one step over every parameter, so "
+                                 f"{', '.join(differ)} must be the same in every param group (lr and wd may differ)")
+        raise ValueError(f"{name} takes one step over every parameter: they must all be on one device")
 
     def _adopt_attribute_edits(self) -> None:
         """A hyperparameter set on the wrapped optimizer itself (``opt.optimizer.momentum = 0.5``, the way before

@@ -66,6 +66,13 @@ class Row:
     only_2d: bool = False
     #: the rule has no weight decay (wd must be 0): generic tests use wd=0
     supports_wd: bool = True
+    #: kwargs besides wd=0 that turn off every weight decay (e.g. MARS's own decay of 1-D tensors, wd_1d)
+    no_decay_kwargs: dict = field(default_factory=dict)
+    #: why a tensor's first update moves no weight, if it does not (e.g. ADOPT: it only initialises the state)
+    first_step_still: str = ""
+    #: why one step couples every parameter, if it does (Prodigy's one d estimate): a param group then is not a
+    #: separate optimizer, and groups may differ in lr and wd only
+    joint_step: str = ""
     notes: str = ""
 
     def shape(self, shape: tuple) -> tuple:

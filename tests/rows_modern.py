@@ -29,6 +29,7 @@ ROWS = [
                  {"wd": 0.05, "weight_decouple": True, "fixed_decay": True, "begin_num_update": 3}],
         errors=beta_errors("beta1", "beta2") + [_neg("epsilon"), _nan("clip_exponent"),
                                                 _flag_error("weight_decouple"), _flag_error("fixed_decay")],
+        first_step_still="ADOPT's first update of a tensor only records v = g^2 (the update uses the previous v)",
         oracle=None, train_kwargs={"learning_rate": 0.01}),
     Row("ademamix",
         configs=[{}, {"beta1": 0.5, "beta2": 0.8, "beta3": 0.95, "wd": 0.03},
@@ -47,6 +48,7 @@ ROWS = [
         errors=beta_errors("beta1", "beta2", "beta1_1d") + [
             _neg("gamma"), _neg("wd_1d"), _neg("lr_1d"), ({"mars_type": "shampoo"}, ValueError, "mars_type"),
             _flag_error("optimize_1d"), ({"wd_1d": 0.2, "weight_decay_1d": 0.3}, ValueError, "not both")],
+        no_decay_kwargs={"wd_1d": 0.0},  # 1-D tensors take the AdamW side with their own decay (0.1 by default)
         oracle=None, train_kwargs={"learning_rate": 0.01}),
     Row("schedulefree_adamw",
         configs=[{}, {"beta1": 0.5, "beta2": 0.8, "wd": 0.03}, {"warmup_steps": 10, "r": 0.5, "clip_gradient": 0.4},
@@ -63,7 +65,10 @@ ROWS = [
                 _nan("momentum"), ({"warmup_steps": -1}, ValueError, "warmup_steps"), _neg("r")],
         oracle=None, train_kwargs={"learning_rate": 0.1}),
     Row("prodigy",
-        configs=[{}, {"beta1": 0.5, "beta2": 0.8, "wd": 0.03}, {"beta1": 0.0, "beta3": 0.9, "clip_gradient": 0.4},
+        # configs[1] drives the torch contract tests: with the default d0=1e-6 the first steps move a weight by
+        # ~1e-6, below float16/bfloat16 resolution (the float32 master copy moves, the weight rightly does not)
+        configs=[{}, {"beta1": 0.5, "beta2": 0.8, "wd": 0.03, "d0": 1e-3},
+                 {"beta1": 0.0, "beta3": 0.9, "clip_gradient": 0.4},
                  {"decouple": False, "wd": 0.05, "use_bias_correction": True, "safeguard_warmup": True},
                  {"learning_rate": 0.5, "d0": 1e-3, "d_coef": 0.5, "growth_rate": 1.02, "rescale_grad": 0.5}],
         errors=beta_errors("beta1", "beta2") + [
@@ -72,5 +77,6 @@ ROWS = [
             _flag_error("decouple"), ({"beta3": math.inf}, ValueError, "beta3")],
         # the d estimate sums over every tensor of the step: the paths add in different orders
         impl_tol=Tol(1e-4, 1e-5, "float32 sums of the d estimate in a different order"),
+        joint_step="one step size d is estimated from every parameter together (optimizer-wide, as in prodigyopt)",
         oracle=None),
 ]

@@ -333,9 +333,11 @@ def test_every_group_hyperparameter_is_live(row):
     assert changed_any
 
 
+@pytest.mark.parametrize("only_lr", [False, True], ids=["all", "lr"])
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
-def test_add_param_group_with_other_hyperparameters(row):
-    """A group added with other hyperparameters steps as a separate optimizer built with them would."""
+def test_add_param_group_with_other_hyperparameters(row, only_lr):
+    """A group added with other hyperparameters (or only another lr, which some rules read as the initial rate:
+    Lion's decoupled decay, MARS's 1-D rate) steps as a separate optimizer built with them would."""
     if row.name == "sgld":
         pytest.skip("SGLD's noise stream is optimizer-wide: two optimizers draw different noise")
     params = make_params(row)
@@ -344,6 +346,11 @@ def test_add_param_group_with_other_hyperparameters(row):
     hyper = {name: value for name in hyperparameter_names(opt.optimizer)
              if (value := _other_value(type(opt.optimizer), name, opt.param_groups[0][name])) is not None}
     hyper.pop("lazy_update", None)
+    if only_lr:
+        hyper = {}
+    if row.joint_step:
+        _joint_step_groups(row, opt, params, hyper, kwargs_of(row, **extra))
+        return
     opt.add_param_group({"params": [params[1]], "lr": 0.02, **hyper})
     alone = [make_params(row)[0], make_params(row)[1]]
     first = optzoo.TorchOptimizer(alone[:1], row.name, **kwargs_of(row, **extra))
@@ -354,6 +361,28 @@ def test_add_param_group_with_other_hyperparameters(row):
         for o in (opt, first, second):
             o.step()
     assert torch.equal(params[0], alone[0]) and torch.equal(params[1], alone[1])
+
+
+def _joint_step_groups(row, opt, params, hyper, kwargs):
+    """A rule whose step couples every parameter (``row.joint_step``) is not the sum of separate optimizers: a
+    group with another lr joins the one step as a per-parameter ``lr_mult`` does, other hyperparameters are a
+    ``ValueError`` naming the group, before anything moves."""
+    lr = opt.param_groups[0]["lr"]
+    if hyper:
+        opt.add_param_group({"params": [params[1]], **hyper})
+        set_grads(params, 0)
+        before = snapshot(opt)
+        with pytest.raises(ValueError, match="param group 1: .* must be the same in every param group"):
+            opt.step()
+        assert_same(before, snapshot(opt))
+        return
+    opt.add_param_group({"params": [params[1]], "lr": lr * 0.5})
+    alone = make_params(row)
+    alone[1].lr_mult = 0.5
+    together = optzoo.TorchOptimizer(alone, row.name, **kwargs)
+    drive(opt, params, range(3))
+    drive(together, alone, range(3))
+    assert_same(snapshot(opt), snapshot(together))
 
 
 def test_group_hyperparameter_errors_name_the_argument():
@@ -458,7 +487,7 @@ def test_every_dtype_on_every_path(row, dtype):
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_grads_untouched_closure_and_none_or_zero_grads(row):
     params = make_params(row)
-    opt = optzoo.TorchOptimizer(params, row.name, **kwargs_of(row, wd=0.0))
+    opt = optzoo.TorchOptimizer(params, row.name, **kwargs_of(row, wd=0.0, **row.no_decay_kwargs))
     before = [p.detach().clone() for p in params]
     params[0].grad = None
     params[1].grad = torch.zeros_like(params[1])
@@ -476,6 +505,10 @@ def test_grads_untouched_closure_and_none_or_zero_grads(row):
 
     assert opt.step(closure).item() == 3.0 and calls == [True]
     assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))
+    if row.first_step_still:  # the closure step was params[0]'s first update: declared to move nothing
+        assert torch.equal(params[0], before[0]), row.first_step_still
+        set_grads(params, 1)
+        opt.step()
     assert not any(torch.equal(p, b) for p, b in zip(params, before))
 
 
@@ -581,6 +614,10 @@ def test_grad_scaler_steps_unscaled_and_skips_inf(row, autocast_dtype):
     exactly), and a step with an inf gradient is skipped: weights, states and update counts untouched."""
     if row.only_2d:
         pytest.skip("the model has 1-D biases")
+    # the scaler's scale at each step (halved after the inf step). The plain run backpropagates the same scaled
+    # loss and divides by hand: a float16 backward without a scale rounds gradients that fall below float16's
+    # normal range differently (what GradScaler exists for), which would be compared instead of the optimizer
+    scales = [2.0**10, 2.0**10, 2.0**9, 2.0**9]
     runs = []
     for scaled in (True, False):
         torch.manual_seed(0)
@@ -593,10 +630,13 @@ def test_grad_scaler_steps_unscaled_and_skips_inf(row, autocast_dtype):
             with torch.autocast("cpu", dtype=autocast_dtype):
                 loss = model(x).float().pow(2).mean()
             if not scaled:
-                loss.backward()
+                (loss * scales[step]).backward()
+                for p in model.parameters():
+                    p.grad.div_(scales[step])
                 if step != 1:
                     opt.step()
                 continue
+            assert scaler.get_scale() == scales[step]
             scaler.scale(loss).backward()
             if step == 1:
                 model[0].weight.grad[0, 0] = math.inf

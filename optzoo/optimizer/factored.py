@@ -74,6 +74,8 @@ def adafactor_reference(weight, grad, state, *, lr, wd, t, beta2_decay, epsilon1
 
 
 def _adafactor_step(weight, g, state, *, lr, wd, t, beta2_decay, epsilon1, epsilon2, clip_threshold) -> None:
+    if weight.numel() == 0:
+        return  # nothing to update (its RMS and the update's would be 0/0)
     eps1 = torch.finfo(weight.dtype).eps if epsilon1 is None else epsilon1
     one_minus_beta2, alpha = _adafactor_scalars(weight.norm(2).item(), weight.numel(), lr, t, beta2_decay, epsilon2)
     if wd != 0:
@@ -114,7 +116,11 @@ class Adafactor(Optimizer):
         >>> opt = Adafactor(learning_rate=0.01, wd=0.0)
     """
 
+    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole-tensor statistics
+    needs_whole_tensors = "factors the second moment into row and column means of the whole tensor"
     default_learning_rate = 0.01
+    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
+    needs_whole_tensors = "factors the second moment into row and column means of the whole tensor"
     sparse_support = "dense"
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "d": "clip_threshold",
@@ -250,7 +256,11 @@ class CAME(Optimizer):
         >>> opt = CAME(learning_rate=2e-4, beta1=0.9, beta2=0.999, beta3=0.9999)
     """
 
+    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole-tensor statistics
+    needs_whole_tensors = "factors the second moment into row and column means of the whole tensor"
     default_learning_rate = 2e-4
+    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
+    needs_whole_tensors = "factors its moments into row and column means of the whole tensor"
     sparse_support = "dense"
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd",

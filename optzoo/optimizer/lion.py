@@ -71,6 +71,8 @@ class Lion(Optimizer):
 
     default_learning_rate = 1e-4
     native_rule = "lion"
+    #: decoupled_weight_decay divides by the initial rate: in TorchOptimizer a group's own lr (optzoo.torch_optimizer)
+    reads_initial_lr = True
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.99, decoupled_weight_decay=False, **kwargs):
         values = map_reference_names(Lion, kwargs, dict(learning_rate=learning_rate, beta1=beta1, beta2=beta2))

@@ -11,6 +11,7 @@ import torch
 
 from .. import native
 from .base import Optimizer, f32, register, rescale_clip, state_class
+from .input_checks import native_positions
 from .reference_names import map_reference_names
 from .validation import check_bool, check_choice, check_real
 
@@ -37,17 +38,18 @@ def _adam_direction(exp_avg, exp_avg_sq, x, beta1, beta2, epsilon, t):
 
 
 def mars_reference(weight, grad, state: MarsState, *, lr, wd, t, mixed, mars_type, gamma, beta1, beta2,
-                   beta1_1d, beta2_1d, epsilon, rescale_grad, clip_gradient):
+                   beta1_1d, beta2_1d, epsilon, rescale_grad, clip_gradient, norm_of=None):
     """One tensor. ``mixed`` (matrices, or every tensor with ``optimize_1d``): the variance-reduced gradient
 
     ``c = g + gamma*b1/(1-b1)*(g - g_prev)``, scaled to norm 1 if larger, drives an AdamW (``adamw``) or sign
     (``lion``) step; other tensors take a plain AdamW step with ``beta1_1d, beta2_1d``. Then
-    ``w *= 1 - lr*wd; w -= lr*update; g_prev = g``.
+    ``w *= 1 - lr*wd; w -= lr*update; g_prev = g``. ``norm_of(c, weight)``: the whole tensor's norm where
+    ``weight`` is a shard (:mod:`optzoo.sharding`); ``None``: the norm of ``c`` itself.
     """
     g = rescale_clip(grad, rescale_grad, clip_gradient)
     if mixed:
         c = (g - state.last_grad).mul_(f32(gamma * (beta1 / (1.0 - beta1)))).add_(g)
-        norm = torch.linalg.vector_norm(c)
+        norm = torch.linalg.vector_norm(c) if norm_of is None else norm_of(c, weight)
         if norm > 1.0:
             c.div_(norm)
         if mars_type == "lion":
@@ -101,6 +103,10 @@ class MARS(Optimizer):
 
     default_learning_rate = 3e-3
     native_rule = "mars"
+    #: lr_1d is relative to the initial rate: in TorchOptimizer a group's own lr (optzoo.torch_optimizer)
+    reads_initial_lr = True
+    #: the corrected gradient is scaled by its whole-tensor norm (sharded steps add up the shards' sums)
+    uses_tensor_norms = True
 
     def __init__(self, learning_rate=None, beta1=0.95, beta2=0.99, gamma=0.025, mars_type="adamw", optimize_1d=False,
                  lr_1d=3e-3, beta1_1d=0.9, beta2_1d=0.95, wd_1d=0.1, epsilon=1e-8, **kwargs):
@@ -139,6 +145,8 @@ class MARS(Optimizer):
     def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision) -> bool:
         """The kernel is element-wise; the norms of the corrected gradients come from here (torch, per tensor,
         as the reference computes them). False, with nothing written, where the kernel cannot take the step."""
+        if self.norm_sum_reducer is not None:
+            return False  # sharded: the norms need the shards' sums (the foreach path reduces them)
         n = len(weights)
         lrs = lrs if isinstance(lrs, list) else [lrs] * n
         wds = wds if isinstance(wds, list) else [wds] * n
@@ -163,8 +171,9 @@ class MARS(Optimizer):
             aux += [lr, 1.0 - wd * lr, float(bool(wd)), float(mixed), divisor, gain, 1.0 - beta1, beta2, 1.0 - beta2,
                     math.sqrt(1.0 - math.pow(beta2, t)), 1.0 - math.pow(beta1, t),
                     float(mixed and self.mars_type == "lion")]
-        return native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts, self._native_hyper(),
-                                  multi_precision, aux)
+        with native_positions(indices):  # the core names bad tensors by position: name the parameters
+            return native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
+                                      self._native_hyper(), multi_precision, aux)
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         mixed = self.optimize_1d or weight.dim() >= 2
@@ -173,7 +182,13 @@ class MARS(Optimizer):
         mars_reference(weight, grad, state, lr=lr, wd=wd, t=t, mixed=mixed, mars_type=self.mars_type,
                        gamma=self.gamma, beta1=self.beta1, beta2=self.beta2, beta1_1d=self.beta1_1d,
                        beta2_1d=self.beta2_1d, epsilon=self.epsilon, rescale_grad=self.rescale_grad,
-                       clip_gradient=self.clip_gradient)
+                       clip_gradient=self.clip_gradient,
+                       norm_of=self._sharded_norm if self.norm_sum_reducer is not None else None)
+
+    def _sharded_norm(self, c, weight):
+        """The norm of the whole tensor whose local shard ``c`` is (the reducer adds the shards' float64 sums)."""
+        sums = c.to(torch.float64).square().sum().reshape(1)
+        return self.norm_sum_reducer(sums, [weight]).sqrt()[0].to(c.dtype)
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         # the norm of each corrected gradient makes this rule two passes per tensor; it runs tensor by tensor

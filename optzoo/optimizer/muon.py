@@ -152,6 +152,8 @@ class Muon(Optimizer):
     """
 
     default_learning_rate = 1e-3
+    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
+    needs_whole_tensors = "orthogonalises each whole matrix update (Newton-Schulz)"
     sparse_support = "none"
     _decided: bool | None = None  # the side chosen for the weight whose master copy is being given a state
 

@@ -50,7 +50,9 @@ class Prodigy(Optimizer):
 
     The estimate needs every parameter in one step: the Trainer and TorchOptimizer pass them together; calling the
     updater once per parameter advances :math:`d` once per call. Per-parameter rates (``lr_mult``) scale each
-    tensor's :math:`\hat\eta`; the package requires one rate for all groups (or 0).
+    tensor's :math:`\hat\eta`; the package requires one rate for all groups (or 0). TorchOptimizer param groups
+    may differ in ``lr`` and ``wd`` only: a group with other hyperparameters would need a step of its own (a
+    ``ValueError`` at the step).
 
     Args:
         learning_rate: multiplier of the estimated step (default 1.0); ``lr`` is accepted.
@@ -70,6 +72,8 @@ class Prodigy(Optimizer):
     default_learning_rate = 1.0
     # the step is two native element-wise passes (prodigy_moments, then this one) around Python's d estimate
     native_rule = "prodigy_apply"
+    #: one d estimate over every tensor of the step: TorchOptimizer takes it in one call (optzoo.torch_optimizer)
+    joint_step = True
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, beta3=None, epsilon=1e-8, decouple=True,
                  use_bias_correction=False, safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=math.inf,
@@ -113,6 +117,8 @@ class Prodigy(Optimizer):
             gs = [self._gradient(g, w, wd) for g, w, wd in zip(grads, weights, wds)]
             beta1, beta2 = self.beta1, self.beta2
             beta3 = self.beta3 if self.beta3 is not None else math.sqrt(beta2)
+            if self.k == 0:  # no step taken yet: the estimate starts at d0 as it is now (a group may edit it)
+                self.d = self.d_max = self.d0
             k, d, d0 = self.k, self.d, self.d0
             bias_correction = (((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
                                if self.use_bias_correction else 1)
@@ -160,23 +166,22 @@ class Prodigy(Optimizer):
         """Moments and ``s`` of the active tensors; returns the numerator terms and ``sum |s|`` (float64)."""
         sw = self.safeguard_warmup
         if not fast:
-            terms, denominator = [], 0.0
+            dots, abs_sums = [], []
             for i in active:
                 w, g, s, dlr = weights[i], gs[i], states[i], dlrs[i]
-                terms.append((d / d0) * dlr * torch.dot(g.flatten(), (s.p0 - w).flatten()).item())
+                dots.append(torch.dot(g.flatten(), (s.p0 - w).flatten()).item())
                 if beta1 > 0:
                     s.exp_avg.mul_(f32(beta1)).add_(g, alpha=f32(d * (1 - beta1)))
                 s.exp_avg_sq.mul_(f32(beta2)).addcmul_(g, g, value=f32(d * d * (1 - beta2)))
                 s.s.mul_(f32(beta3)).add_(g, alpha=f32((d / d0) * d if sw else (d / d0) * dlr))
-                denominator += s.s.abs().sum().item()
-            return terms, denominator
+                abs_sums.append(s.s.abs().sum().item())
+            return self._estimate_sums(dots, abs_sums, [weights[i] for i in active], [dlrs[i] for i in active], d, d0)
         if not active:
             return [], 0.0
         ws, g_act, st = [weights[i] for i in active], [gs[i] for i in active], [states[i] for i in active]
         dl = [dlrs[i] for i in active]
         # one difference tensor at a time: the peak extra memory stays one tensor
-        terms = [(d / d0) * dlr * torch.dot(g.flatten(), (s.p0 - w).flatten()).item()
-                 for g, s, w, dlr in zip(g_act, st, ws, dl)]
+        dots = [torch.dot(g.flatten(), (s.p0 - w).flatten()).item() for g, s, w in zip(g_act, st, ws)]
         coefficients = [(d / d0) * d if sw else (d / d0) * dlr for dlr in dl]
         aux = [x for c in coefficients for x in (d * (1 - beta1), d * d * (1 - beta2), c)]
         if not self._native_pass("prodigy_moments", ws, g_act, st, [beta1, beta2, beta3], aux):
@@ -192,10 +197,20 @@ class Prodigy(Optimizer):
             for s_sum, g, c in zip(sums, g_act, coefficients):  # add with alpha rounds once, as the package's add_
                 s_sum.add_(g, alpha=f32(c))
         sums = [s.s for s in st]
+        abs_sums = [s_sum.abs().sum().item() for s_sum in sums]
+        return self._estimate_sums(dots, abs_sums, ws, dl, d, d0)
+
+    def _estimate_sums(self, dots, abs_sums, owners, dlrs, d, d0):
+        """The numerator terms ``(d/d0)*dlr*<g, p0 - w>`` and ``sum |s|`` from the per-tensor sums, added in the
+        package's order (float32 per tensor, float64 across tensors). On a sharded step (``norm_sum_reducer``,
+        :mod:`optzoo.sharding`) the shards' per-tensor sums are added up first: the whole tensors' sums."""
+        if self.norm_sum_reducer is not None and owners:
+            sums = self.norm_sum_reducer(torch.tensor([dots, abs_sums], dtype=torch.float64), owners)
+            dots, abs_sums = sums[0].tolist(), sums[1].tolist()
         denominator = 0.0
-        for s_sum in sums:  # summed in the package's order: float32 per tensor, float64 across tensors
-            denominator += s_sum.abs().sum().item()
-        return terms, denominator
+        for value in abs_sums:
+            denominator += value
+        return [(d / d0) * dlr * dot for dot, dlr in zip(dots, dlrs)], denominator
 
     def _native_pass(self, rule: str, weights, grads, states, hyper, aux) -> bool:
         """One of the two native passes over every tensor; False (nothing written) where it cannot run."""

@@ -101,6 +101,8 @@ class SOAP(Optimizer):
     """
 
     default_learning_rate = 3e-3
+    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
+    needs_whole_tensors = "preconditions in the eigenbases of whole-tensor statistics"
     sparse_support = "none"
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon",
