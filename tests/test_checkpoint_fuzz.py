@@ -316,17 +316,23 @@ def mutated_torch_state(draw):
     state = copy.deepcopy(TORCH_STATE)
     pid = draw(st.sampled_from(sorted(state["state"])))
     entry = state["state"][pid]
-    choice = draw(st.integers(0, 5))
+    keys = sorted(k for k in entry if k.startswith("state"))  # the flat state entries ("state.mean", ...)
+    choice = draw(st.integers(0, 6))
     if choice == 0:
-        entry["state"]["items"][draw(st.integers(0, 1))] = torch.zeros(draw(st.lists(st.integers(0, 4), max_size=3)))
+        entry[draw(st.sampled_from(keys))] = torch.zeros(draw(st.lists(st.integers(0, 4), max_size=3)))
     elif choice == 1:
-        entry["state"]["items"] = entry["state"]["items"][:1]
+        del entry[draw(st.sampled_from(keys))]
     elif choice == 2:
-        entry["state"] = draw(JSON)
+        entry[draw(st.sampled_from(keys))] = draw(JSON)
     elif choice == 3:
         entry["step"] = draw(JSON)
-    elif choice == 4:
-        entry["state"]["kind"] = draw(st.sampled_from(["tuple", "LAMBState", "FTMLState", "nope"]))
+    elif choice == 4:  # the nested format of earlier versions, with another optimizer's or an unknown kind
+        items = [entry[k] for k in keys]
+        state["state"][pid] = {"step": entry["step"], "state": {
+            "kind": draw(st.sampled_from(["tuple", "LAMBState", "FTMLState", "nope"])),
+            "items": items[:draw(st.integers(0, len(items)))]}}
+    elif choice == 5:
+        entry["state." + draw(st.sampled_from(["bogus", "0", "mean.x"]))] = torch.zeros(3)
     else:
         state["param_groups"][0][draw(st.sampled_from(["lr", "wd", "params"]))] = draw(JSON)
     return state

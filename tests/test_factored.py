@@ -93,7 +93,7 @@ def test_factored_states_are_small_and_checked(name):
     state = o.create_state(0, w)
     assert sorted({tuple(s.shape) for s in state if s.shape != w.shape}) in ([(1, 7), (5, 1)], [(5,), (7,)])
     wrong = o.create_state(0, torch.zeros(7, 5))
-    with pytest.raises(ValueError, match="does not fit weight shape"):
+    with pytest.raises(ValueError, match="does not fit weight shape|as create_state makes it"):
         o.update([0], [w], [torch.ones(5, 7)], [wrong])
     assert torch.equal(w, torch.zeros(5, 7))
 

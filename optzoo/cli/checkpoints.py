@@ -68,7 +68,15 @@ def describe(path) -> dict:
                        lr_scheduler=None if mx.scheduler_class is None else {
                            "type": mx.scheduler_class, **mx.scheduler_attrs})
         return out
-    if kind == "optzoo":
+    if kind == "safetensors" and not _is_optzoo_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:  # safetensors' own errors: a malformed file
+            raise CLIError(f"{path}: not a readable safetensors file ({err})") from None
+        return {"file": str(path), "format": "safetensors (tensors only)", "tensors": _tensor_rows(tensors)}
+    if kind in ("optzoo", "safetensors"):
         tensors, meta = load(path)
         out = {"file": str(path), "format": "optzoo " + str((meta or {}).get("format", (meta or {}).get("kind"))),
                "tensors": _tensor_rows(tensors)}
@@ -79,6 +87,22 @@ def describe(path) -> dict:
                        update_counts=meta.get("counts"), params=meta.get("params"))
         return out
     raise CLIError(f"{path}: not an MXNet or optzoo checkpoint (unrecognised first bytes)")
+
+
+def _is_optzoo_safetensors(path) -> bool:
+    """Whether a safetensors file carries optzoo's metadata (a checkpoint) rather than tensors alone."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        if size > 100_000_000:
+            return False
+        try:
+            header = json.loads(f.read(size))
+        except ValueError:
+            return True  # malformed: the optzoo loader says what is wrong
+    return isinstance(header, dict) and any(key.startswith("optzoo") for key in (header.get("__metadata__") or {}))
 
 
 def _print(info: dict, out) -> None:

@@ -218,6 +218,11 @@ class Muon(Optimizer):
         finally:
             self._decided = None
 
+    def _state_template(self, index, weight, fresh: bool = False):
+        """No template: which side a parameter takes (and so its state's layout) depends on the parameter's own
+        attributes and name, which a meta-tensor template does not have; ``_state_shape_fits`` checks the shapes."""
+        return None
+
     def _state_shape_fits(self, weight, leaf) -> bool:
         return leaf.shape == weight.shape
 
