@@ -20,9 +20,12 @@ CONFIG_IDS = [f"{row.name}-{i}" for row, i, _ in CONFIG_CASES]
 
 
 def _assert_close(a: dict, b: dict, rtol: float, atol: float, what: str = "") -> None:
+    """As the MXNet parity test: ``atol`` is scaled by the tensor's largest magnitude once that passes 1 (an
+    element near 0 of a tensor whose norms are in the hundreds carries their float32 rounding)."""
     assert sorted(a) == sorted(b)
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=f"{what} {key}")
+        scale = max(1.0, float(np.abs(a[key]).max())) if np.size(a[key]) else 1.0
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol * scale, err_msg=f"{what} {key}")
 
 
 # ---------------------------------------------------------------------------------------- construction errors

@@ -30,6 +30,7 @@ from .base import (
     sparse_rows,
     state_class,
 )
+from .input_checks import native_positions
 from .sgd import momentum_step_foreach
 from .validation import check_bool, check_real
 
@@ -211,19 +212,25 @@ class _NativeNormPasses:
                                        self._native_hyper(), multi_precision, aux, prior)
 
     def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision: bool) -> bool:
+        """Norm stage(s), then the update pass. In a sharded step (``norm_sum_reducer`` set) each stage's sums are
+        added up over the shards (one collective per stage for all tensors) before the next call."""
         aux, commit = self._native_aux(indices, lrs, ts)
+        reduce_sums = self.norm_sum_reducer
         stages = []
-        for _ in range(self._native_norm_stages):
-            prior = stages[0] if stages else None
-            sums = self._native_norm_sums(weights, grads, states, lrs, wds, ts, multi_precision, aux, prior)
-            if sums is None:
-                if not stages:
-                    return False  # nothing written: the foreach path takes the step
-                raise RuntimeError("optzoo: a native norm stage refused a step the previous stage took")
-            stages.append(sums)
-        if not native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
-                                  self._native_hyper(), multi_precision, (aux, *stages)):
-            raise RuntimeError("optzoo: the native update refused a step its norm pass took")
+        with native_positions(indices):  # the core names bad tensors by position: name the parameters
+            for _ in range(self._native_norm_stages):
+                prior = stages[0] if stages else None
+                sums = self._native_norm_sums(weights, grads, states, lrs, wds, ts, multi_precision, aux, prior)
+                if sums is None:
+                    if not stages:
+                        return False  # nothing written: the foreach path takes the step
+                    raise RuntimeError("optzoo: a native norm stage refused a step the previous stage took")
+                if reduce_sums is not None:  # the reducer takes (families, owners)-shaped sums
+                    sums = reduce_sums(sums.t().contiguous(), weights).t().contiguous()
+                stages.append(sums)
+            if not native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
+                                      self._native_hyper(), multi_precision, (aux, *stages)):
+                raise RuntimeError("optzoo: the native update refused a step its norm pass took")
         if commit is not None:
             commit()
         return True
