@@ -27,10 +27,11 @@ import torch
 from ..serialization import CheckpointError
 from .names import resolve_names, strip_prefix, torch_param_name
 from .ndarray import read_tensor_file, sniff
-from .states import MXNetStates, build_optimizer, convert_state, load_states, loads_states
+from .states import MXNetStates, build_optimizer, convert_state, load_states, loads_states, mxnet_version
 
-__all__ = ["CheckpointError", "MXNetStates", "file_kind", "is_mxnet_file", "load_params", "load_params_into",
-           "load_states", "load_trainer_states", "module_param_names", "resume_trainer", "set_updater_states"]
+__all__ = ["CheckpointError", "MXNetStates", "build_optimizer", "convert_state", "file_kind", "is_mxnet_file",
+           "load_params", "load_params_into", "load_states", "load_trainer_states", "module_param_names",
+           "mxnet_version", "resume_trainer", "set_updater_states"]
 
 
 def file_kind(path) -> str:
