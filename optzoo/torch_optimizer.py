@@ -399,7 +399,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         state = {}
         for key, value in self.state.items():
             if isinstance(key, torch.Tensor):
-                flat = {k: v for k, v in value.items() if k != "state"}
+                # "step" always: torch.distributed.checkpoint loads only the keys of the loading optimizer's own
+                # state_dict(), and its state-creating first step sets no count
+                flat = {"step": 0, **{k: v for k, v in value.items() if k != "state"}}
                 flat.update(_flat(value.get("state")))
                 state[mapping[id(key)]] = flat
             else:
@@ -491,7 +493,9 @@ class TorchOptimizer(torch.optim.Optimizer):
             entry["step"] = steps[p] = int(step)
             state[p] = entry
         groups = []
-        progress = state_dict.get("optzoo") or (saved_groups[0].get("optzoo") if saved_groups else None) or {}
+        # the copy in the first param group first: torch.distributed.checkpoint rebuilds the rest of the dict from the
+        # loading optimizer's own state_dict(), whose top-level "optzoo" is that (fresh) optimizer's progress
+        progress = (saved_groups[0].get("optzoo") if saved_groups else None) or state_dict.get("optzoo") or {}
         for number, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             saved.pop("optzoo", None)
             saved["params"] = group["params"]
