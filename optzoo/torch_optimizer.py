@@ -493,9 +493,8 @@ class TorchOptimizer(torch.optim.Optimizer):
             entry["step"] = steps[p] = int(step)
             state[p] = entry
         groups = []
-        # the copy in the first param group first: torch.distributed.checkpoint rebuilds the rest of the dict from the
-        # loading optimizer's own state_dict(), whose top-level "optzoo" is that (fresh) optimizer's progress
-        progress = (saved_groups[0].get("optzoo") if saved_groups else None) or state_dict.get("optzoo") or {}
+        # torch.distributed.checkpoint keeps only "state" and "param_groups": the first group carries a copy
+        progress = state_dict.get("optzoo") or (saved_groups[0].get("optzoo") if saved_groups else None) or {}
         for number, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             saved.pop("optzoo", None)
             saved["params"] = group["params"]

@@ -128,10 +128,13 @@ def min_of_rounds(results: list[dict]) -> dict:
             m["spread_pct"] = 100.0 * (max(m["samples_ms"]) - fastest) / fastest
             spreads.append(m["spread_pct"])
         sol_ms = (row.get("sol") or {}).get("ms")
+        floor_ms = (row.get("sol") or {}).get("floor_ms")
         for m in timed:
             m["gbps"] = row["params"] * row["bytes_per_param"] / m["ms"] / 1e6
             if m is not row.get("sol"):
                 m["pct_sol"] = 100.0 * sol_ms / m["ms"] if sol_ms else None
+                if floor_ms and m.get("pct_floor") is not None:
+                    m["pct_floor"] = 100.0 * floor_ms / m["ms"]
     spreads.sort()
     return {"method": "min of rounds", "measurements": len(spreads),
             "median_spread_pct": spreads[len(spreads) // 2] if spreads else 0.0,
