@@ -8,6 +8,7 @@ import os
 import re
 
 import pytest
+import torch
 from native_support import refuse
 
 from optzoo.optimizer.base import Optimizer
@@ -43,3 +44,13 @@ def pytest_runtest_makereport(item, call):
             report.outcome = "failed"
             report.longrepr = f"{variable}=1 forbids this skip: {reason}"
             return
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored afterwards: small matrix products and few-kB networks, where a
+    parallel region costs more than the work (modules use it with ``pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -77,13 +77,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess | tuple, status: i
 
 
 # ---------------------------------------------------------------------------------------------- in-process units
-@pytest.fixture
-def one_thread():
-    """Training in this process with one torch thread, as the command does (and restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_optimizer_spec_parsing():

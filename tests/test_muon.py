@@ -19,14 +19,8 @@ from optzoo.optimizer.muon import MuonAdamWState, MuonState, label_params, newto
 SEEDS = range(6) if FULL else range(2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small bfloat16 matrix products: a parallel region costs more than the product (and much more on a loaded
-    machine); both optimizers run the same kernels, so the comparison is unchanged."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread (conftest.py): small bfloat16 products, where a parallel region costs more than the work
+pytestmark = pytest.mark.usefixtures("one_thread")
 CASES = [
     {"lr": 0.02},
     {"lr": 0.01, "weight_decay": 0.05, "momentum": 0.9, "nesterov": False},

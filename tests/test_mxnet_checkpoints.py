@@ -186,12 +186,7 @@ def mxnet19():
     return generate(CASES_19, "1.9")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def optzoo_scheduler(spec):

@@ -27,13 +27,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small eigh/QR/matrix products: a parallel region costs more than the work (same kernels on both sides)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread (conftest.py): small eigh/QR/matrix products (same kernels on both sides)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _compare(ours, params, ref, updater, tol=(0.0, 0.0)):

@@ -207,13 +207,8 @@ def train_torch(case, X, Y, init):
     return weights, np.array(losses), trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A few-kB network: extra threads only contend (100x slower on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread (conftest.py): a few-kB network, where extra threads only contend
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
