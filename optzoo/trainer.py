@@ -612,12 +612,13 @@ class Trainer:
 
         An MXNet states file (Gluon ``Trainer.save_states``, ``Module.save_optimizer_states``; recognised by
         its content) is loaded by :func:`optzoo.mxnet.resume_trainer`, which takes ``mxnet_options``
-        (``params``, ``param_names``, ``mapping``, ``override``, ``mxnet_version``)."""
+        (``params``, ``param_names``, ``mapping``, ``mxnet_version``); ``allow_optimizer_change`` means the same for
+        both formats."""
         if not isinstance(fname, (str, os.PathLike)):
             raise TypeError(f"fname must be a path (str or os.PathLike), got {type(fname).__name__}")
         from . import mxnet
 
-        if mxnet.load_trainer_states(self, fname, **mxnet_options):
+        if mxnet.load_trainer_states(self, fname, allow_optimizer_change=allow_optimizer_change, **mxnet_options):
             return
         if mxnet_options:
             raise TypeError(f"options {sorted(mxnet_options)} only apply to MXNet states files")

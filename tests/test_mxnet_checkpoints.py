@@ -241,7 +241,8 @@ def resume(case, folder, order):
     names = None if case.get("infer_order") else order
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 1.x AdaGrad's epsilon note
-        trainer.load_states(folder / "trainer.states", param_names=names, override=case.get("override", False))
+        trainer.load_states(folder / "trainer.states", param_names=names,
+                            allow_optimizer_change=case.get("override", False))
     return net, trainer, None
 
 

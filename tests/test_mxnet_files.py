@@ -182,7 +182,7 @@ def test_trainer_refuses_other_optimizer_or_settings_unless_overridden(tmp_path)
     with pytest.raises(ValueError, match="beta1: Trainer 0.9, file 0.8"):
         trainer.load_states(path)
     assert trainer.optimizer.beta1 == 0.9 and not trainer._updater.states  # unchanged
-    trainer.load_states(path, override=True)
+    trainer.load_states(path, allow_optimizer_change=True)
     assert trainer.optimizer.beta1 == 0.8 and trainer.optimizer._index_update_count == {0: 3}
 
 

@@ -163,7 +163,7 @@ def convert(params_path, states_path, out_dir, optimizer=None, optimizer_params=
     # order must be given (load_states refuses to guess it)
     guessable = mx.has_optimizer and mx.version == "2.0" and not mx.idx2name
     order = param_names or (sorted(params) if guessable else None)
-    trainer.load_states(states_path, param_names=order, override=True)
+    trainer.load_states(states_path, param_names=order, allow_optimizer_change=True)
     state = trainer.state_dict()
     written.append(out_dir / "trainer.states")
     atomic_write(written[1], dumps(state["tensors"], state["meta"]))

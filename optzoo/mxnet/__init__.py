@@ -251,7 +251,8 @@ def _differences(ours, theirs) -> list[str]:
     return out
 
 
-def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None, override: bool = False,
+def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None,
+                   allow_optimizer_change: bool = False,
                    mxnet_version: str | None = None) -> None:
     """Loads an MXNet ``.states`` file into an :class:`optzoo.Trainer` so that it continues the MXNet run.
 
@@ -268,8 +269,9 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
             Gluon block has BatchNorm running statistics or other parameters without gradient).
         params: the Gluon ``.params`` file (or its names) saved with the states, to number the parameters.
         mapping: MXNet name -> torch name (dict or callable) for names that differ.
-        override: when the file's optimizer class or hyperparameters differ from the Trainer's, take the
-            file's (Gluon's ``load_states`` behaviour) instead of raising ``ValueError``.
+        allow_optimizer_change: when the file's optimizer class or hyperparameters differ from the Trainer's,
+            take the file's (Gluon's ``load_states`` behaviour) instead of raising ``ValueError`` (the same
+            keyword as for optzoo's own checkpoints).
         mxnet_version: ``"1.x"`` or ``"2.0"`` state layout for files without a dumped optimizer
             (default ``"1.x"``: such files come from ``Module``).
 
@@ -292,14 +294,14 @@ def resume_trainer(trainer, path, *, param_names=None, params=None, mapping=None
     if mx.has_optimizer:
         optimizer = build_optimizer(mx, param_dict=trainer._param_dict(), index_map=index_map)
         current = trainer._optimizer
-        if not override:
+        if not allow_optimizer_change:
             if type(current) is not type(optimizer):
                 raise ValueError(f"{path}: holds a {mx.optimizer_class} optimizer, the Trainer has "
-                                 f"{type(current).__name__}; pass override=True to take the file's")
+                                 f"{type(current).__name__}; pass allow_optimizer_change=True to take the file's")
             diff = _differences(current, optimizer)
             if diff:
                 raise ValueError(f"{path}: the optimizer settings differ from the Trainer's: " + "; ".join(diff)
-                                 + " (pass override=True to take the file's)")
+                                 + " (pass allow_optimizer_change=True to take the file's)")
         version = mx.version
     else:
         optimizer, version = trainer._optimizer, mxnet_version or "1.x"
