@@ -407,10 +407,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             else:
                 state[key] = value
         progress = {"num_update": self.optimizer.num_update, "extra": self.optimizer.extra_state()}
-        # optimizer-wide progress also rides in the first param group: torch.distributed.checkpoint keeps only
-        # "state" and "param_groups"
-        if groups:
-            groups[0]["optzoo"] = progress
+        # optimizer-wide progress also rides in every param group (torch.distributed.checkpoint keeps only
+        # "state" and "param_groups"; every group alike, so a repeated group is represented identically)
+        for group in groups:
+            group["optzoo"] = dict(progress)
         packed = {"state": state, "param_groups": groups, "optzoo": progress}
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, packed)
