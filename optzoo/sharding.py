@@ -11,7 +11,11 @@ for all tensors of the step, and the rule continues with the whole tensors' norm
 the gradients' norms, then the weights' and directions' norms). The native kernels compute their norms
 inside, so these rules run their ``torch._foreach`` path on shards; element-wise rules keep their kernel.
 MARS reduces its corrected gradients' norms, and Prodigy (``joint_step``) the per-tensor sums of its ``d``
-estimate, the same way.
+estimate, the same way. Adafactor and CAME add their shards' column sums, row-statistic sums and RMS sums with
+:meth:`_ShardSums.sum_parts` (one all-reduce per stage for all tensors), keeping a 2-D weight's column
+statistics whole on every rank; Muon and SOAP (``needs_whole_tensors``) gather whole tensors with
+:meth:`_ShardSums.gather_rows` (one all-gather per step), compute the whole update on every rank and apply
+their rows (SOAP's states are whole on every rank, ``whole_tensor_state``).
 
 Optimizer-wide quantities stay equal to the unsharded run: every rank updates every parameter in the same
 order, so Nadam's momentum schedule and the update counts advance alike, and SGLD draws each tensor's
