@@ -157,9 +157,6 @@ class _ShardSums:
                          torch.distributed.all_reduce, partial)
         return torch.where(mask, partial, sums)
 
-    def is_sharded(self, tensor) -> bool:
-        return id(tensor) in self.sharded_ids
-
     def whole_shape(self, tensor) -> tuple:
         """The unsharded shape of a local shard (its own shape for a tensor that is not sharded)."""
         return self.rows[id(tensor)][0] if id(tensor) in self.rows else tuple(tensor.shape)
