@@ -95,6 +95,10 @@ def _global_shape(param, local: torch.Tensor, leaf: torch.Tensor, sharded: bool)
                      f"local shard has shape {tuple(local.shape)}")
 
 
+#: attributes of a parameter that an optimizer reads when it creates the state (Muon's side)
+_PARAMETER_FLAGS = ("use_muon",)
+
+
 def create_state(opt: Optimizer, index, param: torch.Tensor):
     """``opt.create_state_multi_precision(index, param)``; for a DTensor parameter the state is made on the local
     shard and every state tensor is wrapped as a DTensor with the parameter's mesh and placements, except those
@@ -106,6 +110,9 @@ def create_state(opt: Optimizer, index, param: torch.Tensor):
     module = _dtensor_module()
     sharded = _check_placement(opt, index, param)
     local = param.to_local()
+    for name in _PARAMETER_FLAGS:  # the optimizer decides on the local tensor: give it the parameter's flags
+        if hasattr(param, name):
+            setattr(local, name, getattr(param, name))
     master = opt._uses_master_copy(local)
     if sharded and getattr(opt, "whole_tensor_state", False):
         whole = torch.zeros(param.shape, dtype=torch.float32 if master else local.dtype, device=local.device)

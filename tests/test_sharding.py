@@ -534,6 +534,19 @@ def bad_input_job(rank, world, outdir):
         for opt in opts:
             opt.step()
     errors["replicate"] = [(p.full_tensor().detach(), q.detach()) for p, q in zip(placed, plain)]
+    # a 3-D weight sharded over its first dimension and forced to Muon (use_muon on the DTensor parameter),
+    # and SOAP on it: each against the plain run (Muon flattens it to (5, 12), SOAP keeps three statistics)
+    full = torch.randn(5, 3, 4)
+    for name in ("muon", "soap"):
+        plain, placed = torch.nn.Parameter(full.clone()), torch.nn.Parameter(distribute_tensor(full, mesh, [Shard(0)]))
+        plain.use_muon = placed.use_muon = True
+        opts = [optzoo.TorchOptimizer([p], name, learning_rate=0.02) for p in (plain, placed)]
+        for step in range(4):
+            g = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(step))
+            plain.grad, placed.grad = g.clone(), distribute_tensor(g, mesh, [Shard(0)])
+            for opt in opts:
+                opt.step()
+        errors[name] = [(placed.full_tensor().detach(), plain.detach())]
     try:
         optzoo.Trainer([sharded], "sgd", kvstore="dist_sync")
         errors["kvstore"] = None
@@ -550,7 +563,7 @@ def test_bad_sharded_input_is_a_clear_value_error(failures):
     assert "2-D mesh" in errors["mesh2d"]
     assert "impl='reference'" in errors["reference"]
     assert "kvstore=None" in errors["kvstore"]
-    for got, want in errors["replicate"]:
+    for got, want in errors["replicate"] + errors["muon"] + errors["soap"]:
         torch.testing.assert_close(got, want, **TOL)
 
 
