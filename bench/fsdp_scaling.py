@@ -4,11 +4,13 @@
 
 For each optimizer and number of processes: training steps/s (each process on its own batch of 32), the
 optimizer step's time on each rank (``TorchOptimizer.step`` on the local shards, LAMB's norm all-reduce
-included), the bytes each worker hands to collectives per step (counted at ``torch.distributed``'s
-all_gather / reduce_scatter / all_reduce calls: FSDP2's parameter all-gathers and gradient reduce-scatters,
-and LAMB's one norm all-reduce) and the optimizer state each worker holds. One thread per process: on a
-machine with fewer cores than processes, steps/s measures contention, not the network. NCCL/GPU: not
-measured here.
+included; the minimum over ``--rounds`` steps, each after a barrier), the same step's local work alone (the
+shard reducer's collectives left out: each rank's own sums), one all-reduce of the size the step reduces, and
+the ratio step / (local work + that all-reduce); the bytes each worker hands to collectives per step
+(counted at ``torch.distributed``'s all_gather / reduce_scatter / all_reduce calls: FSDP2's parameter
+all-gathers and gradient reduce-scatters, and LAMB's one norm all-reduce) and the optimizer state each
+worker holds. One thread per process: on a machine with fewer cores than processes, steps/s measures
+contention, not the network. NCCL/GPU: not measured here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import socket
-import statistics
 import time
 
 import torch
@@ -73,16 +74,73 @@ def _train(model, opt, steps, warmup, began=lambda: None):
 
 
 def unsharded_step_ms(steps, width, name) -> float:
-    """The optimizer step of the same model without FSDP, in this process (the native kernel where built)."""
+    """The optimizer step of the same model without FSDP, in this process (the native kernel where built):
+    the minimum over ``steps`` steps."""
     import optzoo
 
     torch.set_num_threads(1)
     _, model = _model(width)
     opt = optzoo.TorchOptimizer(model.parameters(), name, learning_rate=1e-3, wd=0.01)
-    return statistics.median(_train(model, opt, steps, 3)) * 1e3
+    return min(_train(model, opt, steps, 3)) * 1e3
 
 
-def _worker(rank, world, port, steps, width, name, queue):
+def _min_ms(rounds, before, timed) -> float:
+    """The minimum over ``rounds`` of ``timed()``'s milliseconds, each round after ``before()`` and a barrier."""
+    best = float("inf")
+    for _ in range(rounds):
+        before()
+        dist.barrier()
+        t0 = time.perf_counter()
+        timed()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def _step_costs(model, opt, counter, rounds) -> tuple[float, float, float, float, int]:
+    """``(step, step outside its collectives, local work, one all-reduce, reduced bytes)``: milliseconds,
+    minima over ``rounds``."""
+    from optzoo import sharding
+
+    x, y = torch.randn(32, model[0].in_features), torch.randint(0, 10, (32,))
+
+    def backward():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    backward()
+    before = counter.bytes
+    opt.step()
+    reduced = counter.bytes - before  # the step's own collectives: LAMB's norm all-reduce
+    collective, inside = sharding._ShardSums._collective, [0.0]
+
+    def timed_collective(*args):  # the step's time in its collectives: the all-reduce and any wait for a peer
+        t0 = time.perf_counter()
+        collective(*args)
+        inside[0] += time.perf_counter() - t0
+
+    def step_outside():
+        inside[0] = 0.0
+        t0 = time.perf_counter()
+        opt.step()
+        outside[0] = min(outside[0], time.perf_counter() - t0 - inside[0])
+
+    outside = [float("inf")]
+    sharding._ShardSums._collective = timed_collective
+    try:
+        step_ms = _min_ms(rounds, backward, step_outside)
+    finally:
+        sharding._ShardSums._collective = collective
+    sharding._ShardSums._collective = lambda *args: None  # each rank's own sums: the local work alone
+    try:
+        local_ms = _min_ms(rounds, backward, opt.step)
+    finally:
+        sharding._ShardSums._collective = collective
+    sums = torch.zeros(max(reduced // 8, 1), dtype=torch.float64)
+    reduce_ms = _min_ms(rounds, lambda: None, lambda: dist.all_reduce(sums)) if reduced else 0.0
+    return step_ms, outside[0] * 1e3, local_ms, reduce_ms, reduced
+
+
+def _worker(rank, world, port, steps, width, name, queue, rounds):
     import optzoo
     from optzoo.optimizer.base import _leaves
 
@@ -105,24 +163,25 @@ def _worker(rank, world, port, steps, width, name, queue):
         dist.barrier()
         start, bytes0 = time.perf_counter(), counter.bytes
 
-    opt_times = _train(model, opt, steps, warmup, began)
+    _train(model, opt, steps, warmup, began)
     dist.barrier()
     elapsed = time.perf_counter() - start
     sent = (counter.bytes - bytes0) / steps
     state_bytes = sum(leaf.to_local().numel() * leaf.element_size() for entry in opt.state.values()
                       for leaf in _leaves(entry["state"]))
+    costs = _step_costs(model, opt, counter, rounds)
     gathered = [None] * world
-    dist.all_gather_object(gathered, (statistics.median(opt_times) * 1e3, sent, state_bytes))
+    dist.all_gather_object(gathered, (*costs, sent, state_bytes))
     if rank == 0:
         params = sum(p.numel() for p in model.parameters())
         queue.put((steps / elapsed, gathered, params))
     dist.destroy_process_group()
 
 
-def run(world, steps, width, name):
+def run(world, steps, width, name, rounds):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    mp.start_processes(_worker, args=(world, _free_port(), steps, width, name, queue), nprocs=world,
+    mp.start_processes(_worker, args=(world, _free_port(), steps, width, name, queue, rounds), nprocs=world,
                        start_method="spawn")
     return queue.get(timeout=600)
 
@@ -133,17 +192,23 @@ def main():
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--optimizers", nargs="+", default=["adam", "lamb"])
+    parser.add_argument("--rounds", type=int, default=30, help="timed optimizer steps (their minimum is shown)")
     args = parser.parse_args()
-    print("| optimizer | workers | steps/s | optimizer step ms per rank (median) | collective bytes/step/worker "
+    print("| optimizer | workers | steps/s | optimizer step ms per rank (min) | step outside its all-reduce ms "
+          "| local work ms | one all-reduce ms | step / (local + all-reduce) | collective bytes/step/worker "
           "| state bytes/worker |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.optimizers:
-        print(f"| {name} | 1, no FSDP | | {unsharded_step_ms(args.steps, args.width, name):.2f} | 0 | |", flush=True)
+        print(f"| {name} | 1, no FSDP | | {unsharded_step_ms(args.steps, args.width, name):.2f} | | | | | 0 | |",
+              flush=True)
         for world in args.workers:
-            rate, ranks, params = run(world, args.steps, args.width, name)
-            ms = " / ".join(f"{r[0]:.2f}" for r in ranks)
-            print(f"| {name} | {world} | {rate:.1f} | {ms} | {max(r[1] for r in ranks):,.0f} "
-                  f"| {max(r[2] for r in ranks):,} |", flush=True)
+            rate, ranks, params = run(world, args.steps, args.width, name, args.rounds)
+
+            def column(k, ranks=ranks):
+                return " / ".join(f"{r[k]:.2f}" for r in ranks)
+            ratios = " / ".join(f"{r[0] / (r[2] + r[3]):.2f}" for r in ranks)
+            print(f"| {name} | {world} | {rate:.1f} | {column(0)} | {column(1)} | {column(2)} | {column(3)} "
+                  f"| {ratios} | {max(r[5] for r in ranks):,.0f} | {max(r[6] for r in ranks):,} |", flush=True)
     print(f"\n{params:,} parameters ({params * 4:,} bytes, float32)")
 
 

@@ -11,7 +11,11 @@ for all tensors of the step, and the rule continues with the whole tensors' norm
 the gradients' norms, then the weights' and directions' norms). The native kernels compute their norms
 inside, so these rules run their ``torch._foreach`` path on shards; element-wise rules keep their kernel.
 MARS reduces its corrected gradients' norms, and Prodigy (``joint_step``) the per-tensor sums of its ``d``
-estimate, the same way.
+estimate, the same way. Adafactor and CAME add their shards' column sums, row-statistic sums and RMS sums with
+:meth:`_ShardSums.sum_parts` (one all-reduce per stage for all tensors), keeping a 2-D weight's column
+statistics whole on every rank; Muon and SOAP (``needs_whole_tensors``) gather whole tensors with
+:meth:`_ShardSums.gather_rows` (one all-gather per step), compute the whole update on every rank and apply
+their rows (SOAP's states are whole on every rank, ``whole_tensor_state``).
 
 Optimizer-wide quantities stay equal to the unsharded run: every rank updates every parameter in the same
 order, so Nadam's momentum schedule and the update counts advance alike, and SGLD draws each tensor's
@@ -70,10 +74,6 @@ def _check_placement(opt: Optimizer, index, param) -> bool:
     placements = tuple(param.placements)
     if param.device_mesh.ndim == 1 and len(placements) == 1:
         if placements[0] == module.Shard(0):
-            whole = getattr(opt, "needs_whole_tensors", "")
-            if whole:
-                raise ValueError(f"{_name(opt, index)} is sharded Shard(0) (FSDP2), but {type(opt).__name__} {whole}: "
-                                 "it cannot step a shard alone. Keep its parameters whole (DDP, or Replicate())")
             return True
         if placements[0] == module.Replicate():
             return False
@@ -95,44 +95,130 @@ def _global_shape(param, local: torch.Tensor, leaf: torch.Tensor, sharded: bool)
                      f"local shard has shape {tuple(local.shape)}")
 
 
+#: attributes of a parameter that an optimizer reads when it creates the state (Muon's side)
+_PARAMETER_FLAGS = ("use_muon",)
+
+
 def create_state(opt: Optimizer, index, param: torch.Tensor):
     """``opt.create_state_multi_precision(index, param)``; for a DTensor parameter the state is made on the local
-    shard and every state tensor is wrapped as a DTensor with the parameter's mesh and placements."""
+    shard and every state tensor is wrapped as a DTensor with the parameter's mesh and placements, except those
+    the optimizer keeps whole on every rank (``Replicate()``): the column statistics of Adafactor's and CAME's
+    2-D weights (:meth:`replicated_state`), and every state of SOAP (``whole_tensor_state``), made for the
+    whole parameter."""
     if not is_dtensor(param):
         return opt.create_state_multi_precision(index, param)
     module = _dtensor_module()
     sharded = _check_placement(opt, index, param)
     local = param.to_local()
-    state = opt.create_state_multi_precision(index, local)
+    for name in _PARAMETER_FLAGS:  # the optimizer decides on the local tensor: give it the parameter's flags
+        if hasattr(param, name):
+            setattr(local, name, getattr(param, name))
+    master = opt._uses_master_copy(local)
+    if sharded and getattr(opt, "whole_tensor_state", False):
+        whole = torch.zeros(param.shape, dtype=torch.float32 if master else local.dtype, device=local.device)
+        inner = opt.create_state(index, whole)
+        state = (local.detach().to(torch.float32, copy=True), inner) if master else inner
+        replicated = {id(leaf) for leaf in _leaves(inner)}
+    else:
+        state = opt.create_state_multi_precision(index, local)
+        inner = state[1] if master else state
+        replicas = getattr(opt, "replicated_state", None)
+        replicated = {id(leaf) for leaf in replicas(inner)} if sharded and replicas else set()
 
     def wrap(leaf):
-        shape = _global_shape(param, local, leaf, sharded)
+        if id(leaf) in replicated:
+            shape, placements = tuple(leaf.shape), (module.Replicate(),)
+        else:
+            shape, placements = _global_shape(param, local, leaf, sharded), param.placements
         stride = tuple(math.prod(shape[d + 1:]) for d in range(len(shape)))
-        return module.DTensor.from_local(leaf, param.device_mesh, param.placements, run_check=False,
+        return module.DTensor.from_local(leaf, param.device_mesh, placements, run_check=False,
                                          shape=torch.Size(shape), stride=stride)
 
     return _map_state(wrap, state)
 
 
 class _ShardSums:
-    """The norm-sum reducer of one sharded step: adds up the partial sums of squares of ``Shard(0)`` tensors
-    over the mesh's process group, one ``all_reduce`` per call for all tensors; other columns pass through."""
+    """The reducer of one sharded step over the mesh's process group. Called as ``reduce(sums, owners)`` it adds
+    up the partial sums of squares of ``Shard(0)`` tensors, one ``all_reduce`` for all tensors (other columns
+    pass through); :meth:`sum_parts` does the same for partial sums of any shape (column sums, RMS), and
+    :meth:`gather_rows` assembles whole tensors from every rank's rows (one ``all_gather``)."""
 
-    def __init__(self, group, sharded_ids: set[int]):
+    def __init__(self, group, sharded_ids: set[int], rows: dict | None = None):
         self.group = group
         self.sharded_ids = sharded_ids
+        self.rows = rows or {}  # id(local tensor) -> (whole shape, first row)
+
+    def _collective(self, what: str, collective, *args):
+        try:
+            return collective(*args, group=self.group)
+        except RuntimeError as err:
+            raise ShardingError(f"the {what} of a sharded step failed (a worker died or the process group timed "
+                                f"out): {err}") from err
 
     def __call__(self, sums: torch.Tensor, owners) -> torch.Tensor:
         mask = torch.tensor([id(w) in self.sharded_ids for w in owners], device=sums.device)
         if not bool(mask.any()):
             return sums
         partial = torch.where(mask, sums, torch.zeros_like(sums))
-        try:
-            torch.distributed.all_reduce(partial, group=self.group)
-        except RuntimeError as err:
-            raise ShardingError(f"the all-reduce of the sharded parameters' norms failed (a worker died or the "
-                                f"process group timed out): {err}") from err
+        self._collective("all-reduce of the sharded parameters' norms",
+                         torch.distributed.all_reduce, partial)
         return torch.where(mask, partial, sums)
+
+    def whole_shape(self, tensor) -> tuple:
+        """The unsharded shape of a local shard (its own shape for a tensor that is not sharded)."""
+        return self.rows[id(tensor)][0] if id(tensor) in self.rows else tuple(tensor.shape)
+
+    def local_rows(self, whole: torch.Tensor, owner) -> torch.Tensor:
+        """The rows of ``whole`` (shaped like ``owner``'s unsharded tensor) that ``owner``'s shard holds."""
+        if id(owner) not in self.rows:
+            return whole
+        return whole.narrow(0, self.rows[id(owner)][1], owner.shape[0])
+
+    def sum_parts(self, parts, owners) -> list:
+        """``parts`` with each one whose owner is a sharded tensor summed over the mesh (partial sums over the
+        owner's rows), in one float64 ``all_reduce``; parts owned by ``None`` or a whole tensor pass through."""
+        picked = [k for k, owner in enumerate(owners) if owner is not None and id(owner) in self.sharded_ids]
+        out = list(parts)
+        if not picked:
+            return out
+        flat = torch.cat([parts[k].reshape(-1).to(torch.float64) for k in picked])
+        self._collective("all-reduce of partial sums", torch.distributed.all_reduce, flat)
+        offset = 0
+        for k in picked:
+            n = parts[k].numel()
+            out[k] = flat[offset:offset + n].view(parts[k].shape).to(parts[k].dtype)
+            offset += n
+        return out
+
+    def gather_rows(self, parts, owners) -> list:
+        """``parts`` (each the local rows of a tensor shaped like its owner's shard) as whole tensors, with one
+        ``all_gather`` per dtype for all of them; parts of tensors that are not sharded pass through."""
+        out = list(parts)
+        by_dtype: dict = {}
+        for k, owner in enumerate(owners):
+            if id(owner) in self.sharded_ids:
+                by_dtype.setdefault(parts[k].dtype, []).append(k)
+        world = torch.distributed.get_world_size(self.group)
+        for dtype, picked in by_dtype.items():
+            layout = []  # (k, whole shape, rows per rank, elements per row)
+            for k in picked:
+                shape = self.whole_shape(owners[k])
+                layout.append((k, shape, -(-shape[0] // world), math.prod(shape[1:])))
+            size = sum(chunk * row for _, _, chunk, row in layout)
+            mine = torch.zeros(size, dtype=dtype, device=parts[picked[0]].device)
+            offset = 0
+            for k, _, chunk, row in layout:
+                mine[offset:offset + parts[k].numel()] = parts[k].reshape(-1)
+                offset += chunk * row
+            pieces = [torch.empty_like(mine) for _ in range(world)]
+            self._collective("all-gather of whole tensors",
+                             torch.distributed.all_gather, pieces, mine)
+            offset = 0
+            for k, shape, chunk, row in layout:
+                counts = [max(0, min(chunk, shape[0] - r * chunk)) for r in range(world)]
+                out[k] = torch.cat([piece[offset:offset + n * row] for piece, n in zip(pieces, counts)]).view(shape)
+                offset += chunk * row
+        return out
 
 
 def _sgld_shards(opt, sharded_rows) -> None:
@@ -147,7 +233,9 @@ def local_views(opt: Optimizer, indices, params, grads, states):
         opt.norm_sum_reducer = None
         _sgld_shards(opt, None)
         return params, grads, states
-    needs_norms = bool(opt.uses_tensor_norms) or getattr(opt, "joint_step", False)  # Prodigy's sums too
+    # Prodigy's sums, and the whole tensors of Muon and SOAP, go through the reducer too
+    needs_norms = bool(opt.uses_tensor_norms) or getattr(opt, "joint_step", False) \
+        or bool(getattr(opt, "needs_whole_tensors", ""))
     group, mesh_of, sharded_ids, rows = None, None, set(), {}
     local_params, local_grads, local_states = [], [], []
     for index, p, g, s in zip(indices, params, grads, states):
@@ -187,7 +275,7 @@ def local_views(opt: Optimizer, indices, params, grads, states):
     if needs_norms and opt.impl == "reference" and sharded_ids:
         raise ValueError(f"{type(opt).__name__}(impl='reference') computes each tensor's norm alone; sharded "
                          "parameters need the fast path (impl='auto' or 'foreach'), which reduces the norms")
-    opt.norm_sum_reducer = _ShardSums(group, sharded_ids) if needs_norms and sharded_ids else None
+    opt.norm_sum_reducer = _ShardSums(group, sharded_ids, rows) if needs_norms and sharded_ids else None
     _sgld_shards(opt, rows)
     return local_params, local_grads, local_states
 
@@ -259,7 +347,8 @@ def place_state(opt: Optimizer, index, param: torch.Tensor, state):
     start = _row_start(param) if sharded else 0
     for whole, target in zip(wholes, targets):
         local = target.to_local()
-        local.copy_(whole.narrow(0, start, local.shape[0]) if sharded else whole)
+        cut = sharded and tuple(target.placements) == tuple(param.placements)  # not a Replicate() statistic
+        local.copy_(whole.narrow(0, start, local.shape[0]) if cut else whole)
     return placed
 
 

@@ -15,6 +15,7 @@ once per operation.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -116,11 +117,9 @@ class Adafactor(Optimizer):
         >>> opt = Adafactor(learning_rate=0.01, wd=0.0)
     """
 
-    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole-tensor statistics
-    needs_whole_tensors = "factors the second moment into row and column means of the whole tensor"
     default_learning_rate = 0.01
-    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
-    needs_whole_tensors = "factors the second moment into row and column means of the whole tensor"
+    #: RMS(w), RMS(U) and (2-D weights) column means are whole-tensor sums: a sharded step reduces them
+    uses_tensor_norms = True
     sparse_support = "dense"
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "d": "clip_threshold",
@@ -144,6 +143,11 @@ class Adafactor(Optimizer):
         shapes = {tuple(weight.shape), *(_row_col_shapes(weight.shape) if weight.dim() > 1 else ())}
         return tuple(leaf.shape) in shapes
 
+    def replicated_state(self, state) -> tuple:
+        """States every rank keeps whole when a 2-D weight is sharded by rows (``Shard(0)``): the column
+        statistic (each rank's local rows only add to it)."""
+        return (state.col_var,) if isinstance(state, AdafactorFactoredState) and state.col_var.dim() == 2 else ()
+
     def _hyper(self) -> dict:
         return dict(beta2_decay=self.beta2_decay, epsilon1=self.epsilon1, epsilon2=self.epsilon2,
                     clip_threshold=self.clip_threshold, rescale_grad=self.rescale_grad,
@@ -159,6 +163,8 @@ class Adafactor(Optimizer):
         hyper = dict(beta2_decay=self.beta2_decay, epsilon1=self.epsilon1, epsilon2=self.epsilon2,
                      clip_threshold=self.clip_threshold)
         gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
+        if self.norm_sum_reducer is not None:
+            return adafactor_sharded(self.norm_sum_reducer, weights, gs, states, lrs, wds, ts, **hyper)
         for w, g, s, lr, wd, t in zip(weights, gs, states, lrs, wds, ts):
             _adafactor_step(w, g, s, lr=lr, wd=wd, t=t, **hyper)
 
@@ -256,11 +262,9 @@ class CAME(Optimizer):
         >>> opt = CAME(learning_rate=2e-4, beta1=0.9, beta2=0.999, beta3=0.9999)
     """
 
-    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole-tensor statistics
-    needs_whole_tensors = "factors the second moment into row and column means of the whole tensor"
     default_learning_rate = 2e-4
-    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
-    needs_whole_tensors = "factors its moments into row and column means of the whole tensor"
+    #: RMS(u) and (2-D weights) column and row means are whole-tensor sums: a sharded step reduces them
+    uses_tensor_norms = True
     sparse_support = "dense"
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd",
@@ -288,6 +292,13 @@ class CAME(Optimizer):
         shapes = {tuple(weight.shape), *(_came_shapes(weight.shape) if weight.dim() >= 2 else ())}
         return tuple(leaf.shape) in shapes
 
+    def replicated_state(self, state) -> tuple:
+        """States every rank keeps whole when a 2-D weight is sharded by rows (``Shard(0)``): the two column
+        statistics."""
+        if isinstance(state, CAMEFactoredState) and state.exp_avg.dim() == 2:
+            return (state.exp_avg_sq_col, state.exp_avg_res_col)
+        return ()
+
     def _hyper(self) -> dict:
         return dict(beta1=self.beta1, beta2=self.beta2, beta3=self.beta3, epsilon1=self.epsilon1,
                     epsilon2=self.epsilon2, clip_threshold=self.clip_threshold, rescale_grad=self.rescale_grad,
@@ -300,5 +311,126 @@ class CAME(Optimizer):
         # as Adafactor's: one tensor at a time (cache-friendly), no gradient copy when there is nothing to do
         hyper = {k: v for k, v in self._hyper().items() if k not in ("rescale_grad", "clip_gradient")}
         gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
+        if self.norm_sum_reducer is not None:
+            return came_sharded(self.norm_sum_reducer, weights, gs, states, lrs, wds, **hyper)
         for w, g, s, lr, wd in zip(weights, gs, states, lrs, wds):
             _came_step(w, g, s, lr=lr, wd=wd, **hyper)
+
+
+# ------------------------------------------------------------------------------------------ sharded steps
+# FSDP2's Shard(0) splits a weight's first dimension over the ranks. Element-wise work and sums over the last
+# dimension stay local; what the rules read of the whole tensor is a sum over its rows (RMS of the weight or the
+# update, a 2-D weight's column means and the mean of its row statistic). The sharded steps below run the
+# readable rule in stages over all tensors, and between stages ``reducer.sum_parts`` adds up every rank's partial
+# sums with one all-reduce for all tensors (Adafactor: two per step, CAME: three). A part owned by ``None`` is a
+# sum over a dimension that is not sharded (the factors of a weight with more than two dimensions): it passes.
+
+
+def _row_owner(w):
+    """The owner of a sum over dimension -2: the weight when that is its sharded first dimension."""
+    return w if w.dim() == 2 else None
+
+
+def _sum_sq(t) -> torch.Tensor:
+    return torch.linalg.vector_norm(t, dtype=torch.float64).square()
+
+
+def adafactor_sharded(reducer, weights, gs, states, lrs, wds, ts, *, beta2_decay, epsilon1, epsilon2,
+                      clip_threshold) -> None:
+    """:func:`adafactor_reference` for local shards, with ``reducer`` (``optzoo.sharding``) adding the shards'
+    sums: ``||w||^2`` and, for 2-D weights, the column sums of ``g^2`` and the sum of the row statistic."""
+    numels = [math.prod(reducer.whole_shape(w)) for w in weights]
+    parts, owners = [], []
+    for w, g, s, t in zip(weights, gs, states, ts):
+        parts.append(_sum_sq(w))
+        owners.append(w)
+        if isinstance(s, AdafactorFactoredState):
+            s.row_var.lerp_(torch.norm(g, dim=-1, keepdim=True).square_().div_(g.size(-1)), t**beta2_decay)
+            parts += [g.square().sum(dim=-2, keepdim=True), s.row_var.sum(dim=-2, keepdim=True)]
+            owners += [_row_owner(w)] * 2
+    sums = iter(reducer.sum_parts(parts, owners))
+    updates, parts = [], []
+    for w, g, s, lr, wd, t, numel in zip(weights, gs, states, lrs, wds, ts, numels):
+        weight_sq = next(sums).item()
+        eps1 = torch.finfo(w.dtype).eps if epsilon1 is None else epsilon1
+        one_minus_beta2 = t**beta2_decay
+        rho = min(lr, 1 / (t**0.5))
+        alpha = max(epsilon2, weight_sq**0.5 / (max(numel, 1) ** 0.5)) * rho
+        if wd != 0:
+            w.mul_(1 - lr * wd)
+        if isinstance(s, AdafactorFactoredState):
+            rows = reducer.whole_shape(w)[-2]
+            col_sum, row_sum = next(sums), next(sums)
+            s.col_var.lerp_(col_sum.div_(rows), one_minus_beta2)
+            var_estimate = (s.row_var @ s.col_var).div_(row_sum.div_(rows).clamp_(min=eps1))
+        else:
+            s.variance.lerp_(g * g, one_minus_beta2)
+            var_estimate = s.variance.clone()
+        update = var_estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)
+        updates.append((update, alpha))
+        parts.append(_sum_sq(update))
+    for w, (update, alpha), update_sq, numel in zip(weights, updates, reducer.sum_parts(parts, weights), numels):
+        if numel == 0:
+            continue
+        denom = max(1.0, update_sq.item() ** 0.5 / ((numel**0.5) * clip_threshold))
+        w.add_(update, alpha=-alpha / denom)
+
+
+def came_sharded(reducer, weights, gs, states, lrs, wds, *, beta1, beta2, beta3, epsilon1, epsilon2,
+                 clip_threshold) -> None:
+    """:func:`came_reference` for local shards, with ``reducer`` (``optzoo.sharding``) adding the shards' sums:
+    for 2-D weights the column sums and the row statistic's sum of ``g^2 + eps1`` and then of the instability,
+    and ``||u||^2`` for every weight."""
+    def factor_sums(rows, values, w):  # a row statistic advanced with values' row means; the sums to reduce
+        return [values.sum(dim=-2), rows.sum(dim=-1, keepdim=True)], [_row_owner(w)] * 2
+
+    def rsqrt_factors(rows, row_sum, cols, n):
+        return torch.mul((rows / row_sum.div_(n)).rsqrt_().unsqueeze(-1), cols.unsqueeze(-2).rsqrt())
+
+    parts, owners = [], []
+    for w, g, s in zip(weights, gs, states):
+        update = (g**2) + epsilon1
+        if isinstance(s, CAMEFactoredState):
+            s.exp_avg_sq_row.mul_(beta2).add_(update.mean(dim=-1), alpha=1.0 - beta2)
+            more, who = factor_sums(s.exp_avg_sq_row, update, w)
+            parts += more
+            owners += who
+        else:
+            s.exp_avg_sq.mul_(beta2).add_(update, alpha=1.0 - beta2)
+    sums = iter(reducer.sum_parts(parts, owners))
+    updates, parts = [], []
+    for w, g, s in zip(weights, gs, states):
+        if isinstance(s, CAMEFactoredState):
+            n = reducer.whole_shape(w)[-2]
+            col_sum, row_sum = next(sums), next(sums)
+            s.exp_avg_sq_col.mul_(beta2).add_(col_sum.div_(n), alpha=1.0 - beta2)
+            update = rsqrt_factors(s.exp_avg_sq_row, row_sum, s.exp_avg_sq_col, n).mul_(g)
+        else:
+            update = s.exp_avg_sq.rsqrt().mul_(g)
+        updates.append(update)
+        parts.append(_sum_sq(update))
+    parts_of_update_sq = reducer.sum_parts(parts, weights)
+    parts, owners = [], []
+    for w, s, update, update_sq in zip(weights, states, updates, parts_of_update_sq):
+        numel = max(math.prod(reducer.whole_shape(w)), 1)
+        rms = (update_sq.sqrt() / (numel**0.5)).to(update.dtype)
+        update.div_((rms / clip_threshold).clamp_(min=1.0))
+        s.exp_avg.mul_(beta1).add_(update, alpha=1 - beta1)
+        if isinstance(s, CAMEFactoredState):
+            res = (update - s.exp_avg) ** 2 + epsilon2
+            s.exp_avg_res_row.mul_(beta3).add_(res.mean(dim=-1), alpha=1.0 - beta3)
+            more, who = factor_sums(s.exp_avg_res_row, res, w)
+            parts += more
+            owners += who
+    sums = iter(reducer.sum_parts(parts, owners))
+    for w, s, lr, wd in zip(weights, states, lrs, wds):
+        if isinstance(s, CAMEFactoredState):
+            n = reducer.whole_shape(w)[-2]
+            col_sum, row_sum = next(sums), next(sums)
+            s.exp_avg_res_col.mul_(beta3).add_(col_sum.div_(n), alpha=1.0 - beta3)
+            update = rsqrt_factors(s.exp_avg_res_row, row_sum, s.exp_avg_res_col, n).mul_(s.exp_avg)
+        else:
+            update = s.exp_avg.clone()
+        if wd != 0:
+            w.add_(w, alpha=-wd * lr)
+        w.add_(update.mul_(lr), alpha=-1)

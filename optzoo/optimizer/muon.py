@@ -152,7 +152,8 @@ class Muon(Optimizer):
     """
 
     default_learning_rate = 1e-3
-    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
+    #: on Shard(0) parameters (FSDP2) optzoo.sharding's reducer gathers each whole direction (one all_gather
+    #: per step); every rank orthogonalises the whole matrices and keeps its rows. The momentum stays sharded.
     needs_whole_tensors = "orthogonalises each whole matrix update (Newton-Schulz)"
     sparse_support = "none"
     _decided: bool | None = None  # the side chosen for the weight whose master copy is being given a state
@@ -263,13 +264,16 @@ class Muon(Optimizer):
             return
         # momentum one tensor at a time: torch._foreach_lerp rounds differently from Tensor.lerp on some sizes
         directions = [self._muon_direction(gs[i], states[i]) for i in muon]
+        reducer = self.norm_sum_reducer
+        if reducer is not None:  # FSDP2 shards: every rank gathers the whole directions (one all_gather)
+            directions = reducer.gather_rows(directions, [weights[i] for i in muon])
         groups: dict[tuple, list[int]] = {}
         for k, i in enumerate(muon):
-            key = (len(weights[i]), weights[i][0].numel(), weights[i].dtype) if self.batch_newton_schulz else (k,)
+            key = (len(directions[k]), directions[k][0].numel(), weights[i].dtype) if self.batch_newton_schulz \
+                else (k,)
             groups.setdefault(key, []).append(k)
         for members in groups.values():
-            i0 = muon[members[0]]
-            rows, cols = len(weights[i0]), weights[i0][0].numel()
+            rows, cols = len(directions[members[0]]), directions[members[0]][0].numel()
             if len(members) > 1:
                 stacked = torch.stack([directions[k].reshape(rows, cols) for k in members])
                 orthos = newton_schulz_batched(stacked, self.ns_coefficients, self.ns_steps, self.epsilon)
@@ -279,6 +283,8 @@ class Muon(Optimizer):
             for k, ortho in zip(members, orthos):
                 i = muon[k]
                 w = weights[i]
+                if reducer is not None:
+                    ortho = reducer.local_rows(ortho.reshape(directions[k].shape), w)
                 w.mul_(1 - lrs[i] * wds[i])
                 w.add_(ortho.view(w.shape), alpha=-_adjusted_lr(lrs[i], self.adjust_lr_fn, (rows, cols)))
 

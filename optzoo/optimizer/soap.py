@@ -101,8 +101,10 @@ class SOAP(Optimizer):
     """
 
     default_learning_rate = 3e-3
-    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
+    #: on Shard(0) parameters (FSDP2) optzoo.sharding's reducer gathers the whole gradients (one all_gather per
+    #: step); every rank keeps the whole states (``Replicate()``), computes the whole step and applies its rows
     needs_whole_tensors = "preconditions in the eigenbases of whole-tensor statistics"
+    whole_tensor_state = True
     sparse_support = "none"
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon",
@@ -140,9 +142,24 @@ class SOAP(Optimizer):
         return SOAPState(self._zeros(weight), self._zeros(weight), mats,
                          tuple(torch.zeros_like(m) for m in mats), weight.new_zeros((), dtype=dtype))
 
+    def _whole_shape(self, weight) -> tuple:
+        reducer = self.norm_sum_reducer
+        return reducer.whole_shape(weight) if reducer is not None else tuple(weight.shape)
+
     def _state_shape_fits(self, weight, leaf) -> bool:
-        dims = self._preconditioned_shape(weight.shape)
-        return tuple(leaf.shape) in {tuple(weight.shape), (), (0,), *((d, d) for d in dims)}
+        shape = self._whole_shape(weight)
+        dims = self._preconditioned_shape(shape)
+        return tuple(leaf.shape) in {tuple(weight.shape), shape, (), (0,), *((d, d) for d in dims)}
+
+    def _state_template(self, index, weight, fresh: bool = False):
+        """The template of the whole parameter's state when ``weight`` is a shard (the state is kept whole)."""
+        shape = self._whole_shape(weight)
+        if shape == tuple(weight.shape):
+            return super()._state_template(index, weight, fresh)
+        template = super()._state_template(index, torch.empty(shape, dtype=weight.dtype, device="meta"), fresh)
+        if template is not None and self._uses_master_copy(weight):
+            template = [(tuple(weight.shape), torch.float32), *template[1:]]  # the master copy holds the rows
+        return template
 
     def _shampoo_beta(self) -> float:
         return self.beta2 if self.shampoo_beta is None else self.shampoo_beta
@@ -211,6 +228,8 @@ class SOAP(Optimizer):
         step = self._rotate(self._rotate(state.exp_avg, state) / denom, state, backward=True)
         if self.normalize_gradient:
             step.div_(torch.mean(step.square()).sqrt_().add_(self.epsilon))
+        if self.norm_sum_reducer is not None:  # a shard: the whole step was computed, the weight has its rows
+            step = self.norm_sum_reducer.local_rows(step, weight)
         weight.add_(step, alpha=-self._step_size(lr, k))
         if wd != 0.0:
             weight.mul_(1.0 - wd * lr)
@@ -218,5 +237,7 @@ class SOAP(Optimizer):
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
+        if self.norm_sum_reducer is not None:  # FSDP2 shards: every rank gathers the whole gradients
+            gs = self.norm_sum_reducer.gather_rows(gs, weights)
         for w, g, s, lr, wd, t in zip(weights, gs, states, lrs, wds, ts):
             self._soap_step(w, g, s, lr, wd, t)
