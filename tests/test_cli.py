@@ -38,6 +38,8 @@ TWO = ["--optimizers", "sgd:momentum=0.9", "adam:learning_rate=0.01"]
 
 
 def optzoo(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    if args[:1] == ("compare",) and "--jobs" not in args:  # tiny comparisons: worker start-up would dominate
+        args = (*args, "--jobs", "1")
     return subprocess.run([sys.executable, "-m", "optzoo", *args], cwd=cwd, check=False, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
@@ -351,11 +353,13 @@ def test_missing_extra_is_named(module, command, tmp_path, monkeypatch, capsys):
     assert "pip install 'optzoo[cli]'" in line and {"sklearn": "scikit-learn"}.get(module, module) in line
 
 
-def test_sigint_keeps_completed_runs(tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigint_keeps_completed_runs(tmp_path, jobs):
     out = tmp_path / "out"
     # the CNN is slow enough (about 0.2-2 s a run) that the interrupt lands while runs remain
     proc = subprocess.Popen([sys.executable, "-m", "optzoo", "compare", "--model", "cnn", "--epochs", "2",
-                             "--seeds", "4", "--no-progress", "--optimizers", "sgd", "adam", "--out", str(out)],
+                             "--seeds", "4", "--no-progress", "--optimizers", "sgd", "adam", "--out", str(out),
+                             "--jobs", jobs],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not list((out / "runs").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
@@ -537,6 +541,61 @@ def test_compare_tune_chooses_the_best_mean_and_reports_it(tmp_path):
     report = (out / "report.html").read_text()
     assert "each optimizer at its tuned learning rate" in report.lower()
     assert all(name.endswith(".json") and "__lr" in name for name in os.listdir(out / "runs"))
+
+
+def test_tuned_results_do_not_depend_on_the_number_of_jobs(tmp_path):
+    """Two worker processes train the same runs as one process and the search makes the same choices: every run
+    file (but its clock) and the results' ranking and run list are identical."""
+    common = ("compare", "--tune", "--model", "mlp,sparse", "--epochs", "1", "--seeds", "2", "--no-progress",
+              "--optimizers", "sgd", "ftrl")
+    one, two = (optzoo(*common, "--jobs", jobs, "--out", f"jobs{jobs}", cwd=tmp_path) for jobs in ("1", "2"))
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+
+    def untimed_run(path):
+        record = json.loads(path.read_text())
+        record["curves"] = untimed(record["curves"])
+        return {k: v for k, v in record.items() if k not in ("wall_time_s", "train_time_s", "time_to_target_s")}
+
+    runs = [{p.name: untimed_run(p) for p in (tmp_path / f"jobs{j}" / "runs").glob("*.json")} for j in (1, 2)]
+    assert len(runs[0]) >= 2 * 2 * 7 and runs[0] == runs[1]
+    first, second = (json.loads((tmp_path / f"jobs{j}" / "results.json").read_text()) for j in (1, 2))
+    assert first["runs"] == second["runs"]
+    chosen = {m: [(g["label"], g["learning_rate"], g["val_accuracy"]["mean"]) for g in groups]
+              for m, groups in first["ranking"].items()}
+    assert chosen == {m: [(g["label"], g["learning_rate"], g["val_accuracy"]["mean"]) for g in groups]
+                      for m, groups in second["ranking"].items()}
+    assert [line for line in two.stderr.splitlines() if "chosen learning rate" in line] == [
+        line for line in one.stderr.splitlines() if "chosen learning rate" in line]
+
+
+class _KillsItsWorker:
+    """A job whose unpickling ends the worker process at once, as a crash in native code would."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_failing_runs_and_dying_workers_are_reported_not_fatal():
+    from optzoo.cli.training import RunConfig, load_digits
+    from optzoo.cli.workers import execute
+
+    good = RunConfig("mlp", "sgd", (("learning_rate", 0.1),), "sgd", 0, 1, 32, 100)
+    bad = RunConfig("mlp", "no_such_optimizer", (), "bad", 0, 1, 32, 100)
+
+    def plan():
+        first = yield [good, bad]
+        second = yield [_KillsItsWorker()]
+        third = yield [good]  # fresh workers after the crash
+        return first + second + third
+
+    finished = []
+    [outcomes] = execute([plan()], 2, ("mlp",), {"digits": load_digits()}, 1, lambda key, job: None,
+                         lambda *tick: None, lambda key, job, outcome: finished.append(key))
+    assert sorted(finished) == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert outcomes[0].record["status"] == "ok" and outcomes[0].error is None
+    assert outcomes[1].record is None and "no_such_optimizer" in outcomes[1].error
+    assert outcomes[2].record is None and "worker process died" in outcomes[2].error
+    assert outcomes[3].record["final"] == outcomes[0].record["final"]
 
 
 # ---------------------------------------------------------------------------------------------- run folders

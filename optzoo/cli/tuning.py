@@ -25,7 +25,7 @@ import math
 import statistics
 from collections.abc import Callable
 
-__all__ = ["GRID_POINTS", "MAX_EXTENSIONS", "SURVIVORS", "choose", "lr_grid", "rank_key", "rank_lrs", "search"]
+__all__ = ["GRID_POINTS", "MAX_EXTENSIONS", "SURVIVORS", "choose", "lr_grid", "rank_key", "plan", "rank_lrs", "search"]
 
 GRID_POINTS = 5
 MAX_EXTENSIONS = 3
@@ -77,16 +77,13 @@ def choose(runs_by_lr: dict[float, list], validation_size: int) -> float | None:
     return ranked[0] if ranked else None
 
 
-def search(reference: float, seeds: int, evaluate: Callable[[float, int], dict | None], validation_size: int,
-           points: int = GRID_POINTS, survivors: int = SURVIVORS,
-           max_extensions: int = MAX_EXTENSIONS) -> tuple[float, dict[float, list]]:
-    """Runs the search; ``evaluate(lr, seed)`` trains one run and returns its record (None: the run failed).
-
-    Returns the chosen learning rate and every run, ``{lr: [record, ...]}`` (seed order).
-    """
-    runs: dict[float, list] = {}
-    for lr in lr_grid(reference, points):
-        runs[lr] = [evaluate(lr, 0)]
+def plan(reference: float, seeds: int, validation_size: int, points: int = GRID_POINTS, survivors: int = SURVIVORS,
+         max_extensions: int = MAX_EXTENSIONS):
+    """The search as a plan for ``optzoo.cli.workers.execute``: yields lists of ``(lr, seed)`` to train, receives
+    their records in the same order (None: the run failed), and returns the chosen learning rate and every run,
+    ``{lr: [record, ...]}`` (seed order). The runs of one yield are independent of each other."""
+    grid = lr_grid(reference, points)
+    runs: dict[float, list] = {lr: [record] for lr, record in zip(grid, (yield [(lr, 0) for lr in grid]))}
     first = -(points // 2)  # the grid's ends, in half-decades from the reference
     last = first + points - 1
     low, high = first, last
@@ -100,9 +97,22 @@ def search(reference: float, seeds: int, evaluate: Callable[[float, int], dict |
             new = _point(reference, high)
         else:
             break
-        runs[new] = [evaluate(new, 0)]
+        runs[new] = list((yield [(new, 0)]))
     if seeds > 1:
-        for lr in rank_lrs(runs, validation_size)[:survivors]:
-            for seed in range(1, seeds):
-                runs[lr].append(evaluate(lr, seed))
+        jobs = [(lr, seed) for lr in rank_lrs(runs, validation_size)[:survivors] for seed in range(1, seeds)]
+        for (lr, _), record in zip(jobs, (yield jobs)):
+            runs[lr].append(record)
     return choose(runs, validation_size), runs
+
+
+def search(reference: float, seeds: int, evaluate: Callable[[float, int], dict | None], validation_size: int,
+           **options) -> tuple[float, dict[float, list]]:
+    """Runs the search one run at a time; ``evaluate(lr, seed)`` trains one run and returns its record (None: the
+    run failed). Returns the chosen learning rate and every run, ``{lr: [record, ...]}`` (seed order)."""
+    steps = plan(reference, seeds, validation_size, **options)
+    try:
+        jobs = next(steps)
+        while True:
+            jobs = steps.send([evaluate(lr, seed) for lr, seed in jobs])
+    except StopIteration as stop:
+        return stop.value
