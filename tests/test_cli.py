@@ -514,7 +514,26 @@ def test_rank_prefers_no_divergence_then_accuracy_then_loss():
     assert choose({}, 100) is None
 
 
+def test_choice_breaks_ties_within_the_seed_noise_by_the_validation_loss():
+    from optzoo.cli.tuning import choose, tied_with_best
+
+    high = [_fake_record(a, 0.20) for a in (0.95, 0.98, 0.97)]  # mean 96.7%, the higher loss
+    # 1 point (3.6 examples) lower on average, but seeds differ by 1.5 points: within one standard error (1.25)
+    low_noisy = [_fake_record(a, 0.12) for a in (0.97, 0.94, 0.96)]
+    assert tied_with_best(high, low_noisy, 360) and choose({0.01: high, 0.1: low_noisy}, 360) == 0.1
+    # the same gap between steady seeds is real: the higher accuracy wins whatever its loss
+    steady_high = [_fake_record(0.9667, 0.20)] * 3
+    steady_low = [_fake_record(0.9567, 0.12)] * 3
+    assert not tied_with_best(steady_high, steady_low, 360)
+    assert choose({0.01: steady_high, 0.1: steady_low}, 360) == 0.01
+    # one validation example is always a tie; a rate with fewer seeds (not a survivor) is never chosen
+    assert choose({0.01: [_fake_record(0.9667, 0.2)], 0.1: [_fake_record(0.9667 - 0.9 / 360, 0.1)]}, 360) == 0.1
+    assert choose({0.01: high, 0.1: [_fake_record(1.0, 0.01)]}, 360) == 0.01
+
+
 def test_compare_tune_chooses_the_best_mean_and_reports_it(tmp_path):
+    from optzoo.cli.tuning import choose
+
     result = optzoo("compare", "--tune", "--model", "mlp", "--epochs", "1", "--seeds", "2", "--no-progress",
                     "--optimizers", "sgd", "adam", "--out", "tuned", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -529,7 +548,8 @@ def test_compare_tune_chooses_the_best_mean_and_reports_it(tmp_path):
             by_lr.setdefault(r["config"]["params"]["learning_rate"], []).append(r["final"]["val_accuracy"])
         assert len(by_lr) >= 5 and sorted(len(v) for v in by_lr.values())[-2:] == [2, 2]  # two survivors
         two_seeds = {lr: np.mean(v) for lr, v in by_lr.items() if len(v) == 2}
-        assert group["learning_rate"] == max(two_seeds, key=lambda lr: (round(two_seeds[lr] * 360), -lr))
+        runs = {lr: [r for r in mine if r["config"]["params"]["learning_rate"] == lr] for lr in by_lr}
+        assert group["learning_rate"] in two_seeds and group["learning_rate"] == choose(runs, 360)
         assert group["runs"] == 2 and group["val_accuracy"]["mean"] == pytest.approx(two_seeds[group["learning_rate"]])
         assert group["lr_tried"] == sorted(by_lr)
         assert f"{group['label']}: chosen learning rate {group['learning_rate']:g}" in result.stderr

@@ -424,7 +424,9 @@ def run(args) -> int:
                               "fixed split)" for d in datasets.values()),
         "learning rates": ("tuned per optimizer and task: successive halving over seeds on a half-decade grid of "
                            f"{tuning.GRID_POINTS} around each optimizer's own learning rate (extended at an edge), "
-                           f"the best {tuning.SURVIVORS} with all seeds; chosen by mean final validation accuracy"
+                           f"the best {tuning.SURVIVORS} with all seeds; chosen by mean final validation accuracy, "
+                           "rates within one standard error of the best tied and decided by the lower mean "
+                           "validation loss"
                            if args.tune else "as given (no tuning)"),
         "epochs": args.epochs, "seeds": args.seeds, "batch size": args.batch_size,
         "evaluation": "three times per epoch" if args.eval_every is None else f"every {args.eval_every} steps",
