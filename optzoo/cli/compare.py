@@ -251,8 +251,8 @@ class _Runner:
     """The main process's side of the runs (``workers.execute``'s callbacks): reuses finished runs (--resume),
     shows a progress bar per run in progress, saves each finished run at once, prints one line, counts failures."""
 
-    def __init__(self, args, runs_dir: Path, progress, overall, targets: dict):
-        self.args, self.runs_dir = args, runs_dir
+    def __init__(self, args, runs_dir: Path, progress, overall, targets: dict, training_sizes: dict):
+        self.args, self.runs_dir, self.training_sizes = args, runs_dir, training_sizes
         self.progress, self.overall, self.targets = progress, overall, targets
         self.finished: dict[tuple, dict] = {}  # job key -> record
         self.failures: list[str] = []
@@ -280,13 +280,14 @@ class _Runner:
         if record is not None:
             record["reused"] = True
             return Outcome(record=record)
-        self.bars[key] = self.progress.add_task(self.name(config), total=None, info="")
+        steps = config.epochs * -(-self.training_sizes[config.dataset] // config.batch_size)
+        self.bars[key] = self.progress.add_task(self.name(config), total=steps, info="")
         return None
 
     def tick(self, key, step, total, accuracy) -> None:
         if key in self.bars:
             info = "" if accuracy is None else f"val acc {accuracy:.3f}"
-            self.progress.update(self.bars[key], completed=step, total=total, info=info)
+            self.progress.update(self.bars[key], completed=step, info=info)
 
     def finish(self, key, config, outcome) -> None:
         from .training import steps_to_target, time_to_target
@@ -403,7 +404,8 @@ def run(args) -> int:
                rich_progress.TextColumn("{task.fields[info]}")]
     with rich_progress.Progress(*columns, console=err, disable=not show_bars) as progress:
         overall = progress.add_task("all runs", total=planned, info="")
-        runner = _Runner(args, runs_dir, progress, overall, targets)
+        runner = _Runner(args, runs_dir, progress, overall, targets,
+                         {name: data.x_train.shape[0] for name, data in datasets.items()})
         try:
             chosen = workers.execute(plans, jobs, models, datasets, args.threads, runner.start, runner.tick,
                                      runner.finish)
