@@ -5,5 +5,5 @@
 # Extra arguments go to `optzoo compare` (see `optzoo compare --help`), e.g. --model mlp,sparse for a shorter run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh cli
 exec .venv/bin/optzoo compare --tune "$@"
