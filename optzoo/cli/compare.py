@@ -389,8 +389,9 @@ def run(args) -> int:
                               model, spec, seed, {**spec.params, "learning_rate": lr}))
                  for model, spec in searches]
     else:
-        plans = [_all_at_once([config_for(model, spec, seed) for seed in range(args.seeds)])
-                 for model in models for spec in specs]
+        # seed-major, as a plain loop would go: an interrupted comparison has every optimizer's first seeds
+        plans = [_all_at_once([config_for(model, spec, seed)])
+                 for seed in range(args.seeds) for model in models for spec in specs]
         planned = len(specs) * len(models) * args.seeds
     jobs = args.jobs or workers.default_jobs()
 
