@@ -174,6 +174,7 @@ def test_trajectory_gradients_and_updates_are_exact():
     (["compare", "--lr", "inf"], 2, "--lr"),
     (["compare", "--epochs", "0"], 2, "--epochs"),
     (["compare", "--seeds", "two"], 2, "--seeds"),
+    (["compare", "--jobs", "0"], 2, "--jobs"),
     (["compare", "--model", "rnn"], 2, "--model"),
     (["compare", "--model", "mlp,rnn"], 2, "unknown task 'rnn'"),
     (["compare", "--tune", "--lr", "0.1"], 2, "--lr and --tune exclude each other"),
