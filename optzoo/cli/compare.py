@@ -125,6 +125,9 @@ def add_parser(subparsers) -> None:
                         help="evaluate every STEPS updates (default: three times per epoch)")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads (default: 1; these models are too small to gain from more)")
+    parser.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                        help="runs trained at once, in worker processes (default: the usable CPUs; the results "
+                             "do not depend on it)")
     parser.add_argument("--out", default=None, metavar="FOLDER",
                         help=f"output folder; must be new or empty unless --resume or --force (default: a new "
                              f"{RUNS_ROOT}/compare-<date>-<time>, linked as {RUNS_ROOT}/latest)")
@@ -245,64 +248,97 @@ def _load_finished(path: Path, config) -> dict | None:
 
 
 class _Runner:
-    """Trains (or, with --resume, reuses) one run at a time: saves it at once, prints one line, counts failures."""
+    """The main process's side of the runs (``workers.execute``'s callbacks): reuses finished runs (--resume),
+    shows a progress bar per run in progress, saves each finished run at once, prints one line, counts failures."""
 
-    def __init__(self, args, runs_dir: Path, datasets: dict, progress, overall, targets: dict):
-        self.args, self.runs_dir, self.datasets = args, runs_dir, datasets
+    def __init__(self, args, runs_dir: Path, progress, overall, targets: dict, training_sizes: dict):
+        self.args, self.runs_dir, self.training_sizes = args, runs_dir, training_sizes
         self.progress, self.overall, self.targets = progress, overall, targets
-        self.records: list[dict] = []
+        self.finished: dict[tuple, dict] = {}  # job key -> record
         self.failures: list[str] = []
-        self.done = 0
+        self.bars: dict[tuple, int] = {}  # job key -> progress task of a run in progress
+        self.started = 0
 
-    def __call__(self, config) -> dict | None:
-        from .training import steps_to_target, time_to_target, train_run
+    @property
+    def records(self) -> list[dict]:
+        """The finished runs in a fixed order (plan, then job), whatever order they finished in."""
+        return [self.finished[key] for key in sorted(self.finished)]
 
-        self.done += 1
-        total = self.progress.tasks[self.overall].total
-        counter = f"[{self.done}/{total:g}]" if total else f"[{self.done}]"
-        name = f"{config.model} {config.label} seed {config.seed}"
-        path = _run_path(self.runs_dir, config)
-        record = _load_finished(path, config) if self.args.resume else None
-        data = self.datasets[config.dataset]
+    @staticmethod
+    def name(config) -> str:
+        lr = dict(config.params).get("learning_rate") if config.tuning else None
+        return f"{config.model} {config.label}{'' if lr is None else f' lr {lr:g}'} seed {config.seed}"
+
+    def start(self, key, config):
+        from .workers import Outcome
+
+        self.started += 1
+        overall = self.progress.tasks[self.overall]
+        if overall.total is not None and self.started > overall.total:  # a search's grid grew at an edge
+            self.progress.update(self.overall, total=self.started)
+        record = _load_finished(_run_path(self.runs_dir, config), config) if self.args.resume else None
+        if record is not None:
+            record["reused"] = True
+            return Outcome(record=record)
+        steps = config.epochs * -(-self.training_sizes[config.dataset] // config.batch_size)
+        self.bars[key] = self.progress.add_task(self.name(config), total=steps, info="")
+        return None
+
+    def tick(self, key, step, total, accuracy) -> None:
+        if key in self.bars:
+            info = "" if accuracy is None else f"val acc {accuracy:.3f}"
+            self.progress.update(self.bars[key], completed=step, info=info)
+
+    def finish(self, key, config, outcome) -> None:
+        from .training import steps_to_target, time_to_target
+
+        if key in self.bars:
+            self.progress.remove_task(self.bars.pop(key))
+        counter = f"[{len(self.finished) + len(self.failures) + 1}/{self.progress.tasks[self.overall].total:g}]"
+        name = self.name(config)
+        record = outcome.record
         if record is None:
-            steps = config.epochs * -(-data.x_train.shape[0] // config.batch_size)
-            task = self.progress.add_task(name, total=steps, info="")
-
-            def tick(step, total, accuracy, task=task):
-                if step % 5 == 0 or step == total:
-                    self.progress.update(task, completed=step, info=f"val acc {accuracy:.3f}")
-
-            try:
-                record = train_run(config, data, tick)
-            except (ArithmeticError, RuntimeError, TypeError, ValueError) as exc:
-                # one optimizer failing (e.g. rejecting a gradient) must not cost the other results
-                message = " ".join(str(exc).split())
-                self.failures.append(f"{name} failed: {type(exc).__name__}: {message}")
-                self.progress.console.print(f"{counter} {self.failures[-1]}", highlight=False, markup=False)
-                self.progress.advance(self.overall)
-                return None
-            finally:
-                self.progress.remove_task(task)
+            # one optimizer failing (e.g. rejecting a gradient) must not cost the other results
+            self.failures.append(f"{name} failed: {outcome.error}")
+            self.progress.console.print(f"{counter} {self.failures[-1]}", highlight=False, markup=False)
+            self.progress.advance(self.overall)
+            return
+        reused = record.pop("reused", False)
+        if not reused:
             target = self.targets[config.model]
             record["target_accuracy"] = target
             record["steps_to_target"] = steps_to_target(record, target)
             record["time_to_target_s"] = time_to_target(record, target)
             record["optzoo_version"] = __version__
-            how = f"{record['wall_time_s']:.1f} s"
-        else:
-            how = "reused"
         with _sigint_deferred():
-            if how != "reused":
-                write_json_atomic(path, record)
-            self.records.append(record)
+            if not reused:
+                write_json_atomic(_run_path(self.runs_dir, config), record)
+            self.finished[key] = record
         final = record["final"]
         acc = "-" if final["val_accuracy"] is None else f"{final['val_accuracy']:.3f}"
         loss = "-" if final["val_loss"] is None else f"{final['val_loss']:.4f}"
         status = "" if record["status"] == "ok" else f" [{record['status']}]"
+        how = "reused" if reused else f"{record['wall_time_s']:.1f} s"
         self.progress.console.print(f"{counter} {name}: val acc {acc}, val loss {loss} ({how}){status}",
                                     highlight=False, markup=False)
         self.progress.advance(self.overall)
-        return record
+
+
+def _configs(steps, make):
+    """A plan of ``(lr, seed)`` pairs (``tuning.plan``) as a plan of run configurations made by ``make(lr, seed)``;
+    failed runs come back as None."""
+    try:
+        pairs = next(steps)
+        while True:
+            outcomes = yield [make(lr, seed) for lr, seed in pairs]
+            pairs = steps.send([o.record for o in outcomes])
+    except StopIteration as stop:
+        return stop.value
+
+
+def _all_at_once(configs):
+    """A plan that trains ``configs`` (independent runs)."""
+    yield configs
 
 
 def _reference_lr(spec) -> float:
@@ -324,7 +360,7 @@ def run(args) -> int:
         _link_latest(out)
     import torch
 
-    from . import report, tuning
+    from . import report, tuning, workers
     from .training import TASKS, RunConfig, load_task_data
 
     torch.set_num_threads(args.threads)
@@ -334,6 +370,7 @@ def run(args) -> int:
         if TASKS[model].dataset not in datasets:
             datasets[TASKS[model].dataset] = load_task_data(model)
     targets = {m: args.target_accuracy or TASKS[m].target_accuracy for m in models}
+    validation_sizes = {m: datasets[TASKS[m].dataset].y_val.shape[0] for m in models}
 
     def config_for(model, spec, seed, params=None):
         data = datasets[TASKS[model].dataset]
@@ -346,9 +383,17 @@ def run(args) -> int:
     if args.tune:
         per_search = tuning.GRID_POINTS + min(tuning.SURVIVORS, tuning.GRID_POINTS) * (args.seeds - 1)
         planned = per_search * len(specs) * len(models)  # an estimate: the grid may be extended at its edges
+        searches = [(model, spec) for model in models for spec in specs]
+        plans = [_configs(tuning.plan(_reference_lr(spec), args.seeds, validation_sizes[model]),
+                          lambda lr, seed, model=model, spec=spec: config_for(
+                              model, spec, seed, {**spec.params, "learning_rate": lr}))
+                 for model, spec in searches]
     else:
-        configs = [config_for(model, spec, seed) for seed in range(args.seeds) for model in models for spec in specs]
-        planned = len(configs)
+        # seed-major, as a plain loop would go: an interrupted comparison has every optimizer's first seeds
+        plans = [_all_at_once([config_for(model, spec, seed)])
+                 for seed in range(args.seeds) for model in models for spec in specs]
+        planned = len(specs) * len(models) * args.seeds
+    jobs = args.jobs or workers.default_jobs()
 
     err = rich_console.Console(stderr=True)
     show_bars = err.is_terminal and not args.no_progress
@@ -360,24 +405,16 @@ def run(args) -> int:
                rich_progress.TextColumn("{task.fields[info]}")]
     with rich_progress.Progress(*columns, console=err, disable=not show_bars) as progress:
         overall = progress.add_task("all runs", total=planned, info="")
-        runner = _Runner(args, runs_dir, datasets, progress, overall, targets)
+        runner = _Runner(args, runs_dir, progress, overall, targets,
+                         {name: data.x_train.shape[0] for name, data in datasets.items()})
         try:
+            chosen = workers.execute(plans, jobs, models, datasets, args.threads, runner.start, runner.tick,
+                                     runner.finish)
             if args.tune:
-                for model in models:
-                    n_val = datasets[TASKS[model].dataset].y_val.shape[0]
-                    for spec in specs:
-                        def evaluate(lr, seed, model=model, spec=spec):
-                            if runner.done >= progress.tasks[overall].total:  # the grid grew at an edge
-                                progress.update(overall, total=runner.done + 1)
-                            return runner(config_for(model, spec, seed, {**spec.params, "learning_rate": lr}))
-
-                        chosen, _ = tuning.search(_reference_lr(spec), args.seeds, evaluate, n_val)
-                        tuned.setdefault(model, {})[spec.label] = chosen
-                        progress.console.print(f"{model} {spec.label}: chosen learning rate {chosen:g}",
-                                               highlight=False, markup=False)
-            else:
-                for config in configs:
-                    runner(config)
+                for (model, spec), (lr, _) in zip(searches, chosen):
+                    tuned.setdefault(model, {})[spec.label] = lr
+                    progress.console.print(f"{model} {spec.label}: chosen learning rate {lr:g}",
+                                           highlight=False, markup=False)
         except KeyboardInterrupt:
             interrupted = True
     training_time = time.perf_counter() - started
@@ -390,7 +427,9 @@ def run(args) -> int:
                               "fixed split)" for d in datasets.values()),
         "learning rates": ("tuned per optimizer and task: successive halving over seeds on a half-decade grid of "
                            f"{tuning.GRID_POINTS} around each optimizer's own learning rate (extended at an edge), "
-                           f"the best {tuning.SURVIVORS} with all seeds; chosen by mean final validation accuracy"
+                           f"the best {tuning.SURVIVORS} with all seeds; chosen by mean final validation accuracy, "
+                           "rates within one standard error of the best tied and decided by the lower mean "
+                           "validation loss"
                            if args.tune else "as given (no tuning)"),
         "epochs": args.epochs, "seeds": args.seeds, "batch size": args.batch_size,
         "evaluation": "three times per epoch" if args.eval_every is None else f"every {args.eval_every} steps",
@@ -405,7 +444,7 @@ def run(args) -> int:
     try:
         _write_outputs(out, records, specs, notes, settings, models, interrupted, planned, targets, rich_console,
                        report, tuned if args.tune else None, chance,
-                       {m: datasets[TASKS[m].dataset].y_val.shape[0] for m in models})
+                       validation_sizes)
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:
