@@ -223,8 +223,12 @@ class GroupAdaGrad(_Float32StateOptimizer):
         h_t &= h_{t-1} + \mathrm{mean}_j\, g_{t,j}^2 \qquad (h \text{ has shape } (\text{rows}, 1)) \\
         w_t &= w_{t-1} - \eta\, g_t / (\sqrt{h_t} + \epsilon)
 
-    Only 2-D weights are accepted, and weight decay is not supported (``wd`` must be 0; MXNet fails at
-    the first update instead of at construction). Row-sparse gradients update only the rows present.
+    The rows are the first dimension and ``mean_j`` runs over all of a row's other elements, so weights of
+    any rank work (MXNet asserts 2-D weights; 2-D weights are updated exactly as MXNet does): a 1-D weight of
+    n entries is n rows of one element (per-entry AdaGrad, epsilon outside the root), a 0-d weight one row.
+    The history has shape (rows, 1) for every rank ((1, 1) for a 0-d weight), so ``Shard(0)`` keeps a row's
+    history local. Weight decay is not supported (``wd`` must be 0; MXNet fails at the first update instead
+    of at construction). Row-sparse gradients update only the rows present.
 
     Compatibility: no torch.optim counterpart. MXNet 1.x added epsilon inside the square root (default 1e-5).
 
