@@ -62,8 +62,6 @@ class Row:
     extra_cases: list[dict] = field(default_factory=list)
     #: constructor arguments for the "trains a small model" test (default: the optimizer's own defaults)
     train_kwargs: dict = field(default_factory=dict)
-    #: the rule only takes 2-D weights (GroupAdaGrad): generic tests reshape their tensors to 2-D
-    only_2d: bool = False
     #: the rule has no weight decay (wd must be 0): generic tests use wd=0
     supports_wd: bool = True
     #: kwargs besides wd=0 that turn off every weight decay (e.g. MARS's own decay of 1-D tensors, wd_1d)
@@ -74,17 +72,6 @@ class Row:
     #: separate optimizer, and groups may differ in lr and wd only
     joint_step: str = ""
     notes: str = ""
-
-    def shape(self, shape: tuple) -> tuple:
-        """A test shape this optimizer accepts (2-D for ``only_2d`` rows)."""
-        if not self.only_2d or len(shape) == 2:
-            return tuple(shape)
-        if len(shape) == 1:
-            return (shape[0], 2)
-        rest = 1
-        for dim in shape[1:]:
-            rest *= dim
-        return (shape[0], rest)
 
     def wd(self, value: float) -> float:
         return value if self.supports_wd else 0.0

@@ -19,8 +19,8 @@ def _epsilon_errors(low_open=False):
     return out
 
 
-# GroupAdaGrad takes 2-D weights only and no weight decay, so the generic feature cases (3-D/1-D shapes,
-# wd 0.05) cannot run for it; these are the same features on MXNet's own GroupAdaGrad shapes.
+# MXNet's GroupAdaGrad takes 2-D weights only (optzoo takes any rank) and no weight decay, so the generic MXNet
+# feature cases (3-D/1-D shapes, wd 0.05) cannot run for it; these are the same features on MXNet's own shapes.
 GROUP_SHAPES = [(3, 4), (5, 6), (10, 4)]
 GROUP_SKIPS = ("grid0", "mults", "begin5", "sched", "setlr", "tiny", "huge", "fp16mp0")
 
@@ -101,9 +101,8 @@ ROWS = [
         sparse_kwargs=[],
         skip_features=GROUP_SKIPS,
         extra_cases=_group_cases(),
-        only_2d=True,
         supports_wd=False,
-        notes="2-D weights only and wd must be 0; MXNet parity runs on GROUP_SHAPES through extra_cases",
+        notes="wd must be 0; MXNet parity runs on 2-D GROUP_SHAPES (MXNet's only rank) through extra_cases",
     ),
     Row(
         "rmsprop",

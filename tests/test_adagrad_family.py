@@ -1,6 +1,6 @@
 """What the generic table cannot say about AdaGrad, GroupAdaGrad, RMSProp and AdaDelta: closed-form first
 steps (epsilon placement), MXNet's names and refusals, state dtypes and layouts, and GroupAdaGrad's
-versions of the generic tests (it accepts only 2-D weights and no weight decay)."""
+rows for weights of every rank and its refusal of weight decay."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from native_support import require_native
 from trajectory import flatten_state
 
 from optzoo import native
@@ -214,14 +215,15 @@ def test_adagrad_is_lazy_by_default_and_densifies_on_request():
     torch.testing.assert_close(dense[[1, 3]], lazy[[1, 3]])
 
 
+@pytest.mark.parametrize("shape", [(6, 3), (6,), (6, 2, 3)])
 @pytest.mark.parametrize("name", ["adagrad", "groupadagrad"])
-def test_lazy_rows_equal_the_dense_rule_on_those_rows(name):
+def test_lazy_rows_equal_the_dense_rule_on_those_rows(name, shape):
     kwargs = {"wd": 0.1} if name == "adagrad" else {}
     torch.manual_seed(3)
-    w = torch.randn(6, 3)
+    w = torch.randn(shape)
     rows = [0, 4, 5]
-    values = torch.randn(3, 3)
-    lazy, lazy_state = _one_step(name, w, _sparse(rows, values, (6, 3)), **kwargs)
+    values = torch.randn(3, *shape[1:])
+    lazy, lazy_state = _one_step(name, w, _sparse(rows, values, shape), **kwargs)
     sub, sub_state = _one_step(name, w[rows], values, **kwargs)
     assert torch.equal(lazy[rows], sub) and torch.equal(lazy_state[rows], sub_state)
 
@@ -235,15 +237,61 @@ def test_rmsprop_and_adadelta_densify_sparse_gradients(name):
     assert torch.equal(a, b)
 
 
-# ------------------------------------------------------------------------------- GroupAdaGrad's limits
-@pytest.mark.parametrize("shape", [(7,), (3, 4, 5), ()])
-def test_group_adagrad_rejects_non_2d_weights(shape):
-    optimizer = opt.create("groupadagrad")
-    with pytest.raises(ValueError, match=r"2-D.*shape"):
-        optimizer.create_state(0, torch.zeros(shape))
-    w = torch.zeros(shape)
-    with pytest.raises(ValueError, match="2-D"):
-        optimizer.update([0], [w], [torch.ones(shape)], [torch.zeros(shape[:1] + (1,))])
+# ------------------------------------------------------------------------------- GroupAdaGrad's ranks
+IMPLS = ["reference", "foreach", "native"]
+
+
+def _steps(name, impl, w0, grads, **kwargs):
+    if impl == "native":
+        require_native()
+    optimizer = opt.create(name, impl=impl, **kwargs)
+    w = w0.clone()
+    state = optimizer.create_state(0, w)
+    for g in grads:
+        optimizer.update([0], [w], [g], [state])
+    return w, state
+
+
+def _weight_and_grads(shape, steps=20):
+    gen = torch.Generator().manual_seed(len(shape))
+    return torch.randn(shape, generator=gen), [torch.randn(shape, generator=gen) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("shape", [(37,), ()])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_group_adagrad_1d_weight_is_per_entry_adagrad(impl, shape):
+    """A 1-D weight of n entries is n rows of one element (a 0-d weight one row): exactly AdaGrad, epsilon outside
+    the square root (on the same path), with the history in shape (rows, 1)."""
+    kwargs = {"learning_rate": 0.1, "epsilon": 0.3, "clip_gradient": 0.8, "rescale_grad": 1.5}
+    w0, grads = _weight_and_grads(shape)
+    w, history = _steps("groupadagrad", impl, w0, grads, **kwargs)
+    aw, ah = _steps("adagrad", impl, w0, grads, **kwargs)
+    assert history.shape == ((shape[0] if shape else 1), 1)
+    assert torch.equal(w, aw) and torch.equal(history.view(ah.shape), ah)
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 5), (3, 2, 2, 7), (5, 1, 3)])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_group_adagrad_nd_weight_is_the_2d_rule_on_its_rows(impl, shape):
+    w0, grads = _weight_and_grads(shape)
+    w, history = _steps("groupadagrad", impl, w0, grads, learning_rate=0.1)
+    rows = (shape[0], -1)
+    rw, rh = _steps("groupadagrad", impl, w0.reshape(rows), [g.reshape(rows) for g in grads], learning_rate=0.1)
+    assert history.shape == (shape[0], 1)
+    assert torch.equal(w.reshape(rows), rw) and torch.equal(history, rh)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_group_adagrad_non_contiguous_weights(impl):
+    """A permuted 3-D weight (the native core declines it: the foreach rule runs) equals the contiguous one."""
+    w0, grads = _weight_and_grads((4, 3, 5))
+    w, history = _steps("groupadagrad", "reference", w0, grads)
+    optimizer = opt.create("groupadagrad", impl=impl)
+    strided = torch.empty(5, 3, 4).permute(2, 1, 0).copy_(w0)
+    state = optimizer.create_state(0, strided)
+    for g in grads:
+        optimizer.update([0], [strided], [g.transpose(0, 2).contiguous().transpose(0, 2)], [state])
+    assert not strided.is_contiguous() and torch.equal(strided, w) and torch.equal(state, history)
 
 
 def test_group_adagrad_rejects_weight_decay():

@@ -13,9 +13,10 @@ from optzoo.optimizer.base import _leaves
 
 RTOL, ATOL = 1e-5, 1e-6
 # (5, 3): tiny; 7 and (7, 17): not multiples of 16; (33, 1001): 33033 elements, several chunks (kChunk = 32768);
-# GroupAdaGrad: (50, 20) short rows summed 8 or 16 at once, (3, 40000) rows longer than a chunk
+# GroupAdaGrad: (50, 20) short rows summed 8 or 16 at once, (3, 40000) rows longer than a chunk, 1-D (rows of one
+# element), 3-D (rows of 6*5) and 0-d (one row)
 SHAPES = [(5, 3), (7,), (7, 17), (33, 1001)]
-GROUP_SHAPES = [(5, 3), (50, 20), (7, 17), (33, 1001), (3, 40000)]
+GROUP_SHAPES = [(5, 3), (50, 20), (7, 17), (33, 1001), (3, 40000), (9,), (4, 6, 5), ()]
 STEPS = 50
 
 CONFIGS = {
@@ -140,15 +141,17 @@ def test_group_adagrad_weight_decay_is_refused_before_writing():
     assert torch.equal(w, torch.ones(3, 2)) and not state.any()
 
 
-@pytest.mark.parametrize("shape", [(7,), (3, 4, 5)])
-def test_group_adagrad_non_2d_weights_are_refused(shape):
-    """A hand-made (rows, 1) history does not make a non-2-D weight acceptable on the native path either (the
-    core refuses weights of another dimension for this rule, then the torch path raises)."""
+@pytest.mark.parametrize("shape", [(7,), (3, 4, 5), ()])
+def test_group_adagrad_takes_every_rank(shape, monkeypatch):
+    """The kernel runs (no torch fallback) on weights of any rank, rows along the first dimension."""
     require_native()
     o = opt.create("groupadagrad", impl="native")
-    w = torch.zeros(shape)
-    with pytest.raises(ValueError, match="2-D"):
-        o.update([0], [w], [torch.ones(shape)], [torch.zeros(shape[:1] + (1,))])
+    monkeypatch.setattr(type(o), "_foreach_rule", refuse)
+    w = torch.ones(shape)
+    state = o.create_state(0, w)
+    o.update([0], [w], [torch.full(shape, 2.0)], [state])
+    assert state.shape == ((shape[0] if shape else 1), 1) and torch.equal(state, torch.full_like(state, 4.0))
+    torch.testing.assert_close(w, torch.full(shape, 1.0 - 0.01 * 2.0 / (2.0 + 1e-6)))
 
 
 # ------------------------------------------------------------------------------------------ RMSProp
@@ -210,8 +213,10 @@ def _sparse_rows(rows, values, shape):
 
 
 @pytest.mark.parametrize("name,shape,wd", [("adagrad", (40, 900), 0.0), ("adagrad", (40, 900), 0.02),
-                                           ("groupadagrad", (40, 900), 0.0), ("groupadagrad", (8, 40000), 0.0)],
-                         ids=["adagrad", "adagrad-wd", "groupadagrad", "groupadagrad-long-rows"])
+                                           ("groupadagrad", (40, 900), 0.0), ("groupadagrad", (8, 40000), 0.0),
+                                           ("groupadagrad", (40, 30, 30), 0.0), ("groupadagrad", (400,), 0.0)],
+                         ids=["adagrad", "adagrad-wd", "groupadagrad", "groupadagrad-long-rows", "groupadagrad-3d",
+                              "groupadagrad-1d"])
 def test_lazy_sparse(name, shape, wd, monkeypatch):
     """Only the rows present change; they match the reference (rows of 40000 elements span two chunks)."""
     require_native()
@@ -222,7 +227,7 @@ def test_lazy_sparse(name, shape, wd, monkeypatch):
     for _ in range(STEPS):
         rows = sorted(torch.randperm(n_rows, generator=gen)[:max(2, n_rows // 6)].tolist())
         touched.update(rows)
-        schedule.append((rows, torch.randn(len(rows), shape[1], generator=gen)))
+        schedule.append((rows, torch.randn(len(rows), *shape[1:], generator=gen)))
     out = {}
     for impl in ("native", "reference"):
         o = opt.create(name, impl=impl, lazy_update=True, wd=wd, learning_rate=0.05)

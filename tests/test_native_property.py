@@ -44,17 +44,13 @@ def _build(row: Row, spec, seed: int, impl: str):
         kwargs["multi_precision"] = True
     optimizer = opt.create(row.name, **kwargs)
     g = torch.Generator().manual_seed(seed)
-    big = max(row.shape((size,))[0] * (row.shape((size,))[1] if len(row.shape((size,))) > 1 else 1)
-              for _, size in spec)
+    big = max(size for _, size in spec)
     overlapping = torch.randn(4 * big, generator=g)  # "overlap" views: each starts half a view after the last
     disjoint = torch.randn(4 * big, generator=g)  # "disjoint" views: one storage, no shared bytes
     indices, weights, grads, states = [], [], [], []
     n_overlap = n_disjoint = 0
     for i, (kind, size) in enumerate(spec):
-        shape = row.shape((size,))
-        numel = 1
-        for dim in shape:
-            numel *= dim
+        shape, numel = (size,), size
         if kind == "repeat" and weights:  # the same entry again (MXNet's repeated index): updated in order
             indices.append(indices[0])
             weights.append(weights[0])

@@ -64,7 +64,7 @@ def test_reference_and_fast_paths_agree(row: Row, i, cfg, impl):
     arrays: dict = {}
     case = make_case(f"p{i}", row.name, cfg, steps=40, seed=i, arrays=arrays, set_lr=None if "lr_scheduler" in cfg
                      else {20: 0.5 * (cfg.get("learning_rate") or opt.create(row.name).learning_rate)},
-                     record=(5, 20), shapes=[row.shape(s) for s in SHAPES])
+                     record=(5, 20), shapes=SHAPES)
     ref = run_case(case, arrays, impl="reference")
     fast = run_case(case, arrays, impl=impl)
     _assert_close(ref, fast, row.impl_tol.rtol, row.impl_tol.atol, f"reference vs {impl}")
@@ -77,7 +77,7 @@ def test_large_learning_rate_paths_agree(row: Row, impl):
     base = opt.create(row.name, **row.feature_kwargs).learning_rate
     arrays: dict = {}
     case = make_case("big", row.name, {**row.feature_kwargs, "learning_rate": 10 * base}, steps=20, seed=3,
-                     arrays=arrays, shapes=[row.shape(s) for s in SHAPES])
+                     arrays=arrays, shapes=SHAPES)
     ref = run_case(case, arrays, impl="reference")
     fast = run_case(case, arrays, impl=impl)
     _assert_close(ref, fast, row.impl_tol.rtol * 10, row.impl_tol.atol * 10, "large lr")
@@ -102,7 +102,7 @@ def test_state_round_trip_continues_identically(row: Row, dtype):
     if dtype == torch.float16 and not row.multi_precision:
         pytest.skip("no multi-precision for this optimizer")
     torch.manual_seed(0)
-    shapes = [row.shape((4, 3)), row.shape((5,))]
+    shapes = [(4, 3), (5,)]
     kwargs = {**row.feature_kwargs, "wd": row.wd(0.01), "multi_precision": dtype == torch.float16}
     weights = [torch.randn(s).to(dtype) for s in shapes]
     grads = [[torch.randn(s).to(dtype) for s in shapes] for _ in range(12)]
@@ -171,7 +171,7 @@ def test_mismatched_inputs_raise_before_writing(row: Row):
     ]
     for grad, exc, match in bad:
         with pytest.raises(exc, match=match):
-            other = torch.randn(row.shape((2,)))
+            other = torch.randn((2,))
             optimizer.update([0, 1], [other, w], [torch.randn(other.shape), grad],
                              [optimizer.create_state(1, other), state])
         assert torch.equal(w, before[0])
@@ -188,7 +188,7 @@ def test_multi_precision_follows_float32(row: Row, dtype):
     arrays: dict = {}
     kwargs = {**row.feature_kwargs, "wd": row.wd(0.01)}
     case32 = make_case("f32", row.name, kwargs, steps=50, seed=5, arrays=arrays,
-                       shapes=[row.shape((8, 5)), row.shape((6,))])
+                       shapes=[(8, 5), (6,)])
     ref = run_case(case32, arrays)
     optimizer = opt.create(row.name, **kwargs, multi_precision=True)
     updater = opt.get_updater(optimizer)
@@ -212,8 +212,8 @@ def test_low_precision_without_master_copy_warns_once(row: Row):
     optimizer = opt.create(row.name, **row.feature_kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer.create_state_multi_precision(0, torch.zeros(row.shape((3,)), dtype=torch.float16))
-        optimizer.create_state_multi_precision(1, torch.zeros(row.shape((3,)), dtype=torch.float16))
+        optimizer.create_state_multi_precision(0, torch.zeros((3,), dtype=torch.float16))
+        optimizer.create_state_multi_precision(1, torch.zeros((3,), dtype=torch.float16))
     assert sum("multi_precision" in str(w.message) for w in caught) == 1
 
 
@@ -274,8 +274,7 @@ def test_torch_optimizer_matches_updater(row: Row):
     import optzoo
 
     torch.manual_seed(0)
-    bias = not row.only_2d
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8, bias=bias), torch.nn.Tanh(), torch.nn.Linear(8, 2, bias=bias))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
     clone = copy.deepcopy(model)
     kwargs = {**row.feature_kwargs, "wd": row.wd(0.01)}
     torch_opt = optzoo.TorchOptimizer(model.parameters(), row.name, **kwargs)
@@ -298,7 +297,7 @@ def test_torch_optimizer_state_dict_resumes_exactly(row: Row, tmp_path):
     import optzoo
 
     torch.manual_seed(0)
-    model = torch.nn.Linear(5, 3, bias=not row.only_2d)
+    model = torch.nn.Linear(5, 3)
     kwargs = {**row.feature_kwargs}
     first = optzoo.TorchOptimizer(model.parameters(), row.name, **kwargs)
     x = torch.randn(8, 5)
@@ -313,7 +312,7 @@ def test_torch_optimizer_state_dict_resumes_exactly(row: Row, tmp_path):
     path = tmp_path / "opt.pt"
     torch.save({"model": model.state_dict(), "opt": first.state_dict()}, path)
     loaded = torch.load(path, weights_only=True)
-    model2 = torch.nn.Linear(5, 3, bias=not row.only_2d)
+    model2 = torch.nn.Linear(5, 3)
     model2.load_state_dict(loaded["model"])
     second = optzoo.TorchOptimizer(model2.parameters(), row.name, **kwargs)
     second.load_state_dict(loaded["opt"])
@@ -335,7 +334,7 @@ def test_trains_a_small_model_with_default_hyperparameters(row: Row):
     labels = torch.arange(256) % 4
     x = centers[labels] + torch.randn(256, 8, generator=generator)
     torch.manual_seed(0)
-    model = torch.nn.Linear(8, 4, bias=not row.only_2d)
+    model = torch.nn.Linear(8, 4)
     trainer = optzoo.Trainer(model, row.name, dict(row.train_kwargs))
     loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
     with torch.no_grad():

@@ -102,10 +102,9 @@ def run_job(job: str, world: int, outdir, args=(), timeout: float = 60.0, expect
 # ---------------------------------------------------------------------------------------------- the model
 def make_model(name: str, seed: int = 0) -> torch.nn.Module:
     """Rows 7, 3 and 1: uneven over 2 and 4 ranks, and smaller than the world (empty local shards)."""
-    bias = not ROW_BY_NAME[name].only_2d  # GroupAdaGrad takes 2-D weights only
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, 7, bias=bias), torch.nn.Tanh(), torch.nn.Linear(7, 3, bias=bias),
-                               torch.nn.Tanh(), torch.nn.Linear(3, 1, bias=bias))
+    return torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3), torch.nn.Tanh(),
+                               torch.nn.Linear(3, 1))
 
 
 def batch(step: int, rank: int = 0, world: int = 1):

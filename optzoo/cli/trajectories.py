@@ -179,8 +179,8 @@ def optimize_path(spec: OptimizerSpec, fn: TestFunction, steps: int, seed: int =
 
     torch.manual_seed(seed)
     updater = get_updater(create(spec.name, **spec.params))
-    # the point as 2 rows of 1: identical for element-wise and whole-tensor (trust-ratio) rules, and the shape
-    # row-wise rules such as GroupAdaGrad need
+    # the point as 2 rows of 1: identical for element-wise and whole-tensor (trust-ratio) rules, and row-wise rules
+    # such as GroupAdaGrad keep one history per coordinate
     point = torch.tensor(fn.start, dtype=torch.float32).reshape(2, 1)
     path, values = [list(fn.start)], [float(fn.f(*fn.start))]
     # a path that leaves the plotted window by more than half its size has diverged (it left the region where

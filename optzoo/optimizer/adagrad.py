@@ -96,24 +96,35 @@ def adagrad_foreach(weights, grads, histories, *, lrs, wds, epsilon, rescale_gra
     torch._foreach_sub_(weights, gs)
 
 
+def _as_rows(tensor):
+    """``tensor`` as a (rows, row length) matrix, rows along the first dimension (a view when possible): a 1-D
+    tensor is a column (one element per row), a 0-d one a 1x1 matrix."""
+    if tensor.dim() == 0:
+        return tensor.reshape(1, 1)
+    if tensor.dim() == 1:
+        return tensor.unsqueeze(1)
+    return tensor.flatten(1)
+
+
 def group_adagrad_reference(weight, grad, history, *, lr, epsilon, rescale_grad, clip_gradient):
-    """One 2-D tensor, history of shape (rows, 1):
+    """One tensor of any rank seen as (rows, row length) (:func:`_as_rows`), history of shape (rows, 1):
     ``g = clip(rg*grad); h += mean(g^2, axis=1); w -= lr * g/(sqrt(h) + eps)``."""
-    g = rescale_clip(grad.to(history.dtype), rescale_grad, clip_gradient)
+    g = rescale_clip(_as_rows(grad).to(history.dtype), rescale_grad, clip_gradient)
     history.add_((g * g).mean(dim=1, keepdim=True))
     g.div_(history.sqrt().add_(f32(epsilon)))
-    weight.sub_(g.mul_(f32(lr)))
+    weight.sub_(g.mul_(f32(lr)).view(weight.shape))
 
 
 def group_adagrad_foreach(weights, grads, histories, *, lrs, epsilon, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`group_adagrad_reference`."""
-    gs = rescale_clip_foreach([g.to(h.dtype) for g, h in zip(grads, histories)], rescale_grad, clip_gradient)
+    gs = rescale_clip_foreach([_as_rows(g).to(h.dtype) for g, h in zip(grads, histories)], rescale_grad,
+                              clip_gradient)
     torch._foreach_add_(histories, [sq.mean(dim=1, keepdim=True) for sq in torch._foreach_mul(gs, gs)])
     denoms = torch._foreach_sqrt(histories)
     torch._foreach_add_(denoms, f32(epsilon))
     torch._foreach_div_(gs, denoms)  # (rows, cols) / (rows, 1) broadcasts
     torch._foreach_mul_(gs, [f32(lr) for lr in lrs])
-    torch._foreach_sub_(weights, gs)
+    torch._foreach_sub_(weights, [g.view(w.shape) for g, w in zip(gs, weights)])
 
 
 def _pop_eps_alias(owner: str, epsilon, default, kwargs: dict):
@@ -212,8 +223,12 @@ class GroupAdaGrad(_Float32StateOptimizer):
         h_t &= h_{t-1} + \mathrm{mean}_j\, g_{t,j}^2 \qquad (h \text{ has shape } (\text{rows}, 1)) \\
         w_t &= w_{t-1} - \eta\, g_t / (\sqrt{h_t} + \epsilon)
 
-    Only 2-D weights are accepted, and weight decay is not supported (``wd`` must be 0; MXNet fails at
-    the first update instead of at construction). Row-sparse gradients update only the rows present.
+    The rows are the first dimension and ``mean_j`` runs over all of a row's other elements, so weights of
+    any rank work (MXNet asserts 2-D weights; 2-D weights are updated exactly as MXNet does): a 1-D weight of
+    n entries is n rows of one element (per-entry AdaGrad, epsilon outside the root), a 0-d weight one row.
+    The history has shape (rows, 1) for every rank ((1, 1) for a 0-d weight), so ``Shard(0)`` keeps a row's
+    history local. Weight decay is not supported (``wd`` must be 0; MXNet fails at the first update instead
+    of at construction). Row-sparse gradients update only the rows present.
 
     Compatibility: no torch.optim counterpart. MXNet 1.x added epsilon inside the square root (default 1e-5).
 
@@ -239,20 +254,12 @@ class GroupAdaGrad(_Float32StateOptimizer):
         if self.wd != 0.0:
             raise ValueError(f"GroupAdaGrad does not support weight decay: wd must be 0, got {self.wd!r}")
 
-    @staticmethod
-    def _check_2d(weight):
-        if weight.dim() != 2:
-            raise ValueError(
-                f"GroupAdaGrad needs 2-D weights (rows, features), got shape {tuple(weight.shape)}"
-            )
-
     def _check_no_decay(self, wds):
         if any(wds):
             raise ValueError(f"GroupAdaGrad does not support weight decay: wd must be 0, got {max(wds)!r}")
 
     def create_state(self, index, weight):
-        self._check_2d(weight)
-        return self._zeros(weight, (weight.shape[0], 1))  # history, one value per row
+        return self._zeros(weight, (weight.shape[0] if weight.dim() else 1, 1))  # history, one value per row
 
     def _native_hyper(self):
         # the kernel raises the ValueError of _check_no_decay itself when a tensor's wd is not 0
@@ -266,13 +273,10 @@ class GroupAdaGrad(_Float32StateOptimizer):
         }
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
-        self._check_2d(weight)
         self._check_no_decay([wd])
         group_adagrad_reference(weight, grad, state, lr=lr, **self._hyper())
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        for weight in weights:
-            self._check_2d(weight)
         self._check_no_decay(wds)
         group_adagrad_foreach(weights, grads, states, lrs=lrs, **self._hyper())
 

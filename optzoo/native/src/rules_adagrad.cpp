@@ -225,9 +225,10 @@ struct AdaDeltaRule {
 };
 
 const RuleDesc adagrad{"adagrad", 1, 0u, 0u, false, true, check_adagrad, prepare_adagrad, elementwise<AdaGradRule>};
-// GroupAdaGrad takes 2-D weights only (weight_dim 2: the core declines others, then the Python path raises).
+// GroupAdaGrad takes weights of any rank: rows along the first dimension (the core's row_lengths: numel / shape[0],
+// numel for a 0-d weight, one row), history shape [rows, 1].
 const RuleDesc group_adagrad{"group_adagrad", 1, 0u, 1u, true, true, check_group_adagrad, prepare_group_adagrad,
-                             run_group_adagrad, 0, 2};
+                             run_group_adagrad};
 const RuleDesc rmsprop{"rmsprop", 1, 0u, 0u, false, false, check_rmsprop, prepare_rmsprop,
                        elementwise<RMSPropRule>};
 const RuleDesc rmsprop_centered{"rmsprop_centered", 3, 0u, 0u, false, false, check_rmsprop_centered,
