@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Optimizer, decayed_grads_foreach, f32, register, rescale_clip
+from .base import Optimizer, decayed_grads_foreach, f32, f32s, register, rescale_clip
 from .validation import check_bool, check_real
 
 __all__ = ["SGD", "NAG", "sgd_reference", "sgd_foreach", "momentum_step_foreach", "nag_reference", "nag_foreach"]
@@ -23,7 +23,7 @@ def sgd_reference(weight, grad, mom, *, lr, wd, momentum, rescale_grad, clip_gra
 def sgd_foreach(weights, grads, moms, *, lrs, wds, momentum, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`sgd_reference`."""
     gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
-    torch._foreach_mul_(gs, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(gs, f32s(lrs))
     momentum_step_foreach(weights, gs, moms, momentum)
 
 
@@ -51,7 +51,7 @@ def nag_reference(weight, grad, mom, *, lr, wd, momentum, rescale_grad, clip_gra
 def nag_foreach(weights, grads, moms, *, lrs, wds, momentum, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`nag_reference`."""
     steps = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
-    torch._foreach_mul_(steps, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(steps, f32s(lrs))
     if moms is None:
         torch._foreach_sub_(weights, steps)
         return
