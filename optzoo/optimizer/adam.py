@@ -78,6 +78,11 @@ def adam_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, r
     means, variances = adam_moments_foreach(states, gs, beta1, beta2)
     denoms = torch._foreach_sqrt(variances)
     torch._foreach_add_(denoms, f32(epsilon))
+    if isinstance(lr_ts, torch.Tensor):  # a traced step's rates (addcdiv takes no tensor scalar)
+        steps = torch._foreach_div(means, denoms)
+        torch._foreach_mul_(steps, f32s(lr_ts))
+        torch._foreach_sub_(weights, steps)
+        return
     torch._foreach_addcdiv_(weights, means, denoms, f32s([-lr_t for lr_t in lr_ts]))
 
 
@@ -136,9 +141,15 @@ class Adam(Optimizer):
         lr_t = bias_corrected_lr(lr, t, self.beta1, self.beta2)
         adam_reference(weight, grad, state, lr_t=lr_t, wd=wd, **self._hyper())
 
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+    _step_scalars = ("lr_ts",)
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
         lr_ts = per_tensor(lambda lr, t: bias_corrected_lr(lr, t, self.beta1, self.beta2), lrs, ts)
-        adam_foreach(weights, grads, states, lr_ts=lr_ts, wds=wds, **self._hyper())
+        return adam_foreach, (weights, grads, states), dict(lr_ts=lr_ts, wds=wds, **self._hyper())
+
+    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
+        fn(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ shared pieces
@@ -321,8 +332,15 @@ class _CorrectedLRAdam(Optimizer):
         (lr_t,) = self._lr_ts([lr], [t])
         self._reference_kernel(weight, grad, state, lr_t=lr_t, wd=wd, **self._hyper())
 
+    _step_scalars = ("lr_ts",)
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
+        return self._foreach_kernel, (weights, grads, states), dict(lr_ts=self._lr_ts(lrs, ts), wds=wds,
+                                                                     **self._hyper())
+
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        self._foreach_kernel(weights, grads, states, lr_ts=self._lr_ts(lrs, ts), wds=wds, **self._hyper())
+        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
+        fn(*args, **kwargs)
 
 
 @register
@@ -472,8 +490,14 @@ class Adamax(Optimizer):
         (lr_t,) = self._lr_ts([lr], [t])
         adamax_reference(weight, grad, state, lr_t=lr_t, wd=wd, **self._hyper())
 
+    _step_scalars = ("lr_ts",)
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
+        return adamax_foreach, (weights, grads, states), dict(lr_ts=self._lr_ts(lrs, ts), wds=wds, **self._hyper())
+
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        adamax_foreach(weights, grads, states, lr_ts=self._lr_ts(lrs, ts), wds=wds, **self._hyper())
+        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
+        fn(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ Nadam

@@ -76,7 +76,11 @@ def f32(x: float) -> float:
 
 def f32s(values) -> float | list[float]:
     """Per-tensor scalars rounded to float32 as :func:`f32` does, for a ``torch._foreach_*`` op: ONE float when
-    they are all equal (the usual case: one rounding per step, and the op takes a plain scalar), else a list."""
+    they are all equal (the usual case: one rounding per step, and the op takes a plain scalar), else a list.
+    Scalars a traced step hands over as float32 tensors (:mod:`optzoo.optimizer.traced`) are rounded already:
+    a 0-d tensor (one value for all) is returned as it is, a 1-d one as its elements."""
+    if isinstance(values, torch.Tensor):
+        return values if values.dim() == 0 else list(values.unbind(0))
     values = values if isinstance(values, list) else list(values)
     if values and values.count(values[0]) == len(values):
         return f32(values[0])
@@ -628,6 +632,17 @@ class Optimizer:
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts) -> None:
         raise NotImplementedError  # pragma: no cover - only called when overridden (see _has_fast_rule)
+
+    #: the keyword arguments of :meth:`_foreach_parts` that change from step to step (a traced step passes them
+    #: as float32 tensors, so that a new learning rate or update count is new data, not a new graph)
+    _step_scalars: ClassVar[tuple[str, ...]] = ()
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
+        """``(fn, args, kwargs)`` such that ``fn(*args, **kwargs)`` is this step of ``_foreach_rule``: ``fn`` the
+        rule's tensor arithmetic (a module-level function torch.compile can trace), the per-tensor scalars in
+        ``kwargs`` computed here in Python, rounded as MXNet rounds them. ``None``: the rule is not split this
+        way (:mod:`optzoo.optimizer.traced` refuses it)."""
+        return None
 
     # ------------------------------------------------------------------ input checks
     def _check_pair(self, weight, grad) -> None:

@@ -86,9 +86,15 @@ class _MomentumSGDBase(Optimizer):
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         self._reference_kernel(weight, grad, state, lr=lr, wd=wd, **self._hyper())
 
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+    _step_scalars = ("lrs",)
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
         moms = None if self.momentum == 0.0 else states
-        self._foreach_kernel(weights, grads, moms, lrs=lrs, wds=wds, **self._hyper())
+        return self._foreach_kernel, (weights, grads, moms), dict(lrs=lrs, wds=wds, **self._hyper())
+
+    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
+        fn(*args, **kwargs)
 
 
 @register
