@@ -82,10 +82,10 @@ def _may_share_memory(written, read) -> bool:
         return False
     begins, ends, is_written = begins[order], begins[order] + sizes[order], is_written[order]
     reach_any = np.maximum.accumulate(ends)
-    reach_written = np.maximum.accumulate(np.where(is_written, ends, np.iinfo(np.int64).min))
+    reach_written = np.maximum.accumulate(np.where(is_written, ends, -1))
     clash_any = begins[1:] < reach_any[:-1]  # the first range reaching into this one, whatever it is
     clash_written = begins[1:] < reach_written[:-1]  # ... one that is written
-    return bool(np.any(np.where(is_written[1:], clash_any, clash_written)))
+    return bool(np.where(is_written[1:], clash_any, clash_written).any())
 
 
 def check_no_shared_memory(indices, weights, grads, states) -> None:
