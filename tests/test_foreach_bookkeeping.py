@@ -73,3 +73,11 @@ def test_the_usual_case_passes_and_a_clash_is_still_named():
     assert not opt._inputs_usual([0, 1], weights, grads, states)  # the entry-by-entry check names it
     with pytest.raises(ValueError, match="grad dtype torch.float64 does not match"):
         opt.update([0, 1], weights, grads, states)
+
+
+def test_a_state_that_is_not_tensors_gets_the_named_error():
+    opt = oo.create("adam", impl="foreach")
+    weight = torch.randn(3)
+    bad = type(opt.create_state(0, weight))(torch.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="state 1 of parameter 0 is a float, expected a tensor"):
+        opt.update([0], [weight], [torch.randn(3)], [bad])

@@ -29,7 +29,6 @@ from .. import native
 from .input_checks import _flat as _flat_state
 from .input_checks import (
     _may_share_memory,
-    _state_tensors,
     check_no_shared_memory,
     check_state_layout,
     native_positions,
@@ -709,14 +708,14 @@ class Optimizer:
                 expected[key] = self._state_template(index, weight)
                 if expected[key] is None:
                     return False
-        for key, state in zip(keys, states):
-            if isinstance(state, torch.Tensor):
-                flat = [(state.shape, state.dtype)]
-            else:
-                flat = [None if leaf is None else (leaf.shape, leaf.dtype) for leaf in _flat_state(state)]
-            if flat != expected[key]:
+        flats = [[state] if isinstance(state, torch.Tensor) else _flat_state(state) for state in states]
+        leaves = [leaf for flat in flats for leaf in flat if leaf is not None]
+        if not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
+            return False
+        for key, flat in zip(keys, flats):
+            if [None if leaf is None else (leaf.shape, leaf.dtype) for leaf in flat] != expected[key]:
                 return False
-        return not _may_share_memory(list(weights) + _state_tensors(states), list(grads))  # one device too
+        return not _may_share_memory(list(weights) + leaves, list(grads))  # one device too
 
     def _check_state_layout(self, index, weight, state, check_device: bool = True) -> None:
         """ValueError unless ``state`` has the layout, shapes and dtypes of the state this optimizer makes for
