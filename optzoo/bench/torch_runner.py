@@ -277,17 +277,23 @@ def _time_compiled(step, repeats, target_s, params, bytes_per_param, sol_s) -> d
 
 
 def run_compiled(name, shapes, grads, repeats, target_s, bytes_per_param, sol_s) -> dict:
-    """``torch.compile`` of optzoo's foreach rule (``_foreach_rule``: the whole step's arithmetic over every tensor).
-    The rule is called with the scalars of one update count: optzoo's foreach rules round their per-step scalars
-    in Python (numpy float32), so each new count would compile again, a property of the rules' Python, not of the
-    kernels Inductor generates."""
+    """``torch.compile`` of optzoo's foreach arithmetic. Where the rule splits into Python scalars and tensor
+    arithmetic (:class:`optzoo.optimizer.traced.TracedStep`), the whole ``update`` is timed: bookkeeping, update
+    counts advancing, the per-step scalars handed over as tensors (no recompilation). For the other rules the
+    compiled ``_foreach_rule`` is called with the scalars of one update count (its Python scalars are constants of
+    the graph: each new count would compile again)."""
     import optzoo.optimizer as oo
+    from optzoo.optimizer.traced import TracedStep, supports_tracing
 
     kwargs, _, _ = SPECS[name]
     weights = _weights(shapes, device=grads[0].device)
     opt = oo.create(name, impl="foreach", **kwargs)
     indices = list(range(len(weights)))
     states = [opt.create_state(i, w) for i, w in zip(indices, weights)]
+    if supports_tracing(opt):
+        traced = TracedStep(opt)
+        step = _synced(lambda: traced.update(indices, weights, grads, states), grads[0].device)
+        return _time_compiled(step, repeats, target_s, sum(numel(s) for s in shapes), bytes_per_param, sol_s)
     opt.update(indices, weights, grads, states)  # the first update, eager: creates the state
     lrs, wds = opt._get_lrs(indices), opt._get_wds(indices)
     ts = [opt._index_update_count[i] + 1 for i in indices]

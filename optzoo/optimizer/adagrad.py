@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .. import native
-from .base import Optimizer, f32, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, f32, f32s, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
 from .validation import check_bool, check_real
 
 __all__ = [
@@ -65,7 +65,7 @@ def _decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient, sta
     """:func:`_decayed_grad` for every tensor; ``states`` give each gradient's working dtype."""
     gs = rescale_clip_foreach([g.to(s.dtype) for g, s in zip(grads, states)], rescale_grad, clip_gradient)
     if any(wds):
-        decay = torch._foreach_mul([w.to(s.dtype) for w, s in zip(weights, states)], [f32(wd) for wd in wds])
+        decay = torch._foreach_mul([w.to(s.dtype) for w, s in zip(weights, states)], f32s(wds))
         torch._foreach_add_(gs, decay)
     return gs
 
@@ -92,7 +92,7 @@ def adagrad_foreach(weights, grads, histories, *, lrs, wds, epsilon, rescale_gra
     denoms = torch._foreach_sqrt(histories)
     torch._foreach_add_(denoms, f32(epsilon))
     torch._foreach_div_(gs, denoms)
-    torch._foreach_mul_(gs, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(gs, f32s(lrs))
     torch._foreach_sub_(weights, gs)
 
 
@@ -123,7 +123,7 @@ def group_adagrad_foreach(weights, grads, histories, *, lrs, epsilon, rescale_gr
     denoms = torch._foreach_sqrt(histories)
     torch._foreach_add_(denoms, f32(epsilon))
     torch._foreach_div_(gs, denoms)  # (rows, cols) / (rows, 1) broadcasts
-    torch._foreach_mul_(gs, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(gs, f32s(lrs))
     torch._foreach_sub_(weights, [g.view(w.shape) for g, w in zip(gs, weights)])
 
 
@@ -301,7 +301,7 @@ def rmsprop_foreach(
     torch._foreach_mul_(squares, one_minus(rho))
     torch._foreach_mul_(variances, f32(rho))
     torch._foreach_add_(variances, squares)
-    torch._foreach_mul_(gs, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(gs, f32s(lrs))
     denoms = torch._foreach_sqrt(variances)
     torch._foreach_add_(denoms, f32(epsilon))
     torch._foreach_div_(gs, denoms)
@@ -352,7 +352,7 @@ def rmsprop_centered_foreach(
     denoms = torch._foreach_sub(variances, torch._foreach_mul(means, means))
     torch._foreach_add_(denoms, f32(epsilon))
     torch._foreach_sqrt_(denoms)
-    torch._foreach_mul_(gs, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(gs, f32s(lrs))
     torch._foreach_div_(gs, denoms)
     torch._foreach_mul_(moms, f32(momentum))
     torch._foreach_sub_(moms, gs)
@@ -504,7 +504,7 @@ def adadelta_foreach(weights, grads, states, *, lrs, wds, rho, epsilon, rescale_
     torch._foreach_mul_(squares, c)
     torch._foreach_mul_(acc_deltas, f32(rho))
     torch._foreach_add_(acc_deltas, squares)
-    torch._foreach_mul_(deltas, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(deltas, f32s(lrs))
     torch._foreach_sub_(weights, deltas)
 
 

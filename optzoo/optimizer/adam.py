@@ -20,7 +20,9 @@ from .base import (
     Optimizer,
     decayed_grads_foreach,
     f32,
+    f32s,
     one_minus,
+    per_tensor,
     register,
     rescale_clip,
     rescale_clip_foreach,
@@ -76,7 +78,12 @@ def adam_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, r
     means, variances = adam_moments_foreach(states, gs, beta1, beta2)
     denoms = torch._foreach_sqrt(variances)
     torch._foreach_add_(denoms, f32(epsilon))
-    torch._foreach_addcdiv_(weights, means, denoms, [-f32(lr_t) for lr_t in lr_ts])
+    if isinstance(lr_ts, torch.Tensor):  # a traced step's rates (addcdiv takes no tensor scalar)
+        steps = torch._foreach_div(means, denoms)
+        torch._foreach_mul_(steps, f32s(lr_ts))
+        torch._foreach_sub_(weights, steps)
+        return
+    torch._foreach_addcdiv_(weights, means, denoms, f32s([-lr_t for lr_t in lr_ts]))
 
 
 def bias_corrected_lr(lr: float, t: int, beta1: float, beta2: float) -> float:
@@ -134,9 +141,15 @@ class Adam(Optimizer):
         lr_t = bias_corrected_lr(lr, t, self.beta1, self.beta2)
         adam_reference(weight, grad, state, lr_t=lr_t, wd=wd, **self._hyper())
 
+    _step_scalars = ("lr_ts",)
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
+        lr_ts = per_tensor(lambda lr, t: bias_corrected_lr(lr, t, self.beta1, self.beta2), lrs, ts)
+        return adam_foreach, (weights, grads, states), dict(lr_ts=lr_ts, wds=wds, **self._hyper())
+
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        lr_ts = [bias_corrected_lr(lr, t, self.beta1, self.beta2) for lr, t in zip(lrs, ts)]
-        adam_foreach(weights, grads, states, lr_ts=lr_ts, wds=wds, **self._hyper())
+        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
+        fn(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ shared pieces
@@ -190,7 +203,7 @@ def _l2_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient):
 
 def _scaled(xs, scalars):
     """``[x * f32(s)]`` for per-tensor scalars (new tensors)."""
-    return torch._foreach_mul(xs, [f32(s) for s in scalars])
+    return torch._foreach_mul(xs, f32s(scalars))
 
 
 # ------------------------------------------------------------------------------------------ AdamW
@@ -224,7 +237,7 @@ def adamw_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, 
     steps = torch._foreach_div(means, denoms)
     if any(wds):
         torch._foreach_add_(steps, _scaled(weights, wds))
-    torch._foreach_mul_(steps, [f32(lr_t) for lr_t in lr_ts])
+    torch._foreach_mul_(steps, f32s(lr_ts))
     torch._foreach_sub_(weights, steps)
 
 
@@ -273,7 +286,7 @@ def adabelief_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsil
     denoms = torch._foreach_sqrt(variances)
     torch._foreach_add_(denoms, f32(epsilon))
     steps = torch._foreach_div(means, denoms)
-    torch._foreach_mul_(steps, [f32(lr_t) for lr_t in lr_ts])
+    torch._foreach_mul_(steps, f32s(lr_ts))
     torch._foreach_sub_(weights, steps)
 
 
@@ -298,7 +311,7 @@ class _CorrectedLRAdam(Optimizer):
     def _lr_ts(self, lrs, ts) -> list[float]:
         if not self.correct_bias:
             return list(lrs)
-        return [bias_corrected_lr(lr, t, self.beta1, self.beta2) for lr, t in zip(lrs, ts)]
+        return per_tensor(lambda lr, t: bias_corrected_lr(lr, t, self.beta1, self.beta2), lrs, ts)
 
     def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast):
         # MXNet updates all-dense calls with its multi-tensor kernel and a call holding a row-sparse gradient
@@ -319,8 +332,15 @@ class _CorrectedLRAdam(Optimizer):
         (lr_t,) = self._lr_ts([lr], [t])
         self._reference_kernel(weight, grad, state, lr_t=lr_t, wd=wd, **self._hyper())
 
+    _step_scalars = ("lr_ts",)
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
+        return self._foreach_kernel, (weights, grads, states), dict(lr_ts=self._lr_ts(lrs, ts), wds=wds,
+                                                                     **self._hyper())
+
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        self._foreach_kernel(weights, grads, states, lr_ts=self._lr_ts(lrs, ts), wds=wds, **self._hyper())
+        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
+        fn(*args, **kwargs)
 
 
 @register
@@ -417,7 +437,7 @@ def adamax_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon,
     torch._foreach_mul_(norms, f32(beta2))
     torch._foreach_maximum_(norms, torch._foreach_abs(gs))
     steps = torch._foreach_div(means, torch._foreach_add(norms, f32(epsilon)))
-    torch._foreach_mul_(steps, [f32(lr_t) for lr_t in lr_ts])
+    torch._foreach_mul_(steps, f32s(lr_ts))
     torch._foreach_sub_(weights, steps)
 
 
@@ -461,7 +481,7 @@ class Adamax(Optimizer):
         return AdamaxState(self._zeros(weight), self._zeros(weight))
 
     def _lr_ts(self, lrs, ts) -> list[float]:
-        return [lr / (1.0 - self.beta1**t) for lr, t in zip(lrs, ts)]
+        return per_tensor(lambda lr, t: lr / (1.0 - self.beta1**t), lrs, ts)
 
     _hyper = Adam._hyper
     _native_hyper = Adam._native_hyper
@@ -470,8 +490,14 @@ class Adamax(Optimizer):
         (lr_t,) = self._lr_ts([lr], [t])
         adamax_reference(weight, grad, state, lr_t=lr_t, wd=wd, **self._hyper())
 
+    _step_scalars = ("lr_ts",)
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
+        return adamax_foreach, (weights, grads, states), dict(lr_ts=self._lr_ts(lrs, ts), wds=wds, **self._hyper())
+
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        adamax_foreach(weights, grads, states, lr_ts=self._lr_ts(lrs, ts), wds=wds, **self._hyper())
+        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
+        fn(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ Nadam
@@ -509,20 +535,21 @@ def nadam_reference(weight, grad, state: AdamState, *, lr, wd, scalars: NadamSca
 def nadam_foreach(weights, grads, states, *, lrs, wds, scalars: list[NadamScalars], beta1, beta2, epsilon,
                   rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`nadam_reference`."""
+    mom_ts, mom_nexts, m_schedules, m_schedule_nexts, coef2s = zip(*scalars)
     gs = _l2_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     means, variances = [s.mean for s in states], [s.var for s in states]
     _ema_foreach_(means, gs, beta1)
     _ema_foreach_(variances, torch._foreach_mul(gs, gs), beta2)
-    torch._foreach_div_(gs, [f32(1.0 - s.m_schedule) for s in scalars])
-    m_bars = torch._foreach_div(means, [f32(1.0 - s.m_schedule_next) for s in scalars])
-    torch._foreach_mul_(m_bars, [f32(s.mom_next) for s in scalars])
-    torch._foreach_mul_(gs, [f32(1.0 - s.mom_t) for s in scalars])
+    torch._foreach_div_(gs, f32s([1.0 - m for m in m_schedules]))
+    m_bars = torch._foreach_div(means, f32s([1.0 - m for m in m_schedule_nexts]))
+    torch._foreach_mul_(m_bars, f32s(mom_nexts))
+    torch._foreach_mul_(gs, f32s([1.0 - mom for mom in mom_ts]))
     torch._foreach_add_(m_bars, gs)
-    denoms = torch._foreach_div(variances, [f32(s.coef2) for s in scalars])
+    denoms = torch._foreach_div(variances, f32s(coef2s))
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, f32(epsilon))
     torch._foreach_div_(m_bars, denoms)
-    torch._foreach_mul_(m_bars, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(m_bars, f32s(lrs))
     torch._foreach_sub_(weights, m_bars)
 
 

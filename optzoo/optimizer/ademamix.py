@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 
 from .adopt import weight_decay_, weight_decay_foreach_
-from .base import Optimizer, f32, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, f32, f32s, register, rescale_clip, rescale_clip_foreach, state_class
 from .reference_names import map_reference_names
 from .validation import check_bool, check_real
 
@@ -65,11 +65,11 @@ def ademamix_foreach(weights, grads, states, *, lrs, wds, bias_correction1s, bia
     for m2, g, b3 in zip(slow, gs, beta3_ts):
         m2.lerp_(g, f32(1.0 - b3))
     denoms = torch._foreach_sqrt(second)
-    torch._foreach_div_(denoms, [f32(b) for b in bias_correction2_sqs])
+    torch._foreach_div_(denoms, f32s(bias_correction2_sqs))
     torch._foreach_add_(denoms, f32(epsilon))
-    updates = torch._foreach_div(fast, [f32(b) for b in bias_correction1s])
-    torch._foreach_add_(updates, torch._foreach_mul(slow, [f32(a) for a in alpha_ts]))
-    torch._foreach_addcdiv_(weights, updates, denoms, [-f32(lr) for lr in lrs])
+    updates = torch._foreach_div(fast, f32s(bias_correction1s))
+    torch._foreach_add_(updates, torch._foreach_mul(slow, f32s(alpha_ts)))
+    torch._foreach_addcdiv_(weights, updates, denoms, f32s([-lr for lr in lrs]))
 
 
 @register

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, f32, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, f32, f32s, register, rescale_clip, rescale_clip_foreach, state_class
 from .reference_names import map_reference_names
 from .validation import check_bool, check_real
 
@@ -38,7 +38,7 @@ def weight_decay_foreach_(weights, gs, lrs, wds, weight_decouple: bool, fixed_de
     if weight_decouple:
         torch._foreach_mul_(weights, [f32(decay_factor(lr, wd, fixed_decay)) for lr, wd in zip(lrs, wds)])
     else:
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+        torch._foreach_add_(gs, torch._foreach_mul(weights, f32s(wds)))
 
 
 @state_class

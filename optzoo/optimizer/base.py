@@ -17,6 +17,7 @@ float64 tensors, non-contiguous views, sparse gradients of a rule without a lazy
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import warnings
 from typing import ClassVar
@@ -26,7 +27,13 @@ import torch
 
 from .. import native
 from .input_checks import _flat as _flat_state
-from .input_checks import check_no_shared_memory, check_state_layout, native_positions, repeat_rounds
+from .input_checks import (
+    _may_share_memory,
+    check_no_shared_memory,
+    check_state_layout,
+    native_positions,
+    repeat_rounds,
+)
 from .validation import check_bool, check_choice, check_int, check_real, reject_unknown_kwargs
 
 __all__ = [
@@ -34,7 +41,9 @@ __all__ = [
     "Optimizer",
     "create",
     "f32",
+    "f32s",
     "one_minus",
+    "per_tensor",
     "register",
     "registered_name",
     "rescale_clip",
@@ -62,6 +71,29 @@ def state_class(klass: type) -> type:
 def f32(x: float) -> float:
     """Rounds a Python scalar to float32, as MXNet's kernels receive every hyperparameter."""
     return float(np.float32(x))
+
+
+def f32s(values) -> float | list[float]:
+    """Per-tensor scalars rounded to float32 as :func:`f32` does, for a ``torch._foreach_*`` op: ONE float when
+    they are all equal (the usual case: one rounding per step, and the op takes a plain scalar), else a list.
+    Scalars a traced step hands over as float32 tensors (:mod:`optzoo.optimizer.traced`) are rounded already:
+    a 0-d tensor (one value for all) is returned as it is, a 1-d one as its elements."""
+    if isinstance(values, torch.Tensor):
+        return values if values.dim() == 0 else list(values.unbind(0))
+    values = values if isinstance(values, list) else list(values)
+    if values and values.count(values[0]) == len(values):
+        return f32(values[0])
+    return np.asarray(values, dtype=np.float64).astype(np.float32).tolist()
+
+
+def per_tensor(fn, *columns) -> list:
+    """``[fn(*args) for args in zip(*columns)]``, calling ``fn`` once per distinct ``args``: per-tensor scalars
+    (bias corrections, decay factors) usually share one update count and one learning rate."""
+    keys = list(zip(*columns))
+    if keys and keys.count(keys[0]) == len(keys):
+        return [fn(*keys[0])] * len(keys)
+    cache: dict = {}
+    return [cache[key] if key in cache else cache.setdefault(key, fn(*key)) for key in keys]
 
 
 def one_minus(x: float) -> float:
@@ -108,9 +140,13 @@ def sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def decayed_grads_foreach(weights, grads, wds, rescale_grad: float, clip_gradient: float | None):
     """MXNet 2.0's canonical gradient for every tensor, ``clip(rescale_grad * grad) + wd * weight`` (new tensors)."""
+    if any(wds) and f32(rescale_grad) == 1.0 and clip_gradient is None:  # the same sum in one pass fewer
+        gs = torch._foreach_mul(list(weights), f32s(wds))
+        torch._foreach_add_(gs, list(grads))
+        return gs
     gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
     if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(list(weights), [f32(wd) for wd in wds]))
+        torch._foreach_add_(gs, torch._foreach_mul(list(weights), f32s(wds)))
     return gs
 
 
@@ -327,7 +363,14 @@ class Optimizer:
     _set_current_context = _set_current_device
 
     def _update_count(self, index) -> None:
-        for idx in _as_list(index):
+        indices = _as_list(index)
+        if len(indices) > 1 and len(set(indices)) == len(indices):  # each counted once: one pass for the list
+            get, begin = self._index_update_count.get, self.begin_num_update
+            counts = [get(i, begin) + 1 for i in indices]
+            self._index_update_count.update(zip(indices, counts))
+            self.num_update = max(self.num_update, max(counts))
+            return
+        for idx in indices:
             count = self._index_update_count.get(idx, self.begin_num_update) + 1
             self._index_update_count[idx] = count
             self.num_update = max(count, self.num_update)
@@ -343,9 +386,13 @@ class Optimizer:
 
     def _get_lrs(self, indices) -> list[float]:
         base = self.lr_scheduler(self.num_update) if self.lr_scheduler is not None else self.lr
+        if not (self.param_dict or self.lr_mult):
+            return [base] * len(indices)  # no multipliers: ``base * 1.0`` for every index
         return [base * self._multiplier(i, "lr_mult", self.lr_mult) for i in indices]
 
     def _get_wds(self, indices) -> list[float]:
+        if not (self.param_dict or self.wd_mult):
+            return [self.wd] * len(indices)
         return [self.wd * self._multiplier(i, "wd_mult", self.wd_mult) for i in indices]
 
     def _get_lr(self, index) -> float:
@@ -405,7 +452,7 @@ class Optimizer:
             return
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
-        masters = [self._uses_master_copy(w) for w in weights]
+        masters = [self._uses_master_copy(w) for w in weights] if self.multi_precision else [False]
         if not any(masters):
             return self._dispatch_update(indices, weights, grads, states)
         for w, s, master in zip(weights, states, masters):
@@ -445,18 +492,25 @@ class Optimizer:
     def _run(self, indices, weights, grads, states, fast: bool) -> None:
         self._update_count(indices)
         lrs, wds = self._get_lrs(indices), self._get_wds(indices)
-        ts = [self._index_update_count[i] for i in indices]
+        ts = list(map(self._index_update_count.__getitem__, indices))
         self._apply(indices, weights, grads, states, lrs, wds, ts, fast)
 
     def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast: bool) -> None:
         """Runs the rule with finished per-tensor scalars (lr, wd, t); used by the torch adapter too."""
-        rounds = repeat_rounds(indices, weights, states)
+        if not weights:
+            return
+        rounds = None if len(set(map(id, weights))) == len(weights) else repeat_rounds(indices, weights, states)
         if rounds is not None:  # the same entry listed twice: one update after the other, as MXNet
             columns = (indices, weights, grads, states, lrs, wds, ts)
             for r in rounds:
                 self._apply(*([column[k] for k in r] for column in columns), fast)
             return
         with torch.no_grad():
+            if fast and not any(g.is_sparse for g in grads):  # all dense: the lists as they are
+                if self.impl != "native" or not self._native_call(indices, weights, grads, states, lrs, wds, ts,
+                                                                  False):
+                    self._foreach_rule(weights, grads, states, lrs, wds, ts)
+                return
             dense = ([], [], [], [], [], [], [])
             for item in zip(indices, weights, grads, states, lrs, wds, ts):
                 grad = item[2]
@@ -578,6 +632,17 @@ class Optimizer:
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts) -> None:
         raise NotImplementedError  # pragma: no cover - only called when overridden (see _has_fast_rule)
 
+    #: the keyword arguments of :meth:`_foreach_parts` that change from step to step (a traced step passes them
+    #: as float32 tensors, so that a new learning rate or update count is new data, not a new graph)
+    _step_scalars: ClassVar[tuple[str, ...]] = ()
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
+        """``(fn, args, kwargs)`` such that ``fn(*args, **kwargs)`` is this step of ``_foreach_rule``: ``fn`` the
+        rule's tensor arithmetic (a module-level function torch.compile can trace), the per-tensor scalars in
+        ``kwargs`` computed here in Python, rounded as MXNet rounds them. ``None``: the rule is not split this
+        way (:mod:`optzoo.optimizer.traced` refuses it)."""
+        return None
+
     # ------------------------------------------------------------------ input checks
     def _check_pair(self, weight, grad) -> None:
         if not isinstance(weight, torch.Tensor) or not isinstance(grad, torch.Tensor):
@@ -603,6 +668,8 @@ class Optimizer:
         if not (len(indices) == len(weights) == len(grads) == len(states)):
             raise ValueError(f"update needs as many indices, weights, grads and states; got {len(indices)}, "
                              f"{len(weights)}, {len(grads)} and {len(states)}")
+        if self._inputs_usual(indices, weights, grads, states):
+            return
         for index, w, g, s in zip(indices, weights, grads, states):
             self._check_pair(w, g)
             self._check_state_layout(index, w, s)
@@ -616,6 +683,39 @@ class Optimizer:
         rounds = repeat_rounds(indices, weights, states) or [range(len(indices))]
         for r in rounds:  # a repeated entry is updated once per occurrence, round by round (see _apply)
             check_no_shared_memory(*([column[k] for k in r] for column in (indices, weights, grads, states)))
+
+    def _inputs_usual(self, indices, weights, grads, states) -> bool:
+        """True when every entry certainly passes :meth:`_check_inputs`: the usual case (dense floating-point
+        pairs of equal shapes and dtypes, one device, states exactly as ``create_state`` makes them, no entry
+        repeated, no shared memory), checked in a few passes over the lists instead of entry by entry. False
+        means "check entry by entry" (which names what is wrong), not that something is."""
+        klass = type(self)
+        if klass._check_pair is not Optimizer._check_pair or klass._state_shape_fits is not Optimizer._state_shape_fits:
+            return False
+        if not all(isinstance(t, torch.Tensor) for t in itertools.chain(weights, grads)):
+            return False
+        shapes, dtypes = [w.shape for w in weights], [w.dtype for w in weights]
+        if shapes != [g.shape for g in grads] or dtypes != [g.dtype for g in grads]:
+            return False
+        if not all(dtype.is_floating_point for dtype in set(dtypes)) or any(g.is_sparse for g in grads):
+            return False
+        if len(set(map(id, weights))) != len(weights):
+            return False  # a repeated entry: updated round by round (see _apply)
+        keys = list(zip(shapes, dtypes))
+        expected = {}  # (shape, dtype) -> the flat state create_state makes
+        for index, weight, key in zip(indices, weights, keys):
+            if key not in expected:
+                expected[key] = self._state_template(index, weight)
+                if expected[key] is None:
+                    return False
+        flats = [[state] if isinstance(state, torch.Tensor) else _flat_state(state) for state in states]
+        leaves = [leaf for flat in flats for leaf in flat if leaf is not None]
+        if not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
+            return False
+        for key, flat in zip(keys, flats):
+            if [None if leaf is None else (leaf.shape, leaf.dtype) for leaf in flat] != expected[key]:
+                return False
+        return not _may_share_memory(list(weights) + leaves, list(grads))  # one device too
 
     def _check_state_layout(self, index, weight, state, check_device: bool = True) -> None:
         """ValueError unless ``state`` has the layout, shapes and dtypes of the state this optimizer makes for

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, decayed_grads_foreach, f32, register, rescale_clip, state_class
+from .base import Optimizer, decayed_grads_foreach, f32, f32s, register, rescale_clip, state_class
 from .validation import check_real
 
 __all__ = ["DCASGD", "DCASGDState", "dcasgd_foreach", "dcasgd_reference"]
@@ -43,10 +43,10 @@ def dcasgd_foreach(weights, grads, moms, previous_weights, *, lrs, wds, momentum
     torch._foreach_mul_(ds, f32(lamda))
     torch._foreach_add_(ds, gs)
     if moms is None:
-        torch._foreach_mul_(ds, [-f32(lr) for lr in lrs])
+        torch._foreach_mul_(ds, f32s([-lr for lr in lrs]))
         steps = ds
     else:
-        torch._foreach_mul_(ds, [f32(lr) for lr in lrs])
+        torch._foreach_mul_(ds, f32s(lrs))
         torch._foreach_mul_(moms, f32(momentum))
         torch._foreach_sub_(moms, ds)
         steps = moms

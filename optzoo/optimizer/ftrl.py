@@ -16,7 +16,9 @@ from .base import (
     Optimizer,
     decayed_grads_foreach,
     f32,
+    f32s,
     one_minus,
+    per_tensor,
     register,
     rescale_clip,
     rescale_clip_foreach,
@@ -94,7 +96,7 @@ def ftrl_reference(weight, grad, state: FtrlState, *, lr, wd, lamda1, beta, resc
 
 def ftrl_foreach(weights, grads, states, *, lrs, wds, lamda1, beta, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`ftrl_reference`."""
-    lrs = [f32(lr) for lr in lrs]
+    lrs = f32s(lrs)
     zs = [s.z for s in states]
     ns = [s.n for s in states]
     gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
@@ -114,7 +116,7 @@ def ftrl_foreach(weights, grads, states, *, lrs, wds, lamda1, beta, rescale_grad
     denoms = exact_sqrt_foreach(ns)
     torch._foreach_add_(denoms, f32(beta))
     torch._foreach_div_(denoms, lrs)
-    torch._foreach_add_(denoms, [f32(wd) for wd in wds])
+    torch._foreach_add_(denoms, f32s(wds))
     torch._foreach_div_(shrunk, denoms)
     torch._foreach_copy_(weights, shrunk)
 
@@ -344,6 +346,6 @@ class FTML(_FollowTheLeader):
         ftml_reference(weight, grad, state, coef1_lr=coef1_lr, coef2=coef2, wd=wd, **self._hyper())
 
     def _foreach_kernel(self, weights, grads, states, lrs, wds, ts):
-        scalars = [ftml_scalars(lr, t, self.beta1, self.beta2) for lr, t in zip(lrs, ts)]
-        ftml_foreach(weights, grads, states, coef1_lrs=[s[0] for s in scalars],
-                     coef2s=[s[1] for s in scalars], wds=wds, **self._hyper())
+        scalars = per_tensor(lambda lr, t: ftml_scalars(lr, t, self.beta1, self.beta2), lrs, ts)
+        ftml_foreach(weights, grads, states, coef1_lrs=f32s([s[0] for s in scalars]),
+                     coef2s=f32s([s[1] for s in scalars]), wds=wds, **self._hyper())

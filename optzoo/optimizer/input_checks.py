@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 __all__ = ["check_no_shared_memory", "check_state_layout", "native_positions"]
@@ -54,8 +55,43 @@ def _region(t: torch.Tensor):
     return t.device, begin, begin + extent * t.element_size()
 
 
+def _state_tensors(states) -> list[torch.Tensor]:
+    """Every state tensor of ``states``, in order."""
+    out = []
+    for s in states:
+        if isinstance(s, torch.Tensor):
+            out.append(s)
+        elif s is not None:
+            out.extend(leaf for leaf in _flat(s) if isinstance(leaf, torch.Tensor))
+    return out
+
+
+def _may_share_memory(written, read) -> bool:
+    """False when no tensor of ``written`` shares memory with another of ``written + read`` (all on one device,
+    strided): one sweep over the byte ranges sorted by start, in numpy. True means "look closer"."""
+    tensors = written + read
+    if len({t.device for t in tensors}) > 1 or any(t.layout != torch.strided for t in tensors):
+        return True
+    begins = np.array([t.data_ptr() for t in tensors], dtype=np.int64)
+    sizes = np.array([t.nbytes if t.is_contiguous() else _region(t)[2] - t.data_ptr() if t.numel() else 0
+                      for t in tensors], dtype=np.int64)
+    is_written = np.arange(len(tensors)) < len(written)
+    order = np.argsort(begins, kind="stable")
+    order = order[sizes[order] > 0]  # empty tensors touch no memory
+    if len(order) < 2:
+        return False
+    begins, ends, is_written = begins[order], begins[order] + sizes[order], is_written[order]
+    reach_any = np.maximum.accumulate(ends)
+    reach_written = np.maximum.accumulate(np.where(is_written, ends, -1))
+    clash_any = begins[1:] < reach_any[:-1]  # the first range reaching into this one, whatever it is
+    clash_written = begins[1:] < reach_written[:-1]  # ... one that is written
+    return bool(np.where(is_written[1:], clash_any, clash_written).any())
+
+
 def check_no_shared_memory(indices, weights, grads, states) -> None:
     """ValueError naming both tensors when a written tensor shares memory with another tensor of the update."""
+    if not _may_share_memory(list(weights) + _state_tensors(states), list(grads)):
+        return  # the usual case, checked in one pass; the loop below names the tensors
     regions = []  # (device, begin, end, written, description)
     for index, w, g, s in zip(indices, weights, grads, states):
         items = [(w, True, f"the weight of parameter {index!r}"), (g, False, f"the gradient of parameter {index!r}")]

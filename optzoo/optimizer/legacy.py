@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, f32, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, f32, f32s, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
 from .trust_ratio import _norm_sums
 from .validation import check_bool, check_choice, check_int, check_real
 
@@ -75,7 +75,7 @@ def ccsgd_foreach(weights, grads, moms, *, lrs, wds, momentum, rescale_grad, cli
         steps = torch._foreach_mul(list(grads), [f32(f32(lr) * f32(rescale_grad)) for lr in lrs])
     else:
         steps = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-        torch._foreach_mul_(steps, [f32(lr) for lr in lrs])
+        torch._foreach_mul_(steps, f32s(lrs))
     keeps, lr_wds = zip(*(_decay_scalars(lr, wd) for lr, wd in zip(lrs, wds)))
     if moms is None:
         torch._foreach_mul_(weights, list(keeps))

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, f32, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, f32, f32s, register, rescale_clip, rescale_clip_foreach, state_class
 from .reference_names import map_reference_names
 from .validation import check_bool, check_real
 
@@ -38,7 +38,7 @@ def lion_foreach(weights, grads, states, *, lrs, decays, beta1, beta2, rescale_g
     updates = torch._foreach_mul(means, f32(beta1))
     torch._foreach_add_(updates, gs, alpha=f32(1.0 - beta1))
     torch._foreach_sign_(updates)
-    torch._foreach_mul_(updates, [-f32(lr) for lr in lrs])
+    torch._foreach_mul_(updates, f32s([-lr for lr in lrs]))
     torch._foreach_add_(weights, updates)
     torch._foreach_mul_(means, f32(beta2))
     torch._foreach_add_(means, gs, alpha=f32(1.0 - beta2))

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, f32, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, f32, f32s, register, rescale_clip, rescale_clip_foreach, state_class
 from .reference_names import map_reference_names
 from .validation import check_int, check_real
 
@@ -41,10 +41,10 @@ def _interpolate_(y, z, direction, *, lr, ckp1, beta):
 
 
 def _interpolate_foreach_(ys, zs, directions, *, lrs, ckp1s, beta):
-    torch._foreach_lerp_(ys, zs, [f32(c) for c in ckp1s])
+    torch._foreach_lerp_(ys, zs, f32s(ckp1s))
     torch._foreach_add_(ys, torch._foreach_mul(directions, [f32(lr * (beta * (1.0 - c) - 1.0))
                                                             for lr, c in zip(lrs, ckp1s)]))
-    torch._foreach_sub_(zs, torch._foreach_mul(directions, [f32(lr) for lr in lrs]))
+    torch._foreach_sub_(zs, torch._foreach_mul(directions, f32s(lrs)))
 
 
 def schedulefree_sgd_reference(weight, grad, state: ScheduleFreeSGDState, *, lr, wd, ckp1, momentum, rescale_grad,
@@ -59,7 +59,7 @@ def schedulefree_sgd_reference(weight, grad, state: ScheduleFreeSGDState, *, lr,
 def schedulefree_sgd_foreach(weights, grads, states, *, lrs, wds, ckp1s, momentum, rescale_grad, clip_gradient):
     ds = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
     if any(wds):
-        torch._foreach_add_(ds, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+        torch._foreach_add_(ds, torch._foreach_mul(weights, f32s(wds)))
     _interpolate_foreach_(weights, [s.z for s in states], ds, lrs=lrs, ckp1s=ckp1s, beta=momentum)
 
 
@@ -81,12 +81,12 @@ def schedulefree_adamw_foreach(weights, grads, states, *, lrs, wds, ckp1s, bias_
     variances = [s.exp_avg_sq for s in states]
     torch._foreach_mul_(variances, f32(beta2))
     torch._foreach_addcmul_(variances, gs, gs, value=f32(1.0 - beta2))
-    denoms = torch._foreach_div(variances, [f32(b) for b in bias_correction2s])
+    denoms = torch._foreach_div(variances, f32s(bias_correction2s))
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, f32(epsilon))
     torch._foreach_div_(gs, denoms)
     if any(wds):
-        torch._foreach_add_(gs, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+        torch._foreach_add_(gs, torch._foreach_mul(weights, f32s(wds)))
     _interpolate_foreach_(weights, [s.z for s in states], gs, lrs=lrs, ckp1s=ckp1s, beta=beta1)
 
 

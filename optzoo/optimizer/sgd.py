@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Optimizer, decayed_grads_foreach, f32, register, rescale_clip
+from .base import Optimizer, decayed_grads_foreach, f32, f32s, register, rescale_clip
 from .validation import check_bool, check_real
 
 __all__ = ["SGD", "NAG", "sgd_reference", "sgd_foreach", "momentum_step_foreach", "nag_reference", "nag_foreach"]
@@ -23,7 +23,7 @@ def sgd_reference(weight, grad, mom, *, lr, wd, momentum, rescale_grad, clip_gra
 def sgd_foreach(weights, grads, moms, *, lrs, wds, momentum, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`sgd_reference`."""
     gs = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
-    torch._foreach_mul_(gs, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(gs, f32s(lrs))
     momentum_step_foreach(weights, gs, moms, momentum)
 
 
@@ -51,7 +51,7 @@ def nag_reference(weight, grad, mom, *, lr, wd, momentum, rescale_grad, clip_gra
 def nag_foreach(weights, grads, moms, *, lrs, wds, momentum, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`nag_reference`."""
     steps = decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
-    torch._foreach_mul_(steps, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(steps, f32s(lrs))
     if moms is None:
         torch._foreach_sub_(weights, steps)
         return
@@ -86,9 +86,15 @@ class _MomentumSGDBase(Optimizer):
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         self._reference_kernel(weight, grad, state, lr=lr, wd=wd, **self._hyper())
 
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+    _step_scalars = ("lrs",)
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
         moms = None if self.momentum == 0.0 else states
-        self._foreach_kernel(weights, grads, moms, lrs=lrs, wds=wds, **self._hyper())
+        return self._foreach_kernel, (weights, grads, moms), dict(lrs=lrs, wds=wds, **self._hyper())
+
+    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
+        fn(*args, **kwargs)
 
 
 @register

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Optimizer, decayed_grads_foreach, f32, one_minus, register, rescale_clip
+from .base import Optimizer, decayed_grads_foreach, f32, f32s, one_minus, register, rescale_clip
 from .validation import check_real
 
 __all__ = [
@@ -40,7 +40,7 @@ def signum_foreach(weights, grads, moms, *, lrs, wds, momentum, wd_lh, rescale_g
     torch._foreach_mul_(gs, one_minus(momentum))
     torch._foreach_sub_(moms, gs)
     steps = torch._foreach_sign(moms)
-    torch._foreach_mul_(steps, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(steps, f32s(lrs))
     torch._foreach_mul_(weights, [decay_factor(lr, wd_lh) for lr in lrs])
     torch._foreach_add_(weights, steps)
 
@@ -56,7 +56,7 @@ def signsgd_reference(weight, grad, *, lr, wd, wd_lh):
 def signsgd_foreach(weights, grads, *, lrs, wds, wd_lh):
     """All tensors at once; the same arithmetic as :func:`signsgd_reference`."""
     steps = torch._foreach_sign(list(grads))
-    torch._foreach_mul_(steps, [f32(lr) for lr in lrs])
+    torch._foreach_mul_(steps, f32s(lrs))
     torch._foreach_mul_(weights, [decay_factor(lr, wd + wd_lh) for lr, wd in zip(lrs, wds)])
     torch._foreach_sub_(weights, steps)
 

@@ -23,7 +23,9 @@ from .base import (
     Optimizer,
     decayed_grads_foreach,
     f32,
+    f32s,
     one_minus,
+    per_tensor,
     register,
     rescale_clip,
     rescale_clip_foreach,
@@ -123,7 +125,7 @@ def _corrections_aux(beta1: float, beta2: float, ts) -> list[float]:
 
 def _scalars(values, like: torch.Tensor) -> torch.Tensor:
     """Per-tensor Python scalars as one float32 vector on ``like``'s device."""
-    return torch.tensor([f32(v) for v in values], dtype=torch.float32, device=like.device)
+    return torch.tensor(list(values), dtype=torch.float64, device=like.device).to(torch.float32)  # as f32 rounds
 
 
 # ------------------------------------------------------------------------------------------ LARS
@@ -396,13 +398,13 @@ def lamb_foreach(weights, grads, states, *, lrs, wds, beta1, beta2, epsilon, cor
         denoms = torch._foreach_sqrt(variances)
         us = list(means)
     else:
-        denoms = torch._foreach_div(variances, [c2 for _, c2 in corrections])
+        denoms = torch._foreach_div(variances, f32s([c2 for _, c2 in corrections]))
         torch._foreach_sqrt_(denoms)
-        us = torch._foreach_div(means, [c1 for c1, _ in corrections])
+        us = torch._foreach_div(means, f32s([c1 for c1, _ in corrections]))
     torch._foreach_add_(denoms, f32(epsilon))
     us = torch._foreach_div(us, denoms)
     if any(wds):
-        torch._foreach_add_(us, torch._foreach_mul(weights, [f32(wd) for wd in wds]))
+        torch._foreach_add_(us, torch._foreach_mul(weights, f32s(wds)))
     n = len(weights)
     norms = _tensor_norms([weights, us], weights, reduce_sums)
     r1 = _bounded(norms[:n], lower_bound, upper_bound)
@@ -512,7 +514,7 @@ class LAMB(_TrustRatioAdam):
         lamb_reference(weight, grad, state, lr=lr, wd=wd, corrections=self._corrections(t), **self._hyper())
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        corrections = [self._corrections(t) for t in ts] if self.bias_correction else None
+        corrections = per_tensor(self._corrections, ts) if self.bias_correction else None
         lamb_foreach(weights, grads, states, lrs=lrs, wds=wds, corrections=corrections,
                      reduce_sums=self.norm_sum_reducer, **self._hyper())
 
@@ -568,14 +570,14 @@ def lans_foreach(weights, grads, states, *, lrs, wds, beta1, beta2, epsilon, cor
         torch._foreach_clamp_min_(gs, -f32(clip_gradient))
         torch._foreach_clamp_max_(gs, f32(clip_gradient))
     means, variances = adam_moments_foreach(states, gs, beta1, beta2)
-    denoms = torch._foreach_div(variances, [c2 for _, c2 in corrections])
+    denoms = torch._foreach_div(variances, f32s([c2 for _, c2 in corrections]))
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, f32(epsilon))
-    ums = torch._foreach_div(means, [c1 for c1, _ in corrections])
+    ums = torch._foreach_div(means, f32s([c1 for c1, _ in corrections]))
     torch._foreach_div_(ums, denoms)
     ugs = torch._foreach_div(gs, denoms)
     if any(wds):
-        decays = torch._foreach_mul(weights, [f32(wd) for wd in wds])
+        decays = torch._foreach_mul(weights, f32s(wds))
         torch._foreach_add_(ums, decays)
         torch._foreach_add_(ugs, decays)
     n = len(weights)
@@ -657,6 +659,6 @@ class LANS(_TrustRatioAdam):
         lans_reference(weight, grad, state, lr=lr, wd=wd, corrections=corrections, **self._hyper())
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        corrections = [bias_corrections(self.beta1, self.beta2, t) for t in ts]
+        corrections = per_tensor(lambda t: bias_corrections(self.beta1, self.beta2, t), ts)
         lans_foreach(weights, grads, states, lrs=lrs, wds=wds, corrections=corrections,
                      reduce_sums=self.norm_sum_reducer, **self._hyper())

@@ -1,0 +1,85 @@
+"""A step whose tensor arithmetic ``torch.compile`` traces: the path Inductor can fuse (on CUDA, a few kernels).
+
+The eager fast paths round every per-step scalar in Python, as MXNet does (``f32(lr * sqrt(1 - beta2^t) /
+(1 - beta1^t))``...). Traced as they are, those Python numbers would become constants of the graph, and every new
+learning rate or update count a new graph. :class:`TracedStep` splits a step in two (``Optimizer._foreach_parts``):
+
+* the bookkeeping, eager and in Python: update counts, learning rates and multipliers, and the per-step scalars
+  the rule names in ``_step_scalars`` (MXNet's rounding exactly as the eager path);
+* the tensor arithmetic (``sgd_foreach``, ``adam_foreach``...), compiled once, taking those scalars as float32
+  tensors: one 0-d tensor when every parameter shares it (the usual case), a vector otherwise. Hyperparameters
+  (momentum, betas, epsilon, weight decay) stay constants of the graph: changing one compiles again, as for
+  torch's own compiled optimizers.
+
+The rules split so are SGD, NAG, Adam, AdamW, AdaBelief and Adamax; the others keep one opaque step (the
+``optzoo::optimizer_step`` operator of :mod:`optzoo.compiled`). Inductor fuses the arithmetic its own way, so a
+traced step agrees with the eager one to rounding (a few float32 ulps), not bit for bit.
+
+Example::
+
+    opt = optzoo.optimizer.create("adam", learning_rate=1e-3, impl="foreach")
+    step = TracedStep(opt)
+    step.update(indices, weights, grads, states)  # as opt.update
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Optimizer
+
+__all__ = ["TracedStep", "supports_tracing"]
+
+
+def supports_tracing(optimizer: Optimizer) -> bool:
+    """Whether ``optimizer``'s rule splits into Python scalars and traceable tensor arithmetic."""
+    return bool(optimizer._step_scalars) and type(optimizer)._foreach_parts is not Optimizer._foreach_parts
+
+
+def _as_tensor(values, device) -> torch.Tensor:
+    """Per-tensor scalars as float32 on ``device`` (rounded as :func:`~optzoo.optimizer.base.f32` rounds):
+    a 0-d tensor when they are all equal, else a vector."""
+    values = list(values)
+    if values.count(values[0]) == len(values):
+        values = values[0]
+    return torch.tensor(values, dtype=torch.float64).to(device=device, dtype=torch.float32)
+
+
+class TracedStep:
+    """:meth:`update` is ``optimizer.update`` with the rule's tensor arithmetic compiled by ``torch.compile``
+    (``compile_options`` are passed to it). Dense gradients only, no ``multi_precision`` master copies."""
+
+    def __init__(self, optimizer: Optimizer, **compile_options):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"TracedStep expects an optzoo optimizer, got {type(optimizer).__name__}")
+        if not supports_tracing(optimizer):
+            raise ValueError(f"{type(optimizer).__name__} has no traceable foreach arithmetic; traced steps exist "
+                             "for SGD, NAG, Adam, AdamW, AdaBelief and Adamax")
+        self.optimizer = optimizer
+        self._compile_options = compile_options
+        self._compiled: dict = {}  # arithmetic function -> its compiled form
+
+    def update(self, indices, weights, grads, states) -> None:
+        """Updates ``weights`` and ``states`` in place, as ``optimizer.update(indices, weights, grads, states)``."""
+        opt = self.optimizer
+        if not isinstance(indices, (list, tuple)):
+            indices, weights, grads, states = [indices], [weights], [grads], [states]
+        indices, weights, grads, states = list(indices), list(weights), list(grads), list(states)
+        opt._check_inputs(indices, weights, grads, states)
+        if any(g.is_sparse for g in grads):
+            raise ValueError("TracedStep takes dense gradients only; pass grad.to_dense() or use optimizer.update")
+        if len(set(map(id, weights))) != len(weights):
+            raise ValueError("TracedStep: a weight is listed twice; use optimizer.update, which updates it twice")
+        if not weights:
+            return
+        opt._update_count(indices)
+        lrs, wds = opt._get_lrs(indices), opt._get_wds(indices)
+        ts = [opt._index_update_count[i] for i in indices]
+        fn, args, kwargs = opt._foreach_parts(weights, grads, states, lrs, wds, ts)
+        for name in opt._step_scalars:
+            kwargs[name] = _as_tensor(kwargs[name], weights[0].device)
+        compiled = self._compiled.get(fn)
+        if compiled is None:
+            compiled = self._compiled[fn] = torch.compile(fn, **self._compile_options)
+        with torch.no_grad():
+            compiled(*args, **kwargs)

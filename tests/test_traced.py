@@ -1,0 +1,79 @@
+"""The traced (compiled) foreach step: agrees with the eager step over many steps, compiles once while the learning
+rate and the update counts change, and refuses what it cannot take."""
+
+import os
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import optzoo.optimizer as oo
+from optzoo import lr_scheduler
+from optzoo.optimizer.traced import TracedStep, supports_tracing
+
+FULL = os.environ.get("OPTZOO_FULL") == "1"
+TRACED = ["sgd", "nag", "adam", "adamw", "adabelief", "adamax"]
+SHAPES = [(5, 3), (7,), (4, 2, 3), (1,)]
+
+
+def _setup(name, seed=0):
+    kwargs = {"wd": 1e-3, "lr_scheduler": lr_scheduler.FactorScheduler(step=2, factor=0.7, base_lr=0.01)}
+    if name in ("sgd", "nag"):
+        kwargs["momentum"] = 0.9
+    opt = oo.create(name, impl="foreach", **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(s, generator=g) for s in SHAPES]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    return opt, weights, states
+
+
+@pytest.mark.parametrize("name", TRACED if FULL else ["sgd", "adam"])
+def test_traced_step_follows_the_eager_step_and_compiles_once(name):
+    eager, w_eager, s_eager = _setup(name)
+    traced_opt, w_traced, s_traced = _setup(name)
+    step = TracedStep(traced_opt)
+    torch._dynamo.reset()
+    counters.clear()
+    g = torch.Generator().manual_seed(1)
+    indices = list(range(len(SHAPES)))
+    for _ in range(8):  # the scheduler changes the rate every 2 updates; t advances every step
+        grads = [torch.randn(s, generator=g) for s in SHAPES]
+        eager.update(indices, w_eager, grads, s_eager)
+        step.update(indices, w_traced, grads, s_traced)
+    assert counters["stats"]["unique_graphs"] == 1, "a new rate or update count compiled a new graph"
+    assert traced_opt.num_update == eager.num_update == 8
+    for a, b in zip(w_traced + [x for s in s_traced for x in ([s] if torch.is_tensor(s) else s)],
+                    w_eager + [x for s in s_eager for x in ([s] if torch.is_tensor(s) else s)]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # Inductor's fusion rounds its own way
+
+
+def test_traced_step_takes_per_parameter_scalars():
+    """Parameters at different update counts get their own bias-corrected rates (a vector of scalars)."""
+    eager, w_eager, s_eager = _setup("adam")
+    traced_opt, w_traced, s_traced = _setup("adam")
+    traced_opt.set_lr_mult({1: 0.5})
+    eager.set_lr_mult({1: 0.5})
+    step = TracedStep(traced_opt)
+    g = torch.Generator().manual_seed(2)
+    for k in range(4):
+        indices = [0, 1, 2, 3] if k != 1 else [1, 2, 3]
+        grads = [torch.randn(SHAPES[i], generator=g) for i in indices]
+        eager.update(indices, [w_eager[i] for i in indices], grads, [s_eager[i] for i in indices])
+        step.update(indices, [w_traced[i] for i in indices], grads, [s_traced[i] for i in indices])
+    for a, b in zip(w_traced, w_eager):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_traced_step_refuses_what_it_cannot_take():
+    with pytest.raises(ValueError, match="no traceable foreach arithmetic"):
+        TracedStep(oo.create("lamb"))
+    with pytest.raises(TypeError, match="optzoo optimizer"):
+        TracedStep(torch.optim.SGD([torch.zeros(1, requires_grad=True)]))
+    assert supports_tracing(oo.create("adam")) and not supports_tracing(oo.create("nadam"))
+    opt, weights, states = _setup("sgd")
+    step = TracedStep(opt)
+    sparse = torch.zeros(SHAPES[1]).to_sparse()
+    with pytest.raises(ValueError, match="dense gradients only"):
+        step.update([1], [weights[1]], [sparse], [states[1]])
+    with pytest.raises(ValueError, match="listed twice"):
+        step.update([1, 1], [weights[1]] * 2, [torch.ones(SHAPES[1])] * 2, [states[1]] * 2)
