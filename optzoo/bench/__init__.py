@@ -139,11 +139,11 @@ def main(argv=None) -> int:
     import torch  # before the SoL kernels are loaded: one libgomp in the process
 
     from . import report, sol
-    from .shapes import SHAPE_SETS, get_shapes, numel
+    from .shapes import DEFAULT_SHAPES, SHAPE_SETS, get_shapes, numel
     from .timing import set_statistic
     from .torch_runner import SPECS, make_grads, run_compiled, run_optzoo, run_torch, run_torch_compiled, torch_variants
 
-    shape_names = _csv(args.shapes) if args.shapes else list(QUICK_SHAPES if args.quick else SHAPE_SETS)
+    shape_names = _csv(args.shapes) if args.shapes else list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
     names = _csv(args.optimizers) if args.optimizers else list(QUICK_OPTIMIZERS if args.quick else SPECS)
     compiled = set(names if args.compiled.strip().lower() == "all" else _csv(args.compiled))
     for s in shape_names:
