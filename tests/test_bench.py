@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import optzoo.optimizer as oo
-from optzoo.bench import mxnet_python, noise_estimate, report, sol
+from optzoo.bench import mxnet_python, noise_estimate, publish, report, sol
 from optzoo.bench.shapes import SHAPE_SETS, get_shapes, numel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,3 +234,19 @@ def test_noise_estimate_is_the_gap_between_the_two_fastest_rounds():
     many = [{"sol": None, "impls": {"optzoo": {"samples_ms": [1.0, 1.0 + k / 100]}}} for k in range(10)]
     assert noise_estimate(many)["median_gap_pct"] == pytest.approx(5.0)
     assert noise_estimate(many)["p90_gap_pct"] == pytest.approx(9.0)
+
+
+def test_published_pages_match_their_json():
+    """README.md's speed table and docs/benchmarks.md's results are generated from docs/benchmarks.json (python
+    bench/run.py publish): the committed text is what the committed JSON gives, and a changed number is caught."""
+    data = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    assert publish.main(["--check"]) == 0
+    for name, (path, body) in publish.blocks(data).items():
+        text = path.read_text()
+        assert publish.replace_block(text, name, body) == text, f"{path.name}: block {name} is stale"
+    row = next(r for r in data["results"] if r["impls"].get("optzoo", {}).get("ms"))
+    row["impls"]["optzoo"]["ms"] *= 1.5
+    for name, (path, body) in publish.blocks(data).items():
+        assert publish.replace_block(path.read_text(), name, body) != path.read_text()
+    with pytest.raises(ValueError, match="bench:missing"):
+        publish.replace_block("no block here", "missing", "x")

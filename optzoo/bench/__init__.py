@@ -85,7 +85,7 @@ def _machine(threads: int) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {threads} threads used"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {threads} thread{'s' if threads != 1 else ''} used"
 
 
 def _loadavg() -> str | None:
