@@ -14,10 +14,13 @@
 // sum per unit and sum; they are then added per tensor in unit order. Units are cut from the core's chunks, so
 // they and the results are the same whatever the thread count (see "sums of squares" for the order inside a
 // unit). A norm is the square root in double rounded once to float32; every later scalar (bounds, ratios,
-// steps) is float32 arithmetic in the reference's order.
+// steps) is float32 arithmetic in the reference's order. In a whole step (below) a tensor of at most kFuseUnits
+// units is fused: one thread runs all of its passes back to back inside the first stage's loop, while it is in
+// the core's cache, adding its sums exactly as the stages do (the same results bit for bit).
 //
 // Split steps: the `norm_sums` entry of the core runs one norm stage and returns the per-tensor sums; `step` with
-// the sums of every stage (aux = (aux, sums)) runs the update pass only. Sharded training adds the sums of all
+// the sums of every stage (aux = (aux, sums)) runs the update pass only (no tensor is fused); `step` without sums
+// runs the whole step. Sharded training adds the sums of all
 // ranks in between (a sum of squares over a tensor is the sum of its shards' sums). LAMB and LANS advance their
 // moments in the norm stage, so a norm stage must be followed by exactly one update with its sums.
 //
@@ -148,9 +151,8 @@ inline void sum_squares2(const float* __restrict x, const float* __restrict y, i
 //   derive(t, norms, d)                     the update's per-tensor values from the kSums norms
 //   pass2(t, off, n, g, pre, d)             the update: writes the float32 weight (the driver rounds it to the
 //                                           low-precision copy)
-// Each pass is one parallel loop over the units of every tensor (threads claim kBatch units at a time, so a
-// thread that the OS preempts only delays the units it holds); a stage's per-unit sums are then added per
-// tensor in unit order.
+// Each pass is one parallel loop over work items (threads claim one at a time, so a thread that the OS preempts
+// only delays the units it holds); a stage's per-unit sums are then added per tensor in unit order.
 
 // A thread's claim of work: units [begin, end) of the unit list. Units of a large tensor are claimed kBatch at a
 // time, stage by stage. A small tensor (at most kFuseUnits units) is `fused`: one thread runs all of its passes
