@@ -312,16 +312,21 @@ class LARS(_NativeNormPasses, Optimizer):
     def _native_hyper(self):
         return [self.momentum, self.eta, self.epsilon, self.rescale_grad, self._native_clip()]
 
+    def _all_trusted(self, indices) -> bool:
+        """Whether every index gets the ratio without asking its name: unnamed integer indices all get it
+        (``str(index)`` never ends in gamma/beta/bias)."""
+        return not self.idx2name and all(type(i) is int for i in indices)
+
     def _native_aux(self, indices, lrs, ts):
-        """Per tensor: 1 where it gets the ratio, 0 where it keeps the plain learning rate (unnamed integer
-        indices all get it: ``str(index)`` never ends in gamma/beta/bias)."""
-        if not self.idx2name and all(type(i) is int for i in indices):
+        """Per tensor: 1 where it gets the ratio, 0 where it keeps the plain learning rate."""
+        if self._all_trusted(indices):
             return [1.0] * len(indices), None
         return [1.0 if self.uses_trust_ratio(i) else 0.0 for i in indices], None
 
     def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast):
         # The rules see tensors, not indices: remember which weights keep the plain learning rate.
-        plain = (w for i, w in zip(indices, weights) if not self.uses_trust_ratio(i))
+        plain = () if self._all_trusted(indices) else (
+            w for i, w in zip(indices, weights) if not self.uses_trust_ratio(i))
         self._plain_lr_ids = frozenset(map(id, plain))
         try:
             super()._apply(indices, weights, grads, states, lrs, wds, ts, fast)
