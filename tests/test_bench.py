@@ -15,7 +15,7 @@ import torch
 
 import optzoo.optimizer as oo
 from optzoo.bench import mxnet_python, noise_estimate, publish, report, sol
-from optzoo.bench.shapes import SHAPE_SETS, get_shapes, numel
+from optzoo.bench.shapes import DEFAULT_SHAPES, SHAPE_SETS, get_shapes, numel
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +60,7 @@ def _check(data, optimizers, shapes):
 
 
 def test_cli_quick_run_writes_consistent_json_and_png(tmp_path):
-    optimizers, shapes = ["sgd", "adam", "rmsprop", "lamb"], list(SHAPE_SETS)
+    optimizers, shapes = ["sgd", "adam", "rmsprop", "lamb"], [*DEFAULT_SHAPES, "vectors"]
     data, stdout = _bench(["--optimizers", ",".join(optimizers), "--shapes", ",".join(shapes), "--repeats", "2"],
                           tmp_path, env={"OPTZOO_CACHE": str(tmp_path / "c")})
     _check(data, optimizers, shapes)
@@ -250,3 +250,20 @@ def test_published_pages_match_their_json():
         assert publish.replace_block(path.read_text(), name, body) != path.read_text()
     with pytest.raises(ValueError, match="bench:missing"):
         publish.replace_block("no block here", "missing", "x")
+
+
+def test_shape_sets_are_fixed_lists_of_real_shapes():
+    """Every set (full and --quick) is a non-empty list of shapes of positive sizes, the same in every process (the
+    MXNet runner and a later run time the same tensors); the sets no kernel was tuned on are what they say."""
+    for name in SHAPE_SETS:
+        for quick in (False, True):
+            shapes = get_shapes(name, quick)
+            assert shapes and all(s and all(type(d) is int and d > 0 for d in s) for s in shapes), name
+            assert shapes == get_shapes(name, quick)
+    bert = get_shapes("bert")
+    assert (8000, 768) in bert and bert.count((3072, 768)) == 4 and sum(len(s) == 1 for s in bert) == 43
+    sizes = [numel(s) for s in get_shapes("random")]
+    assert len(sizes) == 300 and min(sizes) < 100 and max(sizes) > 1_000_000
+    assert {len(s) for s in get_shapes("random")} == {1, 2, 3, 4}
+    assert all(len(s) == 1 and 64 <= s[0] <= 4096 for s in get_shapes("vectors"))
+    assert set(DEFAULT_SHAPES) == {"resnet50", "many-small", "big", "tiny"}
