@@ -175,8 +175,9 @@ void make_items(const Units& p, bool fuse, std::vector<Item>& items, std::vector
         if (b == e) continue;
         if (fuse && e - b <= kFuseUnits) {
             fused[t] = 1;
-            if (!items.empty() && items.back().fused && items.back().end == b && items.back().end - items.back().begin < kBatch)
-                items.back().end = e;
+            Item* last = items.empty() ? nullptr : &items.back();
+            if (last != nullptr && last->fused && last->end == b && last->end - last->begin < kBatch)
+                last->end = e;
             else
                 items.push_back(Item{b, e, true});
         } else {
