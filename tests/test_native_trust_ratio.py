@@ -327,15 +327,19 @@ def test_norm_sums_are_the_sums_of_squares(name):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_split_step_equals_the_whole_step(name):
-    """norm stage(s), then the update with their sums (aux = (aux, *sums)): bit for bit the one-call step."""
+    """norm stage(s), then the update with their sums (aux = (aux, *sums)): bit for bit the one-call step, where
+    tensors of at most 8 units of 8,192 elements take all their passes at once (65,536 elements: fused; 65,537:
+    stage by stage)."""
     require_native()
-    weights = _weights([(300_001,), (5, 3), (33, 1001)], seed=8)
-    grads = _weights([(300_001,), (5, 3), (33, 1001)], seed=9)
+    shapes = [(300_001,), (5, 3), (33, 1001), (65_536,), (65_537,), (8193,), (0,)]
+    weights = _weights(shapes, seed=8)
+    grads = _weights(shapes, seed=9)
     o = opt.create(name, impl="native", **SPLIT_KWARGS[name])
     kernel, hyper = o._native_kernel(), o._native_hyper()
     whole_w = [w.clone() for w in weights]
     whole_s = [o.create_state(i, w) for i, w in enumerate(whole_w)]
-    aux, _ = o._native_aux([0, 1, 2], [o.lr] * 3, [1] * 3)
+    n = len(shapes)
+    aux, _ = o._native_aux(list(range(n)), [o.lr] * n, [1] * n)
     assert native.load().step(kernel, whole_w, grads, whole_s, o.lr, o.wd, 1, hyper, False, aux)
     split_w = [w.clone() for w in weights]
     split_s = [o.create_state(i, w) for i, w in enumerate(split_w)]

@@ -19,14 +19,14 @@ import time
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["QUICK_OPTIMIZERS", "QUICK_ROUNDS", "QUICK_SHAPES", "main", "min_of_rounds", "mxnet_python"]
+__all__ = ["QUICK_OPTIMIZERS", "QUICK_ROUNDS", "QUICK_SHAPES", "main", "mxnet_python", "noise_estimate"]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: ``--quick`` without --optimizers/--shapes: one rule per kind of memory traffic (one state, two states, two
 #: passes for the trust ratio) on many mid-size tensors and on many tiny ones (per-tensor overhead)
 QUICK_OPTIMIZERS = ("sgd", "adam", "lamb")
 QUICK_SHAPES = ("resnet50", "tiny")
-#: ``--quick`` times each step this many rounds (of about 5 ms) and keeps the fastest (min-of-rounds)
+#: ``--quick`` times each step this many rounds (of about 5 ms) and keeps the fastest (as ``--min`` does)
 QUICK_ROUNDS = 5
 
 
@@ -53,18 +53,16 @@ def _parser():
                    help=f"comma-separated optimizers (default: {','.join(DEFAULT_OPTIMIZERS)}; --quick: "
                         f"{','.join(QUICK_OPTIMIZERS)})")
     p.add_argument("--repeats", type=int, default=None,
-                   help=f"timed runs per measurement: the median is reported (default 3; --min: the fastest); "
-                        f"--quick: the minimum (default {QUICK_ROUNDS}), with the spread over the rounds as the "
-                        "noise estimate")
-    p.add_argument("--min", action="store_true", help="report the fastest of the timed runs instead of their median "
-                   "(the least disturbed run, on a machine shared with other work)")
+                   help=f"timed runs (rounds) per measurement (default 3; --quick: {QUICK_ROUNDS})")
+    p.add_argument("--min", action="store_true", help="report the fastest of the rounds instead of their median "
+                   "(the least disturbed round, on a machine shared with other work; --quick always does)")
     p.add_argument("--threads", type=int, default=None, help="threads for torch, the SoL kernels and MXNet "
                    "(default: torch's current setting)")
     p.add_argument("--target-ms", type=float, default=None,
                    help="length of one timed run in ms (default 150, or 5 with --quick)")
     p.add_argument("--quick", action="store_true",
-                   help=f"under 30 s: small shape sets, {len(QUICK_OPTIMIZERS)} optimizers, min of {QUICK_ROUNDS} "
-                        "short rounds")
+                   help=f"under 30 s: small shape sets, {len(QUICK_OPTIMIZERS)} optimizers, the fastest of "
+                        f"{QUICK_ROUNDS} short rounds (implies --min)")
     p.add_argument("--no-mxnet", action="store_true", help="skip the MXNet comparison")
     p.add_argument("--no-reference", action="store_true", help="skip optzoo's impl='reference' path")
     p.add_argument("--no-foreach", action="store_true", help="skip optzoo's impl='foreach' path")
@@ -87,7 +85,7 @@ def _machine(threads: int) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {threads} threads used"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {threads} thread{'s' if threads != 1 else ''} used"
 
 
 def _loadavg() -> str | None:
@@ -115,30 +113,25 @@ def _run_mxnet(python: Path, shapes, names, threads, repeats, target_s, statisti
         return json.loads(out_path.read_text())
 
 
-def min_of_rounds(results: list[dict]) -> dict:
-    """--quick: every time becomes the fastest of its rounds (``ms``; the median stays as ``median_ms``), with
-    ``spread_pct`` = (slowest - fastest) / fastest over the rounds; bandwidths and % SoL follow. Returns the
-    noise estimate over all measurements."""
-    spreads = []
+def noise_estimate(results: list[dict]) -> dict:
+    """How repeatable this run's times are: per measurement (every implementation and SoL kernel with two or more
+    rounds) the gap between its two fastest rounds, as a % of the fastest. With ``--min`` that gap bounds how much a
+    reported time owes to luck; a slow outlier round (another process took the core) does not enter it. Returns the
+    median and the 90th percentile of the gaps over the run's measurements."""
+    gaps = []
     for row in results:
-        timed = [m for m in [row.get("sol") or {}, *row["impls"].values()] if m.get("samples_ms")]
-        for m in timed:
-            fastest = min(m["samples_ms"])
-            m["median_ms"], m["ms"] = m["ms"], fastest
-            m["spread_pct"] = 100.0 * (max(m["samples_ms"]) - fastest) / fastest
-            spreads.append(m["spread_pct"])
-        sol_ms = (row.get("sol") or {}).get("ms")
-        floor_ms = (row.get("sol") or {}).get("floor_ms")
-        for m in timed:
-            m["gbps"] = row["params"] * row["bytes_per_param"] / m["ms"] / 1e6
-            if m is not row.get("sol"):
-                m["pct_sol"] = 100.0 * sol_ms / m["ms"] if sol_ms else None
-                if floor_ms and m.get("pct_floor") is not None:
-                    m["pct_floor"] = 100.0 * floor_ms / m["ms"]
-    spreads.sort()
-    return {"method": "min of rounds", "measurements": len(spreads),
-            "median_spread_pct": spreads[len(spreads) // 2] if spreads else 0.0,
-            "max_spread_pct": spreads[-1] if spreads else 0.0}
+        sol = row.get("sol") or {}
+        for m in [sol, *sol.get("floor_samples_ms", []), *row["impls"].values()]:
+            samples = sorted(m if isinstance(m, list) else m.get("samples_ms") or [])
+            if len(samples) >= 2:
+                gaps.append(100.0 * (samples[1] - samples[0]) / samples[0])
+    gaps.sort()
+
+    def percentile(q):
+        return gaps[min(len(gaps) - 1, int(q * len(gaps)))] if gaps else 0.0
+
+    return {"method": "gap between the two fastest rounds, % of the fastest", "measurements": len(gaps),
+            "median_gap_pct": percentile(0.5), "p90_gap_pct": percentile(0.9)}
 
 
 def main(argv=None) -> int:
@@ -146,11 +139,11 @@ def main(argv=None) -> int:
     import torch  # before the SoL kernels are loaded: one libgomp in the process
 
     from . import report, sol
-    from .shapes import SHAPE_SETS, get_shapes, numel
+    from .shapes import DEFAULT_SHAPES, SHAPE_SETS, get_shapes, numel
     from .timing import set_statistic
     from .torch_runner import SPECS, make_grads, run_compiled, run_optzoo, run_torch, run_torch_compiled, torch_variants
 
-    shape_names = _csv(args.shapes) if args.shapes else list(QUICK_SHAPES if args.quick else SHAPE_SETS)
+    shape_names = _csv(args.shapes) if args.shapes else list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
     names = _csv(args.optimizers) if args.optimizers else list(QUICK_OPTIMIZERS if args.quick else SPECS)
     compiled = set(names if args.compiled.strip().lower() == "all" else _csv(args.compiled))
     for s in shape_names:
@@ -166,7 +159,7 @@ def main(argv=None) -> int:
         print("optzoo bench: --repeats and --threads must be >= 1", file=sys.stderr)
         return 2
     threads = args.threads or torch.get_num_threads()
-    statistic = "min" if args.min else "median"
+    statistic = "min" if args.min or args.quick else "median"
     set_statistic(statistic)
     torch.set_num_threads(threads)
     repeats = args.repeats or (QUICK_ROUNDS if args.quick else 3)
@@ -267,8 +260,7 @@ def main(argv=None) -> int:
                     sol_ms = (row.get("sol") or {}).get("ms")
                     m["pct_sol"] = 100.0 * sol_ms / m["ms"] if sol_ms else None
                 row["impls"]["mxnet"] = m
-    if args.quick:
-        data["meta"]["timing"] = min_of_rounds(data["results"])
+    data["meta"]["timing"] = noise_estimate(data["results"])
     for row in data["results"]:
         row["ratios"] = report.ratios(row["impls"])
     data["meta"]["wall_s"] = time.time() - started
@@ -280,11 +272,12 @@ def main(argv=None) -> int:
     print(report.main_table(data))
     print()
     print(report.targets_summary(data["targets"]))
-    if args.quick:
-        noise = data["meta"]["timing"]
-        print(f"timing: fastest of {repeats} rounds of ~{target_s * 1e3:g} ms per measurement; noise estimate (slowest "
-              f"round over the fastest, median over {noise['measurements']} measurements): "
-              f"{noise['median_spread_pct']:.0f}% (worst {noise['max_spread_pct']:.0f}%)")
+    noise = data["meta"]["timing"]
+    print(f"timing: the {'fastest' if statistic == 'min' else 'median'} of {repeats} rounds of ~{target_s * 1e3:g} ms "
+          f"per measurement; noise estimate (gap between a measurement's two fastest rounds): median "
+          f"{noise['median_gap_pct']:.1f}%, 90th percentile {noise['p90_gap_pct']:.1f}% over {noise['measurements']} "
+          f"measurements; load average {data['meta']['loadavg_start']} at the start, {data['meta']['loadavg_end']} "
+          "at the end")
     try:
         report.write_chart(data, out / "bench.png")
         chart = out / "bench.png"

@@ -27,6 +27,33 @@ def _many_small(count: int, low: int, high: int) -> list[tuple[int, ...]]:
     return [(rng.randint(low, high),) for _ in range(count)]
 
 
+def _bert(layers: int, vocab: int) -> list[tuple[int, ...]]:
+    """BERT-base's tensors (width 768, 3072 feed-forward, 512 positions) with `layers` encoder layers and a
+    `vocab`-word embedding: large matrices between many 768-value biases and LayerNorm vectors."""
+    h, ff = 768, 3072
+    shapes = [(vocab, h), (512, h), (2, h), (h,), (h,)]
+    for _ in range(layers):
+        shapes += [(h, h), (h,)] * 4 + [(h,), (h,), (ff, h), (ff,), (h, ff), (h,), (h,), (h,)]
+    return shapes + [(h, h), (h,)]
+
+
+def _random_sizes(count: int, largest: int, seed: int = 1) -> list[tuple[int, ...]]:
+    """`count` tensors of 1 to 4 dimensions whose sizes are spread evenly in log scale from 1 to `largest` values."""
+    rng = random.Random(seed)
+    shapes = []
+    for _ in range(count):
+        n = max(1, round(math.exp(rng.uniform(0.0, math.log(largest)))))
+        dims = rng.randint(1, 4)
+        shape = [n]
+        for _ in range(dims - 1):  # peel small factors off n (the last dimension keeps the rest)
+            f = rng.choice([1, 2, 3, 4, 8, 16])
+            if shape[-1] % f == 0:
+                shape[-1] //= f
+                shape.insert(0, f)
+        shapes.append(tuple(shape))
+    return shapes
+
+
 #: name -> (full shapes, --quick shapes, description)
 SHAPE_SETS = {
     "resnet50": (_resnet50, lambda: _resnet50()[:40], "ResNet-50's 161 tensors (25.6M values)"),
@@ -34,8 +61,15 @@ SHAPE_SETS = {
                    "2000 tensors of 1k-20k values"),
     "big": (lambda: [(100_000_000,)], lambda: [(1_000_000,)], "one tensor of 100M values"),
     "tiny": (lambda: [(64,)] * 2000, lambda: [(64,)] * 100, "2000 tensors of 64 values (per-tensor overhead)"),
+    # parameter sets whose shapes no kernel was tuned on
+    "bert": (lambda: _bert(4, 8000), lambda: _bert(1, 1000)[:9],
+             "BERT-base tensors, 4 layers, 8k vocabulary (71 tensors, 35.5M values, 43 of them 1-D)"),
+    "random": (lambda: _random_sizes(300, 2_000_000), lambda: _random_sizes(30, 100_000),
+               "300 tensors of 1 to 2M values, log-uniform sizes, 1-4 dimensions"),
+    "vectors": (lambda: _many_small(4000, 64, 4096), lambda: _many_small(200, 64, 1024),
+                "4000 1-D tensors of 64-4096 values (biases, norms)"),
 }
-DEFAULT_SHAPES = tuple(SHAPE_SETS)
+DEFAULT_SHAPES = ("resnet50", "many-small", "big", "tiny")
 
 
 def numel(shape) -> int:

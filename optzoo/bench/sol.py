@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -30,7 +31,9 @@ __all__ = ["CHUNK", "MAX_STATES", "PassKernel", "SolUnavailable", "TouchKernel",
 CHUNK = 1 << 15
 #: touch kernels exist for 0..MAX_STATES full-size state tensors
 MAX_STATES = 4
-CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
+#: the same vector width as the native kernels (optzoo.native.NATIVE_ARCH): the SoL is the fastest this machine streams
+CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC") + (
+    ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ())
 
 _lib = None
 

@@ -54,7 +54,10 @@ __all__ = ["BASE_CXXFLAGS", "CXXFLAGS", "NATIVE_ARCH", "NativeUnavailable", "bui
 
 #: flags of every build; the CPU-specific part (:data:`NATIVE_ARCH` or :func:`portable_arch`) is added to them.
 BASE_CXXFLAGS = ("-O3", "-std=c++17", "-fPIC", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-w")
-NATIVE_ARCH = ("-march=native",)
+#: x86-64: 512-bit vectors where the CPU has them (GCC prefers 256 by default): the memory-bound element-wise loops
+#: stream ~5% faster from cache with them (measured on the project's Xeon), as torch's own AVX-512 kernels do
+NATIVE_ARCH = ("-march=native",) + (
+    ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ())
 CXXFLAGS = BASE_CXXFLAGS[:1] + NATIVE_ARCH + BASE_CXXFLAGS[1:]  # the default build's flags (kept for callers)
 
 _module = None

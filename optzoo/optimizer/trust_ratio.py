@@ -214,25 +214,32 @@ class _NativeNormPasses:
                                        self._native_hyper(), multi_precision, aux, prior)
 
     def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision: bool) -> bool:
-        """Norm stage(s), then the update pass. In a sharded step (``norm_sum_reducer`` set) each stage's sums are
-        added up over the shards (one collective per stage for all tensors) before the next call."""
+        """Norm stage(s), then the update pass, in one native call (small tensors take all their passes at once,
+        while they are in cache). In a sharded step (``norm_sum_reducer`` set) the stages are separate calls and
+        each stage's sums are added up over the shards (one collective per stage for all tensors) before the next
+        call; both ways give the same results bit for bit."""
         aux, commit = self._native_aux(indices, lrs, ts)
         reduce_sums = self.norm_sum_reducer
-        stages = []
+        lib, kernel, hyper = native.load(), self._native_kernel(), self._native_hyper()
         with native_positions(indices):  # the core names bad tensors by position: name the parameters
-            for _ in range(self._native_norm_stages):
-                prior = stages[0] if stages else None
-                sums = self._native_norm_sums(weights, grads, states, lrs, wds, ts, multi_precision, aux, prior)
-                if sums is None:
-                    if not stages:
-                        return False  # nothing written: the foreach path takes the step
-                    raise RuntimeError("optzoo: a native norm stage refused a step the previous stage took")
-                if reduce_sums is not None:  # the reducer takes (families, owners)-shaped sums
-                    sums = reduce_sums(sums.t().contiguous(), weights).t().contiguous()
-                stages.append(sums)
-            if not native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
-                                      self._native_hyper(), multi_precision, (aux, *stages)):
-                raise RuntimeError("optzoo: the native update refused a step its norm pass took")
+            if reduce_sums is None:
+                if not lib.step(kernel, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux):
+                    return False  # nothing written: the foreach path takes the step
+            else:
+                stages = []
+                for _ in range(self._native_norm_stages):
+                    prior = stages[0] if stages else None
+                    sums = self._native_norm_sums(weights, grads, states, lrs, wds, ts, multi_precision, aux,
+                                                  prior)
+                    if sums is None:
+                        if not stages:
+                            return False  # nothing written: the foreach path takes the step
+                        raise RuntimeError("optzoo: a native norm stage refused a step the previous stage took")
+                    # the reducer takes (families, owners)-shaped sums
+                    stages.append(reduce_sums(sums.t().contiguous(), weights).t().contiguous())
+                if not lib.step(kernel, weights, grads, states, lrs, wds, ts, hyper, multi_precision,
+                                (aux, *stages)):
+                    raise RuntimeError("optzoo: the native update refused a step its norm pass took")
         if commit is not None:
             commit()
         return True
@@ -307,16 +314,21 @@ class LARS(_NativeNormPasses, Optimizer):
     def _native_hyper(self):
         return [self.momentum, self.eta, self.epsilon, self.rescale_grad, self._native_clip()]
 
+    def _all_trusted(self, indices) -> bool:
+        """Whether every index gets the ratio without asking its name: unnamed integer indices all get it
+        (``str(index)`` never ends in gamma/beta/bias)."""
+        return not self.idx2name and all(type(i) is int for i in indices)
+
     def _native_aux(self, indices, lrs, ts):
-        """Per tensor: 1 where it gets the ratio, 0 where it keeps the plain learning rate (unnamed integer
-        indices all get it: ``str(index)`` never ends in gamma/beta/bias)."""
-        if not self.idx2name and all(type(i) is int for i in indices):
+        """Per tensor: 1 where it gets the ratio, 0 where it keeps the plain learning rate."""
+        if self._all_trusted(indices):
             return [1.0] * len(indices), None
         return [1.0 if self.uses_trust_ratio(i) else 0.0 for i in indices], None
 
     def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast):
         # The rules see tensors, not indices: remember which weights keep the plain learning rate.
-        plain = (w for i, w in zip(indices, weights) if not self.uses_trust_ratio(i))
+        plain = () if self._all_trusted(indices) else (
+            w for i, w in zip(indices, weights) if not self.uses_trust_ratio(i))
         self._plain_lr_ids = frozenset(map(id, plain))
         try:
             super()._apply(indices, weights, grads, states, lrs, wds, ts, fast)

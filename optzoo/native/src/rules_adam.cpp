@@ -154,8 +154,13 @@ OPTZOO_RULE(adamax);
 // ------------------------------------------------------------------------------------------ Nadam
 // hyper = [beta1, beta2, epsilon, rescale_grad, clip_gradient (-1: none)];
 // aux (per tensor, from Nadam._native_aux) = [mu_t, mu_{t+1}, m_schedule, m_schedule_next, 1 - beta2^t].
-// Scalars (each from float64, rounded once): lr, wd, beta1, 1-beta1, beta2, 1-beta2, 1-m_schedule,
-// 1-m_schedule_next, mu_{t+1}, 1-mu_t, 1-beta2^t, epsilon, rescale_grad, clip_gradient, weight decay present.
+// Scalars (each from float64, rounded once): lr, wd, beta1, 1-beta1, beta2, 1-beta2, 1/(1-m_schedule),
+// 1/(1-m_schedule_next), mu_{t+1}, 1-mu_t, 1/(1-beta2^t), epsilon, rescale_grad, clip_gradient, weight decay
+// present. The three divisions by a per-tensor constant are multiplications by its float32 reciprocal (an ulp or
+// so from the reference's division): four divisions and a square root per element made the step wait on the
+// divider rather than on memory.
+inline float reciprocal(double x) { return 1.0f / f32(x); }
+
 void prepare_nadam(const double* h, double lr, double wd, int64_t, const double* aux, float* sc) {
     // aux is always there: the descriptor's n_aux = 5 makes the core decline a call without it
     sc[0] = f32(lr);
@@ -164,11 +169,11 @@ void prepare_nadam(const double* h, double lr, double wd, int64_t, const double*
     sc[3] = f32(1.0 - h[0]);
     sc[4] = f32(h[1]);
     sc[5] = f32(1.0 - h[1]);
-    sc[6] = f32(1.0 - aux[2]);
-    sc[7] = f32(1.0 - aux[3]);
+    sc[6] = reciprocal(1.0 - aux[2]);
+    sc[7] = reciprocal(1.0 - aux[3]);
     sc[8] = f32(aux[1]);
     sc[9] = f32(1.0 - aux[0]);
-    sc[10] = f32(aux[4]);
+    sc[10] = reciprocal(aux[4]);
     sc[11] = f32(h[2]);
     sc[12] = f32(h[3]);
     sc[13] = f32(h[4]);
@@ -186,9 +191,9 @@ struct NadamRule {
         const float v = var[i] * sc[4] + (g * g) * sc[5];
         mean[i] = m;
         var[i] = v;
-        const float g_prime = g / sc[6];
-        const float m_bar = (m / sc[7]) * sc[8] + g_prime * sc[9];
-        const float denom = std::sqrt(v / sc[10]) + sc[11];
+        const float g_prime = g * sc[6];
+        const float m_bar = (m * sc[7]) * sc[8] + g_prime * sc[9];
+        const float denom = std::sqrt(v * sc[10]) + sc[11];
         w = w - (m_bar / denom) * sc[0];
     }
 };

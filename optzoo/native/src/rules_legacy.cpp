@@ -122,18 +122,27 @@ struct LBSGDUpdate {
     }
 };
 
-// Pass 1 of lars over one chunk: out[0] += sum (w*w), out[1] += sum (mean*mean), squares in float32.
+// Pass 1 of lars over one chunk: out[0] += sum (w*w), out[1] += sum (mean*mean), squares in float32, summed in
+// float32 blocks of 256 (16 terms a vector lane; a float64 accumulator would cost more than the pass's memory
+// traffic), the block sums in double.
 template <bool kCum, typename G>
 inline void lars_sums_span(const float* __restrict w, const G* __restrict g, const float* __restrict cum, float scale,
                            int64_t n, double* out) {
+    constexpr int64_t kBlock = 256;
     double s0 = 0.0, s1 = 0.0;
-#pragma omp simd reduction(+ : s0, s1)
-    for (int64_t i = 0; i < n; ++i) {
-        const float x = w[i];
-        float m = to_float(g[i]);
-        if constexpr (kCum) m = (cum[i] + m) / scale;
-        s0 += static_cast<double>(x * x);
-        s1 += static_cast<double>(m * m);
+    for (int64_t b = 0; b < n; b += kBlock) {
+        const int64_t e = std::min(n, b + kBlock);
+        float f0 = 0.0f, f1 = 0.0f;
+#pragma omp simd reduction(+ : f0, f1)
+        for (int64_t i = b; i < e; ++i) {
+            const float x = w[i];
+            float m = to_float(g[i]);
+            if constexpr (kCum) m = (cum[i] + m) / scale;
+            f0 += x * x;
+            f1 += m * m;
+        }
+        s0 += f0;
+        s1 += f1;
     }
     out[0] += s0;
     out[1] += s1;
@@ -164,44 +173,94 @@ inline double lars_ratio(double w2, double g2, double wd) {
     return 100.0 < r ? 100.0 : r;
 }
 
+// The SGD kernel's scalars of tensor t once its lars sums are known (in chunk order: w2[t], g2[t])
+inline void lars_scalars(float* sc, double w2, double g2) {
+    const double wd = join3(sc + slot::kWdExact);
+    // _sum_squares: the float64 sum rounded to float32
+    const double ratio = lars_ratio(static_cast<double>(f32(w2)), static_cast<double>(f32(g2)), wd);
+    sgd_scalars(join3(sc + slot::kLrExact) * ratio, wd, sc[slot::kRg], sc[slot::kClip] >= 0.0f, sc);
+}
+
+// The update (or, for a tensor whose macro-batch is not complete, the accumulation) of one chunk
+template <typename G, typename L, bool kWithMom, bool kCum>
+inline void lbsgd_chunk(const StepArgs& a, const float* all, const Chunk& ch) {
+    float sc[kMaxScalars];
+    for (int k = 0; k < kMaxScalars; ++k) sc[k] = all[ch.tensor * kMaxScalars + k];
+    if (sc[slot::kReady] != 0.0f) {
+        elementwise_chunk<LBSGDUpdate<kWithMom, kCum>, G, L>(a, sc, ch);
+    } else if constexpr (kCum) {
+        elementwise_chunk<LBSGDAccumulate, G, L>(a, sc, ch);
+    }
+    // (not ready without cum_grad cannot happen: batch_scale 1 completes every micro-batch)
+}
+
+// With lars a step is two passes: the sums of every tensor, then the update. A tensor of at most kFuseChunks
+// chunks takes both passes at once on one thread (its second pass reads it from the core's cache); the others'
+// sums come from one parallel loop over their chunks (dynamic: the chunks of small tensors are short, and a
+// chunk's sums do not depend on who takes it), then their update from one balanced pass.
+constexpr int64_t kFuseChunks = 2;  // 64K elements
+
 template <typename G, typename L, bool kWithMom, bool kCum>
 void run_lbsgd_typed(const StepArgs& a) {
     const int64_t nt = a.n_tensors;
     const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
     std::vector<float> scalars(a.scalars, a.scalars + nt * kMaxScalars);
-    if (nt > 0 && scalars[slot::kLars] != 0.0f) {
-        std::vector<double> sums(2 * a.n_chunks, 0.0);
-        // dynamic: the chunks of small tensors are short, and a chunk's sums do not depend on who takes it
-#pragma omp parallel for schedule(dynamic, 4) num_threads(a.n_threads) if (parallel)
-        for (int64_t c = 0; c < a.n_chunks; ++c) {
-            const float* sc = a.scalars + a.chunks[c].tensor * kMaxScalars;
-            if (sc[slot::kReady] != 0.0f) lars_sums<kCum, G>(a, sc, a.chunks[c], sums.data() + 2 * c);
-        }
-        std::vector<double> w2(nt, 0.0), g2(nt, 0.0);
-        for (int64_t c = 0; c < a.n_chunks; ++c) {  // per tensor, in chunk order
-            w2[a.chunks[c].tensor] += sums[2 * c];
-            g2[a.chunks[c].tensor] += sums[2 * c + 1];
-        }
-        for (int64_t t = 0; t < nt; ++t) {
-            float* sc = scalars.data() + t * kMaxScalars;
-            if (sc[slot::kReady] == 0.0f) continue;
-            const double wd = join3(sc + slot::kWdExact);
-            // _sum_squares: the float64 sum rounded to float32
-            const double ratio = lars_ratio(static_cast<double>(f32(w2[t])), static_cast<double>(f32(g2[t])), wd);
-            sgd_scalars(join3(sc + slot::kLrExact) * ratio, wd, sc[slot::kRg], sc[slot::kClip] >= 0.0f, sc);
+    float* all = scalars.data();
+    if (nt == 0 || scalars[slot::kLars] == 0.0f) {
+        for_balanced(a, [&](const Chunk& ch) { lbsgd_chunk<G, L, kWithMom, kCum>(a, all, ch); });
+        return;
+    }
+    // work items: [begin, end) of the chunk table, fused (a small tensor's chunks) or one large tensor's chunk
+    std::vector<int64_t> first(nt + 1, 0);
+    for (int64_t c = 0; c < a.n_chunks; ++c) ++first[a.chunks[c].tensor + 1];
+    for (int64_t t = 0; t < nt; ++t) first[t + 1] += first[t];
+    std::vector<char> fused(nt, 0);
+    std::vector<Chunk> staged;
+    int64_t staged_elements = 0;
+    for (int64_t t = 0; t < nt; ++t) {
+        if (first[t + 1] - first[t] <= kFuseChunks) {
+            fused[t] = 1;
+        } else {
+            for (int64_t c = first[t]; c < first[t + 1]; ++c) staged_elements += a.chunks[c].length;
+            staged.insert(staged.end(), a.chunks + first[t], a.chunks + first[t + 1]);
         }
     }
-    const float* all = scalars.data();
-    for_balanced(a, [&](const Chunk& ch) {
-        float sc[kMaxScalars];
-        for (int k = 0; k < kMaxScalars; ++k) sc[k] = all[ch.tensor * kMaxScalars + k];
-        if (sc[slot::kReady] != 0.0f) {
-            elementwise_chunk<LBSGDUpdate<kWithMom, kCum>, G, L>(a, sc, ch);
-        } else if constexpr (kCum) {
-            elementwise_chunk<LBSGDAccumulate, G, L>(a, sc, ch);
+    std::vector<double> sums(2 * a.n_chunks, 0.0);
+#pragma omp parallel for schedule(dynamic, 4) num_threads(a.n_threads) if (parallel)
+    for (int64_t c = 0; c < a.n_chunks; ++c) {
+        const int32_t t = a.chunks[c].tensor;
+        float* sc = all + t * kMaxScalars;
+        if (sc[slot::kReady] == 0.0f) {
+            if (fused[t]) lbsgd_chunk<G, L, kWithMom, kCum>(a, all, a.chunks[c]);
+            continue;
         }
-        // (not ready without cum_grad cannot happen: batch_scale 1 completes every micro-batch)
-    });
+        if (fused[t] && c != first[t]) continue;  // the tensor's first chunk runs all of it
+        const int64_t last = fused[t] ? first[t + 1] : c + 1;
+        double w2 = 0.0, g2 = 0.0;
+        for (int64_t k = c; k < last; ++k) {
+            lars_sums<kCum, G>(a, sc, a.chunks[k], sums.data() + 2 * k);
+            w2 += sums[2 * k];
+            g2 += sums[2 * k + 1];
+        }
+        if (!fused[t]) continue;
+        lars_scalars(sc, w2, g2);
+        for (int64_t k = c; k < last; ++k) lbsgd_chunk<G, L, kWithMom, kCum>(a, all, a.chunks[k]);
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+        float* sc = all + t * kMaxScalars;
+        if (fused[t] || sc[slot::kReady] == 0.0f) continue;
+        double w2 = 0.0, g2 = 0.0;
+        for (int64_t c = first[t]; c < first[t + 1]; ++c) {  // per tensor, in chunk order
+            w2 += sums[2 * c];
+            g2 += sums[2 * c + 1];
+        }
+        lars_scalars(sc, w2, g2);
+    }
+    StepArgs rest = a;
+    rest.chunks = staged.data();
+    rest.n_chunks = static_cast<int64_t>(staged.size());
+    rest.n_elements = staged_elements;
+    for_balanced(rest, [&](const Chunk& ch) { lbsgd_chunk<G, L, kWithMom, kCum>(a, all, ch); });
 }
 
 template <typename G, typename L>

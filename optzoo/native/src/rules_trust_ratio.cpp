@@ -14,10 +14,13 @@
 // sum per unit and sum; they are then added per tensor in unit order. Units are cut from the core's chunks, so
 // they and the results are the same whatever the thread count (see "sums of squares" for the order inside a
 // unit). A norm is the square root in double rounded once to float32; every later scalar (bounds, ratios,
-// steps) is float32 arithmetic in the reference's order.
+// steps) is float32 arithmetic in the reference's order. In a whole step (below) a tensor of at most kFuseUnits
+// units is fused: one thread runs all of its passes back to back inside the first stage's loop, while it is in
+// the core's cache, adding its sums exactly as the stages do (the same results bit for bit).
 //
 // Split steps: the `norm_sums` entry of the core runs one norm stage and returns the per-tensor sums; `step` with
-// the sums of every stage (aux = (aux, sums)) runs the update pass only. Sharded training adds the sums of all
+// the sums of every stage (aux = (aux, sums)) runs the update pass only (no tensor is fused); `step` without sums
+// runs the whole step. Sharded training adds the sums of all
 // ranks in between (a sum of squares over a tensor is the sum of its shards' sums). LAMB and LANS advance their
 // moments in the norm stage, so a norm stage must be followed by exactly one update with its sums.
 //
@@ -119,16 +122,22 @@ inline float bounded(float r1, const float* sc, int at) {
 // That is more accurate than the reference's float32 running sums (relative error ~1e-7 against ~1e-6 at 1e5
 // elements) and cheap: a double accumulator would cost two conversions and two double operations per 8 elements,
 // more than the whole pass costs for LARS. The norms may differ from the reference's by float32 rounding.
-inline double sum_squares(const float* __restrict x, int64_t n) {
-    double s = 0.0;
+// out[0] += sum x*x, out[1] += sum y*y, in one loop (two streams at once read faster than one after the other)
+inline void sum_squares2(const float* __restrict x, const float* __restrict y, int64_t n, double* out) {
+    double sx = 0.0, sy = 0.0;
     for (int64_t b = 0; b < n; b += kSumBlock) {
         const int64_t e = std::min(n, b + kSumBlock);
-        float f = 0.0f;
-#pragma omp simd reduction(+ : f)
-        for (int64_t i = b; i < e; ++i) f += x[i] * x[i];
-        s += f;
+        float fx = 0.0f, fy = 0.0f;
+#pragma omp simd reduction(+ : fx, fy)
+        for (int64_t i = b; i < e; ++i) {
+            fx += x[i] * x[i];
+            fy += y[i] * y[i];
+        }
+        sx += fx;
+        sy += fy;
     }
-    return s;
+    out[0] += sx;
+    out[1] += sy;
 }
 
 // ------------------------------------------------------------------------------------------ the passes
@@ -142,19 +151,51 @@ inline double sum_squares(const float* __restrict x, int64_t n) {
 //   derive(t, norms, d)                     the update's per-tensor values from the kSums norms
 //   pass2(t, off, n, g, pre, d)             the update: writes the float32 weight (the driver rounds it to the
 //                                           low-precision copy)
-// Each pass is one parallel loop over the units of every tensor (threads claim kBatch units at a time, so a
-// thread that the OS preempts only delays the units it holds); a stage's per-unit sums are then added per
-// tensor in unit order.
+// Each pass is one parallel loop over work items (threads claim one at a time, so a thread that the OS preempts
+// only delays the units it holds); a stage's per-unit sums are then added per tensor in unit order.
 
-// fn(unit index, float32 buffer) over every unit, on all threads
+// A thread's claim of work: units [begin, end) of the unit list. Units of a large tensor are claimed kBatch at a
+// time, stage by stage. A small tensor (at most kFuseUnits units) is `fused`: one thread runs all of its passes
+// back to back (norms, its ratio, the update), so its later passes read it from the core's cache instead of
+// memory; consecutive small tensors are claimed together, up to about kBatch units.
+struct Item {
+    int64_t begin, end;
+    bool fused;
+};
+
+constexpr int64_t kFuseUnits = 8;  // 64K elements: 1 MiB of weight, gradient and two moments, in a core's L2
+
+// The items of a step; `fuse` false: every tensor goes stage by stage (the split entries, whose stages are
+// separate calls). fused[t] says which tensors take their passes in one item.
+void make_items(const Units& p, bool fuse, std::vector<Item>& items, std::vector<char>& fused) {
+    const int64_t n_tensors = static_cast<int64_t>(p.first.size()) - 1;
+    fused.assign(n_tensors, 0);
+    for (int64_t t = 0; t < n_tensors; ++t) {
+        const int64_t b = p.first[t], e = p.first[t + 1];
+        if (b == e) continue;
+        if (fuse && e - b <= kFuseUnits) {
+            fused[t] = 1;
+            Item* last = items.empty() ? nullptr : &items.back();
+            if (last != nullptr && last->fused && last->end == b && last->end - last->begin < kBatch)
+                last->end = e;
+            else
+                items.push_back(Item{b, e, true});
+        } else {
+            for (int64_t u = b; u < e; u += kBatch) items.push_back(Item{u, std::min(e, u + kBatch), false});
+        }
+    }
+}
+
+// fn(item, float32 buffer) over every item, on all threads
 template <class Fn>
-void for_units(const StepArgs& a, int64_t n_units, Fn&& fn) {
+void for_items(const StepArgs& a, const std::vector<Item>& items, Fn&& fn) {
     const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
+    const int64_t n = static_cast<int64_t>(items.size());
 #pragma omp parallel num_threads(a.n_threads) if (parallel)
     {
         alignas(64) float buffer[kUnit];  // a unit's gradient widened to float32 (low-precision steps only)
-#pragma omp for schedule(dynamic, kBatch)
-        for (int64_t u = 0; u < n_units; ++u) fn(u, buffer);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < n; ++i) fn(items[i], buffer);
     }
 }
 
@@ -170,76 +211,136 @@ inline void with_grad(const StepArgs& a, const Unit& un, bool need_grad, float* 
     }
 }
 
-// A stage's sums of every tensor: out[t * out_stride + j] (j < width). Stage 0 of a kernel with kPre is the
-// gradient norm; the other stage is the norm stage (it reads the gradient-norm sums from prior[t * prior_stride]).
-template <class Kernel, typename G>
-void sums_stage(const StepArgs& a, const Kernel& k, const Units& p, int stage, const double* prior,
-                int prior_stride, double* out, int out_stride) {
-    const bool gradient_norm = Kernel::kPre > 0 && stage == 0;
-    const int width = gradient_norm ? Kernel::kPre : Kernel::kSums;
-    std::vector<float> pre(a.n_tensors, 1.0f);
-    if (Kernel::kPre > 0 && !gradient_norm)
-        for (int64_t t = 0; t < a.n_tensors; ++t)
-            pre[t] = k.derive_pre(static_cast<int32_t>(t), f32(std::sqrt(prior[t * prior_stride])));
-    const int64_t n_units = static_cast<int64_t>(p.units.size());
-    std::vector<double> unit_sums(static_cast<size_t>(n_units * width), 0.0);
-    for_units(a, n_units, [&](int64_t u, float* buffer) {
-        const Unit& un = p.units[u];
-        const int32_t t = un.tensor;
-        with_grad<G>(a, un, true, buffer, [&](const float* g) {
-            if (gradient_norm) k.pre(t, un.offset, un.length, g, &unit_sums[u * width]);
-            else k.pass1(t, un.offset, un.length, g, pre[t], &unit_sums[u * width]);
-        });
-    });
-    for (int64_t t = 0; t < a.n_tensors; ++t)  // in unit order: the same sums whatever the thread count
-        for (int j = 0; j < width; ++j) {
-            double s = 0.0;
-            for (int64_t u = p.first[t]; u < p.first[t + 1]; ++u) s += unit_sums[u * width + j];
-            out[t * out_stride + j] = s;
-        }
-}
-
 // The stages' sums of every tensor in one row per tensor (gradient-norm sums first), as the update takes them.
 template <class Kernel>
 constexpr int kAllSums = Kernel::kPre + Kernel::kSums;
 
-// The update pass, from the sums of every stage (`sums`: kAllSums per tensor).
-template <class Kernel, typename G, typename L>
-void update_pass(const StepArgs& a, const Kernel& k, const Units& p, const double* sums) {
-    constexpr int kPre = Kernel::kPre, kSums = Kernel::kSums, kWidth = kAllSums<Kernel>, kD = Kernel::kDerived;
-    std::vector<float> pre(a.n_tensors, 1.0f), derived(a.n_tensors * kD, 0.0f);
-    for (int64_t t = 0; t < a.n_tensors; ++t) {
-        const double* row = sums + t * kWidth;
-        if (kPre > 0) pre[t] = k.derive_pre(static_cast<int32_t>(t), f32(std::sqrt(row[0])));
-        float norms[kSums];
-        for (int j = 0; j < kSums; ++j) norms[j] = f32(std::sqrt(row[kPre + j]));
-        k.derive(static_cast<int32_t>(t), norms, &derived[t * kD]);
-    }
-    for_units(a, static_cast<int64_t>(p.units.size()), [&](int64_t u, float* buffer) {
-        const Unit& un = p.units[u];
-        const int32_t t = un.tensor;
-        with_grad<G>(a, un, Kernel::kPass2Grad, buffer, [&](const float* g) {
-            k.pass2(t, un.offset, un.length, g, pre[t], &derived[t * kD]);
-            if constexpr (!std::is_same<L, NoLowPrecision>::value)
-                narrow<L>(a.weights[t] + un.offset, static_cast<L*>(a.low_precision[t]) + un.offset, un.length);
-        });
+// Norm stage `stage` on unit `un`: adds its sums to out (stage 0 of a kernel with kPre is the gradient norm)
+template <class Kernel, typename G>
+inline void stage_unit(const StepArgs& a, const Kernel& k, int stage, const Unit& un, float pre, float* buffer,
+                       double* out) {
+    with_grad<G>(a, un, true, buffer, [&](const float* g) {
+        if (Kernel::kPre > 0 && stage == 0) k.pre(un.tensor, un.offset, un.length, g, out);
+        else k.pass1(un.tensor, un.offset, un.length, g, pre, out);
     });
 }
 
-// A whole step: every stage's sums (unless the caller gives them: a.given_sums), then the update.
+// The gradient-norm stage's value of tensor t from its row of kAllSums sums (1 without that stage)
+template <class Kernel>
+inline float derive_pre(const Kernel& k, int32_t t, const double* row) {
+    return Kernel::kPre > 0 ? k.derive_pre(t, f32(std::sqrt(row[0]))) : 1.0f;
+}
+
+// The update's per-tensor values of tensor t from its row of kAllSums sums
+template <class Kernel>
+inline void derive_update(const Kernel& k, int32_t t, const double* row, float* d) {
+    float norms[Kernel::kSums];
+    for (int j = 0; j < Kernel::kSums; ++j) norms[j] = f32(std::sqrt(row[Kernel::kPre + j]));
+    k.derive(t, norms, d);
+}
+
+// The update on unit `un` (and the low-precision copy rounded from the new float32 weight)
+template <class Kernel, typename G, typename L>
+inline void update_unit(const StepArgs& a, const Kernel& k, const Unit& un, float pre, const float* d, float* buffer) {
+    with_grad<G>(a, un, Kernel::kPass2Grad, buffer, [&](const float* g) {
+        k.pass2(un.tensor, un.offset, un.length, g, pre, d);
+        if constexpr (!std::is_same<L, NoLowPrecision>::value)
+            narrow<L>(a.weights[un.tensor] + un.offset, static_cast<L*>(a.low_precision[un.tensor]) + un.offset,
+                      un.length);
+    });
+}
+
+// Every pass of a fused tensor t on this thread: the stages' sums (into its row: each unit's sums from 0, added in
+// unit order, exactly as the staged path adds them), its per-tensor values, the update.
+template <class Kernel, typename G, typename L>
+void fused_tensor(const StepArgs& a, const Kernel& k, const Units& p, int32_t t, float* buffer, double* row) {
+    constexpr int kPre = Kernel::kPre, kWidth = kAllSums<Kernel>;
+    float pre = 1.0f;
+    for (int stage = 0; stage < (kPre > 0 ? 2 : 1); ++stage) {
+        const bool gradient_norm = kPre > 0 && stage == 0;
+        const int column = gradient_norm ? 0 : kPre, width = gradient_norm ? kPre : Kernel::kSums;
+        if (kPre > 0 && !gradient_norm) pre = derive_pre(k, t, row);
+        for (int64_t u = p.first[t]; u < p.first[t + 1]; ++u) {
+            double unit[kWidth] = {};
+            stage_unit<Kernel, G>(a, k, stage, p.units[u], pre, buffer, unit);
+            for (int j = 0; j < width; ++j) row[column + j] += unit[j];
+        }
+    }
+    float d[Kernel::kDerived];
+    derive_update(k, t, row, d);
+    for (int64_t u = p.first[t]; u < p.first[t + 1]; ++u) update_unit<Kernel, G, L>(a, k, p.units[u], pre, d, buffer);
+}
+
+// A norm stage over the staged (not fused) items: writes each staged tensor's sums to sums[t * stride + column + j]
+// (j < the stage's width); `pre` holds the gradient-norm stage's per-tensor values (LANS's norm stage). Fused
+// items run whole, with `fused_fn(item, buffer)`, in the same parallel loop.
+template <class Kernel, typename G, class FusedFn>
+void sums_stage(const StepArgs& a, const Kernel& k, const Units& p, const std::vector<Item>& items,
+                const std::vector<char>& fused, int stage, const float* pre, double* sums, int stride, int column,
+                FusedFn&& fused_fn) {
+    const int width = Kernel::kPre > 0 && stage == 0 ? Kernel::kPre : Kernel::kSums;
+    std::vector<double> unit_sums(p.units.size() * static_cast<size_t>(width), 0.0);
+    for_items(a, items, [&](const Item& item, float* buffer) {
+        if (item.fused) return fused_fn(item, buffer);
+        for (int64_t u = item.begin; u < item.end; ++u)
+            stage_unit<Kernel, G>(a, k, stage, p.units[u], pre[p.units[u].tensor], buffer, &unit_sums[u * width]);
+    });
+    for (int64_t t = 0; t < a.n_tensors; ++t) {  // in unit order: the same sums whatever the thread count
+        if (fused[t]) continue;
+        for (int j = 0; j < width; ++j) {
+            double s = 0.0;
+            for (int64_t u = p.first[t]; u < p.first[t + 1]; ++u) s += unit_sums[u * width + j];
+            sums[t * stride + column + j] = s;
+        }
+    }
+}
+
+// The update pass over the staged items, from the sums of every stage (`sums`: kAllSums per tensor).
+template <class Kernel, typename G, typename L>
+void update_pass(const StepArgs& a, const Kernel& k, const Units& p, const std::vector<Item>& items,
+                 const double* sums) {
+    constexpr int kWidth = kAllSums<Kernel>, kD = Kernel::kDerived;
+    std::vector<float> pre(a.n_tensors, 1.0f), derived(a.n_tensors * kD, 0.0f);
+    for (int32_t t = 0; t < static_cast<int32_t>(a.n_tensors); ++t) {
+        pre[t] = derive_pre(k, t, sums + t * kWidth);
+        derive_update(k, t, sums + t * kWidth, &derived[t * kD]);
+    }
+    for_items(a, items, [&](const Item& item, float* buffer) {
+        if (item.fused) return;
+        for (int64_t u = item.begin; u < item.end; ++u) {
+            const int32_t t = p.units[u].tensor;
+            update_unit<Kernel, G, L>(a, k, p.units[u], pre[t], &derived[t * kD], buffer);
+        }
+    });
+}
+
+// A whole step: every stage's sums (unless the caller gives them: a.given_sums), then the update. Small tensors
+// take all their passes at once in the first stage's loop (fused_tensor); the split entries (given sums, the
+// `norm_sums` stages) run every tensor stage by stage, with the same sums and results bit for bit.
 template <class Kernel, typename G, typename L>
 void drive(const StepArgs& a, const Kernel& k) {
     constexpr int kWidth = kAllSums<Kernel>;
     Units p;
     make_units(a, p);
-    std::vector<double> sums;
-    if (a.given_sums == nullptr) {
-        sums.assign(static_cast<size_t>(a.n_tensors * kWidth), 0.0);
-        if (Kernel::kPre > 0) sums_stage<Kernel, G>(a, k, p, 0, nullptr, 0, sums.data(), kWidth);
-        sums_stage<Kernel, G>(a, k, p, Kernel::kPre > 0 ? 1 : 0, sums.data(), kWidth, sums.data() + Kernel::kPre,
-                              kWidth);
+    std::vector<Item> items;
+    std::vector<char> fused;
+    make_items(p, a.given_sums == nullptr, items, fused);
+    if (a.given_sums != nullptr) return update_pass<Kernel, G, L>(a, k, p, items, a.given_sums);
+    std::vector<double> sums(static_cast<size_t>(a.n_tensors * kWidth), 0.0);
+    std::vector<float> pre(a.n_tensors, 1.0f);
+    auto run_fused = [&](const Item& item, float* buffer) {
+        for (int64_t u = item.begin; u < item.end; u = p.first[p.units[u].tensor + 1]) {
+            const int32_t t = p.units[u].tensor;
+            fused_tensor<Kernel, G, L>(a, k, p, t, buffer, &sums[t * kWidth]);
+        }
+    };
+    auto nothing = [](const Item&, float*) {};
+    sums_stage<Kernel, G>(a, k, p, items, fused, 0, pre.data(), sums.data(), kWidth, 0, run_fused);
+    if (Kernel::kPre > 0) {
+        for (int32_t t = 0; t < static_cast<int32_t>(a.n_tensors); ++t) pre[t] = derive_pre(k, t, &sums[t * kWidth]);
+        sums_stage<Kernel, G>(a, k, p, items, fused, 1, pre.data(), sums.data(), kWidth, Kernel::kPre, nothing);
     }
-    update_pass<Kernel, G, L>(a, k, p, a.given_sums != nullptr ? a.given_sums : sums.data());
+    update_pass<Kernel, G, L>(a, k, p, items, sums.data());
 }
 
 // One stage's sums only (the native `norm_sums` entry): out is [n_tensors, width of the stage], prior the earlier
@@ -248,8 +349,15 @@ template <class Kernel, typename G>
 void drive_stage(const StepArgs& a, const Kernel& k, int stage, const double* prior, double* out) {
     Units p;
     make_units(a, p);
+    std::vector<Item> items;
+    std::vector<char> fused;
+    make_items(p, false, items, fused);
+    std::vector<float> pre(a.n_tensors, 1.0f);
+    if (Kernel::kPre > 0 && stage == 1)
+        for (int32_t t = 0; t < static_cast<int32_t>(a.n_tensors); ++t)
+            pre[t] = k.derive_pre(t, f32(std::sqrt(prior[t * Kernel::kPre])));
     const int width = Kernel::kPre > 0 && stage == 0 ? Kernel::kPre : Kernel::kSums;
-    sums_stage<Kernel, G>(a, k, p, stage, prior, Kernel::kPre, out, width);
+    sums_stage<Kernel, G>(a, k, p, items, fused, stage, pre.data(), out, width, 0, [](const Item&, float*) {});
 }
 
 template <template <typename> class Kernel>
@@ -325,8 +433,7 @@ struct LarsKernel {
     // ||w||^2 and ||grad||^2 (the raw gradient); nothing for tensors that keep the plain learning rate
     void pass1(int32_t t, int64_t off, int64_t n, const float* grad, float, double* out) const {
         if (a.scalars[t * kMaxScalars + 8] == 0.0f) return;
-        out[0] += sum_squares(a.weights[t] + off, n);
-        out[1] += sum_squares(grad, n);
+        sum_squares2(a.weights[t] + off, grad, n, out);
     }
 
     // lr_t = lr * eta*||w|| / (|rg|*||grad|| + wd*||w|| + eps); lr where a norm is 0 or the ratio is not used
