@@ -119,9 +119,8 @@ class Adafactor(Optimizer):
     #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole-tensor statistics
     needs_whole_tensors = "factors the second moment into row and column means of the whole tensor"
     default_learning_rate = 0.01
-    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
-    needs_whole_tensors = "factors the second moment into row and column means of the whole tensor"
     sparse_support = "dense"
+    native_rule = "adafactor"  # optzoo/native/src/rules_factored.cpp
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "d": "clip_threshold",
                               "eps": split_tuple("epsilon1", "epsilon2")})
@@ -148,6 +147,11 @@ class Adafactor(Optimizer):
         return dict(beta2_decay=self.beta2_decay, epsilon1=self.epsilon1, epsilon2=self.epsilon2,
                     clip_threshold=self.clip_threshold, rescale_grad=self.rescale_grad,
                     clip_gradient=self.clip_gradient)
+
+    def _native_hyper(self):
+        # the kernels take float32 weights (or float32 master copies): epsilon1=None is float32's machine epsilon
+        eps1 = torch.finfo(torch.float32).eps if self.epsilon1 is None else self.epsilon1
+        return [self.beta2_decay, eps1, self.epsilon2, self.clip_threshold, self.rescale_grad, self._native_clip()]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         adafactor_reference(weight, grad, state, lr=lr, wd=wd, t=t, **self._hyper())
@@ -257,11 +261,10 @@ class CAME(Optimizer):
     """
 
     #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole-tensor statistics
-    needs_whole_tensors = "factors the second moment into row and column means of the whole tensor"
-    default_learning_rate = 2e-4
-    #: optzoo.sharding refuses Shard(0) parameters (FSDP2): the rule reads whole tensors
     needs_whole_tensors = "factors its moments into row and column means of the whole tensor"
+    default_learning_rate = 2e-4
     sparse_support = "dense"
+    native_rule = "came"  # optzoo/native/src/rules_factored.cpp
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd",
                               "betas": split_tuple("beta1", "beta2", "beta3"),
@@ -292,6 +295,10 @@ class CAME(Optimizer):
         return dict(beta1=self.beta1, beta2=self.beta2, beta3=self.beta3, epsilon1=self.epsilon1,
                     epsilon2=self.epsilon2, clip_threshold=self.clip_threshold, rescale_grad=self.rescale_grad,
                     clip_gradient=self.clip_gradient)
+
+    def _native_hyper(self):
+        return [self.beta1, self.beta2, self.beta3, self.epsilon1, self.epsilon2, self.clip_threshold,
+                self.rescale_grad, self._native_clip()]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         came_reference(weight, grad, state, lr=lr, wd=wd, **self._hyper())
