@@ -2,10 +2,12 @@
 // seen as B = numel/(n*m) batches of n rows of m; its row and column statistics are row and column means over the
 // batch. 0-D and 1-D weights keep full moments (the missing slots are None). Every step is a few passes over the
 // whole step (docs/native.md, "Factored rules"):
-//   * a row/column pass: the per-row and per-column sums of an element value, in float64, each batch's rows split
-//     among threads only when there are few batches (then per-block column partials, added in block order);
+//   * a row/column pass: the per-row and per-column sums of an element value, in float64; work items are whole
+//     batches, or, for a large weight with fewer than kSplitBatches batches (a matrix), blocks of a batch's rows
+//     whose column partials are then added in block order;
 //   * element passes with per-tensor sums (the update's RMS clip, Adafactor's weight RMS): float64 partial sums
-//     per fixed chunk, added in chunk order, so results do not depend on the number of threads.
+//     per fixed chunk, added in chunk order.
+// No result depends on the number of threads.
 // Each line mirrors one tensor operation of the readable rule (float32 rounding after each), with the float64
 // reductions in place of torch's float32 ones (so trajectories agree to float32 rounding, not bit for bit).
 #include <algorithm>
@@ -98,9 +100,17 @@ inline float grad_at(const StepArgs& a, const float* sc, int64_t t, int64_t k) {
 // Over every factored tensor: row(t, r, k0, m, col) visits row r (flat offset k0) of tensor t, adds each element's
 // value to col[j] and returns the row's sum; row_done(t, r, sum) and col_done(t, b, j, sum) receive the sums (each
 // exactly once) and batch_done(t, b) runs once every row of batch b is done.
+// A large weight with fewer batches than this has its batches' rows split into blocks (fixed by the shape, not by the
+// thread count, so the sums are the same on any number of threads).
+constexpr int64_t kSplitBatches = 32;
+
 struct SumUnit {
     int64_t tensor, b0, b1, i0, i1, partial;  // partial: offset of its column partials, or -1 (it owns the batches)
 };
+
+inline int64_t split_blocks(const Shape& sh) {
+    return std::min(sh.n, (kSplitBatches + sh.batches - 1) / sh.batches);
+}
 
 template <class Row, class RowDone, class ColDone, class BatchDone>
 void row_col_pass(const StepArgs& a, const Layout& lay, Row row, RowDone row_done, ColDone col_done,
@@ -112,12 +122,12 @@ void row_col_pass(const StepArgs& a, const Layout& lay, Row row, RowDone row_don
     for (int64_t t = 0; t < a.n_tensors; ++t) {
         const Shape& sh = lay.shapes[t];
         if (!sh.factored || sh.numel == 0) continue;
-        if (sh.batches >= 2 * threads || sh.numel < kParallelMin || sh.n == 1) {
+        if (sh.batches >= kSplitBatches || sh.numel < kParallelMin || sh.n == 1) {
             const int64_t per = std::max<int64_t>(1, kChunk / (sh.n * sh.m));  // whole batches, ~kChunk elements
             for (int64_t b = 0; b < sh.batches; b += per)
                 units.push_back(SumUnit{t, b, std::min(sh.batches, b + per), 0, sh.n, -1});
         } else {
-            const int64_t blocks = std::min(sh.n, (2 * threads + sh.batches - 1) / sh.batches);
+            const int64_t blocks = split_blocks(sh);
             for (int64_t b = 0; b < sh.batches; ++b)
                 for (int64_t k = 0; k < blocks; ++k, partial_size += sh.m)
                     units.push_back(SumUnit{t, b, b + 1, sh.n * k / blocks, sh.n * (k + 1) / blocks, partial_size});
@@ -151,7 +161,7 @@ void row_col_pass(const StepArgs& a, const Layout& lay, Row row, RowDone row_don
     int64_t at = 0;
     for (const int64_t t : split_tensors) {
         const Shape& sh = lay.shapes[t];
-        const int64_t blocks = std::min(sh.n, (2 * threads + sh.batches - 1) / sh.batches);
+        const int64_t blocks = split_blocks(sh);
         for (int64_t b = 0; b < sh.batches; ++b, at += blocks * sh.m) {
             const double* p = partials.data() + at;
 #pragma omp parallel for num_threads(threads) if (parallel && sh.m >= kParallelMin)
