@@ -91,14 +91,33 @@ struct Layout {
     }
 };
 
+// The float32 gradient clip(rescale_grad * grad, clip) at elements [k0, k0 + len) of tensor t, into out.
 template <typename G>
-inline float grad_at(const StepArgs& a, const float* sc, int64_t t, int64_t k) {
-    return rescale_clip(to_float(static_cast<const G*>(a.grads[t])[k]), sc[14], sc[15]);
+inline void load_grad(const StepArgs& a, const float* sc, int64_t t, int64_t k0, int64_t len, float* __restrict out) {
+    const G* __restrict g = static_cast<const G*>(a.grads[t]) + k0;
+    const float rescale = sc[14], clip = sc[15];
+    if (rescale == 1.0f && clip < 0.0f) {
+        for (int64_t i = 0; i < len; ++i) out[i] = to_float(g[i]);
+    } else {
+        for (int64_t i = 0; i < len; ++i) out[i] = rescale_clip(to_float(g[i]), rescale, clip);
+    }
+}
+
+// Adds value[j] to col[j] and returns the sum of the values (float64).
+inline double add_row(const float* __restrict value, int64_t m, double* __restrict col) {
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < m; ++j) {
+        const double v = value[j];
+        sum += v;
+        col[j] += v;
+    }
+    return sum;
 }
 
 // ------------------------------------------------------------------------------------------ row/column pass
-// Over every factored tensor: row(t, r, k0, m, col) visits row r (flat offset k0) of tensor t, adds each element's
-// value to col[j] and returns the row's sum; row_done(t, r, sum) and col_done(t, b, j, sum) receive the sums (each
+// Over every factored tensor: row(t, r, k0, m, col, buf) visits row r (flat offset k0) of tensor t, adds each
+// element's value to col[j] and returns the row's sum (buf: 2m floats of scratch); row_done(t, r, sum) and col_done(t, b, j, sum) receive the sums (each
 // exactly once) and batch_done(t, b) runs once every row of batch b is done.
 // A large weight with fewer batches than this has its batches' rows split into blocks (fixed by the shape, not by the
 // thread count, so the sums are the same on any number of threads).
@@ -140,15 +159,17 @@ void row_col_pass(const StepArgs& a, const Layout& lay, Row row, RowDone row_don
 #pragma omp parallel num_threads(threads) if (parallel)
     {
         std::vector<double> col;
+        std::vector<float> buf;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t u = 0; u < n_units; ++u) {
             const SumUnit& un = units[u];
             const Shape& sh = lay.shapes[un.tensor];
+            if (static_cast<int64_t>(buf.size()) < 2 * sh.m) buf.resize(2 * sh.m);
             for (int64_t b = un.b0; b < un.b1; ++b) {
                 double* acc = un.partial >= 0 ? partials.data() + un.partial : (col.assign(sh.m, 0.0), col.data());
                 for (int64_t i = un.i0; i < un.i1; ++i) {
                     const int64_t r = b * sh.n + i;
-                    row_done(un.tensor, r, row(un.tensor, r, r * sh.m, sh.m, acc));
+                    row_done(un.tensor, r, row(un.tensor, r, r * sh.m, sh.m, acc, buf.data()));
                 }
                 if (un.partial < 0) {
                     for (int64_t j = 0; j < sh.m; ++j) col_done(un.tensor, b, j, acc[j]);
@@ -176,8 +197,9 @@ void row_col_pass(const StepArgs& a, const Layout& lay, Row row, RowDone row_don
 }
 
 // ------------------------------------------------------------------------------------------ element passes
-// span(t, r, j0, k0, len, sums) visits elements [k0, k0 + len) of tensor t, which lie in row r from column j0
-// (a 1-D weight is one row), adding to sums[0..n_sums); out[t * n_sums + k] gets each tensor's sums.
+// span(t, r, j0, k0, len, sums, buf) visits elements [k0, k0 + len) of tensor t, which lie in row r from column j0
+// (a 1-D weight is one row), adding to sums[0..n_sums); out[t * n_sums + k] gets each tensor's sums. buf: two
+// scratch arrays of kChunk floats.
 template <class Span>
 void element_pass(const StepArgs& a, const Layout& lay, int n_sums, std::vector<double>* out, Span span) {
     struct Piece {
@@ -190,14 +212,18 @@ void element_pass(const StepArgs& a, const Layout& lay, int n_sums, std::vector<
     const int64_t n_pieces = static_cast<int64_t>(pieces.size());
     std::vector<double> sums(n_pieces * n_sums, 0.0);
     const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(a.n_threads) if (parallel)
-    for (int64_t p = 0; p < n_pieces; ++p) {
-        const Piece& pc = pieces[p];
-        const int64_t m = lay.shapes[pc.tensor].m;
-        for (int64_t k = pc.k0; k < pc.k1;) {
-            const int64_t r = k / m, j = k - r * m, len = std::min(m - j, pc.k1 - k);
-            span(pc.tensor, r, j, k, len, sums.data() + p * n_sums);
-            k += len;
+#pragma omp parallel num_threads(a.n_threads) if (parallel)
+    {
+        std::vector<float> buf(2 * kChunk);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t p = 0; p < n_pieces; ++p) {
+            const Piece& pc = pieces[p];
+            const int64_t m = lay.shapes[pc.tensor].m;
+            for (int64_t k = pc.k0; k < pc.k1;) {
+                const int64_t r = k / m, j = k - r * m, len = std::min(m - j, pc.k1 - k);
+                span(pc.tensor, r, j, k, len, sums.data() + p * n_sums, buf.data());
+                k += len;
+            }
         }
     }
     if (out == nullptr) return;
@@ -267,12 +293,12 @@ struct AdafactorRun {
         // pass 1: R = lerp(R, |g|_row^2 / m, 1-beta2), C likewise over columns; then each batch's mean(R)
         row_col_pass(
             a, lay,
-            [&](int64_t t, int64_t, int64_t k0, int64_t m, double* col) {
-                const float* sc = sc_of(t);
+            [&](int64_t t, int64_t, int64_t k0, int64_t m, double* col, float* buf) {
+                load_grad<G>(a, sc_of(t), t, k0, m, buf);
                 double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
                 for (int64_t j = 0; j < m; ++j) {
-                    const float g = grad_at<G>(a, sc, t, k0 + j);
-                    const double v = static_cast<double>(g) * g;
+                    const double v = static_cast<double>(buf[j]) * buf[j];
                     sum += v;
                     col[j] += v;
                 }
@@ -296,43 +322,43 @@ struct AdafactorRun {
                 const float mean = f32(sum) / static_cast<float>(n);
                 row_mean[lay.batch_at[t] + b] = std::max(mean, sc_of(t)[1]);
             });
-        // U = g / max(sqrt(V_hat), eps1), written as g * rsqrt(max(V_hat, eps1^2)) as torch does
-        const auto direction = [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, auto&& fn) {
+        // U = g / max(sqrt(V_hat), eps1), as torch forms it: g * rsqrt(max(V_hat, eps1^2)), into u (g: scratch)
+        const auto direction = [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, float* __restrict u,
+                                   float* __restrict g) {
             const Shape& sh = lay.shapes[t];
             const float* sc = sc_of(t);
-            const float* w = a.weights[t] + k0;
+            const float floor = sc[2];
+            load_grad<G>(a, sc, t, k0, len, g);
             if (sh.factored) {
                 const int64_t b = r / sh.n;
                 const float R = a.states[0][t][r], mean = row_mean[lay.batch_at[t] + b];
-                const float* C = a.states[1][t] + b * sh.m + j0;
-                for (int64_t i = 0; i < len; ++i) {
-                    const float g = grad_at<G>(a, sc, t, k0 + i);
-                    fn(i, w[i], g * rsqrt(std::max(R * C[i] / mean, sc[2])));
-                }
+                const float* __restrict C = a.states[1][t] + b * sh.m + j0;
+                for (int64_t i = 0; i < len; ++i) u[i] = g[i] * rsqrt(std::max(R * C[i] / mean, floor));
             } else {
-                const float* V = a.states[0][t] + k0;
-                for (int64_t i = 0; i < len; ++i) {
-                    const float g = grad_at<G>(a, sc, t, k0 + i);
-                    fn(i, w[i], g * rsqrt(std::max(V[i], sc[2])));
-                }
+                const float* __restrict V = a.states[0][t] + k0;
+                for (int64_t i = 0; i < len; ++i) u[i] = g[i] * rsqrt(std::max(V[i], floor));
             }
         };
         // pass 2: 1-D weights advance V = lerp(V, g^2, 1-beta2); the sums of w^2 and U^2 per tensor
         std::vector<double> sums;
-        element_pass(a, lay, 2, &sums, [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, double* out) {
+        element_pass(a, lay, 2, &sums,
+                     [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, double* out, float* buf) {
+            float* __restrict u = buf;
+            float* __restrict g = buf + kChunk;
             if (!lay.shapes[t].factored) {
-                const float* sc = sc_of(t);
-                float* V = a.states[0][t] + k0;
-                for (int64_t i = 0; i < len; ++i) {
-                    const float g = grad_at<G>(a, sc, t, k0 + i);
-                    V[i] = lerp(V[i], g * g, sc[0]);
-                }
+                load_grad<G>(a, sc_of(t), t, k0, len, g);
+                float* __restrict V = a.states[0][t] + k0;
+                const float w = sc_of(t)[0];
+                for (int64_t i = 0; i < len; ++i) V[i] = lerp(V[i], g[i] * g[i], w);
             }
+            direction(t, r, j0, k0, len, u, g);
+            const float* __restrict w = a.weights[t] + k0;
             double ww = 0.0, uu = 0.0;
-            direction(t, r, j0, k0, len, [&](int64_t, float w, float u) {
-                ww += static_cast<double>(w) * w;
-                uu += static_cast<double>(u) * u;
-            });
+#pragma omp simd reduction(+ : ww, uu)
+            for (int64_t i = 0; i < len; ++i) {
+                ww += static_cast<double>(w[i]) * w[i];
+                uu += static_cast<double>(u[i]) * u[i];
+            }
             out[0] += ww;
             out[1] += uu;
         });
@@ -346,14 +372,18 @@ struct AdafactorRun {
             step[t] = f32(-alpha / denom);
         }
         // pass 3: the weights
-        element_pass(a, lay, 0, nullptr, [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, double*) {
+        element_pass(a, lay, 0, nullptr,
+                     [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, double*, float* buf) {
+            float* __restrict u = buf;
+            direction(t, r, j0, k0, len, u, buf + kChunk);
             const float* sc = sc_of(t);
-            float* w = a.weights[t] + k0;
-            const float s = step[t];
-            direction(t, r, j0, k0, len, [&](int64_t i, float w0, float u) {
-                const float w1 = sc[8] != 0.0f ? w0 * sc[7] : w0;
-                w[i] = w1 + s * u;
-            });
+            float* __restrict w = a.weights[t] + k0;
+            const float s = step[t], decay = sc[7];
+            if (sc[8] != 0.0f) {
+                for (int64_t i = 0; i < len; ++i) w[i] = w[i] * decay + s * u[i];
+            } else {
+                for (int64_t i = 0; i < len; ++i) w[i] = w[i] + s * u[i];
+            }
             write_low<L>(a, t, k0, len);
         });
     }
@@ -424,46 +454,46 @@ struct CameRun {
             auto [row_done, col_done, batch_done] = factors(1, 2);
             row_col_pass(
                 a, lay,
-                [&](int64_t t, int64_t, int64_t k0, int64_t m, double* col) {
-                    const float* sc = sc_of(t);
-                    double sum = 0.0;
-                    for (int64_t j = 0; j < m; ++j) {
-                        const float g = grad_at<G>(a, sc, t, k0 + j);
-                        const double v = g * g + sc[6];
-                        sum += v;
-                        col[j] += v;
-                    }
-                    return sum;
+                [&](int64_t t, int64_t, int64_t k0, int64_t m, double* col, float* buf) {
+                    const float eps1 = sc_of(t)[6];
+                    load_grad<G>(a, sc_of(t), t, k0, m, buf);
+                    for (int64_t j = 0; j < m; ++j) buf[j] = buf[j] * buf[j] + eps1;
+                    return add_row(buf, m, col);
                 },
                 row_done, col_done, batch_done);
         }
-        // u = rsqrt(R/mean(R)) * rsqrt(C) * g (1-D: v = beta2 v + (1-beta2)(g^2 + eps1), u = rsqrt(v) g)
-        const auto normalised = [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, auto&& fn) {
+        // u = rsqrt(R/mean(R)) * rsqrt(C) * g (1-D: u = rsqrt(v) * g), into u (g: scratch)
+        const auto normalised = [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, float* __restrict u,
+                                    float* __restrict g) {
             const Shape& sh = lay.shapes[t];
-            const float* sc = sc_of(t);
+            load_grad<G>(a, sc_of(t), t, k0, len, g);
             if (sh.factored) {
                 const int64_t b = r / sh.n;
                 const float rf = row_factor[lay.row_at[t] + r];
-                const float* cf = col_factor.data() + lay.col_at[t] + b * sh.m + j0;
-                for (int64_t i = 0; i < len; ++i) fn(i, rf * cf[i] * grad_at<G>(a, sc, t, k0 + i));
+                const float* __restrict cf = col_factor.data() + lay.col_at[t] + b * sh.m + j0;
+                for (int64_t i = 0; i < len; ++i) u[i] = rf * cf[i] * g[i];
             } else {
-                const float* V = a.states[1][t] + k0;
-                for (int64_t i = 0; i < len; ++i) fn(i, rsqrt(V[i]) * grad_at<G>(a, sc, t, k0 + i));
+                const float* __restrict V = a.states[1][t] + k0;
+                for (int64_t i = 0; i < len; ++i) u[i] = rsqrt(V[i]) * g[i];
             }
         };
-        // pass 2: 1-D weights advance v; the sum of u^2 per tensor (the RMS clip)
+        // pass 2: 1-D weights advance v = beta2 v + (1-beta2)(g^2 + eps1); the sum of u^2 per tensor (RMS clip)
         std::vector<double> sums;
-        element_pass(a, lay, 1, &sums, [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, double* out) {
+        element_pass(a, lay, 1, &sums,
+                     [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, double* out, float* buf) {
+            float* __restrict u = buf;
+            float* __restrict g = buf + kChunk;
             if (!lay.shapes[t].factored) {
                 const float* sc = sc_of(t);
-                float* V = a.states[1][t] + k0;
-                for (int64_t i = 0; i < len; ++i) {
-                    const float g = grad_at<G>(a, sc, t, k0 + i);
-                    V[i] = V[i] * sc[2] + sc[3] * (g * g + sc[6]);
-                }
+                const float beta2 = sc[2], rest = sc[3], eps1 = sc[6];
+                load_grad<G>(a, sc, t, k0, len, g);
+                float* __restrict V = a.states[1][t] + k0;
+                for (int64_t i = 0; i < len; ++i) V[i] = V[i] * beta2 + rest * (g[i] * g[i] + eps1);
             }
+            normalised(t, r, j0, k0, len, u, g);
             double uu = 0.0;
-            normalised(t, r, j0, k0, len, [&](int64_t, float u) { uu += static_cast<double>(u) * u; });
+#pragma omp simd reduction(+ : uu)
+            for (int64_t i = 0; i < len; ++i) uu += static_cast<double>(u[i]) * u[i];
             out[0] += uu;
         });
         // u /= max(RMS(u)/d, 1), as torch: float32 norm / sqrt(numel) / d
@@ -472,51 +502,49 @@ struct CameRun {
             const float rms = f32(std::sqrt(sums[t])) / f32(std::sqrt(static_cast<double>(lay.shapes[t].numel)));
             clip[t] = std::max(rms / sc_of(t)[8], 1.0f);
         }
-        // pass 3: m = beta1 m + (1-beta1) u; factored weights: S^R, S^C from (u - m)^2 + eps2
-        const auto moment = [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, auto&& fn) {
+        // m = beta1 m + (1-beta1) u over [k0, k0 + len); leaves (u - m)^2 + eps2 in `res` (may alias u)
+        const auto moment = [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, float* u, float* g) {
+            normalised(t, r, j0, k0, len, u, g);
             const float* sc = sc_of(t);
-            float* M = a.states[0][t] + k0;
-            const float c = clip[t];
-            normalised(t, r, j0, k0, len, [&](int64_t i, float u0) {
-                const float u = u0 / c;
-                const float m = M[i] * sc[0] + sc[1] * u;
+            const float beta1 = sc[0], rest = sc[1], eps2 = sc[7], c = clip[t];
+            float* __restrict M = a.states[0][t] + k0;
+            for (int64_t i = 0; i < len; ++i) {
+                const float v = u[i] / c;
+                const float m = M[i] * beta1 + rest * v;
                 M[i] = m;
-                fn(i, u, m);
-            });
+                const float diff = v - m;
+                u[i] = diff * diff + eps2;
+            }
         };
+        // pass 3: factored weights: m, then S^R, S^C from (u - m)^2 + eps2
         {
             auto [row_done, col_done, batch_done] = factors(3, 4);
             row_col_pass(
                 a, lay,
-                [&](int64_t t, int64_t r, int64_t k0, int64_t m, double* col) {
-                    const float eps2 = sc_of(t)[7];
-                    double sum = 0.0;
-                    moment(t, r, 0, k0, m, [&](int64_t j, float u, float mean) {
-                        const float diff = u - mean;
-                        const double v = diff * diff + eps2;
-                        sum += v;
-                        col[j] += v;
-                    });
-                    return sum;
+                [&](int64_t t, int64_t r, int64_t k0, int64_t m, double* col, float* buf) {
+                    moment(t, r, 0, k0, m, buf, buf + m);
+                    return add_row(buf, m, col);
                 },
                 row_done, col_done, batch_done);
         }
         // pass 4 (1-D weights: pass 3 too): w += -wd*lr*w; w -= lr * (factors * m) (1-D: lr * m)
-        element_pass(a, lay, 0, nullptr, [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, double*) {
+        element_pass(a, lay, 0, nullptr,
+                     [&](int64_t t, int64_t r, int64_t j0, int64_t k0, int64_t len, double*, float* buf) {
             const Shape& sh = lay.shapes[t];
             const float* sc = sc_of(t);
-            if (!sh.factored) moment(t, r, j0, k0, len, [](int64_t, float, float) {});
-            float* w = a.weights[t] + k0;
-            const float* M = a.states[0][t] + k0;
+            if (!sh.factored) moment(t, r, j0, k0, len, buf, buf + kChunk);
+            float* __restrict w = a.weights[t] + k0;
+            const float* __restrict M = a.states[0][t] + k0;
             const float lr = sc[11], decay = sc[9];
             const bool decays = sc[10] != 0.0f;
             if (sh.factored) {
                 const int64_t b = r / sh.n;
                 const float rf = row_factor[lay.row_at[t] + r];
-                const float* cf = col_factor.data() + lay.col_at[t] + b * sh.m + j0;
-                for (int64_t i = 0; i < len; ++i) {
-                    const float w1 = decays ? w[i] + decay * w[i] : w[i];
-                    w[i] = w1 + -(rf * cf[i] * M[i] * lr);
+                const float* __restrict cf = col_factor.data() + lay.col_at[t] + b * sh.m + j0;
+                if (decays) {
+                    for (int64_t i = 0; i < len; ++i) w[i] = (w[i] + decay * w[i]) + -(rf * cf[i] * M[i] * lr);
+                } else {
+                    for (int64_t i = 0; i < len; ++i) w[i] = w[i] + -(rf * cf[i] * M[i] * lr);
                 }
             } else {
                 for (int64_t i = 0; i < len; ++i) {
