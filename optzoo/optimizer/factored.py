@@ -10,7 +10,9 @@ Every line of the readable rules mirrors one tensor operation of the reference p
 scalar arithmetic (Python floats), so float32 trajectories are bit-identical. The fast rules run the same
 arithmetic one tensor at a time without copying the gradient (when there is nothing to rescale or clip): each
 tensor's passes then run while it is in cache, which on CPU beats a multi-tensor path that streams every tensor
-once per operation.
+once per operation. The native kernels (``optzoo/native/src/rules_factored.cpp``, the default where built) run
+the readable arithmetic in a few passes over all tensors, with float64 row, column and norm sums (docs/native.md,
+"Factored rules"): they agree with the readable rules to float32 rounding.
 """
 
 from __future__ import annotations
