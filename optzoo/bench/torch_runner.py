@@ -60,8 +60,6 @@ MULTI_PASS = {
     "lbsgd": [((), (0, 1)), ((0, 2), (1,))],
     "lamb": [((2, 3), (0, 1)), ((0,), (2, 3))],
     "lans": [((), (1,)), ((2, 3), (0, 1)), ((0,), (1, 2, 3))],
-    "mars": [((), (1, 4)), ((0, 2, 3, 4), (1,))],  # the corrected gradients' norms, then the update
-    "prodigy": [((3, 4, 5), (0, 1, 2)), ((0,), (4, 5))],  # moments with the d sums, then the weights
 }
 
 
