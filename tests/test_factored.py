@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from native_support import require_native
 from reference_parity import FULL, assert_same, random_shapes, run_both
 
 from optzoo import optimizer as opt
@@ -19,6 +20,8 @@ came_pytorch = pytest.importorskip("came_pytorch")
 
 SEEDS = range(6) if FULL else range(2)
 EXACT = (0.0, 0.0)
+NATIVE = (2e-5, 2e-6)
+IMPLS = ["reference", "foreach", "native"]
 ADAFACTOR_CASES = [
     {},
     {"lr": 0.05, "weight_decay": 0.1},
@@ -31,7 +34,14 @@ CAME_CASES = [
 ]
 
 
-@pytest.mark.parametrize("impl", ["reference", "foreach"])
+def _tolerance(impl):
+    if impl == "native":
+        require_native()
+        return NATIVE
+    return EXACT
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", range(len(ADAFACTOR_CASES)))
 @pytest.mark.parametrize("seed", SEEDS)
 def test_adafactor_equals_torch_optim_adafactor(case, seed, impl):
@@ -39,7 +49,7 @@ def test_adafactor_equals_torch_optim_adafactor(case, seed, impl):
     shapes = random_shapes(np.random.default_rng(seed)) + [()]
     ours, params, ref, updater = run_both(lambda ps: torch.optim.Adafactor(ps, **kwargs, foreach=False),
                                           "adafactor", kwargs, shapes, steps=120, seed=seed, impl=impl)
-    rtol, atol = EXACT
+    rtol, atol = _tolerance(impl)
     for i, (w, p) in enumerate(zip(ours, params)):
         assert_same(w, p, rtol, atol, f"weight {i} {tuple(w.shape)}")
         theirs, mine = ref.state[p], updater.states[i]
@@ -51,7 +61,7 @@ def test_adafactor_equals_torch_optim_adafactor(case, seed, impl):
         assert updater.optimizer._index_update_count[i] == int(theirs["step"])
 
 
-@pytest.mark.parametrize("impl", ["reference", "foreach"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", range(len(CAME_CASES)))
 @pytest.mark.parametrize("seed", SEEDS)
 def test_came_equals_came_pytorch(case, seed, impl):
@@ -59,7 +69,7 @@ def test_came_equals_came_pytorch(case, seed, impl):
     shapes = random_shapes(np.random.default_rng(100 + seed))
     ours, params, ref, updater = run_both(lambda ps: came_pytorch.CAME(ps, **kwargs), "came", kwargs, shapes,
                                           steps=120, seed=seed, impl=impl)
-    rtol, atol = EXACT
+    rtol, atol = _tolerance(impl)
     for i, (w, p) in enumerate(zip(ours, params)):
         assert_same(w, p, rtol, atol, f"weight {i} {tuple(w.shape)}")
         theirs, mine = ref.state[p], updater.states[i]
@@ -93,7 +103,7 @@ def test_factored_states_are_small_and_checked(name):
     state = o.create_state(0, w)
     assert sorted({tuple(s.shape) for s in state if s.shape != w.shape}) in ([(1, 7), (5, 1)], [(5,), (7,)])
     wrong = o.create_state(0, torch.zeros(7, 5))
-    with pytest.raises(ValueError, match="does not fit weight shape|as create_state makes it"):
+    with pytest.raises(ValueError, match="does not fit weight shape|as create_state makes it|expected .* for a weight"):
         o.update([0], [w], [torch.ones(5, 7)], [wrong])
     assert torch.equal(w, torch.zeros(5, 7))
 
@@ -116,3 +126,65 @@ def test_fast_path_follows_torchs_foreach_adafactor_to_float32_rounding():
                                   shapes, steps=100, impl="foreach")
     for i, (w, p) in enumerate(zip(ours, params)):
         assert_same(w, p, 1e-6, 1e-6, f"weight {i} {tuple(w.shape)}")
+
+
+
+def _native_trajectory(name, dtype, shapes, impl, threads=2, steps=100):
+    """``(weights, float32 weights, state leaves)`` after ``steps`` updates (float16/bfloat16: multi-precision,
+    the float32 weights are the master copies)."""
+    gen = torch.Generator().manual_seed(5)
+    weights = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    low = dtype != torch.float32
+    o = opt.create(name, impl=impl, multi_precision=low, wd=0.01, learning_rate=0.02 if name == "adafactor" else 3e-3,
+                   clip_gradient=2.0)
+    if impl == "native":
+        def no_fallback(*args):
+            raise AssertionError("the native kernel did not take the step")
+        o._foreach_rule = no_fallback
+    states = [o.create_state_multi_precision(i, w) for i, w in enumerate(weights)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(steps):
+            grads = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+            o.update_multi_precision(list(range(len(shapes))), weights, grads, states)
+    finally:
+        torch.set_num_threads(previous)
+    masters = [s[0] for s in states] if low else weights
+    leaves = [leaf for s in states for leaf in (s[1] if low else s) if leaf is not None]
+    return weights, masters, leaves
+
+
+# a large matrix (rows split into blocks), a conv weight (many 3x3 batches), a 1 x m row and small ones
+NATIVE_SHAPES = [(200, 170), (64, 16, 3, 3), (1, 33_000), (33_001,), (7, 5), (3,), ()]
+
+
+MULTI_PRECISION_CASES = [(name, dtype) for name in ("adafactor", "came")
+                         for dtype in (torch.float32, torch.float16, torch.bfloat16)]
+if not FULL:  # CI: float32 for both, one low-precision type each
+    MULTI_PRECISION_CASES = [c for c in MULTI_PRECISION_CASES if c[1] == torch.float32] + [
+        ("adafactor", torch.float16), ("came", torch.bfloat16)]
+
+
+@pytest.mark.parametrize(("name", "dtype"), MULTI_PRECISION_CASES)
+def test_native_kernel_follows_the_readable_path_multi_precision(name, dtype):
+    """100 steps through the native kernel (no fallback allowed) against the readable rule, float32 and the
+    float16/bfloat16 master-copy path: float32 weights and states at rtol 2e-5, atol 2e-6; the low-precision
+    weights are exactly their master copies rounded."""
+    require_native()
+    fast_w, fast_m, fast_s = _native_trajectory(name, dtype, NATIVE_SHAPES, "native")
+    _, ref_m, ref_s = _native_trajectory(name, dtype, NATIVE_SHAPES, "reference")
+    assert len(fast_s) == len(ref_s)
+    for a, b in zip(fast_m + fast_s, ref_m + ref_s):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+    for w, master in zip(fast_w, fast_m):
+        assert torch.equal(w, master.to(dtype))
+
+
+def test_native_kernel_does_not_depend_on_the_thread_count():
+    require_native()
+    for name in ("adafactor", "came"):
+        one = _native_trajectory(name, torch.float32, NATIVE_SHAPES, "native", threads=1, steps=5)
+        two = _native_trajectory(name, torch.float32, NATIVE_SHAPES, "native", threads=2, steps=5)
+        for a, b in zip(one[1] + one[2], two[1] + two[2]):
+            assert torch.equal(a, b), name

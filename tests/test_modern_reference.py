@@ -1,6 +1,8 @@
 """Lion, ADOPT, AdEMAMix, MARS, Schedule-Free AdamW/SGD and Prodigy against the packages users would otherwise
 install (lion-pytorch, pytorch-optimizer 4.1, schedulefree, prodigyopt): 120 steps on random shapes (non-square,
-1-D, 3-D, one element), weights and every state compared, through optzoo.TorchOptimizer and every impl.
+1-D, 3-D, one element), weights and every state compared, through optzoo.TorchOptimizer and every impl; plus
+seeded random cases (random shapes up to 4-D and every knob drawn at random: one per optimizer in CI, six with
+OPTZOO_FULL=1).
 
 Tolerance (float32): rtol 2e-5, atol 2e-6 on weights and states after 120 steps (Prodigy's cancelling sum s:
 atol 2e-5 of its largest element). The packages' torch ops round
@@ -105,16 +107,16 @@ CASES = [
 CASE_IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 
 
-def _grads(seed: int, steps: int):
+def _grads(seed: int, steps: int, shapes=SHAPES):
     """Gradients with a persistent mean (so sign-based rules never sit on zero) plus noise."""
     gen = torch.Generator().manual_seed(seed)
-    means = [torch.randn(s, generator=gen) for s in SHAPES]
-    return [[m + 0.5 * torch.randn(s, generator=gen) for m, s in zip(means, SHAPES)] for _ in range(steps)]
+    means = [torch.randn(s, generator=gen) for s in shapes]
+    return [[m + 0.5 * torch.randn(s, generator=gen) for m, s in zip(means, shapes)] for _ in range(steps)]
 
 
-def _run_pair(name, kwargs, make_reference, impl, seed=0, steps=STEPS):
+def _run_pair(name, kwargs, make_reference, impl, seed=0, steps=STEPS, shapes=SHAPES):
     gen = torch.Generator().manual_seed(100 + seed)
-    init = [torch.randn(s, generator=gen) for s in SHAPES]
+    init = [torch.randn(s, generator=gen) for s in shapes]
     ours = [torch.nn.Parameter(w.clone()) for w in init]
     theirs = [torch.nn.Parameter(w.clone()) for w in init]
     opt = optzoo.TorchOptimizer(ours, name, impl=impl, **kwargs)
@@ -123,7 +125,7 @@ def _run_pair(name, kwargs, make_reference, impl, seed=0, steps=STEPS):
         ref.train()
     # Prodigy's estimate needs a loss with a minimum: 0.5*|w - target|^2 plus noise, each side at its own weights
     quadratic = name == "prodigy"
-    for grads in _grads(seed, steps):
+    for grads in _grads(seed, steps, shapes):
         for p, q, g in zip(ours, theirs, grads):
             p.grad, q.grad = (p.detach() + 0.5 * g, q.detach() + 0.5 * g) if quadratic else (g.clone(), g.clone())
         opt.step()
@@ -178,6 +180,67 @@ def test_matches_reference_package_more_seeds(case, seed):
     for impl in _impls(name):
         opt, ref, ours, theirs = _run_pair(name, kwargs, make_reference, impl, seed=seed)
         _compare(opt, ref, ours, theirs, fields, f"{name} {impl} seed {seed}")
+
+
+# ---------------------------------------------------------------------------------------- seeded random cases
+def _random_shapes(rng) -> list[tuple]:
+    """A non-square matrix, a vector, a 3-D and a 4-D (conv-like) tensor and a one-element one, random sizes."""
+    size = lambda low, high: int(rng.integers(low, high))  # noqa: E731
+    return [(size(2, 40), size(2, 40)), (size(1, 200),), (size(2, 5), size(2, 9), size(2, 9)),
+            (size(2, 6), size(1, 5), 3, 3), (1,)]
+
+
+def _random_hyper(name, rng):
+    """(kwargs in the reference package's names, given to both sides) with every knob drawn at random."""
+    uniform = lambda low, high: float(rng.uniform(low, high))  # noqa: E731
+    log = lambda low, high: float(10 ** rng.uniform(low, high))  # noqa: E731
+    wd = float(rng.choice([0.0, log(-3, -1)]))
+    betas = (uniform(0.8, 0.95), uniform(0.95, 0.999))
+    if name == "lion":
+        return {"lr": log(-4, -2.5), "betas": betas, "weight_decay": wd}
+    if name == "adopt":
+        return {"lr": log(-4, -2), "betas": betas, "eps": log(-8, -4), "weight_decay": wd}
+    if name == "ademamix":
+        return {"lr": log(-4, -2), "betas": (*betas, uniform(0.99, 0.9999)), "alpha": uniform(2.0, 8.0),
+                "t_alpha_beta3": int(rng.integers(10, 200)), "weight_decay": wd}
+    if name == "mars":
+        return {"lr": log(-4, -2), "betas": betas, "gamma": uniform(0.005, 0.05), "weight_decay": wd,
+                "lr_1d": log(-4, -2), "betas_1d": (uniform(0.8, 0.95), uniform(0.95, 0.999)),
+                "weight_decay_1d": log(-3, -1)}
+    if name == "schedulefree_adamw":
+        return {"lr": log(-3, -1.5), "betas": betas, "eps": log(-8, -5), "weight_decay": wd,
+                "warmup_steps": int(rng.integers(0, 40)), "r": uniform(0.0, 1.0), "weight_lr_power": uniform(1, 2)}
+    if name == "schedulefree_sgd":
+        return {"lr": log(-2, -0.5), "momentum": uniform(0.5, 0.95), "weight_decay": wd,
+                "warmup_steps": int(rng.integers(0, 40)), "r": uniform(0.0, 1.0)}
+    return {"lr": uniform(0.3, 1.0), "betas": betas, "beta3": uniform(0.9, 0.99), "weight_decay": wd,  # prodigy
+            "use_bias_correction": bool(rng.integers(2)), "d_coef": uniform(0.5, 2.0), "growth_rate": uniform(1.02, 2)}
+
+
+RANDOM_REFERENCES = {
+    "lion": lambda: lion_pytorch.Lion, "adopt": lambda: pytorch_optimizer.ADOPT,
+    "ademamix": lambda: pytorch_optimizer.AdEMAMix, "mars": lambda: pytorch_optimizer.MARS,
+    "schedulefree_adamw": lambda: schedulefree.AdamWScheduleFree,
+    "schedulefree_sgd": lambda: schedulefree.SGDScheduleFree, "prodigy": lambda: prodigyopt.Prodigy}
+RANDOM_DRAWS = 6 if FULL else 1
+
+
+@pytest.mark.parametrize("draw", range(RANDOM_DRAWS))
+@pytest.mark.parametrize("name", sorted(RANDOM_REFERENCES))
+def test_random_cases_match_reference_package(name, draw):
+    """Seeded random shapes and hyperparameters (every knob of the reference, in its names), 120 steps, every
+    impl (native included), weights and states at RTOL/ATOL. CI draws one case per optimizer, OPTZOO_FULL=1 six."""
+    rng = np.random.default_rng([draw, sorted(RANDOM_REFERENCES).index(name)])
+    shapes = _random_shapes(rng)
+    kwargs = _random_hyper(name, rng)
+    fields = next(case[3] for case in CASES if case[0] == name)
+    for impl in _impls(name):
+        if impl == "native" and native.load() is None:
+            continue
+        opt, ref, ours, theirs = _run_pair(name, kwargs, lambda p: RANDOM_REFERENCES[name]()(p, **kwargs), impl,
+                                           seed=draw, shapes=shapes)
+        assert opt.optimizer.impl == impl
+        _compare(opt, ref, ours, theirs, fields, f"{name} {impl} {kwargs} {shapes}")
 
 
 def test_lion_interpolation_stays_away_from_sign_changes():

@@ -1,7 +1,12 @@
 """Benchmark rows of the optimizers that came after MXNet (``optzoo bench --optimizers lion,adopt,...``): optzoo's
 arguments and the reference package each is timed against in the same run ("reference package" column).
 
-The packages are test dependencies (``pip install -e .[test]``); a missing one leaves its column empty."""
+The packages are test dependencies (``pip install -e .[test]``); a missing one leaves its column empty.
+
+Adafactor, CAME, Muon and SOAP are timed by :mod:`optzoo.bench.modern_transformer` instead (``bench/run.py
+modern``): Muon needs each tensor's role (hidden matrix, embedding, head, vector), SOAP whole 10-step periods, and
+the factored rules mix state layouts (a matrix's row/column factors, a vector's full moment) that the main
+benchmark's streaming speed of light does not model; this table feeds the main benchmark's element-wise rows."""
 
 from __future__ import annotations
 

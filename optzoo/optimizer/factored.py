@@ -10,7 +10,9 @@ Every line of the readable rules mirrors one tensor operation of the reference p
 scalar arithmetic (Python floats), so float32 trajectories are bit-identical. The fast rules run the same
 arithmetic one tensor at a time without copying the gradient (when there is nothing to rescale or clip): each
 tensor's passes then run while it is in cache, which on CPU beats a multi-tensor path that streams every tensor
-once per operation.
+once per operation. The native kernels (``optzoo/native/src/rules_factored.cpp``, the default where built) run
+the readable arithmetic in a few passes over all tensors, with float64 row, column and norm sums (docs/native.md,
+"Factored rules"): they agree with the readable rules to float32 rounding.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class Adafactor(Optimizer):
     #: RMS(w), RMS(U) and (2-D weights) column means are whole-tensor sums: a sharded step reduces them
     uses_tensor_norms = True
     sparse_support = "dense"
+    native_rule = "adafactor"  # optzoo/native/src/rules_factored.cpp
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "d": "clip_threshold",
                               "eps": split_tuple("epsilon1", "epsilon2")})
@@ -152,6 +155,11 @@ class Adafactor(Optimizer):
         return dict(beta2_decay=self.beta2_decay, epsilon1=self.epsilon1, epsilon2=self.epsilon2,
                     clip_threshold=self.clip_threshold, rescale_grad=self.rescale_grad,
                     clip_gradient=self.clip_gradient)
+
+    def _native_hyper(self):
+        # the kernels take float32 weights (or float32 master copies): epsilon1=None is float32's machine epsilon
+        eps1 = torch.finfo(torch.float32).eps if self.epsilon1 is None else self.epsilon1
+        return [self.beta2_decay, eps1, self.epsilon2, self.clip_threshold, self.rescale_grad, self._native_clip()]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         adafactor_reference(weight, grad, state, lr=lr, wd=wd, t=t, **self._hyper())
@@ -266,6 +274,7 @@ class CAME(Optimizer):
     #: RMS(u) and (2-D weights) column and row means are whole-tensor sums: a sharded step reduces them
     uses_tensor_norms = True
     sparse_support = "dense"
+    native_rule = "came"  # optzoo/native/src/rules_factored.cpp
 
     @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd",
                               "betas": split_tuple("beta1", "beta2", "beta3"),
@@ -303,6 +312,10 @@ class CAME(Optimizer):
         return dict(beta1=self.beta1, beta2=self.beta2, beta3=self.beta3, epsilon1=self.epsilon1,
                     epsilon2=self.epsilon2, clip_threshold=self.clip_threshold, rescale_grad=self.rescale_grad,
                     clip_gradient=self.clip_gradient)
+
+    def _native_hyper(self):
+        return [self.beta1, self.beta2, self.beta3, self.epsilon1, self.epsilon2, self.clip_threshold,
+                self.rescale_grad, self._native_clip()]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         came_reference(weight, grad, state, lr=lr, wd=wd, **self._hyper())

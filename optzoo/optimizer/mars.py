@@ -143,8 +143,9 @@ class MARS(Optimizer):
         return [self.epsilon, self.rescale_grad, self._native_clip()]
 
     def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision) -> bool:
-        """The kernel is element-wise; the norms of the corrected gradients come from here (torch, per tensor,
-        as the reference computes them). False, with nothing written, where the kernel cannot take the step."""
+        """Two native calls: the corrected gradients' sums of squares (one pass over every tensor), then the
+        element-wise update with the norms as divisors. False, with nothing written, where the kernel cannot take
+        the step."""
         if self.norm_sum_reducer is not None:
             return False  # sharded: the norms need the shards' sums (the foreach path reduces them)
         n = len(weights)
@@ -161,19 +162,21 @@ class MARS(Optimizer):
             if not mixed:
                 lr, wd = lr * self._lr_1d_factor(), self.wd_1d
             gain = self.gamma * (beta1 / (1.0 - beta1))
-            divisor = 1.0
-            if mixed:
-                with torch.no_grad():  # the corrected gradient as mars_reference forms it, for its norm only
-                    g32 = rescale_clip(g.to(torch.float32), self.rescale_grad, self.clip_gradient)
-                    norm = torch.linalg.vector_norm((g32 - inner.last_grad).mul_(f32(gain)).add_(g32))
-                if norm > 1.0:
-                    divisor = float(norm)
-            aux += [lr, 1.0 - wd * lr, float(bool(wd)), float(mixed), divisor, gain, 1.0 - beta1, beta2, 1.0 - beta2,
+            aux += [lr, 1.0 - wd * lr, float(bool(wd)), float(mixed), 1.0, gain, 1.0 - beta1, beta2, 1.0 - beta2,
                     math.sqrt(1.0 - math.pow(beta2, t)), 1.0 - math.pow(beta1, t),
                     float(mixed and self.mars_type == "lion")]
+        kernel, hyper = self._native_kernel(), self._native_hyper()
         with native_positions(indices):  # the core names bad tensors by position: name the parameters
-            return native.load().step(self._native_kernel(), weights, grads, states, lrs, wds, ts,
-                                      self._native_hyper(), multi_precision, aux)
+            # pass 1: each corrected gradient's sum of squares; its norm divides it where larger than 1
+            sums = native.load().norm_sums(kernel, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux,
+                                           None)
+            if sums is None:
+                return False
+            for i, total in enumerate(sums[:, 0].tolist()):
+                norm = f32(math.sqrt(total))  # torch.linalg.vector_norm's float32 result
+                if norm > 1.0:
+                    aux[12 * i + 4] = norm
+            return native.load().step(kernel, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux)
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         mixed = self.optimize_1d or weight.dim() >= 2

@@ -180,10 +180,13 @@ class Prodigy(Optimizer):
             return [], 0.0
         ws, g_act, st = [weights[i] for i in active], [gs[i] for i in active], [states[i] for i in active]
         dl = [dlrs[i] for i in active]
-        # one difference tensor at a time: the peak extra memory stays one tensor
-        dots = [torch.dot(g.flatten(), (s.p0 - w).flatten()).item() for g, s, w in zip(g_act, st, ws)]
         coefficients = [(d / d0) * d if sw else (d / d0) * dlr for dlr in dl]
         aux = [x for c in coefficients for x in (d * (1 - beta1), d * d * (1 - beta2), c)]
+        sums = self._native_moments(ws, g_act, st, [beta1, beta2, beta3], aux)
+        if sums is not None:  # one native pass: the moments and, per tensor, <g, p0 - w> and sum |s|
+            return self._estimate_sums(sums[:, 0].tolist(), sums[:, 1].tolist(), ws, dl, d, d0)
+        # one difference tensor at a time: the peak extra memory stays one tensor
+        dots = [torch.dot(g.flatten(), (s.p0 - w).flatten()).item() for g, s, w in zip(g_act, st, ws)]
         if not self._native_pass("prodigy_moments", ws, g_act, st, [beta1, beta2, beta3], aux):
             if beta1 > 0:
                 means = [s.exp_avg for s in st]
@@ -219,6 +222,15 @@ class Prodigy(Optimizer):
         n = len(weights)
         return native.load().step(native.rule_id(rule), list(weights), list(grads), list(states), [0.0] * n,
                                    [0.0] * n, [1] * n, hyper, False, aux)
+
+    def _native_moments(self, weights, grads, states, hyper, aux):
+        """The moments pass with the d estimate's sums: float64 ``[n, 2]`` (``<g, p0 - w>``, ``sum |s|``) per
+        tensor, or None (nothing written) where the kernel cannot take the step."""
+        if self.impl != "native":  # (sharded steps: the local sums, which _estimate_sums adds up over the shards)
+            return None
+        n = len(weights)
+        return native.load().norm_sums(native.rule_id("prodigy_moments"), list(weights), list(grads), list(states),
+                                       [0.0] * n, [0.0] * n, [1] * n, hyper, False, aux, None)
 
     def _native_update(self, indices, weights, grads, states, multi_precision) -> bool:
         return False  # one native call cannot take the step: _apply runs the two passes

@@ -22,7 +22,7 @@
 
 namespace optzoo {
 
-constexpr int kMaxStates = 4;          // state tensors per weight (slots, in the state's tuple order)
+constexpr int kMaxStates = 5;          // state tensors per weight (slots, in the state's tuple order)
 constexpr int kMaxScalars = 16;        // float32 scalars per tensor made by a rule's `prepare`
 constexpr int64_t kChunk = 1 << 15;    // elements per work item: balances threads, streams well
 constexpr int64_t kParallelMin = 1 << 15;  // below this many elements a step runs on one thread
@@ -56,6 +56,8 @@ struct StepArgs {
     // Rules with norm stages: every stage's per-tensor sums given by the caller (RuleDesc::stage_sums, stage 0
     // first, one row per tensor): the rule runs its update pass only. nullptr: the rule computes them.
     const double* given_sums;
+    // per tensor: {dim, shape[-2], shape[-1]} (1 for a missing dimension), for rules with factored states
+    const int64_t* inner_shape = nullptr;
 };
 
 struct RuleDesc {
@@ -78,6 +80,11 @@ struct RuleDesc {
     // (the core's `norm_sums` entry): out[t * width + j]; `prior` holds the earlier stages' sums, one row a tensor.
     int stage_sums[2] = {0, 0};
     void (*norm_stage)(const StepArgs& args, int stage, const double* prior, double* out) = nullptr;
+    // Rules whose states are not all weight-shaped (Adafactor's and CAME's row and column factors): the shape slot
+    // `slot` must have for a weight of `dim` dimensions `sizes`, written to `out` (returns its number of
+    // dimensions; -1: the slot must be None for such a weight). Such a rule may also mix state layouts in one step
+    // (a 2-D weight's factored tuple next to a 1-D weight's shorter one): missing trailing slots are None.
+    int (*state_shape)(int slot, int dim, const int64_t* sizes, int64_t* out) = nullptr;
 };
 
 int register_rule(const RuleDesc* desc);

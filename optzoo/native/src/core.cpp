@@ -119,13 +119,20 @@ void check_no_overlap(std::vector<Region> regions) {
 
 // A state tensor of a weight the kernels take must be a CPU float32 tensor of the weight's shape (`row_state`:
 // one value per row, shape [rows, 1]), as the optimizer creates it.
-void check_state_tensor(const at::Tensor& leaf, const at::Tensor& weight, int32_t tensor, int slot, bool row_state) {
+void check_state_tensor(const at::Tensor& leaf, const at::Tensor& weight, int32_t tensor, int slot, bool row_state,
+                        const RuleDesc& rule) {
     const std::string who = "state " + std::to_string(slot) + " of @" + std::to_string(tensor);
     if (!leaf.device().is_cpu() || leaf.layout() != at::kStrided || leaf.scalar_type() != at::kFloat)
         throw py::value_error(who + " is a " + std::string(c10::toString(leaf.scalar_type())) + " tensor on " +
                               leaf.device().str() + "; expected a dense float32 tensor on cpu");
     std::vector<int64_t> expect(weight.sizes().begin(), weight.sizes().end());
     if (row_state) expect = {weight.dim() == 0 ? 1 : weight.size(0), 1};
+    if (rule.state_shape != nullptr) {  // factored states: the rule knows their shapes
+        std::vector<int64_t> sizes(weight.dim() + 1);
+        const int dim = rule.state_shape(slot, static_cast<int>(weight.dim()), weight.sizes().data(), sizes.data());
+        if (dim < 0) throw py::value_error(who + " must be None for a weight of shape " + shape_text(weight.sizes()));
+        expect.assign(sizes.begin(), sizes.begin() + dim);
+    }
     if (leaf.sizes() != at::IntArrayRef(expect))
         throw py::value_error(who + " has shape " + shape_text(leaf.sizes()) + ", expected " +
                               shape_text(expect) + " for a weight of shape " + shape_text(weight.sizes()));
@@ -147,6 +154,7 @@ struct Step {
     std::vector<float*> states[kMaxStates];
     std::vector<float> scalars;
     std::vector<int64_t> numels, row_lengths, rows;
+    std::vector<int64_t> inner_shape;  // {dim, shape[-2], shape[-1]} per tensor (StepArgs::inner_shape)
     std::vector<Chunk> chunks;
     std::vector<at::TensorImpl*> written;
     int low_precision_dtype = kFloat32;
@@ -181,17 +189,21 @@ bool unpack_state(Step& s, PyObject* state, const at::Tensor& weight) {
     } else {
         return false;
     }
-    if (n > r.n_states || (n < r.n_states && !(n == 0 && r.n_states == 1))) return false;
+    const bool mixed = r.state_shape != nullptr;  // missing trailing slots are None (see RuleDesc::state_shape)
+    if (n > r.n_states || (n < r.n_states && !(n == 0 && r.n_states == 1) && !mixed)) return false;
     uint32_t present = 0;
     for (int k = 0; k < r.n_states; ++k) {
         const at::Tensor* leaf = leaves[k];
         if (leaf == nullptr) {
             if (!(r.optional_states & (1u << k))) return false;
+            std::vector<int64_t> sizes(weight.dim() + 1);
+            if (mixed && r.state_shape(k, static_cast<int>(weight.dim()), weight.sizes().data(), sizes.data()) >= 0)
+                return false;  // a factored weight needs this slot
             s.states[k].push_back(nullptr);
             continue;
         }
         const bool row_state = (r.row_states & (1u << k)) != 0;
-        check_state_tensor(*leaf, weight, tensor, k, row_state);
+        check_state_tensor(*leaf, weight, tensor, k, row_state, r);
         if (!plain(*leaf, at::kFloat, leaf->numel())) return false;  // a non-contiguous state: the torch path
         note_region(s.regions, *leaf, tensor, kStateRole, k);
         present |= 1u << k;
@@ -204,7 +216,7 @@ bool unpack_state(Step& s, PyObject* state, const at::Tensor& weight) {
         s.present = present;
         s.have_present = true;
     }
-    return present == s.present;  // a step mixes no None and tensor states in one slot
+    return mixed || present == s.present;  // a step mixes no None and tensor states in one slot
 }
 
 // Unpacks tensor i: weight, gradient (dense, or the values of a row-sparse gradient) and state.
@@ -248,6 +260,8 @@ bool unpack_one(Step& s, PyObject* weight_obj, PyObject* grad_obj, PyObject* sta
     s.grads.push_back(grad->data_ptr());
     s.numels.push_back(numel);
     s.row_lengths.push_back(row_length);
+    const int64_t dim = weight->dim();
+    s.inner_shape.insert(s.inner_shape.end(), {dim, dim >= 2 ? weight->size(-2) : 1, dim >= 1 ? weight->size(-1) : 1});
     return unpack_state(s, state_obj, *weight);
 }
 
@@ -343,6 +357,7 @@ StepArgs make_args(Step& s) {
     a.row_lengths = s.row_lengths.data();
     a.n_threads = at::get_num_threads();
     a.given_sums = s.sums_given ? s.given_sums.data() : nullptr;
+    a.inner_shape = s.inner_shape.data();
     return a;
 }
 

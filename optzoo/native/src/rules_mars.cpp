@@ -1,8 +1,11 @@
-// MARS (optzoo/optimizer/mars.py), pytorch-optimizer's arithmetic. The norm of each corrected gradient comes from
-// Python (MARS._native_call), so one element-wise pass does the rest.
+// MARS (optzoo/optimizer/mars.py), pytorch-optimizer's arithmetic, in two passes: a norm stage (the sum of squares
+// of each corrected gradient, for its clip to norm 1), then one element-wise pass with the divisors Python forms
+// from those sums (MARS._native_call).
 // hyper = [epsilon, rescale_grad, clip_gradient (-1: none)];
 // aux per tensor = [lr, 1 - wd*lr, decay (0/1), mixed (0/1), norm divisor (1: none), gamma*b1/(1-b1), 1-b1, b2,
 //                   1-b2, sqrt(1-b2^t), 1-b1^t, lion (0/1)].
+#include <vector>
+
 #include "api.h"
 
 namespace optzoo {
@@ -57,7 +60,44 @@ struct MarsRule {
     }
 };
 
-const RuleDesc mars{"mars", 3, 0u, 0u, false, false, check_mars, prepare_mars, elementwise<MarsRule>, 12};
+// Norm stage (core: norm_sums): per tensor, the sum of squares of the corrected gradient c of the mixed tensors
+// (0 for the others), float64 partial sums per chunk added in chunk order.
+template <typename G>
+void corrected_norms(const StepArgs& a, double* out) {
+    std::vector<double> part(a.n_chunks, 0.0);
+    const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(a.n_threads) if (parallel)
+    for (int64_t c = 0; c < a.n_chunks; ++c) {
+        const Chunk& ch = a.chunks[c];
+        const float* sc = a.scalars + ch.tensor * kMaxScalars;
+        if (sc[3] == 0.0f) continue;
+        const G* __restrict g = static_cast<const G*>(a.grads[ch.tensor]) + ch.grad_offset;
+        const float* __restrict last = a.states[2][ch.tensor] + ch.offset;
+        const float gain = sc[5], rescale = sc[13], clip = sc[14];
+        double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < ch.length; ++i) {
+            const float x = rescale_clip(to_float(g[i]), rescale, clip);
+            const float corrected = (x - last[i]) * gain + x;
+            sum += static_cast<double>(corrected) * corrected;
+        }
+        part[c] = sum;
+    }
+    for (int64_t c = 0; c < a.n_chunks; ++c) out[a.chunks[c].tensor] += part[c];
+}
+
+void mars_norm_stage(const StepArgs& a, int, const double*, double* out) {
+    if (a.low_precision == nullptr) corrected_norms<float>(a, out);
+    else if (a.low_precision_dtype == kFloat16) corrected_norms<Half>(a, out);
+    else corrected_norms<BFloat16>(a, out);
+}
+
+const RuleDesc mars = [] {
+    RuleDesc d{"mars", 3, 0u, 0u, false, false, check_mars, prepare_mars, elementwise<MarsRule>, 12};
+    d.stage_sums[0] = 1;
+    d.norm_stage = mars_norm_stage;
+    return d;
+}();
 OPTZOO_RULE(mars);
 
 }  // namespace

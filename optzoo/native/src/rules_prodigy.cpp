@@ -1,5 +1,8 @@
-// Prodigy (optzoo/optimizer/prodigy.py) in two element-wise calls around the d estimate, which Python computes
-// from the sums of the first pass (torch.dot and abs().sum(), as the package does). State slots: p0, s, m, v.
+// Prodigy (optzoo/optimizer/prodigy.py) in two calls around the d estimate: the first (norm_sums) advances the
+// moments and returns the estimate's sums, <g, p0 - w> and sum |s|, per tensor; Python forms d; the second
+// updates the weights. State slots: p0, s, m, v.
+#include <vector>
+
 #include "api.h"
 
 namespace optzoo {
@@ -58,8 +61,51 @@ struct ApplyRule {
     }
 };
 
-const RuleDesc moments{"prodigy_moments", 4, 0u, 0u, false, false, check_moments, prepare_moments,
-                       elementwise<MomentsRule>, 3};
+// The moments pass as a norm stage (core: norm_sums): it advances m, v, s as MomentsRule and returns, per tensor,
+// [<g, p0 - w>, sum |s|] (float64 partial sums per chunk, added in chunk order): the d estimate's two sums in the
+// same pass. The weights are float32 here (Prodigy's native path takes no master copies).
+void moments_and_sums(const StepArgs& a, int, const double*, double* out) {
+    std::vector<double> part(2 * a.n_chunks, 0.0);
+    const bool parallel = a.n_threads > 1 && a.n_elements >= kParallelMin;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(a.n_threads) if (parallel)
+    for (int64_t c = 0; c < a.n_chunks; ++c) {
+        const Chunk& ch = a.chunks[c];
+        const int32_t t = ch.tensor;
+        const float* sc = a.scalars + t * kMaxScalars;
+        const float* __restrict w = a.weights[t] + ch.offset;
+        const float* __restrict g = static_cast<const float*>(a.grads[t]) + ch.grad_offset;
+        const float* __restrict p0 = a.states[0][t] + ch.offset;
+        float* __restrict s = a.states[1][t] + ch.offset;
+        float* __restrict mean = a.states[2][t] + ch.offset;
+        float* __restrict var = a.states[3][t] + ch.offset;
+        double dot = 0.0, abs_sum = 0.0;
+#pragma omp simd reduction(+ : dot, abs_sum)
+        for (int64_t i = 0; i < ch.length; ++i) {
+            const float gi = g[i];
+            dot += static_cast<double>(gi) * static_cast<double>(p0[i] - w[i]);
+            const float m = mean[i];
+            mean[i] = sc[6] != 0.0f ? m * sc[0] + sc[1] * gi : m;
+            var[i] = var[i] * sc[2] + (sc[3] * gi) * gi;
+            const float si = s[i] * sc[4] + sc[5] * gi;
+            s[i] = si;
+            abs_sum += std::fabs(si);
+        }
+        part[2 * c] = dot;
+        part[2 * c + 1] = abs_sum;
+    }
+    for (int64_t c = 0; c < a.n_chunks; ++c) {
+        out[2 * a.chunks[c].tensor] += part[2 * c];
+        out[2 * a.chunks[c].tensor + 1] += part[2 * c + 1];
+    }
+}
+
+const RuleDesc moments = [] {
+    RuleDesc d{"prodigy_moments", 4, 0u, 0u, false, false, check_moments, prepare_moments, elementwise<MomentsRule>,
+               3};
+    d.stage_sums[0] = 2;
+    d.norm_stage = moments_and_sums;
+    return d;
+}();
 const RuleDesc apply{"prodigy_apply", 4, 0u, 0u, false, false, check_apply, prepare_apply, elementwise<ApplyRule>,
                      4};
 OPTZOO_RULE(moments);
