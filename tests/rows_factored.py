@@ -15,8 +15,8 @@ def _errors(name, bad_values):
     return [({name: value}, TypeError if isinstance(value, str) else ValueError, name) for value in bad_values]
 
 
-_ALIAS_ERRORS = [({"lr": 0.1, "learning_rate": 0.1}, TypeError, "only one"),
-                 ({"weight_decay": 0.1, "wd": 0.1}, TypeError, "only one")]
+_ALIAS_ERRORS = [({"lr": 0.1, "learning_rate": 0.1}, ValueError, "not both"),
+                 ({"weight_decay": 0.1, "wd": 0.1}, ValueError, "not both")]
 
 ROWS = [
     Row("adafactor",
@@ -34,6 +34,6 @@ ROWS = [
                  {"lr": 0.003, "betas": (0.9, 0.99, 0.999), "eps": (1e-30, 1e-16), "weight_decay": 0.01}],
         errors=(_errors("beta1", [1.5, -0.1, math.nan, "0.9"]) + _errors("beta3", [2.0])
                 + _errors("epsilon1", [-1.0, math.nan]) + _errors("clip_threshold", [0.0, -1.0])
-                + _ALIAS_ERRORS + [({"betas": (0.9, 0.999)}, TypeError, "betas")]),
+                + _ALIAS_ERRORS + [({"betas": (0.9, 0.999)}, ValueError, "betas")]),
         oracle=None, train_kwargs={"learning_rate": 0.02}),
 ]

@@ -23,7 +23,7 @@ ROWS = [
         errors=(_errors("beta1", [1.0, -0.1, math.nan, "0.9"]) + _errors("shampoo_beta", [1.5])
                 + _errors("precondition_frequency", [0, "10"]) + _errors("max_precondition_dim", [0])
                 + _errors("epsilon", [-1e-8]) + [({"merge_dims": 1}, TypeError, "merge_dims"),
-                                                  ({"betas": (0.9,)}, TypeError, "betas")]),
+                                                  ({"betas": (0.9,)}, ValueError, "betas")]),
         first_step_still="SOAP's first update of a tensor only accumulates L_i and computes its eigenbasis Q_i",
         sparse="none", oracle=None, train_kwargs={"learning_rate": 0.01}),
 ]

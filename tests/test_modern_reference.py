@@ -354,6 +354,10 @@ def test_reference_names_are_mapped_and_conflicts_rejected():
         optzoo.optimizer.create("adopt", weight_decay=0.1, wd=0.2)
     with pytest.raises(ValueError, match="betas"):
         optzoo.optimizer.create("lion", betas=(0.9,))
+    with pytest.raises(ValueError, match="not both"):  # an explicit default counts as given
+        optzoo.optimizer.create("mars", betas_1d=(0.8, 0.9), beta1_1d=0.9)
+    with pytest.raises(ValueError, match="not both"):
+        optzoo.optimizer.create("mars", weight_decay_1d=0.2, wd_1d=0.1)
     with pytest.raises(ValueError, match="slice_p"):
         optzoo.optimizer.create("prodigy", slice_p=2)
     with pytest.raises(ValueError, match="mars_type"):

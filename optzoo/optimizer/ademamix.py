@@ -10,7 +10,7 @@ import torch
 
 from .adopt import weight_decay_, weight_decay_foreach_
 from .base import Optimizer, f32, f32s, register, rescale_clip, rescale_clip_foreach, state_class
-from .reference_names import map_reference_names
+from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_real
 
 __all__ = ["AdEMAMix", "AdemamixState", "ademamix_foreach", "ademamix_reference", "ademamix_schedule"]
@@ -109,18 +109,17 @@ class AdEMAMix(Optimizer):
     default_learning_rate = 1e-3
     native_rule = "ademamix"
 
+    @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon",
+                              "betas": split_tuple("beta1", "beta2", "beta3")})
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, beta3=0.9999, alpha=5.0, t_alpha_beta3=None,
                  epsilon=1e-8, weight_decouple=False, fixed_decay=False, **kwargs):
-        values = map_reference_names(AdEMAMix, kwargs, dict(learning_rate=learning_rate, beta1=beta1, beta2=beta2,
-                                                            beta3=beta3, epsilon=epsilon),
-                                     betas=("beta1", "beta2", "beta3"))
-        super().__init__(learning_rate=values["learning_rate"], **kwargs)
-        self.beta1 = check_real("beta1", values["beta1"], 0.0, 1.0, high_open=True)
-        self.beta2 = check_real("beta2", values["beta2"], 0.0, 1.0, high_open=True)
-        self.beta3 = check_real("beta3", values["beta3"], 0.0, 1.0, high_open=True)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0, high_open=True)
+        self.beta3 = check_real("beta3", beta3, 0.0, 1.0, high_open=True)
         self.alpha = check_real("alpha", alpha, 0.0)
         self.t_alpha_beta3 = check_real("t_alpha_beta3", t_alpha_beta3, 0.0, low_open=True, allow_none=True)
-        self.epsilon = check_real("epsilon", values["epsilon"], 0.0)
+        self.epsilon = check_real("epsilon", epsilon, 0.0)
         self.weight_decouple = check_bool("weight_decouple", weight_decouple)
         self.fixed_decay = check_bool("fixed_decay", fixed_decay)
         if self.t_alpha_beta3 is not None and not (0.0 < self.beta1 and 0.0 < self.beta3):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 
 from .base import Optimizer, f32, f32s, register, rescale_clip, rescale_clip_foreach, state_class
-from .reference_names import map_reference_names
+from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_real
 
 __all__ = ["ADOPT", "AdoptState", "adopt_foreach", "adopt_reference", "decay_factor", "weight_decay_",
@@ -128,14 +128,14 @@ class ADOPT(Optimizer):
     default_learning_rate = 1e-3
     native_rule = "adopt"
 
+    @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon",
+                              "betas": split_tuple("beta1", "beta2")})
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.9999, epsilon=1e-6, clip_exponent=0.25,
                  weight_decouple=False, fixed_decay=False, **kwargs):
-        values = map_reference_names(ADOPT, kwargs, dict(learning_rate=learning_rate, beta1=beta1, beta2=beta2,
-                                                         epsilon=epsilon))
-        super().__init__(learning_rate=values["learning_rate"], **kwargs)
-        self.beta1 = check_real("beta1", values["beta1"], 0.0, 1.0, high_open=True)
-        self.beta2 = check_real("beta2", values["beta2"], 0.0, 1.0, high_open=True)
-        self.epsilon = check_real("epsilon", values["epsilon"], 0.0)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0, high_open=True)
+        self.epsilon = check_real("epsilon", epsilon, 0.0)
         self.clip_exponent = check_real("clip_exponent", clip_exponent, allow_none=True)
         self.weight_decouple = check_bool("weight_decouple", weight_decouple)
         self.fixed_decay = check_bool("fixed_decay", fixed_decay)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .base import Optimizer, f32, f32s, register, rescale_clip, rescale_clip_foreach, state_class
-from .reference_names import map_reference_names
+from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_real
 
 __all__ = ["Lion", "LionState", "lion_foreach", "lion_reference"]
@@ -74,11 +74,11 @@ class Lion(Optimizer):
     #: decoupled_weight_decay divides by the initial rate: in TorchOptimizer a group's own lr (optzoo.torch_optimizer)
     reads_initial_lr = True
 
+    @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "betas": split_tuple("beta1", "beta2")})
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.99, decoupled_weight_decay=False, **kwargs):
-        values = map_reference_names(Lion, kwargs, dict(learning_rate=learning_rate, beta1=beta1, beta2=beta2))
-        super().__init__(learning_rate=values["learning_rate"], **kwargs)
-        self.beta1 = check_real("beta1", values["beta1"], 0.0, 1.0)
-        self.beta2 = check_real("beta2", values["beta2"], 0.0, 1.0)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0)
         self.decoupled_weight_decay = check_bool("decoupled_weight_decay", decoupled_weight_decay)
 
     def create_state(self, index, weight):

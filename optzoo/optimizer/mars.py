@@ -12,7 +12,7 @@ import torch
 from .. import native
 from .base import Optimizer, f32, register, rescale_clip, state_class
 from .input_checks import native_positions
-from .reference_names import map_reference_names
+from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_choice, check_real
 
 __all__ = ["MARS", "MarsState", "mars_reference"]
@@ -108,21 +108,14 @@ class MARS(Optimizer):
     #: the corrected gradient is scaled by its whole-tensor norm (sharded steps add up the shards' sums)
     uses_tensor_norms = True
 
+    @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon",
+                              "betas": split_tuple("beta1", "beta2"), "weight_decay_1d": "wd_1d",
+                              "betas_1d": split_tuple("beta1_1d", "beta2_1d")})
     def __init__(self, learning_rate=None, beta1=0.95, beta2=0.99, gamma=0.025, mars_type="adamw", optimize_1d=False,
                  lr_1d=3e-3, beta1_1d=0.9, beta2_1d=0.95, wd_1d=0.1, epsilon=1e-8, **kwargs):
-        if "weight_decay_1d" in kwargs:
-            if wd_1d != 0.1:
-                raise ValueError("MARS: pass wd_1d or weight_decay_1d, not both")
-            wd_1d = kwargs.pop("weight_decay_1d")
-        values = dict(learning_rate=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon)
-        values = map_reference_names(MARS, kwargs, values)
-        if "betas_1d" in kwargs:
-            values_1d = map_reference_names(MARS, {"betas": kwargs.pop("betas_1d")},
-                                            dict(beta1_1d=beta1_1d, beta2_1d=beta2_1d), betas=("beta1_1d", "beta2_1d"))
-            beta1_1d, beta2_1d = values_1d["beta1_1d"], values_1d["beta2_1d"]
-        super().__init__(learning_rate=values["learning_rate"], **kwargs)
-        self.beta1 = check_real("beta1", values["beta1"], 0.0, 1.0, high_open=True)
-        self.beta2 = check_real("beta2", values["beta2"], 0.0, 1.0, high_open=True)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0, high_open=True)
         self.gamma = check_real("gamma", gamma, 0.0)
         self.mars_type = check_choice("mars_type", mars_type, ("adamw", "lion"))
         self.optimize_1d = check_bool("optimize_1d", optimize_1d)
@@ -130,7 +123,7 @@ class MARS(Optimizer):
         self.beta1_1d = check_real("beta1_1d", beta1_1d, 0.0, 1.0, high_open=True)
         self.beta2_1d = check_real("beta2_1d", beta2_1d, 0.0, 1.0, high_open=True)
         self.wd_1d = check_real("wd_1d", wd_1d, 0.0)
-        self.epsilon = check_real("epsilon", values["epsilon"], 0.0)
+        self.epsilon = check_real("epsilon", epsilon, 0.0)
 
     def create_state(self, index, weight):
         return MarsState(self._zeros(weight), self._zeros(weight), self._zeros(weight))

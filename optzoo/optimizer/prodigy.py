@@ -10,7 +10,7 @@ import torch
 
 from .. import native
 from .base import Optimizer, f32, register, rescale_clip, state_class
-from .reference_names import map_reference_names
+from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_int, check_real
 
 __all__ = ["Prodigy", "ProdigyState"]
@@ -75,16 +75,16 @@ class Prodigy(Optimizer):
     #: one d estimate over every tensor of the step: TorchOptimizer takes it in one call (optzoo.torch_optimizer)
     joint_step = True
 
+    @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon",
+                              "betas": split_tuple("beta1", "beta2")})
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, beta3=None, epsilon=1e-8, decouple=True,
                  use_bias_correction=False, safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=math.inf,
                  slice_p=1, **kwargs):
-        values = map_reference_names(Prodigy, kwargs, dict(learning_rate=learning_rate, beta1=beta1, beta2=beta2,
-                                                           epsilon=epsilon))
-        super().__init__(learning_rate=values["learning_rate"], **kwargs)
-        self.beta1 = check_real("beta1", values["beta1"], 0.0, 1.0, high_open=True)
-        self.beta2 = check_real("beta2", values["beta2"], 0.0, 1.0, high_open=True)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0, high_open=True)
         self.beta3 = check_real("beta3", beta3, 0.0, 1.0, allow_none=True)
-        self.epsilon = check_real("epsilon", values["epsilon"], 0.0, low_open=True)
+        self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
         self.decouple = check_bool("decouple", decouple)
         self.use_bias_correction = check_bool("use_bias_correction", use_bias_correction)
         self.safeguard_warmup = check_bool("safeguard_warmup", safeguard_warmup)

@@ -5,29 +5,25 @@ of the modern families lists the names its reference package uses and how they m
 arguments; tuples such as ``betas=(0.9, 0.95)`` are split. Giving both a reference name and the optzoo name it maps
 to is an error, so a pasted configuration is never silently half-applied.
 
-Two forms exist: the :func:`accepts_reference_names` decorator (a mapping per optimizer: Adafactor, CAME, Muon,
-SOAP) and :func:`map_reference_names`, called inside ``__init__`` with the values as passed (Lion, ADOPT,
-AdEMAMix, MARS, Schedule-Free, Prodigy), which also refuses an optzoo argument changed from its default next to
-its reference name.
+Each optimizer declares its names once, with the :func:`accepts_reference_names` decorator on its ``__init__``.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 
-from .validation import check_real
-
-__all__ = ["accepts_reference_names", "map_reference_names", "split_tuple", "translate_reference_names"]
+__all__ = ["accepts_reference_names", "split_tuple", "translate_reference_names"]
 
 
 def split_tuple(*names: str) -> Callable[[str, object], dict]:
     """A mapping for a tuple argument (``betas``, ``eps``): its items go to ``names`` in order."""
 
     def split(alias: str, value) -> dict:
-        if not isinstance(value, (tuple, list)) or len(value) != len(names):
+        if not isinstance(value, (tuple, list)):
             raise TypeError(f"{alias} must be a tuple of {len(names)} values ({', '.join(names)}), got {value!r}")
+        if len(value) != len(names):
+            raise ValueError(f"{alias} must be a tuple of {len(names)} values ({', '.join(names)}), got {value!r}")
         return dict(zip(names, value))
 
     return split
@@ -43,8 +39,7 @@ def translate_reference_names(owner: str, kwargs: dict,
         translated = target(alias, kwargs[alias]) if callable(target) else {target: kwargs[alias]}
         for name, value in translated.items():
             if name in out:
-                raise TypeError(f"{owner}() got both {alias!r} (the reference package's name) and {name!r}; "
-                                "pass only one")
+                raise ValueError(f"{owner}: pass {name} or its reference name {alias}, not both")
             out[name] = value
     return out
 
@@ -64,42 +59,3 @@ def accepts_reference_names(mapping: dict[str, str | Callable[[str, object], dic
 
     return decorate
 
-
-#: reference name -> optzoo name (``betas`` is spread over ``beta1``, ``beta2``, ...)
-ALIASES = {"lr": "learning_rate", "eps": "epsilon", "weight_decay": "wd"}
-
-
-def map_reference_names(klass: type, kwargs: dict, values: dict, betas=("beta1", "beta2")) -> dict:
-    """Moves the reference names found in ``kwargs`` onto ``values`` (optzoo name -> value as passed to
-    ``klass.__init__``) and returns the updated ``values``.
-
-    An optzoo argument that differs from its default counts as passed, so giving it under both names raises
-    ValueError. ``weight_decay`` goes back into ``kwargs`` as ``wd`` (the base class takes it).
-    """
-    owner = klass.__name__
-    defaults = {p.name: p.default for p in inspect.signature(klass.__init__).parameters.values()}
-    values = dict(values)
-    for alias, name in ALIASES.items():
-        if alias not in kwargs:
-            continue
-        value = kwargs.pop(alias)
-        if name == "wd":
-            if "wd" in kwargs:
-                raise ValueError(f"{owner}: pass weight decay as wd or weight_decay, not both")
-            kwargs["wd"] = value
-            continue
-        if name not in values:
-            raise TypeError(f"{owner}() got an unexpected keyword argument {alias!r}")
-        if values[name] != defaults.get(name):
-            raise ValueError(f"{owner}: pass {name} or its reference name {alias}, not both")
-        values[name] = value
-    if "betas" in kwargs:
-        given = kwargs.pop("betas")
-        if not isinstance(given, (tuple, list)) or len(given) != len(betas):
-            raise ValueError(f"{owner}: betas must be a tuple of {len(betas)} numbers ({', '.join(betas)}), "
-                             f"got {given!r}")
-        for name, value in zip(betas, given):
-            if values[name] != defaults.get(name):
-                raise ValueError(f"{owner}: pass {name} or betas, not both")
-            values[name] = check_real(f"betas ({name})", value)
-    return values

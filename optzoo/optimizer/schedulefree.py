@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .base import Optimizer, f32, f32s, register, rescale_clip, rescale_clip_foreach, state_class
-from .reference_names import map_reference_names
+from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_int, check_real
 
 __all__ = ["ScheduleFreeAdamW", "ScheduleFreeAdamWState", "ScheduleFreeSGD", "ScheduleFreeSGDState",
@@ -243,9 +243,9 @@ class ScheduleFreeSGD(_ScheduleFree):
     default_learning_rate = 1.0
     native_rule = "schedulefree_sgd"
 
+    @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd"})
     def __init__(self, learning_rate=None, momentum=0.9, warmup_steps=0, r=0.0, weight_lr_power=2.0, **kwargs):
-        values = map_reference_names(ScheduleFreeSGD, kwargs, dict(learning_rate=learning_rate))
-        super().__init__(learning_rate=values["learning_rate"], warmup_steps=warmup_steps, r=r,
+        super().__init__(learning_rate=learning_rate, warmup_steps=warmup_steps, r=r,
                          weight_lr_power=weight_lr_power, **kwargs)
         self.momentum = check_real("momentum", momentum, 0.0, 1.0, low_open=True, high_open=True)
 
@@ -298,15 +298,15 @@ class ScheduleFreeAdamW(_ScheduleFree):
     default_learning_rate = 0.0025
     native_rule = "schedulefree_adamw"
 
+    @accepts_reference_names({"lr": "learning_rate", "weight_decay": "wd", "eps": "epsilon",
+                              "betas": split_tuple("beta1", "beta2")})
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8, warmup_steps=0, r=0.0,
                  weight_lr_power=2.0, **kwargs):
-        values = map_reference_names(ScheduleFreeAdamW, kwargs, dict(learning_rate=learning_rate, beta1=beta1,
-                                                                     beta2=beta2, epsilon=epsilon))
-        super().__init__(learning_rate=values["learning_rate"], warmup_steps=warmup_steps, r=r,
+        super().__init__(learning_rate=learning_rate, warmup_steps=warmup_steps, r=r,
                          weight_lr_power=weight_lr_power, **kwargs)
-        self.beta1 = check_real("beta1", values["beta1"], 0.0, 1.0, low_open=True, high_open=True)
-        self.beta2 = check_real("beta2", values["beta2"], 0.0, 1.0, high_open=True)
-        self.epsilon = check_real("epsilon", values["epsilon"], 0.0)
+        self.beta1 = check_real("beta1", beta1, 0.0, 1.0, low_open=True, high_open=True)
+        self.beta2 = check_real("beta2", beta2, 0.0, 1.0, high_open=True)
+        self.epsilon = check_real("epsilon", epsilon, 0.0)
 
     def _beta(self) -> float:
         return self.beta1
