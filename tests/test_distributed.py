@@ -6,16 +6,13 @@ tests compare; every job is bounded in time (the processes are killed past ``JOB
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
 import time
-import traceback
 
+import gloo_harness
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import optzoo
 from optzoo import kvstore as kvs
@@ -32,53 +29,13 @@ OPTIMIZERS = {  # name -> optimizer_params
 
 
 # ---------------------------------------------------------------------------------------------- harness
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank, job, port, outdir, timeout, world=WORLD, init=True):
-    torch.set_num_threads(1)
-    try:
-        if init:
-            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                    timeout=datetime.timedelta(seconds=timeout))
-        else:  # as torchrun would: the kvstore creates the process group from the environment
-            os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        result = globals()[job](rank, outdir)
-        torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
-    except BaseException:
-        with open(os.path.join(outdir, f"rank{rank}.err"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def run_job(job: str, tmp_path, timeout: float = 60.0, expect_fail: tuple = (), world: int = WORLD,
             init: bool = True) -> dict:
-    """Runs ``job(rank, outdir)`` on ``world`` processes; returns ``{rank: result}`` (ranks in ``expect_fail``
-    may die without a result). ``init=False``: the job creates the process group (from torchrun's variables)."""
-    ctx = mp.start_processes(_entry, args=(job, _free_port(), str(tmp_path), timeout, world, init), nprocs=world,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while not all(not p.is_alive() for p in ctx.processes):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed job {job!r} did not finish within {JOB_TIMEOUT} s")
-        time.sleep(0.2)
-    results = {}
-    for rank in range(world):
-        err = tmp_path / f"rank{rank}.err"
-        if rank in expect_fail:
-            continue
-        if err.exists():
-            pytest.fail(f"rank {rank} of job {job!r} failed:\n{err.read_text()}")
-        results[rank] = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
-    return results
+    """Runs ``job(rank, world, outdir)`` on ``world`` processes; returns ``{rank: result}`` (ranks in
+    ``expect_fail`` may die without a result). ``init=False``: the job creates the process group (from torchrun's
+    variables)."""
+    return gloo_harness.run_job(__name__, job, world, tmp_path, timeout=timeout, expect_fail=expect_fail, init=init,
+                                job_timeout=JOB_TIMEOUT)[0]
 
 
 def make_model(seed=0):
@@ -113,7 +70,7 @@ def params_of(model):
 GRADS = [torch.linspace(-1.3, 1.1, 37) * (r + 1) + 0.05 * s for s in range(5) for r in range(WORLD)]
 
 
-def sync_job(rank, outdir):
+def sync_job(rank, world, outdir):
     out = {}
     for name, kwargs in OPTIMIZERS.items():  # N workers on B each == one process on N*B
         for uok in (True, False):
@@ -248,7 +205,7 @@ def _stale_rounds(kv, key, rank, rounds):
     return w
 
 
-def async_job(rank, outdir):
+def async_job(rank, world, outdir):
     out = {}
     kv = kvs.create("dist_async")
     kv.set_optimizer(optzoo.optimizer.create("dcasgd", learning_rate=0.9, lamda=1.0))
@@ -318,7 +275,7 @@ def test_dist_async_trainer_trains(async_results):
 
 
 # ---------------------------------------------------------------------------------------------- job: fault
-def fault_job(rank, outdir):
+def fault_job(rank, world, outdir):
     os.environ["OPTZOO_KVSTORE_TIMEOUT"] = "6"  # the process group's own timeout is 600 s (see the test)
     model = make_model()
     trainer = optzoo.Trainer(model, "sgd", {"learning_rate": 0.1}, kvstore="dist_sync")
@@ -342,7 +299,7 @@ def test_dead_worker_gives_a_clear_error_in_bounded_time(tmp_path):
     assert result["seconds"] < 25.0
 
 
-def fault_async_job(rank, outdir):
+def fault_async_job(rank, world, outdir):
     kv = kvs.create("dist_async", timeout=5)
     kv.set_optimizer(optzoo.optimizer.create("sgd", learning_rate=0.1))
     kv.init(0, torch.zeros(3))
@@ -374,7 +331,7 @@ def _async_batch(rank, step, size):
     return x, x @ ASYNC_W.T
 
 
-def async_rescale_job(rank, outdir):
+def async_rescale_job(rank, world, outdir):
     """Rank 1 pushes six times before rank 0's first step (rank 0 only serves meanwhile), then the two take turns
     with different batch sizes: each push must be applied with its own worker's rescale_grad (1/batch)."""
     torch.manual_seed(0)
@@ -424,7 +381,7 @@ def test_dist_async_applies_each_push_with_its_workers_rescale(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- job: stuck server
-def async_stuck_job(rank, outdir):
+def async_stuck_job(rank, world, outdir):
     kv = kvs.create("dist_async", timeout=4)
     kv.set_optimizer(optzoo.optimizer.create("sgd", learning_rate=0.1))
     kv.init(0, torch.zeros(3))
@@ -449,7 +406,7 @@ def test_dist_async_push_to_a_stuck_server_times_out(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- job: close
-def close_job(rank, outdir):
+def close_job(rank, world, outdir):
     out = {}
     stores = {}
     for name in ("dist_sync", "dist_async"):  # both open at once: the default group must outlive the first close
@@ -485,7 +442,7 @@ def test_close_releases_what_the_kvstore_created(tmp_path, init):
 COMP_GRADS = [torch.randn(211, generator=torch.Generator().manual_seed(s)) * 0.7 for s in range(4 * 3)]
 
 
-def compressed4_job(rank, outdir):
+def compressed4_job(rank, world, outdir):
     out = {}
     for ctype in ("2bit", "1bit"):
         kv = kvs.create("dist_sync", timeout=60)

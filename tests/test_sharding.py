@@ -8,16 +8,13 @@ The model has uneven shards (7 rows over 2 and 4 ranks) and parameters with fewe
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
 import time
-import traceback
 
+import gloo_harness
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from optimizer_table import ROW_BY_NAME, ROWS
 
 import optzoo
@@ -52,51 +49,10 @@ def kwargs_of(name: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- harness
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank, world, job, port, outdir, timeout, args):
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout))
-        result = globals()[job](rank, world, outdir, *args)
-        torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
-    except BaseException:
-        with open(os.path.join(outdir, f"rank{rank}.err"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def run_job(job: str, world: int, outdir, args=(), timeout: float = 60.0, expect_fail: tuple = ()):
     """Runs ``job(rank, world, outdir, *args)`` on ``world`` gloo processes; ``({rank: result}, seconds)``."""
-    os.makedirs(outdir, exist_ok=True)
-    start = time.monotonic()
-    ctx = mp.start_processes(_entry, args=(world, job, _free_port(), str(outdir), timeout, args), nprocs=world,
-                             join=False, start_method="spawn")
-    while any(p.is_alive() for p in ctx.processes):
-        if time.monotonic() - start > JOB_TIMEOUT:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"distributed job {job!r} did not finish within {JOB_TIMEOUT} s")
-        time.sleep(0.1)
-    seconds = time.monotonic() - start
-    results = {}
-    for rank in range(world):
-        err = os.path.join(outdir, f"rank{rank}.err")
-        if rank in expect_fail:
-            results[rank] = open(err).read() if os.path.exists(err) else None
-            continue
-        if os.path.exists(err):
-            pytest.fail(f"rank {rank} of job {job!r} failed:\n{open(err).read()}")
-        results[rank] = torch.load(os.path.join(outdir, f"rank{rank}.pt"), weights_only=False)
-    return results, seconds
+    return gloo_harness.run_job(__name__, job, world, outdir, args=args, timeout=timeout, expect_fail=expect_fail,
+                                job_timeout=JOB_TIMEOUT)
 
 
 # ---------------------------------------------------------------------------------------------- the model
