@@ -147,10 +147,6 @@ class Adam(Optimizer):
         lr_ts = per_tensor(lambda lr, t: bias_corrected_lr(lr, t, self.beta1, self.beta2), lrs, ts)
         return adam_foreach, (weights, grads, states), dict(lr_ts=lr_ts, wds=wds, **self._hyper())
 
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
-        fn(*args, **kwargs)
-
 
 # ------------------------------------------------------------------------------------------ shared pieces
 @state_class
@@ -338,10 +334,6 @@ class _CorrectedLRAdam(Optimizer):
         return self._foreach_kernel, (weights, grads, states), dict(lr_ts=self._lr_ts(lrs, ts), wds=wds,
                                                                      **self._hyper())
 
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
-        fn(*args, **kwargs)
-
 
 @register
 class AdamW(_CorrectedLRAdam):
@@ -494,10 +486,6 @@ class Adamax(Optimizer):
 
     def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
         return adamax_foreach, (weights, grads, states), dict(lr_ts=self._lr_ts(lrs, ts), wds=wds, **self._hyper())
-
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
-        fn(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ Nadam

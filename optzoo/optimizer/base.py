@@ -267,7 +267,8 @@ class Optimizer:
         return names
 
     def _has_fast_rule(self) -> bool:
-        return type(self)._foreach_rule is not Optimizer._foreach_rule
+        cls = type(self)
+        return cls._foreach_rule is not Optimizer._foreach_rule or cls._foreach_parts is not Optimizer._foreach_parts
 
     def _overrides_fused_step_only(self) -> bool:
         """An MXNet 2.0-style custom optimizer writing its own ``fused_step`` (not ``_foreach_rule``): as in MXNet,
@@ -630,7 +631,10 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__} does not implement an update rule")
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts) -> None:
-        raise NotImplementedError  # pragma: no cover - only called when overridden (see _has_fast_rule)
+        """The fast path over all tensors; by default the arithmetic and scalars of :meth:`_foreach_parts` (only
+        called when one of the two is overridden, see ``_has_fast_rule``)."""
+        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
+        fn(*args, **kwargs)
 
     #: the keyword arguments of :meth:`_foreach_parts` that change from step to step (a traced step passes them
     #: as float32 tensors, so that a new learning rate or update count is new data, not a new graph)

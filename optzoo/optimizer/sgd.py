@@ -92,10 +92,6 @@ class _MomentumSGDBase(Optimizer):
         moms = None if self.momentum == 0.0 else states
         return self._foreach_kernel, (weights, grads, moms), dict(lrs=lrs, wds=wds, **self._hyper())
 
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        fn, args, kwargs = self._foreach_parts(weights, grads, states, lrs, wds, ts)
-        fn(*args, **kwargs)
-
 
 @register
 class SGD(_MomentumSGDBase):
