@@ -119,18 +119,23 @@ def test_bad_arguments_are_rejected(tmp_path):
         assert proc.returncode == 2 and "optzoo bench:" in proc.stderr, args
 
 
-@pytest.mark.parametrize("n_states", range(sol.MAX_STATES + 1))
-def test_touch_kernel_visits_every_element_once(n_states, tmp_path, monkeypatch):
+def _sol_test_lists(n_lists: int, seed: int) -> list[list[torch.Tensor]]:
+    """``n_lists`` lists of random tensors whose sizes cut chunks every way (skips without the SoL kernels)."""
     try:
         sol.load()
     except sol.SolUnavailable as err:
         pytest.skip(str(err))
     sizes = [1, 5, sol.CHUNK - 1, sol.CHUNK, 2 * sol.CHUNK + 3, 77]
-    gen = torch.Generator().manual_seed(0)
-    lists = [[torch.randn(n, generator=gen) for n in sizes] for _ in range(2 + n_states)]
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(n, generator=gen) for n in sizes] for _ in range(n_lists)]
+
+
+@pytest.mark.parametrize("n_states", range(sol.MAX_STATES + 1))
+def test_touch_kernel_visits_every_element_once(n_states, tmp_path, monkeypatch):
+    lists = _sol_test_lists(2 + n_states, seed=0)
     before = [[t.clone() for t in lst] for lst in lists]
     kernel = sol.TouchKernel(lists[0], lists[1], lists[2:], threads=2, scale=0.5)
-    assert kernel.n_chunks == sum(-(-n // sol.CHUNK) for n in sizes)
+    assert kernel.n_chunks == sum(-(-n // sol.CHUNK) for n in map(torch.Tensor.numel, lists[0]))
     kernel()
     for k in (0, *range(2, 2 + n_states)):  # p and every state: x += 0.5 * g, each element exactly once
         for t, t0, g in zip(lists[k], before[k], lists[1]):
@@ -143,13 +148,7 @@ def test_touch_kernel_visits_every_element_once(n_states, tmp_path, monkeypatch)
 def test_pass_kernel_reads_every_list_and_writes_the_written_ones(written, read):
     """A pass kernel adds scale * (sum of every list's element) to the lists it writes, each element once, and
     leaves the others alone; chunks cut between the two threads included."""
-    try:
-        sol.load()
-    except sol.SolUnavailable as err:
-        pytest.skip(str(err))
-    sizes = [1, 5, sol.CHUNK - 1, sol.CHUNK, 2 * sol.CHUNK + 3, 77]
-    gen = torch.Generator().manual_seed(1)
-    lists = [[torch.randn(n, generator=gen) for n in sizes] for _ in range(read)]
+    lists = _sol_test_lists(read, seed=1)
     before = [[t.clone() for t in lst] for lst in lists]
     sol.PassKernel(lists[:written], lists[written:], threads=2, scale=0.5)()
     for k, (lst, old) in enumerate(zip(lists, before)):
