@@ -198,9 +198,12 @@ def _came_shapes(shape) -> tuple[tuple, tuple]:
     return tuple(shape[:-1]), (*shape[:-2], shape[-1])
 
 
-def _approx_rsqrt(row, col) -> torch.Tensor:
-    """``1/sqrt(row_i * col_j / mean(row))``, factor by factor as came-pytorch forms it (a new tensor)."""
-    r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
+def _approx_rsqrt(row, col, row_mean=None) -> torch.Tensor:
+    """``1/sqrt(row_i * col_j / mean(row))``, factor by factor as came-pytorch forms it (a new tensor); a sharded
+    step passes the whole tensor's ``row_mean``."""
+    if row_mean is None:
+        row_mean = row.mean(dim=-1, keepdim=True)
+    r_factor = (row / row_mean).rsqrt_().unsqueeze(-1)
     c_factor = col.unsqueeze(-2).rsqrt()
     return torch.mul(r_factor, c_factor)
 
@@ -366,20 +369,17 @@ def adafactor_sharded(reducer, weights, gs, states, lrs, wds, ts, *, beta2_decay
     for w, g, s, lr, wd, t, numel in zip(weights, gs, states, lrs, wds, ts, numels):
         weight_sq = next(sums).item()
         eps1 = torch.finfo(w.dtype).eps if epsilon1 is None else epsilon1
-        one_minus_beta2 = t**beta2_decay
-        rho = min(lr, 1 / (t**0.5))
-        alpha = max(epsilon2, weight_sq**0.5 / (max(numel, 1) ** 0.5)) * rho
+        one_minus_beta2, alpha = _adafactor_scalars(weight_sq**0.5, max(numel, 1), lr, t, beta2_decay, epsilon2)
         if wd != 0:
             w.mul_(1 - lr * wd)
-        if isinstance(s, AdafactorFactoredState):
+        if isinstance(s, AdafactorFactoredState):  # the row statistic advanced above, the column one now
             rows = reducer.whole_shape(w)[-2]
             col_sum, row_sum = next(sums), next(sums)
             s.col_var.lerp_(col_sum.div_(rows), one_minus_beta2)
             var_estimate = (s.row_var @ s.col_var).div_(row_sum.div_(rows).clamp_(min=eps1))
+            update = var_estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)
         else:
-            s.variance.lerp_(g * g, one_minus_beta2)
-            var_estimate = s.variance.clone()
-        update = var_estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)
+            update = _adafactor_direction(g, s, one_minus_beta2, eps1)
         updates.append((update, alpha))
         parts.append(_sum_sq(update))
     for w, (update, alpha), update_sq, numel in zip(weights, updates, reducer.sum_parts(parts, weights), numels):
@@ -396,9 +396,6 @@ def came_sharded(reducer, weights, gs, states, lrs, wds, *, beta1, beta2, beta3,
     and ``||u||^2`` for every weight."""
     def factor_sums(rows, values, w):  # a row statistic advanced with values' row means; the sums to reduce
         return [values.sum(dim=-2), rows.sum(dim=-1, keepdim=True)], [_row_owner(w)] * 2
-
-    def rsqrt_factors(rows, row_sum, cols, n):
-        return torch.mul((rows / row_sum.div_(n)).rsqrt_().unsqueeze(-1), cols.unsqueeze(-2).rsqrt())
 
     parts, owners = [], []
     for w, g, s in zip(weights, gs, states):
@@ -417,7 +414,7 @@ def came_sharded(reducer, weights, gs, states, lrs, wds, *, beta1, beta2, beta3,
             n = reducer.whole_shape(w)[-2]
             col_sum, row_sum = next(sums), next(sums)
             s.exp_avg_sq_col.mul_(beta2).add_(col_sum.div_(n), alpha=1.0 - beta2)
-            update = rsqrt_factors(s.exp_avg_sq_row, row_sum, s.exp_avg_sq_col, n).mul_(g)
+            update = _approx_rsqrt(s.exp_avg_sq_row, s.exp_avg_sq_col, row_sum.div_(n)).mul_(g)
         else:
             update = s.exp_avg_sq.rsqrt().mul_(g)
         updates.append(update)
@@ -441,7 +438,7 @@ def came_sharded(reducer, weights, gs, states, lrs, wds, *, beta1, beta2, beta3,
             n = reducer.whole_shape(w)[-2]
             col_sum, row_sum = next(sums), next(sums)
             s.exp_avg_res_col.mul_(beta3).add_(col_sum.div_(n), alpha=1.0 - beta3)
-            update = rsqrt_factors(s.exp_avg_res_row, row_sum, s.exp_avg_res_col, n).mul_(s.exp_avg)
+            update = _approx_rsqrt(s.exp_avg_res_row, s.exp_avg_res_col, row_sum.div_(n)).mul_(s.exp_avg)
         else:
             update = s.exp_avg.clone()
         if wd != 0:
