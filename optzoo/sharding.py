@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import weakref
 
 import torch
 
@@ -147,6 +148,8 @@ class _ShardSums:
         self.group = group
         self.sharded_ids = sharded_ids
         self.rows = rows or {}  # id(local tensor) -> (whole shape, first row)
+        self._owners: list = []  # the owners of the last call and their mask (kept: a step reuses its reducer)
+        self._mask = None
 
     def _collective(self, what: str, collective, *args):
         try:
@@ -155,14 +158,25 @@ class _ShardSums:
             raise ShardingError(f"the {what} of a sharded step failed (a worker died or the process group timed "
                                 f"out): {err}") from err
 
+    def _sharded_mask(self, owners, device):
+        """Which owners are sharded: ``True`` for all, ``False`` for none, else a boolean tensor."""
+        if len(owners) != len(self._owners) or any(a is not b for a, b in zip(owners, self._owners)):
+            picked = [id(w) in self.sharded_ids for w in owners]
+            self._owners = list(owners)
+            self._mask = False if not any(picked) else True if all(picked) else \
+                torch.tensor(picked, device=device)
+        return self._mask
+
     def __call__(self, sums: torch.Tensor, owners) -> torch.Tensor:
-        mask = torch.tensor([id(w) in self.sharded_ids for w in owners], device=sums.device)
-        if not bool(mask.any()):
+        mask = self._sharded_mask(owners, sums.device)
+        if mask is False:
             return sums
-        partial = torch.where(mask, sums, torch.zeros_like(sums))
+        # FSDP2's usual case: every owner is sharded, the sums are all-reduced as they are (in a copy)
+        partial = sums.clone(memory_format=torch.contiguous_format) if mask is True else \
+            torch.where(mask, sums, torch.zeros_like(sums))
         self._collective("all-reduce of the sharded parameters' norms",
                          torch.distributed.all_reduce, partial)
-        return torch.where(mask, partial, sums)
+        return partial if mask is True else torch.where(mask, partial, sums)
 
     def whole_shape(self, tensor) -> tuple:
         """The unsharded shape of a local shard (its own shape for a tensor that is not sharded)."""
@@ -226,9 +240,52 @@ def _sgld_shards(opt, sharded_rows) -> None:
         opt.shard_rows = sharded_rows or None
 
 
+def _local_grad(opt: Optimizer, index, param, grad) -> torch.Tensor:
+    if not is_dtensor(grad) or tuple(grad.placements) != tuple(param.placements):
+        raise ValueError(f"the gradient of {_name(opt, index)} must be a DTensor placed like the parameter "
+                         f"({tuple(param.placements)}); got {getattr(grad, 'placements', type(grad).__name__)}")
+    return grad.to_local()
+
+
+class _LocalViews:
+    """The local shards of one list of parameters and states, and the step's reducer, as :func:`local_views` built
+    them; reused by later steps while :meth:`fits` (the same parameters with the same local tensors and
+    placements, the same state objects with the same local tensors, the same optimizer settings)."""
+
+    def __init__(self, settings, params, states, local_params, local_states, reducer, rows):
+        self.settings = settings
+        self.params, self.states = list(params), list(states)
+        # what to_local() returns and what the placements are (a re-sharded parameter changes them)
+        self.shards = [(p._local_tensor, p.placements, p.device_mesh, p.shape) if is_dtensor(p) else None
+                       for p in params]
+        self.state_shards = [(leaf, leaf._local_tensor) for s in states for leaf in _leaves(s) if is_dtensor(leaf)]
+        self.local_params, self.local_states = local_params, local_states
+        self.reducer, self.rows = reducer, rows
+
+    def fits(self, settings, params, states) -> bool:
+        if settings != self.settings or len(params) != len(self.params):
+            return False
+        for p, s, cached_p, cached_s, shard in zip(params, states, self.params, self.states, self.shards):
+            if p is not cached_p or s is not cached_s:
+                return False
+            if shard is not None and (p._local_tensor is not shard[0] or p.placements != shard[1]
+                                      or p.device_mesh is not shard[2] or p.shape != shard[3]):
+                return False
+        return all(leaf._local_tensor is local for leaf, local in self.state_shards)
+
+
+#: per optimizer, the last few :class:`_LocalViews` by their list of parameter indices
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_VIEWS_KEPT = 4
+
+
 def local_views(opt: Optimizer, indices, params, grads, states):
     """``(params, grads, states)`` for one step of ``opt`` on local shards, and ``opt.norm_sum_reducer`` set
-    for that step (``None`` when no parameter is a DTensor: the lists come back unchanged)."""
+    for that step (``None`` when no parameter is a DTensor: the lists come back unchanged).
+
+    The checks and lists of a step are kept for the next step over the same parameters (a step then only checks
+    that nothing was re-sharded or replaced, and takes the gradients' shards); parameters, states, local tensors
+    or placements that changed build them anew."""
     if not any(is_dtensor(p) for p in params):
         opt.norm_sum_reducer = None
         _sgld_shards(opt, None)
@@ -236,6 +293,26 @@ def local_views(opt: Optimizer, indices, params, grads, states):
     # Prodigy's sums, and the whole tensors of Muon and SOAP, go through the reducer too
     needs_norms = bool(opt.uses_tensor_norms) or getattr(opt, "joint_step", False) \
         or bool(getattr(opt, "needs_whole_tensors", ""))
+    settings = (needs_norms, opt.impl, opt.multi_precision)
+    kept = _VIEWS.setdefault(opt, {})
+    key = tuple(indices)
+    views = kept.get(key)
+    if views is not None and views.fits(settings, params, states):
+        local_grads = [_local_grad(opt, index, p, g) if shard is not None else g
+                       for index, p, g, shard in zip(indices, params, grads, views.shards)]
+    else:
+        views, local_grads = _build_views(opt, settings, indices, params, grads, states)
+        kept.pop(key, None)
+        kept[key] = views
+        while len(kept) > _VIEWS_KEPT:
+            del kept[next(iter(kept))]
+    opt.norm_sum_reducer = views.reducer
+    _sgld_shards(opt, views.rows)
+    return list(views.local_params), local_grads, list(views.local_states)
+
+
+def _build_views(opt: Optimizer, settings, indices, params, grads, states):
+    needs_norms = settings[0]
     group, mesh_of, sharded_ids, rows = None, None, set(), {}
     local_params, local_grads, local_states = [], [], []
     for index, p, g, s in zip(indices, params, grads, states):
@@ -251,9 +328,7 @@ def local_views(opt: Optimizer, indices, params, grads, states):
             local_states.append(s)
             continue
         sharded = _check_placement(opt, index, p)
-        if not is_dtensor(g) or tuple(g.placements) != tuple(p.placements):
-            raise ValueError(f"the gradient of {_name(opt, index)} must be a DTensor placed like the parameter "
-                             f"({tuple(p.placements)}); got {getattr(g, 'placements', type(g).__name__)}")
+        local_grads.append(_local_grad(opt, index, p, g))
         if any(not is_dtensor(leaf) for leaf in _leaves(s)):
             raise ValueError(f"the state of {_name(opt, index)} holds plain tensors but the parameter is a "
                              "DTensor; restore sharded states with torch.distributed.checkpoint "
@@ -270,14 +345,12 @@ def local_views(opt: Optimizer, indices, params, grads, states):
                 sharded_ids.add(id(tensor))
                 rows[id(tensor)] = (tuple(p.shape), start)
         local_params.append(local)
-        local_grads.append(g.to_local())
         local_states.append(local_state)
     if needs_norms and opt.impl == "reference" and sharded_ids:
         raise ValueError(f"{type(opt).__name__}(impl='reference') computes each tensor's norm alone; sharded "
                          "parameters need the fast path (impl='auto' or 'foreach'), which reduces the norms")
-    opt.norm_sum_reducer = _ShardSums(group, sharded_ids, rows) if needs_norms and sharded_ids else None
-    _sgld_shards(opt, rows)
-    return local_params, local_grads, local_states
+    reducer = _ShardSums(group, sharded_ids, rows) if needs_norms and sharded_ids else None
+    return _LocalViews(settings, params, states, local_params, local_states, reducer, rows), local_grads
 
 
 def _inside_zero_redundancy() -> bool:

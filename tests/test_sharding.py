@@ -228,7 +228,8 @@ def four(tmp_path_factory):
 def two(four):
     """2 processes: every optimizer in every mode, then resuming the 4-process DCP checkpoint."""
     outdir = four[0]
-    parts = [("parity_job", ([row.name for row in ROWS], (*_modes(), "fsdp-local"))), ("dcp_load_job", (DCP_NAMES,))]
+    parts = [("parity_job", ([row.name for row in ROWS], (*_modes(), "fsdp-local"))), ("dcp_load_job", (DCP_NAMES,)),
+             ("changed_after_steps_job", ())]
     return run_job("jobs", 2, outdir, (parts,))[0]
 
 
@@ -414,6 +415,69 @@ def test_trainer_checkpoint_is_one_file_written_by_rank_0_and_reshards(resharded
     for rank in range(2):
         _assert_matches(loaded[rank][name, "trainer"], references(name, trainer=True),
                         f"{name} Trainer resumed on 2 ranks vs one process")
+
+
+# ---------------------------------------------------------------------------------------------- kept views
+def changed_after_steps_job(rank, world, outdir):
+    """LAMB and Adam on DTensor parameters, each step against the same steps on plain tensors, while what a step
+    keeps from the last (the local shards, their states, the reducer) is made stale: a parameter's local tensor
+    replaced (``torch.utils.swap_tensors``, as FSDP2 does when a module is converted or loaded with
+    ``assign=True``), the states replaced by ``load_state_dict`` of an earlier ``state_dict``, a param group added."""
+    import copy
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    out = {}
+    for name in ("lamb", "adam"):
+        torch.manual_seed(0)
+        fulls = [torch.randn(7, 3), torch.randn(3), torch.randn(5, 2)]
+        plain = [torch.nn.Parameter(f.clone()) for f in fulls]
+        placed = [torch.nn.Parameter(distribute_tensor(f.clone(), mesh, [Shard(0)])) for f in fulls]
+        opts = [optzoo.TorchOptimizer(ps[:2], name, learning_rate=0.05, wd=0.01) for ps in (plain, placed)]
+
+        def step(k, plain=plain, placed=placed, opts=opts):
+            for ps, opt in zip((plain, placed), opts):
+                for j, p in enumerate(ps):
+                    g = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * k + j))
+                    p.grad = g if ps is plain else distribute_tensor(g, mesh, [Shard(0)])
+                opt.step()
+
+        for k in range(3):
+            step(k)
+        saved = [copy.deepcopy(opt.state_dict()) for opt in opts]
+        for k in range(3, 5):
+            step(k)
+        for opt, state in zip(opts, saved):  # back to the states of step 3: the next steps must update these
+            opt.load_state_dict(state)
+        step(5)
+        swapped = torch.randn(7, 3, generator=torch.Generator().manual_seed(7))
+        with torch.no_grad():
+            plain[0].copy_(swapped)
+        torch.utils.swap_tensors(placed[0], torch.nn.Parameter(distribute_tensor(swapped, mesh, [Shard(0)])))
+        step(6)
+        for opt, ps in zip(opts, (plain, placed)):
+            opt.add_param_group({"params": [ps[2]]})
+        for k in range(7, 9):
+            step(k)
+        out[name] = snapshot_of(placed, opts[1]), snapshot_of(plain, opts[0])
+    return out
+
+
+def snapshot_of(params, opt):
+    return {"weights": [_full(p.detach()).clone() for p in params], "states": torch_states(opt, params)}
+
+
+@pytest.fixture(scope="module")
+def changed(two):
+    return {rank: result["changed_after_steps_job"] for rank, result in two.items()}
+
+
+def test_a_step_never_reuses_stale_local_shards_or_states(changed):
+    for rank, runs in changed.items():
+        for name, (got, want) in runs.items():
+            _assert_matches(got, want, f"{name} on rank {rank}: DTensor parameters vs plain ones")
 
 
 # ---------------------------------------------------------------------------------------------- failures
