@@ -163,8 +163,10 @@ class _ShardSums:
         if len(owners) != len(self._owners) or any(a is not b for a, b in zip(owners, self._owners)):
             picked = [id(w) in self.sharded_ids for w in owners]
             self._owners = list(owners)
-            self._mask = False if not any(picked) else True if all(picked) else \
-                torch.tensor(picked, device=device)
+            if all(picked) or not any(picked):
+                self._mask = bool(picked) and all(picked)
+            else:
+                self._mask = torch.tensor(picked, device=device)
         return self._mask
 
     def __call__(self, sums: torch.Tensor, owners) -> torch.Tensor:
