@@ -9,14 +9,14 @@ shard reducer's collectives left out: each rank's own sums), one all-reduce of t
 back to back after a barrier), the local work followed by that all-reduce timed as one sequence, and the
 ratios step / (local work + bare all-reduce) and step / (local work then all-reduce). The goal (issue 16) is a
 step <= 1.1x its local work plus one all-reduce; the last lines say, per optimizer and number of processes,
-whether the worst rank meets it. The sequence is the fair denominator: an all-reduce that follows ~1 ms of
-work waits for its gloo threads to wake and for the slowest rank, which the bare back-to-back all-reduce
-does not (on 2 cores, ~0.2-0.4 ms against its 0.1 ms); the bare ratio is printed too. The bytes each worker
-hands to collectives per step (counted at ``torch.distributed``'s all_gather / reduce_scatter /
-all_reduce calls: FSDP2's parameter all-gathers and gradient reduce-scatters, and LAMB's one norm
-all-reduce) and the optimizer state each worker holds. The load average is printed before and after. One
-thread per process: on a machine with fewer cores than processes, steps/s measures contention, not the
-network. NCCL/GPU: not measured here.
+whether the worst rank meets it, against both. The sequence counts what the step's all-reduce meets in place:
+after ~1 ms of work its gloo threads must wake and the slowest rank arrive, which the bare back-to-back
+all-reduce skips (on 2 cores ~0.2-0.4 ms against 0.1 ms); on a loaded machine the scheduler stretches either
+side, so run it on a quiet one. The bytes each worker hands to collectives per step (counted at
+``torch.distributed``'s all_gather / reduce_scatter / all_reduce calls: FSDP2's parameter all-gathers and
+gradient reduce-scatters, and LAMB's one norm all-reduce) and the optimizer state each worker holds. The load
+average is printed before and after. One thread per process: on a machine with fewer cores than processes,
+steps/s measures contention, not the network. NCCL/GPU: not measured here.
 """
 
 from __future__ import annotations

@@ -421,8 +421,9 @@ def test_trainer_checkpoint_is_one_file_written_by_rank_0_and_reshards(resharded
 def changed_after_steps_job(rank, world, outdir):
     """LAMB and Adam on DTensor parameters, each step against the same steps on plain tensors, while what a step
     keeps from the last (the local shards, their states, the reducer) is made stale: a parameter's local tensor
-    replaced (``torch.utils.swap_tensors``, as FSDP2 does when a module is converted or loaded with
-    ``assign=True``), the states replaced by ``load_state_dict`` of an earlier ``state_dict``, a param group added."""
+    replaced (``torch.utils.swap_tensors``, as module conversions that swap parameters do; FSDP2 also re-sets a
+    parameter's local tensor after ``load_state_dict(assign=True)``), the states replaced by ``load_state_dict`` of
+    an earlier ``state_dict``, a param group added."""
     import copy
 
     from torch.distributed.device_mesh import init_device_mesh
