@@ -626,3 +626,21 @@ def test_the_state_initialisation_step_of_distributed_checkpoint_changes_nothing
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     assert all(opt.state[p]["state"] is not None and "step" not in opt.state[p] for p in model.parameters())
     assert opt.optimizer.num_update == 0
+
+
+def test_the_norm_reducer_adds_up_only_the_sharded_columns_also_when_it_reuses_its_mask(monkeypatch):
+    """The reducer's all-reduce faked as 2 ranks holding equal sums (doubles them): the columns of sharded owners
+    double, the others (a Replicate() or plain tensor's whole norm) stay, call after call (the kept mask) and when
+    the owners change. Trust ratios cannot show this: a ratio of two doubled sums is the same ratio."""
+    monkeypatch.setattr(sharding._ShardSums, "_collective", lambda self, what, collective, tensor: tensor.mul_(2))
+    sharded, whole = torch.ones(2), torch.ones(3)
+    reducer = sharding._ShardSums(None, {id(sharded)})
+    sums = torch.tensor([[1.0, 10.0], [2.0, 20.0]], dtype=torch.float64)
+    for _ in range(2):
+        got = reducer(sums, [sharded, whole])
+        assert got.tolist() == [[2.0, 10.0], [4.0, 20.0]]
+        assert sums.tolist() == [[1.0, 10.0], [2.0, 20.0]]  # the caller's sums are left as they were
+    assert reducer(sums, [whole, sharded]).tolist() == [[1.0, 20.0], [2.0, 40.0]]
+    assert reducer(sums, [sharded, sharded]).tolist() == [[2.0, 20.0], [4.0, 40.0]]
+    assert reducer(sums, [whole, whole]) is sums
+    assert reducer(sums, [sharded, whole]).tolist() == [[2.0, 10.0], [4.0, 20.0]]
