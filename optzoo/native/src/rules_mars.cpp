@@ -21,7 +21,7 @@
 //          lr_1d / learning_rate, wd_1d, lion (1/0), optimize_1d (1/0)]; per tensor lr, wd, t.
 // Scalars: two blocks of [lr, 1 - wd*lr, 1 - b1, b2, 1 - b2, sqrt(1 - b2^t)/(1 - b1^t)], the mixed side at 0 and
 // the 1-D side (lr*lr_1d/learning_rate, wd_1d, beta1_1d, beta2_1d) at 7; 6 gamma*b1/(1-b1); 13 epsilon,
-// 14 rescale_grad, 15 clip.
+// 14 rescale_grad, 15 clip (+inf: none).
 #include <algorithm>
 #include <vector>
 
@@ -52,11 +52,19 @@ void prepare_mars(const double* h, double lr, double wd, int64_t t, const double
     prepare_side(lr * h[8], h[9], t, h[6], h[7], sc + kSide1d);
     sc[13] = f32(h[0]);
     sc[14] = f32(h[1]);
-    sc[15] = f32(h[2]);
+    sc[15] = h[2] >= 0.0 ? f32(h[2]) : INFINITY;
 }
 
 const char* check_mars(const double*, int n, uint32_t present) {
     return n == kHyper && present == 7u ? nullptr : "mars takes 12 hyperparameters and three states";
+}
+
+// clip(rescale_grad*grad) with clip = +inf for none: selects only (a branch keeps GCC from vectorizing the loop);
+// NaN passes, as torch.clamp lets it
+inline float clipped(float grad, float rescale, float clip) {
+    const float x = grad * rescale;
+    const float low = x < -clip ? -clip : x;
+    return low > clip ? clip : low;
 }
 
 inline float lerp(float a, float b, float weight) {  // torch.lerp with a scalar weight (fused multiply-adds)
@@ -83,7 +91,7 @@ void update_span(const float* sc, float inverse, float* __restrict w, const floa
     const float gain = sc[6], eps = sc[13], rescale = sc[14], clip = sc[15];
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-        const float g = rescale_clip(grad[i], rescale, clip);
+        const float g = clipped(grad[i], rescale, clip);
         const float x = F == kPlain ? g : ((g - last[i]) * gain + g) * inverse;
         const float m = lerp(mean[i], x, weight);
         float u;
@@ -109,7 +117,7 @@ double corrected_squares(const float* sc, const float* __restrict grad, const fl
         float block = 0.0f;
 #pragma omp simd reduction(+ : block)
         for (int64_t i = b; i < e; ++i) {
-            const float g = rescale_clip(grad[i], rescale, clip);
+            const float g = clipped(grad[i], rescale, clip);
             const float c = (g - last[i]) * gain + g;
             block += c * c;
         }
