@@ -119,12 +119,8 @@ class Prodigy(Optimizer):
         with torch.no_grad():
             gs = [self._gradient(g, w, wd) for g, w, wd in zip(grads, weights, wds)]
             beta1, beta2 = self.beta1, self.beta2
-            beta3 = self.beta3 if self.beta3 is not None else math.sqrt(beta2)
-            if self.k == 0:  # no step taken yet: the estimate starts at d0 as it is now (a group may edit it)
-                self.d = self.d_max = self.d0
+            beta3, bias_correction = self._begin_step()
             k, d, d0 = self.k, self.d, self.d0
-            bias_correction = (((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
-                               if self.use_bias_correction else 1)
             dlrs = [d * lr * bias_correction for lr in lrs]
             active = [i for i, lr in enumerate(lrs) if lr > 0.0]
             numerator_terms, denominator = self._first_pass(weights, gs, states, dlrs, active, d, d0, beta1, beta2,
@@ -152,6 +148,17 @@ class Prodigy(Optimizer):
                     w.addcdiv_(s.exp_avg, denom, value=f32(-dlr))
                 else:
                     w.addcdiv_(g, denom, value=f32(-dlr * d))
+
+    def _begin_step(self) -> tuple[float, float]:
+        """``(beta3, bias correction)`` of this step; before the first step the estimate starts at d0 as it is now
+        (a group may edit it)."""
+        if self.k == 0:
+            self.d = self.d_max = self.d0
+        beta1, beta2, k = self.beta1, self.beta2, self.k
+        beta3 = self.beta3 if self.beta3 is not None else math.sqrt(beta2)
+        if not self.use_bias_correction:
+            return beta3, 1.0
+        return beta3, ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
 
     def _gradient(self, grad, weight, wd):
         """``clip(rescale_grad*grad)`` (+ ``wd*w`` without ``decouple``); the caller's tensor itself when that is
@@ -241,14 +248,9 @@ class Prodigy(Optimizer):
         on a sharded step (the estimate needs every shard's sums: ``_apply``'s two calls)."""
         if self.norm_sum_reducer is not None or not weights:
             return False
-        if self.k == 0:  # no step taken yet: the estimate starts at d0 as it is now (a group may edit it)
-            self.d = self.d_max = self.d0
-        beta1, beta2, k = self.beta1, self.beta2, self.k
-        beta3 = self.beta3 if self.beta3 is not None else math.sqrt(beta2)
-        bias_correction = (((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
-                           if self.use_bias_correction else 1.0)
-        hyper = [beta1, beta2, beta3, self.epsilon, self.d, self.d0, self.d_max, self.d_numerator, self.d_coef,
-                 self.growth_rate, bias_correction, float(self.safeguard_warmup), float(self.decouple),
+        beta3, bias_correction = self._begin_step()
+        hyper = [self.beta1, self.beta2, beta3, self.epsilon, self.d, self.d0, self.d_max, self.d_numerator,
+                 self.d_coef, self.growth_rate, bias_correction, float(self.safeguard_warmup), float(self.decouple),
                  self.rescale_grad, self._native_clip()]
         results = self.__dict__.get("_native_results")
         if results is None:  # [stepped, d, d_max, d_numerator], written by the kernel (kept: no allocation per step)
@@ -260,7 +262,7 @@ class Prodigy(Optimizer):
             return False
         stepped, d, d_max, d_numerator = results.tolist()
         if stepped:
-            self.d, self.d_max, self.d_numerator, self.k = d, d_max, d_numerator, k + 1
+            self.d, self.d_max, self.d_numerator, self.k = d, d_max, d_numerator, self.k + 1
         return True
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):

@@ -2,8 +2,9 @@
 //
 // The weights move with a step size d estimated from sums over EVERY tensor, so a step is two passes over all of
 // them with the estimate in between:
-//   pass 1  per active tensor (lr > 0): advances m, v, s and sums <g, p0 - w> and sum |s| (float64 partial sums
-//           per chunk, added per tensor in chunk order): reads g, p0, w, s, m, v; writes s, m, v
+//   pass 1  per active tensor (lr > 0): advances m, v, s and sums <g, p0 - w> and sum |s| (float32 blocks of 256
+//           terms joined in float64 per chunk, added per tensor in chunk order): reads g, p0, w, s, m, v; writes
+//           s, m, v
 //   d       the estimate from those sums, in float64 in prodigyopt's order (Prodigy._apply's readable form)
 //   pass 2  every tensor: w -= wd*dlr*w (decoupled), w -= dlr * m/(sqrt(v) + d*eps): reads w, m, v; writes w
 // 36 + 16 = 52 bytes per parameter (a single pass would move 40). The rule `prodigy` is the whole step in one call
@@ -119,7 +120,7 @@ void moments_span(const float* sc, const float* __restrict w, const float* __res
     }
 }
 
-// Pass 1 of every active tensor: out[2t] = <g, p0 - w>, out[2t + 1] = sum |s| (float64 partial sums per chunk,
+// Pass 1 of every active tensor: out[2t] = <g, p0 - w>, out[2t + 1] = sum |s| (a float64 partial sum per chunk,
 // added in chunk order, so the sums do not depend on the thread count).
 void moments_pass(const StepArgs& a, double* out) {
     std::vector<double> part(2 * a.n_chunks, 0.0);
