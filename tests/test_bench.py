@@ -144,7 +144,8 @@ def test_touch_kernel_visits_every_element_once(n_states, tmp_path, monkeypatch)
         assert torch.equal(g, g0)  # the gradient is only read
 
 
-@pytest.mark.parametrize("written,read", [(0, 1), (0, 2), (1, 2), (2, 4), (1, 4), (3, 4)])
+@pytest.mark.parametrize("written,read", [(0, 1), (0, 2), (1, 2), (2, 4), (1, 4), (3, 4), (1, 3), (3, 6), (4, 5),
+                                          (5, 6)])
 def test_pass_kernel_reads_every_list_and_writes_the_written_ones(written, read):
     """A pass kernel adds scale * (sum of every list's element) to the lists it writes, each element once, and
     leaves the others alone; chunks cut between the two threads included."""
@@ -160,6 +161,27 @@ def test_pass_kernel_reads_every_list_and_writes_the_written_ones(written, read)
                 assert torch.equal(t, t0)
     with pytest.raises(ValueError, match="writes fewer"):
         sol.PassKernel(lists[:1], [], threads=1)
+    with pytest.raises(ValueError, match="1..6 tensor lists"):
+        sol.PassKernel([], [lists[0]] * 7, threads=1)
+
+
+def test_multi_pass_floor_of_mars_and_prodigy():
+    """MARS's norm pass covers its matrices only (bytes per parameter in proportion; no pass at all without a
+    matrix); Prodigy's two passes cover every tensor: 36 + 16 bytes per parameter."""
+    from optzoo.bench.torch_runner import MULTI_PASS, _floor
+
+    _sol_test_lists(1, seed=2)  # skips without the SoL kernels
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(64, 48), (1000,), (3, 5, 7), (24,)]
+    lists = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(6)]
+    matrices = (64 * 48 + 3 * 5 * 7) / (64 * 48 + 1000 + 3 * 5 * 7 + 24)
+    mars = _floor(MULTI_PASS["mars"], lists[:5], 1, 1, 0.001)
+    assert len(mars["floor_passes_ms"]) == 2 and mars["floor_ms"] > 0
+    assert mars["floor_bytes_per_param"] == round(8 * matrices + 36, 1)
+    vectors = _floor(MULTI_PASS["mars"], [[t.flatten() for t in lst] for lst in lists[:5]], 1, 1, 0.001)
+    assert len(vectors["floor_passes_ms"]) == 1 and vectors["floor_bytes_per_param"] == 36
+    prodigy = _floor(MULTI_PASS["prodigy"], lists, 1, 1, 0.001)
+    assert len(prodigy["floor_passes_ms"]) == 2 and prodigy["floor_bytes_per_param"] == 52
 
 
 def test_compiled_columns_time_a_compiled_step():

@@ -78,8 +78,8 @@ def readme_table(data: dict) -> str:
                 if missed else "") + ".")
     return "\n".join([
         _machine(data),
-        "% floor: of the multi-pass floor (LARS, LAMB, LANS, LBSGD); x torch best = the fastest torch.optim "
-        "implementation's time / optzoo's (> 1: optzoo faster).",
+        "% floor: of the multi-pass floor (LARS, LAMB, LANS, LBSGD, MARS, Prodigy); x torch best = the fastest "
+        "torch.optim implementation's time / optzoo's (> 1: optzoo faster).",
         "",
         report._md(["shape", "optimizer", "optzoo ms", "% SoL", "% floor", "x torch best"], rows),
         "",

@@ -25,12 +25,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CHUNK", "MAX_STATES", "PassKernel", "SolUnavailable", "TouchKernel", "bytes_per_param", "cache_dir", "load"]
+__all__ = ["CHUNK", "MAX_PASS_LISTS", "MAX_STATES", "PassKernel", "SolUnavailable", "TouchKernel", "bytes_per_param",
+           "cache_dir", "load"]
 
 #: elements per work item (128 KiB of fp32): small enough to balance threads, big enough to stream
 CHUNK = 1 << 15
 #: touch kernels exist for 0..MAX_STATES full-size state tensors
 MAX_STATES = 4
+#: pass kernels read 1..MAX_PASS_LISTS tensor lists (Prodigy's first pass reads six: w, g, p0, s, m, v)
+MAX_PASS_LISTS = 6
 #: the same vector width as the native kernels (optzoo.native.NATIVE_ARCH): the SoL is the fastest this machine streams
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC") + (
     ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ())
@@ -82,13 +85,12 @@ def load():
         fn = getattr(lib, f"optzoo_touch_s{k}")
         fn.argtypes = head + [ctypes.c_void_p] * k + [ctypes.c_float]
         fn.restype = None
-    for r in range(1, MAX_STATES + 1):
+    for r in range(1, MAX_PASS_LISTS + 1):
         for w in range(r):
-            fn = getattr(lib, f"optzoo_pass_r{r}w{w}", None)
-            if fn is not None:
-                fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                               ctypes.c_void_p, ctypes.c_float]
-                fn.restype = None
+            fn = getattr(lib, f"optzoo_pass_r{r}w{w}")
+            fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                           ctypes.c_void_p, ctypes.c_float]
+            fn.restype = None
     lib.optzoo_sol_set_threads.argtypes = [ctypes.c_int]
     lib.optzoo_sol_get_threads.restype = ctypes.c_int
     _lib = lib
@@ -160,8 +162,8 @@ class PassKernel:
 
     def __init__(self, written, read, threads: int, scale: float = 1e-30):
         lists = [list(x) for x in (*written, *read)]
-        if not 1 <= len(lists) <= MAX_STATES or len(written) >= len(lists):
-            raise ValueError(f"a pass reads 1..{MAX_STATES} tensor lists and writes fewer than it reads")
+        if not 1 <= len(lists) <= MAX_PASS_LISTS or len(written) >= len(lists):
+            raise ValueError(f"a pass reads 1..{MAX_PASS_LISTS} tensor lists and writes fewer than it reads")
         for lst in lists:
             if len(lst) != len(lists[0]):
                 raise ValueError("every tensor list must have one tensor per weight")

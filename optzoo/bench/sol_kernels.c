@@ -74,12 +74,13 @@ void optzoo_touch_s4(HEAD, float **A, float **B, float **C, float **D, float s)
 }
 
 /* Pass kernels: the memory traffic of one pass of a multi-pass step (the trust-ratio rules read the tensors once
- * for their norms, then again for the update). pass_rRwW reads R arrays and writes the first W of them back in
- * place, in one pass over the chunk table, and stores each chunk's sum of squares of the read values in out[c]
- * (so a read-only pass is a real reduction, as a norm pass is). */
+ * for their norms, then again for the update; MARS's matrices and Prodigy too). pass_rRwW reads R arrays (R <= 6)
+ * and writes the first W of them back in place, in one pass over the chunk table, and stores each chunk's sum of
+ * squares of the read values in out[c] (so a read-only pass is a real reduction, as a norm pass is). */
 static inline __attribute__((always_inline)) float pass_span(const int R, const int W, int64_t n, float s,
                                                              float *restrict x0, float *restrict x1,
-                                                             float *restrict x2, float *restrict x3)
+                                                             float *restrict x2, float *restrict x3,
+                                                             float *restrict x4, float *restrict x5)
 {
     float acc = 0.0f;
     _Pragma("omp simd reduction(+ : acc)")
@@ -88,11 +89,14 @@ static inline __attribute__((always_inline)) float pass_span(const int R, const 
         if (R > 1) v += x1[i];
         if (R > 2) v += x2[i];
         if (R > 3) v += x3[i];
+        if (R > 4) v += x4[i];
+        if (R > 5) v += x5[i];
         const float d = s * v;
         if (W > 0) x0[i] += d;
         if (W > 1) x1[i] += d;
         if (W > 2) x2[i] += d;
         if (W > 3) x3[i] += d;
+        if (W > 4) x4[i] += d;
         acc += v * v;
     }
     return acc;
@@ -103,14 +107,16 @@ static inline __attribute__((always_inline)) float pass_span(const int R, const 
                                 float *const *const *X, double *out, float s)                          \
     {                                                                                                  \
         BALANCED_BEGIN                                                                                 \
-            float *x[4] = {0, 0, 0, 0};                                                                \
+            float *x[6] = {0, 0, 0, 0, 0, 0};                                                          \
             for (int k = 0; k < R; k++) x[k] = X[k][t] + off;                                          \
-            const float v = pass_span(R, W, len, s, x[0], x[1], x[2], x[3]);                           \
+            const float v = pass_span(R, W, len, s, x[0], x[1], x[2], x[3], x[4], x[5]);               \
             if (b == 0) out[c] = v; /* a chunk cut between two threads: its first piece's sum */       \
         BALANCED_END                                                                                   \
     }
 
-PASS(1, 0) PASS(2, 0) PASS(3, 0) PASS(4, 0)
-PASS(2, 1) PASS(3, 1) PASS(4, 1)
-PASS(2, 2) PASS(3, 2) PASS(4, 2)
-PASS(3, 3) PASS(4, 3)
+PASS(1, 0) PASS(2, 0) PASS(3, 0) PASS(4, 0) PASS(5, 0) PASS(6, 0)
+PASS(2, 1) PASS(3, 1) PASS(4, 1) PASS(5, 1) PASS(6, 1)
+PASS(3, 2) PASS(4, 2) PASS(5, 2) PASS(6, 2)
+PASS(4, 3) PASS(5, 3) PASS(6, 3)
+PASS(5, 4) PASS(6, 4)
+PASS(6, 5)

@@ -51,15 +51,20 @@ SPECS.update({name: (kwargs, None, {}) for name, (kwargs, _, _) in MODERN_SPECS.
 #: torch.optim implementations: label -> constructor keyword arguments
 TORCH_VARIANTS = {"torch for-loop": {"foreach": False}, "torch foreach": {"foreach": True},
                   "torch fused": {"fused": True}}
-#: Rules whose update needs per-tensor norms first: the passes of their multi-pass floor, each as (lists written,
-#: lists only read), indices into [weights, grads, *full-size states]. Pass 1 reads what the norms need (LAMB and
+#: Rules whose update needs per-tensor norms (or sums over all tensors) first: the passes of their multi-pass floor,
+#: each as (lists written, lists only read[, "matrices"]), indices into [weights, grads, *full-size states];
+#: "matrices": the pass covers the tensors of 2 or more dimensions only. Pass 1 reads what the norms need (LAMB and
 #: LANS advance their moments there), the last pass moves the update's bytes; LANS first reads the gradient alone
-#: for its norm (its moments need the normalised gradient).
+#: for its norm (its moments need the normalised gradient). MARS: the norm of each matrix's corrected gradient
+#: (g, g_prev), then the update (its 1-D tensors: a one-pass AdamW step); Prodigy: the moments, s and the d
+#: estimate's sums (w, g, p0, s, m, v), then the weights with the new d (w, m, v).
 MULTI_PASS = {
     "lars": [((), (0, 1)), ((0, 2), (1,))],
     "lbsgd": [((), (0, 1)), ((0, 2), (1,))],
     "lamb": [((2, 3), (0, 1)), ((0,), (2, 3))],
     "lans": [((), (1,)), ((2, 3), (0, 1)), ((0,), (1, 2, 3))],
+    "mars": [((), (1, 4), "matrices"), ((0, 2, 3, 4), (1,))],
+    "prodigy": [((3, 4, 5), (0, 1, 2)), ((0,), (4, 5))],
 }
 
 
@@ -208,17 +213,24 @@ def device_bandwidth(device: torch.device, repeats: int, target_s: float, numel:
 
 
 def _floor(passes, lists, threads, repeats, target_s) -> dict:
-    """The multi-pass floor: the sum of the pass kernels' times over the step's own tensors."""
+    """The multi-pass floor: the sum of the pass kernels' times over the step's own tensors (a "matrices" pass over
+    those of 2 or more dimensions only: its bytes per parameter count in proportion)."""
     times, samples = [], []
-    for written, read in passes:
-        kernel = PassKernel([lists[i] for i in written], [lists[i] for i in read], threads)
+    params = sum(w.numel() for w in lists[0])
+    bytes_moved = 0.0
+    for written, read, *which in passes:
+        keep = [i for i, w in enumerate(lists[0]) if not which or w.dim() >= 2]
+        if not keep:
+            continue
+        chosen = [[lst[i] for i in keep] for lst in lists]
+        kernel = PassKernel([chosen[k] for k in written], [chosen[k] for k in read], threads)
         kernel()
         seconds, runs = time_step(kernel, max(repeats, 3), target_s)
         times.append(seconds)
         samples.append([x * 1e3 for x in runs])
-    bytes_moved = sum(4 * (len(w) * 2 + len(r)) for w, r in passes)
+        bytes_moved += 4 * (len(written) * 2 + len(read)) * sum(lists[0][i].numel() for i in keep) / params
     return {"floor_ms": sum(times) * 1e3, "floor_passes_ms": [t * 1e3 for t in times], "floor_samples_ms": samples,
-            "floor_bytes_per_param": bytes_moved}
+            "floor_bytes_per_param": round(bytes_moved, 1) if bytes_moved % 1 else int(bytes_moved)}
 
 
 def torch_variants(name) -> dict[str, dict]:

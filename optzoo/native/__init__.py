@@ -26,6 +26,9 @@ Python API of the loaded module (``load()``):
   one norm stage of a two-pass rule (LARS, LAMB, LANS): float64 ``[n_tensors, k]`` per-tensor sums of squares
   (``prior``: the first stage's sums, for LANS's second stage); ``step`` with ``aux = (aux, *stage_sums)`` then runs
   the update pass only (docs/native.md, "Two-pass rules").
+* ``step_into(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux, results) -> bool``: ``step``
+  for a rule that reports values of the step (Prodigy's new d), written into ``results``, a float64 tensor of the
+  rule's size that the caller keeps.
 """
 
 from __future__ import annotations

@@ -9,9 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from .. import native
 from .base import Optimizer, f32, register, rescale_clip, state_class
-from .input_checks import native_positions
 from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_choice, check_real
 
@@ -133,43 +131,11 @@ class MARS(Optimizer):
         return self.lr_1d / base if base else 1.0
 
     def _native_hyper(self):
-        return [self.epsilon, self.rescale_grad, self._native_clip()]
-
-    def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision) -> bool:
-        """Two native calls: the corrected gradients' sums of squares (one pass over every tensor), then the
-        element-wise update with the norms as divisors. False, with nothing written, where the kernel cannot take
-        the step."""
-        if self.norm_sum_reducer is not None:
-            return False  # sharded: the norms need the shards' sums (the foreach path reduces them)
-        n = len(weights)
-        lrs = lrs if isinstance(lrs, list) else [lrs] * n
-        wds = wds if isinstance(wds, list) else [wds] * n
-        aux = []
-        for w, g, s, lr, wd, t in zip(weights, grads, states, lrs, wds, ts):
-            inner = s[1] if multi_precision and self._uses_master_copy(w) and isinstance(s, tuple) else s
-            if not (isinstance(w, torch.Tensor) and isinstance(g, torch.Tensor) and isinstance(inner, MarsState)
-                    and g.shape == w.shape == inner.last_grad.shape and g.device == w.device and not g.is_sparse):
-                return False
-            mixed = self.optimize_1d or w.dim() >= 2
-            beta1, beta2 = (self.beta1, self.beta2) if mixed else (self.beta1_1d, self.beta2_1d)
-            if not mixed:
-                lr, wd = lr * self._lr_1d_factor(), self.wd_1d
-            gain = self.gamma * (beta1 / (1.0 - beta1))
-            aux += [lr, 1.0 - wd * lr, float(bool(wd)), float(mixed), 1.0, gain, 1.0 - beta1, beta2, 1.0 - beta2,
-                    math.sqrt(1.0 - math.pow(beta2, t)), 1.0 - math.pow(beta1, t),
-                    float(mixed and self.mars_type == "lion")]
-        kernel, hyper = self._native_kernel(), self._native_hyper()
-        with native_positions(indices):  # the core names bad tensors by position: name the parameters
-            # pass 1: each corrected gradient's sum of squares; its norm divides it where larger than 1
-            sums = native.load().norm_sums(kernel, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux,
-                                           None)
-            if sums is None:
-                return False
-            for i, total in enumerate(sums[:, 0].tolist()):
-                norm = f32(math.sqrt(total))  # torch.linalg.vector_norm's float32 result
-                if norm > 1.0:
-                    aux[12 * i + 4] = norm
-            return native.load().step(kernel, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux)
+        """The native rule's hyperparameters (rules_mars.cpp): it picks each tensor's side by its dimensions and
+        takes the whole step, norms included, in one call."""
+        return [self.epsilon, self.rescale_grad, self._native_clip(), self.gamma, self.beta1, self.beta2,
+                self.beta1_1d, self.beta2_1d, self._lr_1d_factor(), self.wd_1d, float(self.mars_type == "lion"),
+                float(self.optimize_1d)]
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         mixed = self.optimize_1d or weight.dim() >= 2

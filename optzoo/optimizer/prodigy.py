@@ -10,6 +10,7 @@ import torch
 
 from .. import native
 from .base import Optimizer, f32, register, rescale_clip, state_class
+from .input_checks import native_positions
 from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_int, check_real
 
@@ -70,8 +71,8 @@ class Prodigy(Optimizer):
     """
 
     default_learning_rate = 1.0
-    # the step is two native element-wise passes (prodigy_moments, then this one) around Python's d estimate
-    native_rule = "prodigy_apply"
+    # the whole step, both passes and the d estimate between them, in one native call (rules_prodigy.cpp)
+    native_rule = "prodigy"
     #: one d estimate over every tensor of the step: TorchOptimizer takes it in one call (optzoo.torch_optimizer)
     joint_step = True
 
@@ -113,15 +114,13 @@ class Prodigy(Optimizer):
     def _apply(self, indices, weights, grads, states, lrs, wds, ts, fast):
         if not weights:
             return
+        if fast and self.impl == "native" and self._native_call(indices, weights, grads, states, lrs, wds, ts, False):
+            return
         with torch.no_grad():
             gs = [self._gradient(g, w, wd) for g, w, wd in zip(grads, weights, wds)]
             beta1, beta2 = self.beta1, self.beta2
-            beta3 = self.beta3 if self.beta3 is not None else math.sqrt(beta2)
-            if self.k == 0:  # no step taken yet: the estimate starts at d0 as it is now (a group may edit it)
-                self.d = self.d_max = self.d0
+            beta3, bias_correction = self._begin_step()
             k, d, d0 = self.k, self.d, self.d0
-            bias_correction = (((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
-                               if self.use_bias_correction else 1)
             dlrs = [d * lr * bias_correction for lr in lrs]
             active = [i for i, lr in enumerate(lrs) if lr > 0.0]
             numerator_terms, denominator = self._first_pass(weights, gs, states, dlrs, active, d, d0, beta1, beta2,
@@ -149,6 +148,17 @@ class Prodigy(Optimizer):
                     w.addcdiv_(s.exp_avg, denom, value=f32(-dlr))
                 else:
                     w.addcdiv_(g, denom, value=f32(-dlr * d))
+
+    def _begin_step(self) -> tuple[float, float]:
+        """``(beta3, bias correction)`` of this step; before the first step the estimate starts at d0 as it is now
+        (a group may edit it)."""
+        if self.k == 0:
+            self.d = self.d_max = self.d0
+        beta1, beta2, k = self.beta1, self.beta2, self.k
+        beta3 = self.beta3 if self.beta3 is not None else math.sqrt(beta2)
+        if not self.use_bias_correction:
+            return beta3, 1.0
+        return beta3, ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
 
     def _gradient(self, grad, weight, wd):
         """``clip(rescale_grad*grad)`` (+ ``wd*w`` without ``decouple``); the caller's tensor itself when that is
@@ -232,11 +242,28 @@ class Prodigy(Optimizer):
         return native.load().norm_sums(native.rule_id("prodigy_moments"), list(weights), list(grads), list(states),
                                        [0.0] * n, [0.0] * n, [1] * n, hyper, False, aux, None)
 
-    def _native_update(self, indices, weights, grads, states, multi_precision) -> bool:
-        return False  # one native call cannot take the step: _apply runs the two passes
-
     def _native_call(self, indices, weights, grads, states, lrs, wds, ts, multi_precision) -> bool:
-        return False
+        """The whole step in one native call (``prodigy``: pass 1, the estimate, pass 2), which reports the new d.
+        False, with nothing written, where the kernel cannot take it (float32 weights only: no master copies) or
+        on a sharded step (the estimate needs every shard's sums: ``_apply``'s two calls)."""
+        if self.norm_sum_reducer is not None or not weights:
+            return False
+        beta3, bias_correction = self._begin_step()
+        hyper = [self.beta1, self.beta2, beta3, self.epsilon, self.d, self.d0, self.d_max, self.d_numerator,
+                 self.d_coef, self.growth_rate, bias_correction, float(self.safeguard_warmup), float(self.decouple),
+                 self.rescale_grad, self._native_clip()]
+        results = self.__dict__.get("_native_results")
+        if results is None:  # [stepped, d, d_max, d_numerator], written by the kernel (kept: no allocation per step)
+            results = self.__dict__["_native_results"] = torch.zeros(4, dtype=torch.float64)
+        with native_positions(indices):  # the core names bad tensors by position: name the parameters
+            done = native.load().step_into(self._native_kernel(), weights, grads, states, lrs, wds, ts, hyper, False,
+                                           None, results)
+        if not done:
+            return False
+        stepped, d, d_max, d_numerator = results.tolist()
+        if stepped:
+            self.d, self.d_max, self.d_numerator, self.k = d, d_max, d_numerator, self.k + 1
+        return True
 
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         raise NotImplementedError  # pragma: no cover - Prodigy's step spans all tensors: see _apply

@@ -58,6 +58,13 @@ struct StepArgs {
     const double* given_sums;
     // per tensor: {dim, shape[-2], shape[-1]} (1 for a missing dimension), for rules with factored states
     const int64_t* inner_shape = nullptr;
+    // The step's hyperparameters and per-tensor lr and wd in float64 (rules whose run needs them: Prodigy's d
+    // estimate, MARS's per-tensor choice of rule), and, for `step_into` only, the rule's results (n_results values).
+    const double* hyper = nullptr;
+    int n_hyper = 0;
+    const double* lrs = nullptr;
+    const double* wds = nullptr;
+    double* results = nullptr;
 };
 
 struct RuleDesc {
@@ -85,6 +92,8 @@ struct RuleDesc {
     // dimensions; -1: the slot must be None for such a weight). Such a rule may also mix state layouts in one step
     // (a 2-D weight's factored tuple next to a 1-D weight's shorter one): missing trailing slots are None.
     int (*state_shape)(int slot, int dim, const int64_t* sizes, int64_t* out) = nullptr;
+    // Rules that report values of the step (Prodigy's new d): how many float64 results `step_into` receives.
+    int n_results = 0;
 };
 
 int register_rule(const RuleDesc* desc);

@@ -164,6 +164,7 @@ struct Step {
     std::vector<Region> regions;  // memory each tensor of the step reads or writes (see check_no_overlap)
     std::vector<double> given_sums;  // every norm stage's sums, one row per tensor, from aux = (aux, sums...)
     bool sums_given = false;
+    std::vector<double> hyper, lrs, wds;  // float64 copies for the rule (StepArgs::hyper, lrs, wds)
 };
 
 // The state slots of one tensor: None, a tensor, or a tuple of tensors/None (a NamedTuple is a tuple).
@@ -333,6 +334,9 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
             return false;
         }
     }
+    s.hyper = hyper;
+    s.lrs = lrs;
+    s.wds = wds;
     s.scalars.assign(n * kMaxScalars, 0.0f);
     for (size_t i = 0; i < n; ++i)
         r.prepare(hyper.data(), lrs[i], wds[i], static_cast<int64_t>(ts[i]),
@@ -358,6 +362,10 @@ StepArgs make_args(Step& s) {
     a.n_threads = at::get_num_threads();
     a.given_sums = s.sums_given ? s.given_sums.data() : nullptr;
     a.inner_shape = s.inner_shape.data();
+    a.hyper = s.hyper.data();
+    a.n_hyper = static_cast<int>(s.hyper.size());
+    a.lrs = s.lrs.data();
+    a.wds = s.wds.data();
     return a;
 }
 
@@ -397,8 +405,32 @@ bool unpack_dense(Step& s, int rule, py::list weights, py::list grads, py::list 
 bool step(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds, py::object ts,
           const std::vector<double>& hyper, bool multi_precision, py::object aux) {
     Step s;
+    const RuleDesc* r = rule_by_id(rule);
+    if (r != nullptr && r->n_results != 0) return false;  // its results need step_into
     if (!unpack_dense(s, rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux)) return false;
     run(s);
+    return true;
+}
+
+// step_into(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux, results) -> bool: `step` for a
+// rule that reports values of the step (RuleDesc::n_results: Prodigy's d estimate), written to `results`, a float64
+// CPU tensor of that many elements the caller keeps (nothing is allocated per step).
+bool step_into(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds,
+               py::object ts, const std::vector<double>& hyper, bool multi_precision, py::object aux,
+               py::object results) {
+    Step s;
+    const RuleDesc* r = rule_by_id(rule);
+    const at::Tensor* out = as_tensor(results.ptr());
+    if (r == nullptr || r->n_results == 0 || out == nullptr || !plain(*out, at::kDouble, r->n_results)) return false;
+    if (!unpack_dense(s, rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux)) return false;
+    check_no_overlap(s.regions);
+    StepArgs a = make_args(s);
+    a.results = out->data_ptr<double>();
+    {
+        py::gil_scoped_release release;
+        r->run(a);
+    }
+    for (at::TensorImpl* impl : s.written) impl->bump_version();
     return true;
 }
 
@@ -475,5 +507,6 @@ PYBIND11_MODULE(_optzoo_native, m) {
     });
     m.def("step", &optzoo::step);
     m.def("norm_sums", &optzoo::norm_sums);
+    m.def("step_into", &optzoo::step_into);
     m.def("step_rows", &optzoo::step_rows);
 }
