@@ -172,6 +172,8 @@ def test_compiled_columns_time_a_compiled_step():
         row = run("sgd", shapes, grads, 1, 0.001, 20, 0.0)
         assert row.get("ms", 0) > 0 and row["compile_s"] > 0 and row["gbps"] > 0, row
         assert row["pct_sol"] is None  # no SoL given: none invented
+    # a rule without a traced step has no compiled form a user could run: said, not timed
+    assert "no traced step" in run_compiled("lamb", shapes, grads, 1, 0.001, 20, 0.0)["unavailable"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run without a CUDA device")
