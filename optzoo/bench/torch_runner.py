@@ -291,34 +291,24 @@ def _time_compiled(step, repeats, target_s, params, bytes_per_param, sol_s) -> d
 
 
 def run_compiled(name, shapes, grads, repeats, target_s, bytes_per_param, sol_s) -> dict:
-    """``torch.compile`` of optzoo's foreach arithmetic. Where the rule splits into Python scalars and tensor
-    arithmetic (:class:`optzoo.optimizer.traced.TracedStep`), the whole ``update`` is timed: bookkeeping, update
-    counts advancing, the per-step scalars handed over as tensors (no recompilation). For the other rules the
-    compiled ``_foreach_rule`` is called with the scalars of one update count (its Python scalars are constants of
-    the graph: each new count would compile again)."""
+    """What a user compiles of optzoo's rule: :class:`optzoo.optimizer.traced.TracedStep`, ``torch.compile`` of the
+    foreach arithmetic with the per-step scalars as tensors. The whole ``update`` is timed: bookkeeping, update
+    counts advancing, the scalars handed over (no recompilation). A rule that does not split so (LAMB, FTML, ...)
+    has no compiled form to time: under ``torch.compile`` :class:`optzoo.TorchOptimizer` runs its eager step as one
+    opaque operator, which is the optzoo column."""
     import optzoo.optimizer as oo
     from optzoo.optimizer.traced import TracedStep, supports_tracing
 
     kwargs, _, _ = SPECS[name]
     weights = _weights(shapes, device=grads[0].device)
     opt = oo.create(name, impl="foreach", **kwargs)
+    if not supports_tracing(opt):
+        return {"unavailable": "no traced step: under torch.compile this rule runs its eager step (the optzoo column)"}
     indices = list(range(len(weights)))
     states = [opt.create_state(i, w) for i, w in zip(indices, weights)]
-    if supports_tracing(opt):
-        traced = TracedStep(opt)
-        step = _synced(lambda: traced.update(indices, weights, grads, states), grads[0].device)
-        return _time_compiled(step, repeats, target_s, sum(numel(s) for s in shapes), bytes_per_param, sol_s)
-    opt.update(indices, weights, grads, states)  # the first update, eager: creates the state
-    lrs, wds = opt._get_lrs(indices), opt._get_wds(indices)
-    ts = [opt._index_update_count[i] + 1 for i in indices]
-    rule = torch.compile(opt._foreach_rule)
-
-    def step():
-        with torch.no_grad():
-            rule(weights, grads, states, lrs, wds, ts)
-
-    return _time_compiled(_synced(step, grads[0].device), repeats, target_s, sum(numel(s) for s in shapes),
-                          bytes_per_param, sol_s)
+    traced = TracedStep(opt)
+    step = _synced(lambda: traced.update(indices, weights, grads, states), grads[0].device)
+    return _time_compiled(step, repeats, target_s, sum(numel(s) for s in shapes), bytes_per_param, sol_s)
 
 
 def run_torch_compiled(name, shapes, grads, repeats, target_s, bytes_per_param, sol_s) -> dict:

@@ -461,9 +461,11 @@ class RMSProp(_Float32StateOptimizer):
         kernel = rmsprop_centered_reference if self.centered else rmsprop_reference
         kernel(weight, grad, state, lr=lr, wd=wd, **self._hyper())
 
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
+    _step_scalars = ("lrs",)
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
         kernel = rmsprop_centered_foreach if self.centered else rmsprop_foreach
-        kernel(weights, grads, states, lrs=lrs, wds=wds, **self._hyper())
+        return kernel, (weights, grads, states), dict(lrs=lrs, wds=wds, **self._hyper())
 
 
 # -------------------------------------------------------------------------------------------- AdaDelta

@@ -33,8 +33,8 @@ from .validation import check_bool, check_choice, check_real
 __all__ = ["AdaBelief", "Adam", "AdamState", "AdamW", "Adamax", "AdamaxState", "Nadam", "NadamScalars",
            "adabelief_foreach", "adabelief_reference", "adam_foreach", "adam_moments_", "adam_moments_foreach",
            "adam_reference", "adamax_foreach",
-           "adamax_reference", "adamw_foreach", "adamw_reference", "bias_corrected_lr", "nadam_foreach",
-           "nadam_momentum", "nadam_reference"]
+           "adamax_reference", "adamw_foreach", "adamw_reference", "bias_corrected_lr", "nadam_factors",
+           "nadam_foreach", "nadam_momentum", "nadam_reference"]
 
 
 @state_class
@@ -520,18 +520,28 @@ def nadam_reference(weight, grad, state: AdamState, *, lr, wd, scalars: NadamSca
     weight.sub_(m_bar.div_(denom).mul_(f32(lr)))
 
 
-def nadam_foreach(weights, grads, states, *, lrs, wds, scalars: list[NadamScalars], beta1, beta2, epsilon,
-                  rescale_grad, clip_gradient):
-    """All tensors at once; the same arithmetic as :func:`nadam_reference`."""
-    mom_ts, mom_nexts, m_schedules, m_schedule_nexts, coef2s = zip(*scalars)
+def nadam_factors(scalars: list[NadamScalars]) -> dict[str, list[float]]:
+    """The per-tensor factors :func:`nadam_foreach` multiplies and divides by, in float64 (rounded to float32 once,
+    by the rule): ``1 - m_schedule``, ``1 - m_schedule_next``, ``mu_{t+1}``, ``1 - mu_t`` and ``1 - beta2^t``."""
+    return {"grad_divisors": [1.0 - s.m_schedule for s in scalars],
+            "mean_divisors": [1.0 - s.m_schedule_next for s in scalars],
+            "mom_nexts": [s.mom_next for s in scalars],
+            "grad_factors": [1.0 - s.mom_t for s in scalars],
+            "coef2s": [s.coef2 for s in scalars]}
+
+
+def nadam_foreach(weights, grads, states, *, lrs, wds, grad_divisors, mean_divisors, mom_nexts, grad_factors, coef2s,
+                  beta1, beta2, epsilon, rescale_grad, clip_gradient):
+    """All tensors at once; the same arithmetic as :func:`nadam_reference`, the per-tensor factors from
+    :func:`nadam_factors`."""
     gs = _l2_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient)
     means, variances = [s.mean for s in states], [s.var for s in states]
     _ema_foreach_(means, gs, beta1)
     _ema_foreach_(variances, torch._foreach_mul(gs, gs), beta2)
-    torch._foreach_div_(gs, f32s([1.0 - m for m in m_schedules]))
-    m_bars = torch._foreach_div(means, f32s([1.0 - m for m in m_schedule_nexts]))
+    torch._foreach_div_(gs, f32s(grad_divisors))
+    m_bars = torch._foreach_div(means, f32s(mean_divisors))
     torch._foreach_mul_(m_bars, f32s(mom_nexts))
-    torch._foreach_mul_(gs, f32s([1.0 - mom for mom in mom_ts]))
+    torch._foreach_mul_(gs, f32s(grad_factors))
     torch._foreach_add_(m_bars, gs)
     denoms = torch._foreach_div(variances, f32s(coef2s))
     torch._foreach_sqrt_(denoms)
@@ -659,5 +669,8 @@ class Nadam(Optimizer):
         (scalars,) = self._scalars([t])
         nadam_reference(weight, grad, state, lr=lr, wd=wd, scalars=scalars, **self._hyper())
 
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        nadam_foreach(weights, grads, states, lrs=lrs, wds=wds, scalars=self._scalars(ts), **self._hyper())
+    _step_scalars = ("lrs", "grad_divisors", "mean_divisors", "mom_nexts", "grad_factors", "coef2s")
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
+        factors = nadam_factors(self._scalars(ts))  # advances the shared m_schedule, as every step does
+        return nadam_foreach, (weights, grads, states), dict(lrs=lrs, wds=wds, **factors, **self._hyper())

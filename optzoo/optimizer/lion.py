@@ -30,16 +30,17 @@ def lion_reference(weight, grad, state: LionState, *, lr, decay, beta1, beta2, r
     state.exp_avg.mul_(f32(beta2)).add_(g, alpha=f32(1.0 - beta2))
 
 
-def lion_foreach(weights, grads, states, *, lrs, decays, beta1, beta2, rescale_grad, clip_gradient):
-    """All tensors at once; the same arithmetic as :func:`lion_reference`."""
+def lion_foreach(weights, grads, states, *, lrs, weight_factors, beta1, beta2, rescale_grad, clip_gradient):
+    """All tensors at once; the same arithmetic as :func:`lion_reference`, with ``weight_factors`` the per-tensor
+    ``1 - decay`` (in float64, rounded to float32 here)."""
     gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
     means = [s.exp_avg for s in states]
-    torch._foreach_mul_(weights, [f32(1.0 - d) for d in decays])
+    torch._foreach_mul_(weights, f32s(weight_factors))
     updates = torch._foreach_mul(means, f32(beta1))
     torch._foreach_add_(updates, gs, alpha=f32(1.0 - beta1))
     torch._foreach_sign_(updates)
-    torch._foreach_mul_(updates, f32s([-lr for lr in lrs]))
-    torch._foreach_add_(weights, updates)
+    torch._foreach_mul_(updates, f32s(lrs))
+    torch._foreach_sub_(weights, updates)  # w - lr*u, exactly w + (-lr)*u
     torch._foreach_mul_(means, f32(beta2))
     torch._foreach_add_(means, gs, alpha=f32(1.0 - beta2))
 
@@ -107,6 +108,8 @@ class Lion(Optimizer):
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         lion_reference(weight, grad, state, lr=lr, decay=self._decay(lr, wd), **self._hyper())
 
-    def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
-        decays = [self._decay(lr, wd) for lr, wd in zip(lrs, wds)]
-        lion_foreach(weights, grads, states, lrs=lrs, decays=decays, **self._hyper())
+    _step_scalars = ("lrs", "weight_factors")
+
+    def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
+        weight_factors = [1.0 - self._decay(lr, wd) for lr, wd in zip(lrs, wds)]
+        return lion_foreach, (weights, grads, states), dict(lrs=lrs, weight_factors=weight_factors, **self._hyper())

@@ -11,9 +11,10 @@ learning rate or update count a new graph. :class:`TracedStep` splits a step in 
   (momentum, betas, epsilon, weight decay) stay constants of the graph: changing one compiles again, as for
   torch's own compiled optimizers.
 
-The rules split so are SGD, NAG, Adam, AdamW, AdaBelief and Adamax; the others keep one opaque step (the
-``optzoo::optimizer_step`` operator of :mod:`optzoo.compiled`). Inductor fuses the arithmetic its own way, so a
-traced step agrees with the eager one to rounding (a few float32 ulps), not bit for bit.
+The rules split so are the element-wise ones: SGD, NAG, Adam, AdamW, AdaBelief, Adamax, Nadam (its per-update
+momentum schedule as per-tensor factors), RMSProp (plain and centered) and Lion; the others keep one opaque step
+(the ``optzoo::optimizer_step`` operator of :mod:`optzoo.compiled`). Inductor fuses the arithmetic its own way,
+so a traced step agrees with the eager one to rounding (a few float32 ulps), not bit for bit.
 
 Example::
 
@@ -36,11 +37,11 @@ def supports_tracing(optimizer: Optimizer) -> bool:
     return bool(optimizer._step_scalars) and type(optimizer)._foreach_parts is not Optimizer._foreach_parts
 
 
-def _as_tensor(values, device) -> torch.Tensor:
+def _as_tensor(values, device, vector: bool) -> torch.Tensor:
     """Per-tensor scalars as float32 on ``device`` (rounded as :func:`~optzoo.optimizer.base.f32` rounds):
-    a 0-d tensor when they are all equal, else a vector."""
+    a vector if ``vector`` or if they differ, else one 0-d tensor."""
     values = list(values)
-    if values.count(values[0]) == len(values):
+    if not vector and values.count(values[0]) == len(values):
         values = values[0]
     return torch.tensor(values, dtype=torch.float64).to(device=device, dtype=torch.float32)
 
@@ -54,10 +55,13 @@ class TracedStep:
             raise TypeError(f"TracedStep expects an optzoo optimizer, got {type(optimizer).__name__}")
         if not supports_tracing(optimizer):
             raise ValueError(f"{type(optimizer).__name__} has no traceable foreach arithmetic; traced steps exist "
-                             "for SGD, NAG, Adam, AdamW, AdaBelief and Adamax")
+                             "for SGD, NAG, Adam, AdamW, AdaBelief, Adamax, Nadam, RMSProp and Lion")
         self.optimizer = optimizer
         self._compile_options = compile_options
         self._compiled: dict = {}  # arithmetic function -> its compiled form
+        # the scalars once handed over as vectors stay vectors when their values happen to coincide (Nadam's
+        # 1 - m_schedule all reach 1.0), so that the graph compiled for vectors is not compiled again for 0-d
+        self._vectors: set[str] = set()
 
     def update(self, indices, weights, grads, states) -> None:
         """Updates ``weights`` and ``states`` in place, as ``optimizer.update(indices, weights, grads, states)``."""
@@ -77,7 +81,9 @@ class TracedStep:
         ts = [opt._index_update_count[i] for i in indices]
         fn, args, kwargs = opt._foreach_parts(weights, grads, states, lrs, wds, ts)
         for name in opt._step_scalars:
-            kwargs[name] = _as_tensor(kwargs[name], weights[0].device)
+            kwargs[name] = _as_tensor(kwargs[name], weights[0].device, name in self._vectors)
+            if kwargs[name].dim():
+                self._vectors.add(name)
         compiled = self._compiled.get(fn)
         if compiled is None:
             compiled = self._compiled[fn] = torch.compile(fn, **self._compile_options)
