@@ -293,4 +293,27 @@ void elementwise(const StepArgs& a) {
     }
 }
 
+// Like elementwise<Rule>, for rules that compile one element loop per combination of per-tensor flags (a select on a
+// flag inside the loop costs every element): Pick::run<G, L>(a, sc, ch) calls elementwise_chunk with the loop
+// that fits the tensor's scalars sc.
+template <class Pick, typename G, typename L>
+void picked_typed(const StepArgs& a) {
+    for_balanced(a, [&](const Chunk& ch) {
+        float sc[kMaxScalars];
+        for (int k = 0; k < kMaxScalars; ++k) sc[k] = a.scalars[ch.tensor * kMaxScalars + k];
+        Pick::template run<G, L>(a, sc, ch);
+    });
+}
+
+template <class Pick>
+void elementwise_picked(const StepArgs& a) {
+    if (a.low_precision == nullptr) {
+        picked_typed<Pick, float, NoLowPrecision>(a);
+    } else if (a.low_precision_dtype == kFloat16) {
+        picked_typed<Pick, Half, Half>(a);
+    } else {
+        picked_typed<Pick, BFloat16, BFloat16>(a);
+    }
+}
+
 }  // namespace optzoo
