@@ -170,54 +170,50 @@ inline float one_minus(double x) { return 1.0f - static_cast<float>(x); }  // 1 
 struct NoLowPrecision {};
 
 // Software prefetch of the element-wise loops: every block of kPrefetchBlock elements first asks for the cache lines
-// of the block kPrefetchAhead elements further on, in every stream. The hardware prefetchers alone keep too few lines
-// in flight once a rule has real arithmetic (a division, a square root): the loads then wait on memory and the
-// arithmetic does not overlap them (measured on ResNet-50's tensors, 2 threads: ADOPT 74% -> 94% of the touch
-// kernel's time, Adam 88% -> 96%). 384 elements (1.5 KiB of float32) ahead was the best of 64..2048.
+// kPrefetchAhead elements further on, in every stream. The hardware prefetchers alone keep too few lines in flight
+// once a rule has real arithmetic (a division, a square root): the loads then wait on memory and the arithmetic does
+// not overlap them (measured on ResNet-50's tensors, 2 threads: ADOPT 74% -> 94% of the touch kernel's time, Adam
+// 88% -> 96%). 384 elements (1.5 KiB of float32) ahead was the best of 64..2048. The prefetch runs past the end of
+// a run on purpose (a thread's next chunk usually continues the tensor; stopping short cost 4%): prefetching an
+// address never faults, and the address is computed as an integer, never as a pointer past the tensor.
 constexpr int64_t kPrefetchBlock = 64;
 constexpr int64_t kPrefetchAhead = 384;
 
-// asks for the cache lines of p[0, n) (p: a stream at least n elements long from there; nullptr: none)
-template <typename T>
-inline void prefetch_lines(const T* p, int64_t n, bool write) {
+// asks for the cache lines of the kPrefetchBlock elements of the stream p (nullptr: none) kPrefetchAhead elements on
+template <bool kWrite, typename T>
+inline void prefetch_ahead(const T* p) {
     if (p == nullptr) return;
-    const char* bytes = reinterpret_cast<const char*>(p);
-    for (int64_t k = 0; k < n * static_cast<int64_t>(sizeof(T)); k += 64) {
-        if (write) __builtin_prefetch(bytes + k, 1);
-        else __builtin_prefetch(bytes + k, 0);
-    }
-}
-
-template <class Rule, typename G, typename L>
-inline void elementwise_block(const float* __restrict sc, float* __restrict w, const G* __restrict g,
-                              float* __restrict s0, float* __restrict s1, float* __restrict s2, float* __restrict s3,
-                              L* __restrict lp, int64_t offset, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-        Rule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, s3, offset + i);
-        if constexpr (!std::is_same<L, NoLowPrecision>::value) lp[i] = from_float<L>(w[i]);
-    }
+    const uintptr_t at = reinterpret_cast<uintptr_t>(p) + kPrefetchAhead * sizeof(T);
+    for (uintptr_t k = 0; k < kPrefetchBlock * sizeof(T); k += 64)
+        __builtin_prefetch(reinterpret_cast<const void*>(at + k), kWrite ? 1 : 0);
 }
 
 // One contiguous run of elements. The pointers are __restrict parameters (GCC ignores restrict on local variables),
-// so the loop vectorizes without run-time alias checks even with six memory streams. Blocks whose prefetch target
-// lies inside the run prefetch it (see kPrefetchAhead); the last kPrefetchAhead elements run without.
+// so the loop vectorizes without run-time alias checks even with six memory streams. Whole blocks (a fixed trip
+// count: no remainder code per block) prefetch ahead (kPrefetchAhead); the last partial block runs without.
 template <class Rule, typename G, typename L>
 inline void elementwise_span(const float* __restrict sc, float* __restrict w, const G* __restrict g,
                              float* __restrict s0, float* __restrict s1, float* __restrict s2, float* __restrict s3,
                              L* __restrict lp, int64_t offset, int64_t n) {
-    constexpr int64_t B = kPrefetchBlock, D = kPrefetchAhead;
+    constexpr int64_t B = kPrefetchBlock;
     int64_t b = 0;
-    for (; b + D + B <= n; b += B) {
-        const int64_t ahead = offset + b + D;
-        prefetch_lines(w + b + D, B, true);
-        prefetch_lines(g + b + D, B, false);
-        prefetch_lines(s0 ? s0 + ahead : nullptr, B, true);
-        prefetch_lines(s1 ? s1 + ahead : nullptr, B, true);
-        prefetch_lines(s2 ? s2 + ahead : nullptr, B, true);
-        prefetch_lines(s3 ? s3 + ahead : nullptr, B, true);
-        elementwise_block<Rule, G, L>(sc, w, g, s0, s1, s2, s3, lp, offset, b, b + B);
+    for (; b + B <= n; b += B) {
+        const int64_t at = offset + b;
+        prefetch_ahead<true>(w + b);
+        prefetch_ahead<false>(g + b);
+        prefetch_ahead<true>(s0 ? s0 + at : nullptr);
+        prefetch_ahead<true>(s1 ? s1 + at : nullptr);
+        prefetch_ahead<true>(s2 ? s2 + at : nullptr);
+        prefetch_ahead<true>(s3 ? s3 + at : nullptr);
+        for (int64_t i = b; i < b + B; ++i) {
+            Rule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, s3, offset + i);
+            if constexpr (!std::is_same<L, NoLowPrecision>::value) lp[i] = from_float<L>(w[i]);
+        }
     }
-    elementwise_block<Rule, G, L>(sc, w, g, s0, s1, s2, s3, lp, offset, b, n);
+    for (int64_t i = b; i < n; ++i) {
+        Rule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, s3, offset + i);
+        if constexpr (!std::is_same<L, NoLowPrecision>::value) lp[i] = from_float<L>(w[i]);
+    }
 }
 
 // One chunk of the step with the tensor's scalars `sc` (rules that pick the rule per tensor call this directly).
