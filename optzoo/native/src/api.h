@@ -178,13 +178,48 @@ inline float one_minus(double x) { return 1.0f - static_cast<float>(x); }  // 1 
 // state slots (nullptr for None) at element i of the chunk.
 struct NoLowPrecision {};
 
+// Software prefetch of the element-wise loops: every block of kPrefetchBlock elements first asks for the cache lines
+// kPrefetchAhead elements further on, in every stream. The hardware prefetchers alone keep too few lines in flight
+// once a rule has real arithmetic (a division, a square root): the loads then wait on memory and the arithmetic does
+// not overlap them (ResNet-50's tensors, 2 threads, CPU time against the touch kernel's: Adam 88% -> 96%, AdEMAMix
+// 82% -> 96%). 384 elements (1.5 KiB of float32) ahead was the best of 64..2048. The prefetch runs past the end of
+// a run on purpose (a thread's next chunk usually continues the tensor; stopping short cost 4%): prefetching an
+// address never faults, and the address is computed as an integer, never as a pointer past the tensor.
+constexpr int64_t kPrefetchBlock = 64;
+constexpr int64_t kPrefetchAhead = 384;
+
+// asks for the cache lines of the kPrefetchBlock elements of the stream p (nullptr: none) kPrefetchAhead elements on
+template <bool kWrite, typename T>
+inline void prefetch_ahead(const T* p) {
+    if (p == nullptr) return;
+    const uintptr_t at = reinterpret_cast<uintptr_t>(p) + kPrefetchAhead * sizeof(T);
+    for (uintptr_t k = 0; k < kPrefetchBlock * sizeof(T); k += 64)
+        __builtin_prefetch(reinterpret_cast<const void*>(at + k), kWrite ? 1 : 0);
+}
+
 // One contiguous run of elements. The pointers are __restrict parameters (GCC ignores restrict on local variables),
-// so the loop vectorizes without run-time alias checks even with six memory streams.
+// so the loop vectorizes without run-time alias checks even with six memory streams. Whole blocks (a fixed trip
+// count: no remainder code per block) prefetch ahead (kPrefetchAhead); the last partial block runs without.
 template <class Rule, typename G, typename L>
 inline void elementwise_span(const float* __restrict sc, float* __restrict w, const G* __restrict g,
                              float* __restrict s0, float* __restrict s1, float* __restrict s2, float* __restrict s3,
                              L* __restrict lp, int64_t offset, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) {
+    constexpr int64_t B = kPrefetchBlock;
+    int64_t b = 0;
+    for (; b + B <= n; b += B) {
+        const int64_t at = offset + b;
+        prefetch_ahead<true>(w + b);
+        prefetch_ahead<false>(g + b);
+        prefetch_ahead<true>(s0 ? s0 + at : nullptr);
+        prefetch_ahead<true>(s1 ? s1 + at : nullptr);
+        prefetch_ahead<true>(s2 ? s2 + at : nullptr);
+        prefetch_ahead<true>(s3 ? s3 + at : nullptr);
+        for (int64_t i = b; i < b + B; ++i) {
+            Rule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, s3, offset + i);
+            if constexpr (!std::is_same<L, NoLowPrecision>::value) lp[i] = from_float<L>(w[i]);
+        }
+    }
+    for (int64_t i = b; i < n; ++i) {
         Rule::elem(sc, w[i], to_float(g[i]), s0, s1, s2, s3, offset + i);
         if constexpr (!std::is_same<L, NoLowPrecision>::value) lp[i] = from_float<L>(w[i]);
     }
@@ -260,6 +295,29 @@ void elementwise(const StepArgs& a) {
         elementwise_typed<Rule, Half, Half>(a);
     } else {
         elementwise_typed<Rule, BFloat16, BFloat16>(a);
+    }
+}
+
+// Like elementwise<Rule>, for rules that compile one element loop per combination of per-tensor flags (a select on a
+// flag inside the loop costs every element): Pick::run<G, L>(a, sc, ch) calls elementwise_chunk with the loop
+// that fits the tensor's scalars sc.
+template <class Pick, typename G, typename L>
+void picked_typed(const StepArgs& a) {
+    for_balanced(a, [&](const Chunk& ch) {
+        float sc[kMaxScalars];
+        for (int k = 0; k < kMaxScalars; ++k) sc[k] = a.scalars[ch.tensor * kMaxScalars + k];
+        Pick::template run<G, L>(a, sc, ch);
+    });
+}
+
+template <class Pick>
+void elementwise_picked(const StepArgs& a) {
+    if (a.low_precision == nullptr) {
+        picked_typed<Pick, float, NoLowPrecision>(a);
+    } else if (a.low_precision_dtype == kFloat16) {
+        picked_typed<Pick, Half, Half>(a);
+    } else {
+        picked_typed<Pick, BFloat16, BFloat16>(a);
     }
 }
 

@@ -117,6 +117,14 @@ inline float bounded(float r1, const float* sc, int at) {
     return r1;
 }
 
+// ------------------------------------------------------------------------------------------ prefetch
+// The element-wise driver's software prefetch (api.h, prefetch_ahead) over a block of n elements of a stream
+// (nullptr: none): the lines kPrefetchAhead elements on. Issued before a block's loop, it changes no arithmetic.
+template <bool kWrite>
+inline void prefetch_block(const float* p, int64_t n) {
+    for (int64_t k = 0; k < n; k += kPrefetchBlock) prefetch_ahead<kWrite>(p ? p + k : nullptr);
+}
+
 // ------------------------------------------------------------------------------------------ sums of squares
 // Per unit: blocks of kSumBlock squares in float32 vector lanes (16 terms a lane), the block sums added in double.
 // That is more accurate than the reference's float32 running sums (relative error ~1e-7 against ~1e-6 at 1e5
@@ -644,6 +652,10 @@ void lans_pass1(const float* sc, float divisor, const float* __restrict w, const
     double sw = 0.0, sm = 0.0, sg = 0.0;
     for (int64_t b = 0; b < n; b += kSumBlock) {
         const int64_t e = std::min(n, b + kSumBlock);
+        prefetch_block<false>(w + b, e - b);
+        prefetch_block<false>(grad + b, e - b);
+        prefetch_block<true>(mean + b, e - b);
+        prefetch_block<true>(var + b, e - b);
         float fw = 0.0f, fm = 0.0f, fg = 0.0f;
 #pragma omp simd reduction(+ : fw, fm, fg)
         for (int64_t i = b; i < e; ++i) {
@@ -673,13 +685,23 @@ void lans_pass2(const float* sc, float divisor, const float* d, float* __restric
     const float step_m = d[0], step_g = d[1];
     const Reciprocals r(sc);
     const float inverse_divisor = 1.0f / divisor;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
+    auto update = [&](int64_t i) {
         const float g = lans_grad(sc, grad[i], inverse_divisor);
         float um, ug;
         lans_directions<WD>(sc, r, g, mean[i], var[i], w[i], um, ug);
         w[i] = w[i] - (um * step_m + ug * step_g);
+    };
+    int64_t b = 0;
+    for (; b + kPrefetchBlock <= n; b += kPrefetchBlock) {  // whole blocks: a fixed trip count
+        prefetch_ahead<true>(w + b);
+        prefetch_ahead<false>(grad + b);
+        prefetch_ahead<false>(mean + b);
+        prefetch_ahead<false>(var + b);
+#pragma omp simd
+        for (int64_t i = b; i < b + kPrefetchBlock; ++i) update(i);
     }
+#pragma omp simd
+    for (int64_t i = b; i < n; ++i) update(i);
 }
 
 template <typename L>
@@ -694,6 +716,7 @@ struct LansKernel {
         double s = 0.0;
         for (int64_t b = 0; b < n; b += kSumBlock) {
             const int64_t e = std::min(n, b + kSumBlock);
+            prefetch_block<false>(grad + b, e - b);
             float f = 0.0f;
 #pragma omp simd reduction(+ : f)
             for (int64_t i = b; i < e; ++i) {
