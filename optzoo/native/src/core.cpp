@@ -87,19 +87,26 @@ std::string shape_text(at::IntArrayRef sizes) {
     return out.str();
 }
 
-// Records the memory of a contiguous tensor of the step (0-size tensors hold none).
-void note_region(std::vector<Region>& regions, const at::Tensor& t, int32_t tensor, int role, int slot = 0) {
-    if (t.numel() == 0) return;
-    const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+// Records the memory of a contiguous tensor of the step (0-size tensors hold none) and returns its data pointer
+// (untyped: the caller has checked the dtype).
+void* note_region(std::vector<Region>& regions, const at::Tensor& t, int32_t tensor, int role, int slot = 0) {
+    void* data = t.data_ptr();
+    if (t.numel() == 0) return data;
+    const auto begin = reinterpret_cast<uintptr_t>(data);
     regions.push_back(Region{begin, begin + static_cast<uintptr_t>(t.numel() * t.element_size()), tensor, role,
                              slot});
+    return data;
 }
 
 // No tensor the step writes may share memory with another tensor of the step (a weight listed twice, a state
 // that is a view of a weight, overlapping views): threads would race on it and the result would depend on the
 // order of the chunks. Gradients are only read, so two gradients may share memory.
-void check_no_overlap(std::vector<Region> regions) {
-    std::sort(regions.begin(), regions.end(), [](const Region& a, const Region& b) { return a.begin < b.begin; });
+//
+// It runs on every step, over 3-5 regions a tensor, so the common case is made cheap: the regions' bare [begin,
+// end) spans are sorted (16-byte keys) and checked for any overlap at all; only when two regions touch the same
+// memory (a clash, or gradients sharing memory) does the exact check by role below run, on the full records.
+void check_overlap_roles(std::vector<Region> regions) {
+    std::stable_sort(regions.begin(), regions.end(), [](const Region& a, const Region& b) { return a.begin < b.begin; });
     const Region* reach_any = nullptr;      // the region reaching furthest so far
     const Region* reach_written = nullptr;  // the written region reaching furthest so far
     for (const Region& r : regions) {
@@ -117,25 +124,46 @@ void check_no_overlap(std::vector<Region> regions) {
     }
 }
 
+void check_no_overlap(const std::vector<Region>& regions, std::vector<std::pair<uintptr_t, uintptr_t>>& spans) {
+    spans.resize(regions.size());
+    for (size_t i = 0; i < regions.size(); ++i) spans[i] = {regions[i].begin, regions[i].end};
+    std::sort(spans.begin(), spans.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    uintptr_t reach = 0;
+    for (const auto& span : spans) {
+        if (span.first < reach) return check_overlap_roles(regions);
+        reach = std::max(reach, span.second);
+    }
+}
+
 // A state tensor of a weight the kernels take must be a CPU float32 tensor of the weight's shape (`row_state`:
-// one value per row, shape [rows, 1]), as the optimizer creates it.
+// one value per row, shape [rows, 1]), as the optimizer creates it. The check allocates nothing unless it fails
+// (it runs for every state of every tensor of every step).
 void check_state_tensor(const at::Tensor& leaf, const at::Tensor& weight, int32_t tensor, int slot, bool row_state,
                         const RuleDesc& rule) {
+    const bool dense = leaf.device().is_cpu() && leaf.layout() == at::kStrided && leaf.scalar_type() == at::kFloat;
+    c10::SmallVector<int64_t, 8> expect;
+    bool weight_shaped = true, must_be_none = false;
+    if (row_state) {
+        expect = {weight.dim() == 0 ? 1 : weight.size(0), 1};
+        weight_shaped = false;
+    }
+    if (rule.state_shape != nullptr) {  // factored states: the rule knows their shapes
+        expect.resize(weight.dim() + 1);
+        const int dim = rule.state_shape(slot, static_cast<int>(weight.dim()), weight.sizes().data(), expect.data());
+        must_be_none = dim < 0;
+        expect.resize(must_be_none ? 0 : dim);
+        weight_shaped = false;
+    }
+    const at::IntArrayRef want = weight_shaped ? weight.sizes() : at::IntArrayRef(expect);
+    if (dense && !must_be_none && leaf.sizes() == want) return;
     const std::string who = "state " + std::to_string(slot) + " of @" + std::to_string(tensor);
-    if (!leaf.device().is_cpu() || leaf.layout() != at::kStrided || leaf.scalar_type() != at::kFloat)
+    if (!dense)
         throw py::value_error(who + " is a " + std::string(c10::toString(leaf.scalar_type())) + " tensor on " +
                               leaf.device().str() + "; expected a dense float32 tensor on cpu");
-    std::vector<int64_t> expect(weight.sizes().begin(), weight.sizes().end());
-    if (row_state) expect = {weight.dim() == 0 ? 1 : weight.size(0), 1};
-    if (rule.state_shape != nullptr) {  // factored states: the rule knows their shapes
-        std::vector<int64_t> sizes(weight.dim() + 1);
-        const int dim = rule.state_shape(slot, static_cast<int>(weight.dim()), weight.sizes().data(), sizes.data());
-        if (dim < 0) throw py::value_error(who + " must be None for a weight of shape " + shape_text(weight.sizes()));
-        expect.assign(sizes.begin(), sizes.begin() + dim);
-    }
-    if (leaf.sizes() != at::IntArrayRef(expect))
-        throw py::value_error(who + " has shape " + shape_text(leaf.sizes()) + ", expected " +
-                              shape_text(expect) + " for a weight of shape " + shape_text(weight.sizes()));
+    if (must_be_none)
+        throw py::value_error(who + " must be None for a weight of shape " + shape_text(weight.sizes()));
+    throw py::value_error(who + " has shape " + shape_text(leaf.sizes()) + ", expected " + shape_text(want) +
+                          " for a weight of shape " + shape_text(weight.sizes()));
 }
 
 // The float32 master copy of a float16/bfloat16 weight: a CPU float32 tensor of the weight's shape.
@@ -162,8 +190,69 @@ struct Step {
     uint32_t present = 0;
     bool have_present = false;
     std::vector<Region> regions;  // memory each tensor of the step reads or writes (see check_no_overlap)
+    std::vector<std::pair<uintptr_t, uintptr_t>> spans;  // check_no_overlap's sorted copy of the regions
     std::vector<double> given_sums;  // every norm stage's sums, one row per tensor, from aux = (aux, sums...)
     bool sums_given = false;
+    std::vector<double> lrs, wds, ts, aux_values;  // the per-tensor values of the call (finish)
+};
+
+// Each Python thread keeps one Step between calls and reuses its tables (cleared, their memory kept): a step of
+// thousands of tensors then allocates nothing once warm, where new tables cost a measurable share of the per-tensor
+// work (page faults, growth copies). A call made while the thread's Step is in use (Python code run by a number's
+// __float__ during unpacking, say) gets a new one; a step of more than kKeepTensors tensors gives its memory back.
+constexpr size_t kKeepTensors = 1 << 15;
+
+class StepLease {
+  public:
+    StepLease() {
+        static thread_local std::unique_ptr<Step> kept;
+        static thread_local bool in_use = false;
+        if (in_use) {
+            own_ = std::make_unique<Step>();
+            step_ = own_.get();
+            return;
+        }
+        if (!kept) kept = std::make_unique<Step>();
+        in_use = true;
+        in_use_ = &in_use;
+        kept_ = &kept;
+        step_ = kept.get();
+    }
+    ~StepLease() {
+        if (in_use_ == nullptr) return;
+        if (step_->numels.size() > kKeepTensors) kept_->reset();  // a huge step: free its tables
+        else clear(*step_);
+        *in_use_ = false;
+    }
+    StepLease(const StepLease&) = delete;
+    StepLease& operator=(const StepLease&) = delete;
+    Step& operator*() const { return *step_; }
+    Step* operator->() const { return step_; }
+
+  private:
+    static void clear(Step& s) {  // every table of the Step emptied, its capacity kept; every flag reset
+        for (auto& slot : s.states) slot.clear();
+        for (auto* v : {&s.numels, &s.row_lengths, &s.rows, &s.inner_shape}) v->clear();
+        for (auto* v : {&s.given_sums, &s.lrs, &s.wds, &s.ts, &s.aux_values}) v->clear();
+        s.weights.clear();
+        s.low_precision.clear();
+        s.grads.clear();
+        s.scalars.clear();
+        s.chunks.clear();
+        s.written.clear();
+        s.regions.clear();
+        s.spans.clear();
+        s.rule = nullptr;
+        s.low_precision_dtype = kFloat32;
+        s.multi_precision_step = false;
+        s.present = 0;
+        s.have_present = false;
+        s.sums_given = false;
+    }
+    Step* step_ = nullptr;
+    std::unique_ptr<Step> own_;
+    bool* in_use_ = nullptr;
+    std::unique_ptr<Step>* kept_ = nullptr;
 };
 
 // The state slots of one tensor: None, a tensor, or a tuple of tensors/None (a NamedTuple is a tuple).
@@ -205,11 +294,11 @@ bool unpack_state(Step& s, PyObject* state, const at::Tensor& weight) {
         const bool row_state = (r.row_states & (1u << k)) != 0;
         check_state_tensor(*leaf, weight, tensor, k, row_state, r);
         if (!plain(*leaf, at::kFloat, leaf->numel())) return false;  // a non-contiguous state: the torch path
-        note_region(s.regions, *leaf, tensor, kStateRole, k);
+        void* data = note_region(s.regions, *leaf, tensor, kStateRole, k);
         present |= 1u << k;
         // a 0-size state may have no data pointer, but a null entry means None to the rules: point anywhere
         static float empty_state;
-        s.states[k].push_back(leaf->numel() ? leaf->data_ptr<float>() : &empty_state);
+        s.states[k].push_back(leaf->numel() ? static_cast<float*>(data) : &empty_state);
         s.written.push_back(leaf->unsafeGetTensorImpl());
     }
     if (!s.have_present) {
@@ -245,19 +334,17 @@ bool unpack_one(Step& s, PyObject* weight_obj, PyObject* grad_obj, PyObject* sta
         if (s.multi_precision_step ? s.low_precision_dtype != dtype : !s.weights.empty()) return false;
         s.multi_precision_step = true;
         s.low_precision_dtype = dtype;
-        s.weights.push_back(master->data_ptr<float>());
-        s.low_precision.push_back(weight->data_ptr());
+        s.weights.push_back(static_cast<float*>(note_region(s.regions, *master, tensor, kMasterRole)));
         s.written.push_back(master->unsafeGetTensorImpl());
-        note_region(s.regions, *master, tensor, kMasterRole);
         state_obj = PyTuple_GET_ITEM(state_obj, 1);
     } else {
         if (wtype != at::kFloat || !plain(*weight, at::kFloat, numel) || s.multi_precision_step) return false;
-        s.weights.push_back(weight->data_ptr<float>());
     }
     s.written.push_back(weight->unsafeGetTensorImpl());
-    note_region(s.regions, *weight, tensor, low ? kLowPrecisionRole : kWeightRole);
-    note_region(s.regions, *grad, tensor, kGradRole);
-    s.grads.push_back(grad->data_ptr());
+    void* weight_data = note_region(s.regions, *weight, tensor, low ? kLowPrecisionRole : kWeightRole);
+    if (low) s.low_precision.push_back(weight_data);
+    else s.weights.push_back(static_cast<float*>(weight_data));
+    s.grads.push_back(note_region(s.regions, *grad, tensor, kGradRole));
     s.numels.push_back(numel);
     s.row_lengths.push_back(row_length);
     const int64_t dim = weight->dim();
@@ -287,6 +374,8 @@ bool per_tensor(PyObject* obj, Py_ssize_t n, std::vector<double>& out) {
     PyErr_Clear();
     return ok;
 }
+
+bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 void add_dense_chunks(Step& s, int32_t tensor) {
     const int64_t numel = s.numels[tensor];
@@ -323,7 +412,7 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
         s.sums_given = true;
         aux = PyTuple_GET_ITEM(aux, 0);
     }
-    std::vector<double> aux_values;
+    std::vector<double>& aux_values = s.aux_values;
     const size_t aux_width = static_cast<size_t>(r.n_aux);
     if ((aux == Py_None) != (aux_width == 0)) return false;
     if (aux_width != 0) {
@@ -334,9 +423,18 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
         }
     }
     s.scalars.assign(n * kMaxScalars, 0.0f);
-    for (size_t i = 0; i < n; ++i)
-        r.prepare(hyper.data(), lrs[i], wds[i], static_cast<int64_t>(ts[i]),
-                  aux_width ? aux_values.data() + i * aux_width : nullptr, s.scalars.data() + i * kMaxScalars);
+    for (size_t i = 0; i < n; ++i) {
+        float* out = s.scalars.data() + i * kMaxScalars;
+        const double* aux_i = aux_width ? aux_values.data() + i * aux_width : nullptr;
+        // `prepare` is a pure function: a tensor with bit for bit the inputs of the one before gets its scalars
+        // (most steps give every tensor the same lr, wd and count; prepare costs powers and divisions)
+        if (i > 0 && same_bits(lrs[i], lrs[i - 1]) && same_bits(wds[i], wds[i - 1]) && ts[i] == ts[i - 1] &&
+            (aux_width == 0 || std::memcmp(aux_i, aux_i - aux_width, aux_width * sizeof(double)) == 0)) {
+            std::memcpy(out, out - kMaxScalars, kMaxScalars * sizeof(float));
+            continue;
+        }
+        r.prepare(hyper.data(), lrs[i], wds[i], static_cast<int64_t>(ts[i]), aux_i, out);
+    }
     return true;
 }
 
@@ -362,7 +460,7 @@ StepArgs make_args(Step& s) {
 }
 
 void run(Step& s) {
-    check_no_overlap(s.regions);
+    check_no_overlap(s.regions, s.spans);
     const StepArgs a = make_args(s);
     {
         py::gil_scoped_release release;
@@ -385,9 +483,8 @@ bool unpack_dense(Step& s, int rule, py::list weights, py::list grads, py::list 
                         PyList_GET_ITEM(states.ptr(), i), multi_precision, -1))
             return false;
     }
-    std::vector<double> lr_values, wd_values, t_values;
-    if (!per_tensor(lrs.ptr(), n, lr_values) || !per_tensor(wds.ptr(), n, wd_values) ||
-        !per_tensor(ts.ptr(), n, t_values) || !finish(s, hyper, lr_values, wd_values, t_values, aux.ptr()))
+    if (!per_tensor(lrs.ptr(), n, s.lrs) || !per_tensor(wds.ptr(), n, s.wds) || !per_tensor(ts.ptr(), n, s.ts) ||
+        !finish(s, hyper, s.lrs, s.wds, s.ts, aux.ptr()))
         return false;
     for (int32_t i = 0; i < static_cast<int32_t>(n); ++i) add_dense_chunks(s, i);
     return true;
@@ -396,7 +493,8 @@ bool unpack_dense(Step& s, int rule, py::list weights, py::list grads, py::list 
 // step(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux) -> bool
 bool step(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds, py::object ts,
           const std::vector<double>& hyper, bool multi_precision, py::object aux) {
-    Step s;
+    StepLease lease;
+    Step& s = *lease;
     if (!unpack_dense(s, rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux)) return false;
     run(s);
     return true;
@@ -410,7 +508,8 @@ bool step(int rule, py::list weights, py::list grads, py::list states, py::objec
 py::object norm_sums(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds,
                      py::object ts, const std::vector<double>& hyper, bool multi_precision, py::object aux,
                      py::object prior) {
-    Step s;
+    StepLease lease;
+    Step& s = *lease;
     const RuleDesc* r = rule_by_id(rule);
     if (r == nullptr || r->norm_stage == nullptr) return py::none();
     const int stage = prior.is_none() ? 0 : 1;
@@ -425,7 +524,7 @@ py::object norm_sums(int rule, py::list weights, py::list grads, py::list states
             return py::none();
         prior_sums = p->data_ptr<double>();
     }
-    check_no_overlap(s.regions);  // a norm stage may write states (LAMB's and LANS's moments)
+    check_no_overlap(s.regions, s.spans);  // a norm stage may write states (LAMB's and LANS's moments)
     at::Tensor out = at::zeros({n, width}, at::TensorOptions().dtype(at::kDouble));
     const StepArgs a = make_args(s);
     {
@@ -441,7 +540,8 @@ py::object norm_sums(int rule, py::list weights, py::list grads, py::list states
 // `values` the gradient's rows, shape [len(rows), *weight.shape[1:]].
 bool step_rows(int rule, py::object weight, py::object rows_obj, py::object values, py::object state, double lr,
                double wd, int64_t t, const std::vector<double>& hyper, bool multi_precision, py::object aux) {
-    Step s;
+    StepLease lease;
+    Step& s = *lease;
     s.rule = rule_by_id(rule);
     const at::Tensor* rows = as_tensor(rows_obj.ptr());
     if (s.rule == nullptr || !s.rule->lazy_rows || rows == nullptr || rows->dim() != 1) return false;
