@@ -124,14 +124,54 @@ void check_overlap_roles(std::vector<Region> regions) {
     }
 }
 
-void check_no_overlap(const std::vector<Region>& regions, std::vector<std::pair<uintptr_t, uintptr_t>>& spans) {
+struct Span {
+    uintptr_t begin, end;
+};
+
+// Sorts spans by begin (stably): a least-significant-digit radix sort on begin - min, shifted right by the low bits
+// every begin shares (allocation alignment), 11 bits a pass: two or three linear passes for the addresses of a
+// step, where std::sort spent half of a small-tensor step's checks. `scratch` is its second buffer.
+void sort_spans(std::vector<Span>& spans, std::vector<Span>& scratch) {
+    const size_t n = spans.size();
+    if (n < 64) {
+        std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+        return;
+    }
+    uintptr_t lo = spans[0].begin, hi = lo, varying = 0;
+    for (const Span& span : spans) {
+        lo = std::min(lo, span.begin);
+        hi = std::max(hi, span.begin);
+        varying |= span.begin ^ spans[0].begin;
+    }
+    if (varying == 0) return;  // all begin at the same address
+    const int shift = __builtin_ctzll(varying);  // (begin - lo) >> shift keeps the order: the low bits are equal
+    const int bits = 64 - __builtin_clzll((hi - lo) >> shift);
+    constexpr int kBits = 11;
+    constexpr uintptr_t kMask = (uintptr_t{1} << kBits) - 1;
+    scratch.resize(n);
+    for (int pass = 0; pass * kBits < bits; ++pass) {
+        const int at_bit = shift + pass * kBits;
+        uint32_t start[kMask + 1] = {};
+        for (const Span& span : spans) ++start[((span.begin - lo) >> at_bit) & kMask];
+        uint32_t at = 0;
+        for (uint32_t& c : start) {
+            const uint32_t count = c;
+            c = at;
+            at += count;
+        }
+        for (const Span& span : spans) scratch[start[((span.begin - lo) >> at_bit) & kMask]++] = span;
+        spans.swap(scratch);
+    }
+}
+
+void check_no_overlap(const std::vector<Region>& regions, std::vector<Span>& spans, std::vector<Span>& scratch) {
     spans.resize(regions.size());
     for (size_t i = 0; i < regions.size(); ++i) spans[i] = {regions[i].begin, regions[i].end};
-    std::sort(spans.begin(), spans.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    sort_spans(spans, scratch);
     uintptr_t reach = 0;
-    for (const auto& span : spans) {
-        if (span.first < reach) return check_overlap_roles(regions);
-        reach = std::max(reach, span.second);
+    for (const Span& span : spans) {
+        if (span.begin < reach) return check_overlap_roles(regions);
+        reach = std::max(reach, span.end);
     }
 }
 
@@ -190,7 +230,7 @@ struct Step {
     uint32_t present = 0;
     bool have_present = false;
     std::vector<Region> regions;  // memory each tensor of the step reads or writes (see check_no_overlap)
-    std::vector<std::pair<uintptr_t, uintptr_t>> spans;  // check_no_overlap's sorted copy of the regions
+    std::vector<Span> spans, span_scratch;  // check_no_overlap's sorted copy of the regions
     std::vector<double> given_sums;  // every norm stage's sums, one row per tensor, from aux = (aux, sums...)
     bool sums_given = false;
     std::vector<double> lrs, wds, ts, aux_values;  // the per-tensor values of the call (finish)
@@ -242,6 +282,7 @@ class StepLease {
         s.written.clear();
         s.regions.clear();
         s.spans.clear();
+        s.span_scratch.clear();
         s.rule = nullptr;
         s.low_precision_dtype = kFloat32;
         s.multi_precision_step = false;
@@ -460,7 +501,7 @@ StepArgs make_args(Step& s) {
 }
 
 void run(Step& s) {
-    check_no_overlap(s.regions, s.spans);
+    check_no_overlap(s.regions, s.spans, s.span_scratch);
     const StepArgs a = make_args(s);
     {
         py::gil_scoped_release release;
@@ -524,7 +565,7 @@ py::object norm_sums(int rule, py::list weights, py::list grads, py::list states
             return py::none();
         prior_sums = p->data_ptr<double>();
     }
-    check_no_overlap(s.regions, s.spans);  // a norm stage may write states (LAMB's and LANS's moments)
+    check_no_overlap(s.regions, s.spans, s.span_scratch);  // a norm stage may write states (LAMB's and LANS's moments)
     at::Tensor out = at::zeros({n, width}, at::TensorOptions().dtype(at::kDouble));
     const StepArgs a = make_args(s);
     {
