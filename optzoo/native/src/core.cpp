@@ -103,8 +103,9 @@ void* note_region(std::vector<Region>& regions, const at::Tensor& t, int32_t ten
 // order of the chunks. Gradients are only read, so two gradients may share memory.
 //
 // It runs on every step, over 3-5 regions a tensor, so the common case is made cheap: the regions' bare [begin,
-// end) spans are sorted (16-byte keys) and checked for any overlap at all; only when two regions touch the same
-// memory (a clash, or gradients sharing memory) does the exact check by role below run, on the full records.
+// end) spans are sorted (16-byte keys, sort_spans) and checked for any overlap at all; only when two regions share
+// memory (a clash, or gradients sharing memory) does the exact check by role run, on the full records. The quick
+// pass is exact whatever the order: a span that begins before one earlier in the list is taken as an overlap.
 void check_overlap_roles(std::vector<Region> regions) {
     std::stable_sort(regions.begin(), regions.end(), [](const Region& a, const Region& b) { return a.begin < b.begin; });
     const Region* reach_any = nullptr;      // the region reaching furthest so far
