@@ -215,7 +215,7 @@ void check_master_copy(const at::Tensor& master, const at::Tensor& weight, int32
                               shape_text(weight.sizes()) + " on cpu, as create_state_multi_precision makes it");
 }
 
-struct Step {
+struct Step {  // (a new field must be reset in StepLease::clear too)
     const RuleDesc* rule = nullptr;
     std::vector<float*> weights;
     std::vector<void*> low_precision;
