@@ -247,3 +247,43 @@ def test_cold_build_is_announced_shared_by_concurrent_processes_and_cached(tmp_p
     again = _python(STEP, env)
     assert again.returncode == 0 and "impl native" in again.stdout
     assert "compiling" not in again.stderr
+
+
+def _many_views(n=300, size=7, gap=0):
+    """n weights as views of one buffer, `gap` elements apart (0: adjacent, negative: each overlaps the next)."""
+    base = torch.randn(n * (size + max(gap, 0)) + size)
+    return [base[i * (size + gap): i * (size + gap) + size] for i in range(n)]
+
+
+@pytest.mark.parametrize("case", ["adjacent views", "two views overlap", "state is another weight",
+                                  "one gradient for all"])
+def test_shared_memory_check_on_a_step_of_many_tensors(case):
+    """Past the size where the native overlap check sorts by radix (64 regions): adjacent views of one buffer and
+    gradients shared by every tensor are accepted (and updated as separate tensors would be); two overlapping
+    views, or a state that is another tensor's weight, are a ValueError naming both, with nothing written."""
+    require_native()
+    o = opt.create("adam", impl="native", learning_rate=0.1)
+    weights = _many_views()
+    indices = list(range(len(weights)))
+    states = [o.create_state(i, w) for i, w in zip(indices, weights)]
+    grads = [torch.randn(w.shape) for w in weights]
+    if case == "two views overlap":
+        weights[150] = weights[151].as_strided((7,), (1,), 151 * 7 - 1)  # shares six elements with 151
+    elif case == "state is another weight":
+        states[200] = type(states[200])(weights[30], states[200].var)
+    elif case == "one gradient for all":
+        grads = [grads[0]] * len(weights)
+    before = [w.clone() for w in weights]
+    if case in ("adjacent views", "one gradient for all"):
+        separate = [w.clone() for w in weights]
+        separate_states = [o.create_state(i, w) for i, w in zip(indices, separate)]
+        o.update(indices, weights, grads, states)
+        opt.create("adam", impl="native", learning_rate=0.1).update(indices, separate, grads, separate_states)
+        assert all(torch.equal(a, b) for a, b in zip(weights, separate))
+        assert not any(torch.equal(a, b) for a, b in zip(weights, before))
+        return
+    with pytest.raises(ValueError, match="share memory") as err:
+        o.update(indices, weights, grads, states)
+    named = ("parameter 150", "parameter 151") if case == "two views overlap" else ("parameter 30", "parameter 200")
+    assert all(who in str(err.value) for who in named), str(err.value)
+    assert all(torch.equal(a, b) for a, b in zip(weights, before)), "nothing may be written"

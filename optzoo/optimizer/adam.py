@@ -11,6 +11,7 @@ Two arithmetic styles live here, each mirroring what MXNet 2.0 runs by default:
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -634,16 +635,22 @@ class Nadam(Optimizer):
         return cache[(*key, t)]
 
     def _scalars(self, ts) -> list[NadamScalars]:
-        """The per-update scalars in update order; advances the shared ``m_schedule`` once per update."""
+        """The per-update scalars in update order; advances the shared ``m_schedule`` once per update. The values
+        that depend on the count only are computed once per distinct count of the call (a step of thousands of
+        tensors has one or a few)."""
         out = []
+        by_count = {}
+        shared = self.schedule_scope == "optimizer"
+        m_schedule = self.m_schedule
         for t in ts:
-            mom_t, mom_next = self._momentum(t), self._momentum(t + 1)
-            if self.schedule_scope == "optimizer":
-                self.m_schedule = self.m_schedule * mom_t
-                m_schedule = self.m_schedule
-            else:
-                m_schedule = self._product(t)
-            out.append(NadamScalars(mom_t, mom_next, m_schedule, m_schedule * mom_next, 1.0 - self.beta2**t))
+            known = by_count.get(t)
+            if known is None:
+                known = by_count[t] = (self._momentum(t), self._momentum(t + 1), 1.0 - self.beta2**t)
+            mom_t, mom_next, coef2 = known
+            m_schedule = m_schedule * mom_t if shared else self._product(t)
+            out.append(NadamScalars(mom_t, mom_next, m_schedule, m_schedule * mom_next, coef2))
+        if shared:
+            self.m_schedule = m_schedule
         return out
 
     _hyper = Adam._hyper
@@ -658,7 +665,7 @@ class Nadam(Optimizer):
             after = self.m_schedule
         finally:
             self.m_schedule = before
-        aux = [x for s in scalars for x in (s.mom_t, s.mom_next, s.m_schedule, s.m_schedule_next, s.coef2)]
+        aux = list(itertools.chain.from_iterable(scalars))  # NadamScalars' fields are in the kernel's order
 
         def commit():
             self.m_schedule = after

@@ -87,19 +87,27 @@ std::string shape_text(at::IntArrayRef sizes) {
     return out.str();
 }
 
-// Records the memory of a contiguous tensor of the step (0-size tensors hold none).
-void note_region(std::vector<Region>& regions, const at::Tensor& t, int32_t tensor, int role, int slot = 0) {
-    if (t.numel() == 0) return;
-    const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+// Records the memory of a contiguous tensor of the step (0-size tensors hold none) and returns its data pointer
+// (untyped: the caller has checked the dtype).
+void* note_region(std::vector<Region>& regions, const at::Tensor& t, int32_t tensor, int role, int slot = 0) {
+    void* data = t.data_ptr();
+    if (t.numel() == 0) return data;
+    const auto begin = reinterpret_cast<uintptr_t>(data);
     regions.push_back(Region{begin, begin + static_cast<uintptr_t>(t.numel() * t.element_size()), tensor, role,
                              slot});
+    return data;
 }
 
 // No tensor the step writes may share memory with another tensor of the step (a weight listed twice, a state
 // that is a view of a weight, overlapping views): threads would race on it and the result would depend on the
 // order of the chunks. Gradients are only read, so two gradients may share memory.
-void check_no_overlap(std::vector<Region> regions) {
-    std::sort(regions.begin(), regions.end(), [](const Region& a, const Region& b) { return a.begin < b.begin; });
+//
+// It runs on every step, over 3-5 regions a tensor, so the common case is made cheap: the regions' bare [begin,
+// end) spans are sorted (16-byte keys, sort_spans) and checked for any overlap at all; only when two regions share
+// memory (a clash, or gradients sharing memory) does the exact check by role run, on the full records. The quick
+// pass is exact whatever the order: a span that begins before one earlier in the list is taken as an overlap.
+void check_overlap_roles(std::vector<Region> regions) {
+    std::stable_sort(regions.begin(), regions.end(), [](const Region& a, const Region& b) { return a.begin < b.begin; });
     const Region* reach_any = nullptr;      // the region reaching furthest so far
     const Region* reach_written = nullptr;  // the written region reaching furthest so far
     for (const Region& r : regions) {
@@ -117,25 +125,86 @@ void check_no_overlap(std::vector<Region> regions) {
     }
 }
 
+struct Span {
+    uintptr_t begin, end;
+};
+
+// Sorts spans by begin (stably): a least-significant-digit radix sort on begin - min, shifted right by the low bits
+// every begin shares (allocation alignment), 11 bits a pass: two or three linear passes for the addresses of a
+// step, where std::sort spent half of a small-tensor step's checks. `scratch` is its second buffer.
+void sort_spans(std::vector<Span>& spans, std::vector<Span>& scratch) {
+    const size_t n = spans.size();
+    if (n < 64) {
+        std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+        return;
+    }
+    uintptr_t lo = spans[0].begin, hi = lo, varying = 0;
+    for (const Span& span : spans) {
+        lo = std::min(lo, span.begin);
+        hi = std::max(hi, span.begin);
+        varying |= span.begin ^ spans[0].begin;
+    }
+    if (varying == 0) return;  // all begin at the same address
+    const int shift = __builtin_ctzll(varying);  // (begin - lo) >> shift keeps the order: the low bits are equal
+    const int bits = 64 - __builtin_clzll((hi - lo) >> shift);
+    constexpr int kBits = 11;
+    constexpr uintptr_t kMask = (uintptr_t{1} << kBits) - 1;
+    scratch.resize(n);
+    for (int pass = 0; pass * kBits < bits; ++pass) {
+        const int at_bit = shift + pass * kBits;
+        uint32_t start[kMask + 1] = {};
+        for (const Span& span : spans) ++start[((span.begin - lo) >> at_bit) & kMask];
+        uint32_t at = 0;
+        for (uint32_t& c : start) {
+            const uint32_t count = c;
+            c = at;
+            at += count;
+        }
+        for (const Span& span : spans) scratch[start[((span.begin - lo) >> at_bit) & kMask]++] = span;
+        spans.swap(scratch);
+    }
+}
+
+void check_no_overlap(const std::vector<Region>& regions, std::vector<Span>& spans, std::vector<Span>& scratch) {
+    spans.resize(regions.size());
+    for (size_t i = 0; i < regions.size(); ++i) spans[i] = {regions[i].begin, regions[i].end};
+    sort_spans(spans, scratch);
+    uintptr_t reach = 0;
+    for (const Span& span : spans) {
+        if (span.begin < reach) return check_overlap_roles(regions);
+        reach = std::max(reach, span.end);
+    }
+}
+
 // A state tensor of a weight the kernels take must be a CPU float32 tensor of the weight's shape (`row_state`:
-// one value per row, shape [rows, 1]), as the optimizer creates it.
+// one value per row, shape [rows, 1]), as the optimizer creates it. The check allocates nothing unless it fails
+// (it runs for every state of every tensor of every step).
 void check_state_tensor(const at::Tensor& leaf, const at::Tensor& weight, int32_t tensor, int slot, bool row_state,
                         const RuleDesc& rule) {
+    const bool dense = leaf.device().is_cpu() && leaf.layout() == at::kStrided && leaf.scalar_type() == at::kFloat;
+    c10::SmallVector<int64_t, 8> expect;
+    bool weight_shaped = true, must_be_none = false;
+    if (row_state) {
+        expect = {weight.dim() == 0 ? 1 : weight.size(0), 1};
+        weight_shaped = false;
+    }
+    if (rule.state_shape != nullptr) {  // factored states: the rule knows their shapes
+        expect.resize(weight.dim() + 1);
+        const int dim = rule.state_shape(slot, static_cast<int>(weight.dim()), weight.sizes().data(), expect.data());
+        must_be_none = dim < 0;
+        expect.resize(must_be_none ? 0 : dim);
+        weight_shaped = false;
+    }
+    const at::IntArrayRef want = weight_shaped ? weight.sizes() : at::IntArrayRef(expect);
+    if (dense && !must_be_none && leaf.sizes() == want) return;
     const std::string who = "state " + std::to_string(slot) + " of @" + std::to_string(tensor);
-    if (!leaf.device().is_cpu() || leaf.layout() != at::kStrided || leaf.scalar_type() != at::kFloat)
+    if (!dense)
         throw py::value_error(who + " is a " + std::string(c10::toString(leaf.scalar_type())) + " tensor on " +
                               leaf.device().str() + "; expected a dense float32 tensor on cpu");
-    std::vector<int64_t> expect(weight.sizes().begin(), weight.sizes().end());
-    if (row_state) expect = {weight.dim() == 0 ? 1 : weight.size(0), 1};
-    if (rule.state_shape != nullptr) {  // factored states: the rule knows their shapes
-        std::vector<int64_t> sizes(weight.dim() + 1);
-        const int dim = rule.state_shape(slot, static_cast<int>(weight.dim()), weight.sizes().data(), sizes.data());
-        if (dim < 0) throw py::value_error(who + " must be None for a weight of shape " + shape_text(weight.sizes()));
-        expect.assign(sizes.begin(), sizes.begin() + dim);
-    }
-    if (leaf.sizes() != at::IntArrayRef(expect))
-        throw py::value_error(who + " has shape " + shape_text(leaf.sizes()) + ", expected " +
-                              shape_text(expect) + " for a weight of shape " + shape_text(weight.sizes()));
+    if (must_be_none)
+        throw py::value_error(who + " must be None for a weight of shape " + shape_text(weight.sizes()));
+    throw py::value_error(who + " has shape " + shape_text(leaf.sizes()) + ", expected " + shape_text(want) +
+                          " for a weight of shape " + shape_text(weight.sizes()));
 }
 
 // The float32 master copy of a float16/bfloat16 weight: a CPU float32 tensor of the weight's shape.
@@ -146,7 +215,7 @@ void check_master_copy(const at::Tensor& master, const at::Tensor& weight, int32
                               shape_text(weight.sizes()) + " on cpu, as create_state_multi_precision makes it");
 }
 
-struct Step {
+struct Step {  // (a new field must be reset in StepLease::clear too)
     const RuleDesc* rule = nullptr;
     std::vector<float*> weights;
     std::vector<void*> low_precision;
@@ -162,9 +231,71 @@ struct Step {
     uint32_t present = 0;
     bool have_present = false;
     std::vector<Region> regions;  // memory each tensor of the step reads or writes (see check_no_overlap)
+    std::vector<Span> spans, span_scratch;  // check_no_overlap's sorted copy of the regions
     std::vector<double> given_sums;  // every norm stage's sums, one row per tensor, from aux = (aux, sums...)
     bool sums_given = false;
-    std::vector<double> hyper, lrs, wds;  // float64 copies for the rule (StepArgs::hyper, lrs, wds)
+    std::vector<double> lrs, wds, ts, aux_values;  // the per-tensor values of the call (finish; StepArgs::lrs, wds)
+    std::vector<double> hyper;  // a float64 copy of the hyperparameters for the rule (StepArgs::hyper)
+};
+
+// Each Python thread keeps one Step between calls and reuses its tables (cleared, their memory kept): a step of
+// thousands of tensors then allocates nothing once warm, where new tables cost a measurable share of the per-tensor
+// work (page faults, growth copies). A call made while the thread's Step is in use (Python code run by a number's
+// __float__ during unpacking, say) gets a new one; a step of more than kKeepTensors tensors gives its memory back.
+constexpr size_t kKeepTensors = 1 << 15;
+
+class StepLease {
+  public:
+    StepLease() {
+        static thread_local std::unique_ptr<Step> kept;
+        static thread_local bool in_use = false;
+        if (in_use) {
+            own_ = std::make_unique<Step>();
+            step_ = own_.get();
+            return;
+        }
+        if (!kept) kept = std::make_unique<Step>();
+        in_use = true;
+        in_use_ = &in_use;
+        kept_ = &kept;
+        step_ = kept.get();
+    }
+    ~StepLease() {
+        if (in_use_ == nullptr) return;
+        if (step_->numels.size() > kKeepTensors) kept_->reset();  // a huge step: free its tables
+        else clear(*step_);
+        *in_use_ = false;
+    }
+    StepLease(const StepLease&) = delete;
+    StepLease& operator=(const StepLease&) = delete;
+    Step& operator*() const { return *step_; }
+    Step* operator->() const { return step_; }
+
+  private:
+    static void clear(Step& s) {  // every table of the Step emptied, its capacity kept; every flag reset
+        for (auto& slot : s.states) slot.clear();
+        for (auto* v : {&s.numels, &s.row_lengths, &s.rows, &s.inner_shape}) v->clear();
+        for (auto* v : {&s.given_sums, &s.lrs, &s.wds, &s.ts, &s.aux_values, &s.hyper}) v->clear();
+        s.weights.clear();
+        s.low_precision.clear();
+        s.grads.clear();
+        s.scalars.clear();
+        s.chunks.clear();
+        s.written.clear();
+        s.regions.clear();
+        s.spans.clear();
+        s.span_scratch.clear();
+        s.rule = nullptr;
+        s.low_precision_dtype = kFloat32;
+        s.multi_precision_step = false;
+        s.present = 0;
+        s.have_present = false;
+        s.sums_given = false;
+    }
+    Step* step_ = nullptr;
+    std::unique_ptr<Step> own_;
+    bool* in_use_ = nullptr;
+    std::unique_ptr<Step>* kept_ = nullptr;
 };
 
 // The state slots of one tensor: None, a tensor, or a tuple of tensors/None (a NamedTuple is a tuple).
@@ -206,11 +337,11 @@ bool unpack_state(Step& s, PyObject* state, const at::Tensor& weight) {
         const bool row_state = (r.row_states & (1u << k)) != 0;
         check_state_tensor(*leaf, weight, tensor, k, row_state, r);
         if (!plain(*leaf, at::kFloat, leaf->numel())) return false;  // a non-contiguous state: the torch path
-        note_region(s.regions, *leaf, tensor, kStateRole, k);
+        void* data = note_region(s.regions, *leaf, tensor, kStateRole, k);
         present |= 1u << k;
         // a 0-size state may have no data pointer, but a null entry means None to the rules: point anywhere
         static float empty_state;
-        s.states[k].push_back(leaf->numel() ? leaf->data_ptr<float>() : &empty_state);
+        s.states[k].push_back(leaf->numel() ? static_cast<float*>(data) : &empty_state);
         s.written.push_back(leaf->unsafeGetTensorImpl());
     }
     if (!s.have_present) {
@@ -246,19 +377,17 @@ bool unpack_one(Step& s, PyObject* weight_obj, PyObject* grad_obj, PyObject* sta
         if (s.multi_precision_step ? s.low_precision_dtype != dtype : !s.weights.empty()) return false;
         s.multi_precision_step = true;
         s.low_precision_dtype = dtype;
-        s.weights.push_back(master->data_ptr<float>());
-        s.low_precision.push_back(weight->data_ptr());
+        s.weights.push_back(static_cast<float*>(note_region(s.regions, *master, tensor, kMasterRole)));
         s.written.push_back(master->unsafeGetTensorImpl());
-        note_region(s.regions, *master, tensor, kMasterRole);
         state_obj = PyTuple_GET_ITEM(state_obj, 1);
     } else {
         if (wtype != at::kFloat || !plain(*weight, at::kFloat, numel) || s.multi_precision_step) return false;
-        s.weights.push_back(weight->data_ptr<float>());
     }
     s.written.push_back(weight->unsafeGetTensorImpl());
-    note_region(s.regions, *weight, tensor, low ? kLowPrecisionRole : kWeightRole);
-    note_region(s.regions, *grad, tensor, kGradRole);
-    s.grads.push_back(grad->data_ptr());
+    void* weight_data = note_region(s.regions, *weight, tensor, low ? kLowPrecisionRole : kWeightRole);
+    if (low) s.low_precision.push_back(weight_data);
+    else s.weights.push_back(static_cast<float*>(weight_data));
+    s.grads.push_back(note_region(s.regions, *grad, tensor, kGradRole));
     s.numels.push_back(numel);
     s.row_lengths.push_back(row_length);
     const int64_t dim = weight->dim();
@@ -288,6 +417,8 @@ bool per_tensor(PyObject* obj, Py_ssize_t n, std::vector<double>& out) {
     PyErr_Clear();
     return ok;
 }
+
+bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 void add_dense_chunks(Step& s, int32_t tensor) {
     const int64_t numel = s.numels[tensor];
@@ -324,7 +455,7 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
         s.sums_given = true;
         aux = PyTuple_GET_ITEM(aux, 0);
     }
-    std::vector<double> aux_values;
+    std::vector<double>& aux_values = s.aux_values;
     const size_t aux_width = static_cast<size_t>(r.n_aux);
     if ((aux == Py_None) != (aux_width == 0)) return false;
     if (aux_width != 0) {
@@ -338,9 +469,18 @@ bool finish(Step& s, const std::vector<double>& hyper, const std::vector<double>
     s.lrs = lrs;
     s.wds = wds;
     s.scalars.assign(n * kMaxScalars, 0.0f);
-    for (size_t i = 0; i < n; ++i)
-        r.prepare(hyper.data(), lrs[i], wds[i], static_cast<int64_t>(ts[i]),
-                  aux_width ? aux_values.data() + i * aux_width : nullptr, s.scalars.data() + i * kMaxScalars);
+    for (size_t i = 0; i < n; ++i) {
+        float* out = s.scalars.data() + i * kMaxScalars;
+        const double* aux_i = aux_width ? aux_values.data() + i * aux_width : nullptr;
+        // `prepare` is a pure function: a tensor with bit for bit the inputs of the one before gets its scalars
+        // (most steps give every tensor the same lr, wd and count; prepare costs powers and divisions)
+        if (i > 0 && same_bits(lrs[i], lrs[i - 1]) && same_bits(wds[i], wds[i - 1]) && ts[i] == ts[i - 1] &&
+            (aux_width == 0 || std::memcmp(aux_i, aux_i - aux_width, aux_width * sizeof(double)) == 0)) {
+            std::memcpy(out, out - kMaxScalars, kMaxScalars * sizeof(float));
+            continue;
+        }
+        r.prepare(hyper.data(), lrs[i], wds[i], static_cast<int64_t>(ts[i]), aux_i, out);
+    }
     return true;
 }
 
@@ -370,7 +510,7 @@ StepArgs make_args(Step& s) {
 }
 
 void run(Step& s) {
-    check_no_overlap(s.regions);
+    check_no_overlap(s.regions, s.spans, s.span_scratch);
     const StepArgs a = make_args(s);
     {
         py::gil_scoped_release release;
@@ -378,6 +518,40 @@ void run(Step& s) {
     }
     for (at::TensorImpl* impl : s.written) impl->bump_version();  // autograd sees the in-place update
 }
+
+// A tensor's metadata lies in three places, each found through the one before (its Python object, its TensorImpl,
+// its StorageImpl), scattered over the heap between the tensors' data: unpacking the tensors one after the other
+// waited on each in turn (most of the unpacking time of a step of 4,000 tensors of a few thousand values). So the
+// step asks for them ahead, in stages: stage 0 the entry's object (weight, gradient or state), stage 1 the
+// TensorImpl (a tuple state: its items' objects), stage 2 the StorageImpl (a tuple: the items' TensorImpls),
+// stage 3 a tuple's items' StorageImpls. Each stage reads only what the stage before asked for; it only reads.
+void prefetch_tensor(PyObject* obj, int stage) {
+    const at::Tensor* t = as_tensor(obj);
+    if (t == nullptr) return;
+    const c10::TensorImpl* impl = t->unsafeGetTensorImpl();
+    if (stage == 0) {
+        for (size_t line = 0; line < sizeof(c10::TensorImpl); line += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(impl) + line);
+    } else {
+        __builtin_prefetch(impl->unsafe_storage().unsafeGetStorageImpl());
+    }
+}
+
+void prefetch_entry(PyObject* obj, int stage) {
+    if (stage == 0) {
+        __builtin_prefetch(obj);
+    } else if (PyTuple_Check(obj)) {
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(obj); ++k) {
+            PyObject* item = PyTuple_GET_ITEM(obj, k);
+            if (stage == 1) __builtin_prefetch(item);
+            else if (item != Py_None) prefetch_tensor(item, stage - 2);
+        }
+    } else if (stage < 3) {
+        prefetch_tensor(obj, stage - 1);
+    }
+}
+
+constexpr Py_ssize_t kPrefetchStride = 4;  // tensors between two prefetch stages
 
 // Unpacks and checks a dense step (the lists of `step`) into s; false when the kernels cannot take it.
 bool unpack_dense(Step& s, int rule, py::list weights, py::list grads, py::list states, py::object lrs,
@@ -389,13 +563,18 @@ bool unpack_dense(Step& s, int rule, py::list weights, py::list grads, py::list 
     s.weights.reserve(n);
     s.grads.reserve(n);
     for (Py_ssize_t i = 0; i < n; ++i) {
+        for (int stage = 0; stage < 4; ++stage) {
+            const Py_ssize_t ahead = i + (4 - stage) * kPrefetchStride;
+            if (ahead >= n) continue;
+            for (PyObject* list : {weights.ptr(), grads.ptr(), states.ptr()})
+                prefetch_entry(PyList_GET_ITEM(list, ahead), stage);
+        }
         if (!unpack_one(s, PyList_GET_ITEM(weights.ptr(), i), PyList_GET_ITEM(grads.ptr(), i),
                         PyList_GET_ITEM(states.ptr(), i), multi_precision, -1))
             return false;
     }
-    std::vector<double> lr_values, wd_values, t_values;
-    if (!per_tensor(lrs.ptr(), n, lr_values) || !per_tensor(wds.ptr(), n, wd_values) ||
-        !per_tensor(ts.ptr(), n, t_values) || !finish(s, hyper, lr_values, wd_values, t_values, aux.ptr()))
+    if (!per_tensor(lrs.ptr(), n, s.lrs) || !per_tensor(wds.ptr(), n, s.wds) || !per_tensor(ts.ptr(), n, s.ts) ||
+        !finish(s, hyper, s.lrs, s.wds, s.ts, aux.ptr()))
         return false;
     for (int32_t i = 0; i < static_cast<int32_t>(n); ++i) add_dense_chunks(s, i);
     return true;
@@ -404,9 +583,10 @@ bool unpack_dense(Step& s, int rule, py::list weights, py::list grads, py::list 
 // step(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux) -> bool
 bool step(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds, py::object ts,
           const std::vector<double>& hyper, bool multi_precision, py::object aux) {
-    Step s;
     const RuleDesc* r = rule_by_id(rule);
     if (r != nullptr && r->n_results != 0) return false;  // its results need step_into
+    StepLease lease;
+    Step& s = *lease;
     if (!unpack_dense(s, rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux)) return false;
     run(s);
     return true;
@@ -418,12 +598,13 @@ bool step(int rule, py::list weights, py::list grads, py::list states, py::objec
 bool step_into(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds,
                py::object ts, const std::vector<double>& hyper, bool multi_precision, py::object aux,
                py::object results) {
-    Step s;
+    StepLease lease;
+    Step& s = *lease;
     const RuleDesc* r = rule_by_id(rule);
     const at::Tensor* out = as_tensor(results.ptr());
     if (r == nullptr || r->n_results == 0 || out == nullptr || !plain(*out, at::kDouble, r->n_results)) return false;
     if (!unpack_dense(s, rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux)) return false;
-    check_no_overlap(s.regions);
+    check_no_overlap(s.regions, s.spans, s.span_scratch);
     StepArgs a = make_args(s);
     a.results = out->data_ptr<double>();
     {
@@ -442,7 +623,8 @@ bool step_into(int rule, py::list weights, py::list grads, py::list states, py::
 py::object norm_sums(int rule, py::list weights, py::list grads, py::list states, py::object lrs, py::object wds,
                      py::object ts, const std::vector<double>& hyper, bool multi_precision, py::object aux,
                      py::object prior) {
-    Step s;
+    StepLease lease;
+    Step& s = *lease;
     const RuleDesc* r = rule_by_id(rule);
     if (r == nullptr || r->norm_stage == nullptr) return py::none();
     const int stage = prior.is_none() ? 0 : 1;
@@ -457,7 +639,7 @@ py::object norm_sums(int rule, py::list weights, py::list grads, py::list states
             return py::none();
         prior_sums = p->data_ptr<double>();
     }
-    check_no_overlap(s.regions);  // a norm stage may write states (LAMB's and LANS's moments)
+    check_no_overlap(s.regions, s.spans, s.span_scratch);  // a norm stage may write states (LAMB's and LANS's moments)
     at::Tensor out = at::zeros({n, width}, at::TensorOptions().dtype(at::kDouble));
     const StepArgs a = make_args(s);
     {
@@ -473,7 +655,8 @@ py::object norm_sums(int rule, py::list weights, py::list grads, py::list states
 // `values` the gradient's rows, shape [len(rows), *weight.shape[1:]].
 bool step_rows(int rule, py::object weight, py::object rows_obj, py::object values, py::object state, double lr,
                double wd, int64_t t, const std::vector<double>& hyper, bool multi_precision, py::object aux) {
-    Step s;
+    StepLease lease;
+    Step& s = *lease;
     s.rule = rule_by_id(rule);
     const at::Tensor* rows = as_tensor(rows_obj.ptr());
     if (s.rule == nullptr || !s.rule->lazy_rows || rows == nullptr || rows->dim() != 1) return false;
