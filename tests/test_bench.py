@@ -242,6 +242,13 @@ def test_targets_are_checked_against_the_measured_rows():
             "impls": {"optzoo": {"ms": 9.0, "pct_sol": 55.6, "pct_floor": 88.9, "peak_extra_mb": 0.0}}}
     goals = {c["goal"]: c for c in report.check_targets({**data, "results": [lamb]})}
     assert goals[">= 85% of the multi-pass floor"]["ok"] is True and ">= 85% of SoL" not in goals
+    # SGD and Nadam on ResNet-50 are held to 90% of the SoL; Adam on the same shapes to the shape set's 85%
+    at_88 = {"ms": 10.0, "pct_sol": 88.0, "peak_extra_mb": 0.0}
+    rows = [{"shape": "resnet50", "optimizer": name, "impls": {"optzoo": at_88}} for name in ("sgd", "nadam", "adam")]
+    sol_goals = [(c["row"], c["goal"], c["ok"]) for c in report.check_targets({**data, "results": rows})
+                 if "SoL" in c["goal"]]
+    assert sol_goals == [("resnet50/sgd", ">= 90% of SoL", False), ("resnet50/nadam", ">= 90% of SoL", False),
+                         ("resnet50/adam", ">= 85% of SoL", True)]
     # the compiled goal: checked where the compiled step was timed, never for a rule held to a multi-pass floor
     oz = {"ms": 10.0, "pct_sol": 90.0, "peak_extra_mb": 0.0}
     rows = [{"shape": "resnet50", "optimizer": name, "impls": {"optzoo": oz, "optzoo compiled": compiled}, **extra}
