@@ -354,6 +354,22 @@ def test_missing_extra_is_named(module, command, tmp_path, monkeypatch, capsys):
     assert "pip install 'optzoo[cli]'" in line and {"sklearn": "scikit-learn"}.get(module, module) in line
 
 
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_while_a_run_is_handed_to_the_workers_is_delivered_not_lost():
+    """Handing a run to the workers holds Ctrl-C back (a worker process started then must not print a traceback);
+    one that arrives meanwhile is raised once the hand-over is done. Ignoring it instead lost it: the comparison
+    then ran to its end and exited 0."""
+    from optzoo.cli.workers import _sigint_held
+
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # held, so a child inherits it
+            time.sleep(0.05)
+        time.sleep(0.5)  # not reached: the held Ctrl-C is raised when the block ends
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_sigint_keeps_completed_runs(tmp_path, jobs):
     out = tmp_path / "out"

@@ -64,6 +64,8 @@ _WORKER: dict = {}
 
 def _worker_init(tasks: tuple[str, ...], threads: int, progress, stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if hasattr(signal, "pthread_sigmask"):  # started with it blocked (_sigint_held): ignored now, so unblock it
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     progress.cancel_join_thread()  # exiting never waits for the main process to read the last progress ticks
     import torch
 
@@ -129,16 +131,19 @@ class _InProcess:
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """Spawned workers inherit an ignored SIGINT, so a Ctrl-C while one starts cannot print its traceback."""
-    if threading.current_thread() is not threading.main_thread():
+def _sigint_held():
+    """Blocks Ctrl-C while a run is handed to the workers (which may start a worker process): a process started
+    then inherits the blocked signal, so a Ctrl-C while it starts cannot print its traceback (it unblocks the signal
+    once it ignores it, in ``_worker_init``). Blocked, not ignored: a Ctrl-C that arrives meanwhile is delivered
+    when the block ends, never lost."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _Workers:
@@ -157,7 +162,7 @@ class _Workers:
                                    initargs=(self.tasks, self.threads, self.progress, self.stop))
 
     def start(self, key, config) -> None:
-        with _sigint_ignored():
+        with _sigint_held():
             self.futures[self.executor.submit(_worker_run, key, config)] = key
 
     def running(self) -> int:
