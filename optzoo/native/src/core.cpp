@@ -509,9 +509,11 @@ StepArgs make_args(Step& s) {
     return a;
 }
 
-void run(Step& s) {
+// Runs the unpacked step; `results`: where a rule that reports values of the step writes them (step_into).
+void run(Step& s, double* results = nullptr) {
     check_no_overlap(s.regions, s.spans, s.span_scratch);
-    const StepArgs a = make_args(s);
+    StepArgs a = make_args(s);
+    a.results = results;
     {
         py::gil_scoped_release release;
         s.rule->run(a);
@@ -604,14 +606,7 @@ bool step_into(int rule, py::list weights, py::list grads, py::list states, py::
     const at::Tensor* out = as_tensor(results.ptr());
     if (r == nullptr || r->n_results == 0 || out == nullptr || !plain(*out, at::kDouble, r->n_results)) return false;
     if (!unpack_dense(s, rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux)) return false;
-    check_no_overlap(s.regions, s.spans, s.span_scratch);
-    StepArgs a = make_args(s);
-    a.results = out->data_ptr<double>();
-    {
-        py::gil_scoped_release release;
-        r->run(a);
-    }
-    for (at::TensorImpl* impl : s.written) impl->bump_version();
+    run(s, out->data_ptr<double>());
     return true;
 }
 
