@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,18 @@ GUIDE_PATH = Path("shared") / "seed" / "optimizers-guide.md"
 
 
 def _guide() -> Path | None:
-    """MXNet's guide: $OPTZOO_GUIDE, or shared/seed/optimizers-guide.md in this checkout or a folder above it."""
+    """MXNet's guide: $OPTZOO_GUIDE, or shared/seed/optimizers-guide.md in this checkout or a folder above it, or
+    beside the checkout this one was cloned from when that is a local folder (a clean clone in a temporary folder)."""
     if os.environ.get("OPTZOO_GUIDE"):
         return Path(os.environ["OPTZOO_GUIDE"])
-    for folder in Path(__file__).resolve().parents:
-        if (folder / GUIDE_PATH).exists():
-            return folder / GUIDE_PATH
+    here = Path(__file__).resolve().parent
+    origin = subprocess.run(["git", "-C", str(here), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    starts = [here] + ([Path(origin).resolve()] if origin and Path(origin).is_dir() else [])
+    for start in starts:
+        for folder in [start, *start.parents]:
+            if (folder / GUIDE_PATH).exists():
+                return folder / GUIDE_PATH
     return None
 
 
