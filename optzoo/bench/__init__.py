@@ -238,8 +238,7 @@ def main(argv=None) -> int:
                 impls[variant] = run_torch(name, variant, shapes, grads, repeats, target_s, bpp, sol_s)
             if name in compiled:
                 impls["optzoo compiled"] = run_compiled(name, shapes, grads, repeats, target_s, bpp, sol_s)
-                if torch_variants(name):
-                    impls["torch compiled"] = run_torch_compiled(name, shapes, grads, repeats, target_s, bpp, sol_s)
+                impls["torch compiled"] = run_torch_compiled(name, shapes, grads, repeats, target_s, bpp, sol_s)
             else:
                 impls["optzoo compiled"] = {"unavailable": "not measured (--compiled)"}
             data["results"].append({"shape": shape_name, "optimizer": name, "tensors": len(shapes), "params": params,
