@@ -531,6 +531,16 @@ def nadam_factors(scalars: list[NadamScalars]) -> dict[str, list[float]]:
             "coef2s": [s.coef2 for s in scalars]}
 
 
+def _divide_(xs, divisors, new: bool = False):
+    """``xs / divisors`` for per-tensor divisors, in place (or as new tensors with ``new``). A traced step's divisors
+    (float32 tensors, :mod:`optzoo.optimizer.traced`) multiply by their float32 reciprocal instead, as the native
+    kernel does (an ulp or so from the division): compiled, three divisions per element made Nadam's step wait on
+    the CPU's divider, not on memory (the eager foreach step, bit-exact to MXNet, divides)."""
+    if isinstance(divisors, torch.Tensor):
+        return (torch._foreach_mul if new else torch._foreach_mul_)(xs, f32s(torch.reciprocal(divisors)))
+    return (torch._foreach_div if new else torch._foreach_div_)(xs, f32s(divisors))
+
+
 def nadam_foreach(weights, grads, states, *, lrs, wds, grad_divisors, mean_divisors, mom_nexts, grad_factors, coef2s,
                   beta1, beta2, epsilon, rescale_grad, clip_gradient):
     """All tensors at once; the same arithmetic as :func:`nadam_reference`, the per-tensor factors from
@@ -539,12 +549,12 @@ def nadam_foreach(weights, grads, states, *, lrs, wds, grad_divisors, mean_divis
     means, variances = [s.mean for s in states], [s.var for s in states]
     _ema_foreach_(means, gs, beta1)
     _ema_foreach_(variances, torch._foreach_mul(gs, gs), beta2)
-    torch._foreach_div_(gs, f32s(grad_divisors))
-    m_bars = torch._foreach_div(means, f32s(mean_divisors))
+    _divide_(gs, grad_divisors)
+    m_bars = _divide_(means, mean_divisors, new=True)
     torch._foreach_mul_(m_bars, f32s(mom_nexts))
     torch._foreach_mul_(gs, f32s(grad_factors))
     torch._foreach_add_(m_bars, gs)
-    denoms = torch._foreach_div(variances, f32s(coef2s))
+    denoms = _divide_(variances, coef2s, new=True)
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, f32(epsilon))
     torch._foreach_div_(m_bars, denoms)
