@@ -37,6 +37,8 @@ def test_traced_step_follows_the_eager_step_and_compiles_once(name):
     step = TracedStep(traced_opt)
     torch._dynamo.reset()
     counters.clear()
+    inductor = torch._inductor.config
+    global_settings = (inductor.cpp.min_chunk_size, inductor.size_asserts)
     g = torch.Generator().manual_seed(1)
     indices = list(range(len(SHAPES)))
     for _ in range(STEPS):  # the scheduler changes the rate every 2 updates; t advances every step
@@ -44,6 +46,7 @@ def test_traced_step_follows_the_eager_step_and_compiles_once(name):
         eager.update(indices, w_eager, grads, s_eager)
         step.update(indices, w_traced, grads, s_traced)
     assert counters["stats"]["unique_graphs"] == 1, "a new rate or update count compiled a new graph"
+    assert (inductor.cpp.min_chunk_size, inductor.size_asserts) == global_settings  # set for its graph only
     assert traced_opt.num_update == eager.num_update == STEPS
     for a, b in zip(w_traced + [x for s in s_traced for x in ([s] if torch.is_tensor(s) else s)],
                     w_eager + [x for s in s_eager for x in ([s] if torch.is_tensor(s) else s)]):
@@ -80,3 +83,14 @@ def test_traced_step_refuses_what_it_cannot_take():
         step.update([1], [weights[1]], [sparse], [states[1]])
     with pytest.raises(ValueError, match="listed twice"):
         step.update([1, 1], [weights[1]] * 2, [torch.ones(SHAPES[1])] * 2, [states[1]] * 2)
+
+
+def test_traced_step_sets_its_inductor_options_for_its_graph_only():
+    """The barrier-saving Inductor settings go to this graph's torch.compile; a user's options and mode win."""
+    from optzoo.optimizer.traced import INDUCTOR_OPTIONS
+
+    opt = oo.create("sgd", impl="foreach")
+    assert TracedStep(opt)._compile_options == {"options": INDUCTOR_OPTIONS}
+    mine = TracedStep(opt, options={"cpp.min_chunk_size": 64}, fullgraph=True)._compile_options
+    assert mine == {"options": {**INDUCTOR_OPTIONS, "cpp.min_chunk_size": 64}, "fullgraph": True}
+    assert TracedStep(opt, mode="max-autotune-no-cudagraphs")._compile_options == {"mode": "max-autotune-no-cudagraphs"}

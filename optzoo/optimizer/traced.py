@@ -71,7 +71,8 @@ def _reordered(value, order: list[int]):
 
 class TracedStep:
     """:meth:`update` is ``optimizer.update`` with the rule's tensor arithmetic compiled by ``torch.compile``
-    (``compile_options`` are passed to it). Dense gradients only, no ``multi_precision`` master copies."""
+    (``compile_options`` are passed to it; its ``options`` start from :data:`INDUCTOR_OPTIONS` unless a ``mode`` is
+    given). Dense gradients only, no ``multi_precision`` master copies."""
 
     def __init__(self, optimizer: Optimizer, **compile_options):
         if not isinstance(optimizer, Optimizer):
@@ -80,8 +81,9 @@ class TracedStep:
             raise ValueError(f"{type(optimizer).__name__} has no traceable foreach arithmetic; traced steps exist "
                              "for SGD, NAG, Adam, AdamW, AdaBelief, Adamax, Nadam, RMSProp and Lion")
         self.optimizer = optimizer
-        options = {**INDUCTOR_OPTIONS, **(compile_options.pop("options", None) or {})}
-        self._compile_options = {**compile_options, "options": options}
+        if "mode" not in compile_options:  # torch.compile takes a mode or options, not both
+            compile_options["options"] = {**INDUCTOR_OPTIONS, **(compile_options.get("options") or {})}
+        self._compile_options = compile_options
         self._compiled: dict = {}  # arithmetic function -> its compiled form
         # the scalars once handed over as vectors stay vectors when their values happen to coincide (Nadam's
         # 1 - m_schedule all reach 1.0), so that the graph compiled for vectors is not compiled again for 0-d
