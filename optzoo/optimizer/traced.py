@@ -14,7 +14,9 @@ learning rate or update count a new graph. :class:`TracedStep` splits a step in 
 The rules split so are the element-wise ones: SGD, NAG, Adam, AdamW, AdaBelief, Adamax, Nadam (its per-update
 momentum schedule as per-tensor factors), RMSProp (plain and centered) and Lion; the others keep one opaque step
 (the ``optzoo::optimizer_step`` operator of :mod:`optzoo.compiled`). Inductor fuses the arithmetic its own way,
-so a traced step agrees with the eager one to rounding (a few float32 ulps), not bit for bit.
+and a traced Nadam multiplies by reciprocals where the eager step divides (as the native kernel does), so a traced
+step agrees with the eager one to rounding (a few float32 ulps), not bit for bit. Speed on the CPU: docs/native.md,
+"Traced steps".
 
 Example::
 
