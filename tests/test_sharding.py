@@ -644,3 +644,41 @@ def test_the_norm_reducer_adds_up_only_the_sharded_columns_also_when_it_reuses_i
     assert reducer(sums, [sharded, sharded]).tolist() == [[2.0, 20.0], [4.0, 40.0]]
     assert reducer(sums, [whole, whole]) is sums
     assert reducer(sums, [sharded, whole]).tolist() == [[2.0, 10.0], [4.0, 20.0]]
+
+
+class _FakeWork:
+    """An asynchronous collective that completes on its ``done_after``-th poll (never, with None)."""
+
+    def __init__(self, done_after):
+        self.done_after, self.polls, self.waited = done_after, 0, False
+
+    def is_completed(self):
+        self.polls += 1
+        return self.done_after is not None and self.polls >= self.done_after
+
+    def wait(self):
+        self.waited = True
+        return True
+
+
+def test_a_cpu_collective_is_polled_until_it_completes_then_waited_on():
+    work = _FakeWork(done_after=5)
+    sharding._ShardSums(None, set())._collective("test", lambda *args, **kw: work, torch.zeros(3))
+    assert work.polls == 5 and work.waited
+
+
+def test_polling_stops_at_its_bound_and_blocks_in_wait(monkeypatch):
+    monkeypatch.setattr(sharding, "POLL_SECONDS", 0.02)
+    work = _FakeWork(done_after=None)
+    start = time.perf_counter()
+    sharding._ShardSums(None, set())._collective("test", lambda *args, **kw: work, torch.zeros(3))
+    assert 0.02 <= time.perf_counter() - start < 1.0 and work.polls > 1 and work.waited
+
+
+def test_a_collective_off_the_cpu_is_not_polled():
+    """A GPU collective's ``wait`` does not block the host; polling ``is_completed`` would wait for the device."""
+    work = _FakeWork(done_after=None)
+    calls = []
+    sharding._ShardSums("group", set())._collective(
+        "test", lambda *args, **kw: calls.append(kw) or work, torch.zeros(3, device="meta"))
+    assert work.polls == 0 and work.waited and calls == [{"group": "group", "async_op": True}]
