@@ -28,8 +28,10 @@ import torch
 from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
 from .reference_names import accepts_reference_names
 from .validation import check_bool, check_choice, check_int, check_real
+from .workspace import Workspace, workspace_of
 
-__all__ = ["Muon", "MuonAdamWState", "MuonState", "label_params", "newton_schulz", "newton_schulz_batched"]
+__all__ = ["Muon", "MuonAdamWState", "MuonState", "label_params", "newton_schulz", "newton_schulz_batched",
+           "newton_schulz_in_workspace"]
 
 #: Keller Jordan's quintic coefficients (torch.optim.Muon's defaults)
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -94,6 +96,33 @@ def newton_schulz(update: torch.Tensor, coefficients, steps: int, eps: float) ->
     for _ in range(steps):
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def newton_schulz_in_workspace(update: torch.Tensor, coefficients, steps: int, eps: float,
+                               space: Workspace) -> torch.Tensor:
+    """:func:`newton_schulz` bit for bit, with every product written into ``space``'s buffers (``out=``) instead of
+    fresh tensors: per ``(rows, cols)`` shape two bfloat16 ``rows*cols`` buffers (the iterate, ping-ponged) and two
+    ``m x m`` ones (``m`` the short side: the Gram matrix and the polynomial in it). The same operands in the same
+    layouts reach the same kernels: the first product reads the transposed view of the bfloat16 copy, as
+    :func:`newton_schulz` does. The result is a view of a buffer, valid until the next call for a matrix with
+    as many elements."""
+    a, b, c = coefficients
+    rows, cols = update.shape
+    short, wide = min(rows, cols), max(rows, cols)
+    iterates = [space.buffer(f"ns_iterate{k}", (rows * cols,), torch.bfloat16, update.device) for k in (0, 1)]
+    x = iterates[0].view(rows, cols)
+    x.copy_(update)  # update.bfloat16()
+    tall = rows > cols
+    if tall:
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))
+    gram = space.buffer("ns_gram", (short, short), torch.bfloat16, update.device)
+    polynomial = space.buffer("ns_polynomial", (short, short), torch.bfloat16, update.device)
+    for k in range(steps):
+        torch.mm(x, x.T, out=gram)
+        torch.addmm(gram, gram, gram, beta=b, alpha=c, out=polynomial)
+        x = torch.addmm(x, polynomial, x, beta=a, out=iterates[(k + 1) % 2].view(short, wide))
     return x.T if tall else x
 
 
@@ -228,9 +257,16 @@ class Muon(Optimizer):
         return leaf.shape == weight.shape
 
     # ------------------------------------------------------------------ the rule
-    def _muon_direction(self, g, state: MuonState) -> torch.Tensor:
+    def _muon_direction(self, g, state: MuonState, space: Workspace | None = None) -> torch.Tensor:
+        """The momentum updated and the direction to orthogonalise; with ``space``, the Nesterov direction is
+        written into its buffer for this shape (``torch.lerp(..., out=)``: the same kernel as ``g.lerp``)."""
         state.momentum.lerp_(g, 1 - self.momentum)
-        return g.lerp(state.momentum, self.momentum) if self.nesterov else state.momentum
+        if not self.nesterov:
+            return state.momentum
+        if space is None:
+            return g.lerp(state.momentum, self.momentum)
+        out = space.buffer("muon_direction", g.shape, g.dtype, g.device)
+        return torch.lerp(g, state.momentum, self.momentum, out=out)
 
     def _adamw_scalars(self, lr, t):
         """``(rate, step_size, sqrt(1 - beta2^t))`` of the AdamW side, as torch.optim.AdamW computes them."""
@@ -262,9 +298,11 @@ class Muon(Optimizer):
             self._adamw_foreach(*([seq[i] for i in adamw] for seq in (weights, gs, states, lrs, wds, ts)))
         if not muon:
             return
+        reducer = self.norm_sum_reducer
+        if reducer is None and not self.batch_newton_schulz:
+            return self._muon_in_workspace(*([seq[i] for i in muon] for seq in (weights, gs, states, lrs, wds)))
         # momentum one tensor at a time: torch._foreach_lerp rounds differently from Tensor.lerp on some sizes
         directions = [self._muon_direction(gs[i], states[i]) for i in muon]
-        reducer = self.norm_sum_reducer
         if reducer is not None:  # FSDP2 shards: every rank gathers the whole directions (one all_gather)
             directions = reducer.gather_rows(directions, [weights[i] for i in muon])
         groups: dict[tuple, list[int]] = {}
@@ -287,6 +325,23 @@ class Muon(Optimizer):
                     ortho = reducer.local_rows(ortho.reshape(directions[k].shape), w)
                 w.mul_(1 - lrs[i] * wds[i])
                 w.add_(ortho.view(w.shape), alpha=-_adjusted_lr(lrs[i], self.adjust_lr_fn, (rows, cols)))
+
+    def _muon_in_workspace(self, weights, gs, states, lrs, wds) -> None:
+        """The default fast path: one matrix at a time, as torch.optim.Muon, bit for bit, with the Nesterov
+        direction and every Newton–Schulz product written into the optimizer's workspace (buffers per shape, kept
+        across steps: about twice the bytes of one float32 matrix of each shape) instead of fresh tensors. A
+        bfloat16 or non-contiguous direction takes :func:`newton_schulz` (``Tensor.bfloat16()`` returns a
+        bfloat16 tensor itself, which torch then scales in place; a strided one keeps its strides)."""
+        space = workspace_of(self)
+        for w, g, state, lr, wd in zip(weights, gs, states, lrs, wds):
+            direction = self._muon_direction(g, state, space if g.is_contiguous() else None)
+            matrix = direction.reshape(len(direction), -1)
+            if direction.dtype == torch.float32 and direction.is_contiguous():
+                ortho = newton_schulz_in_workspace(matrix, self.ns_coefficients, self.ns_steps, self.epsilon, space)
+            else:
+                ortho = newton_schulz(matrix, self.ns_coefficients, self.ns_steps, self.epsilon)
+            w.mul_(1 - lr * wd)
+            w.add_(ortho.view(w.shape), alpha=-_adjusted_lr(lr, self.adjust_lr_fn, ortho.shape))
 
     def _adamw_foreach(self, weights, gs, states, lrs, wds, ts) -> None:
         scalars = [self._adamw_scalars(lr, t) for lr, t in zip(lrs, ts)]
