@@ -72,3 +72,64 @@ def test_muon_workspace_path_equals_torch_muon_on_changing_shapes_and_dtypes(nes
         assert torch.equal(w, p.detach()), i
         assert torch.equal(states[i].momentum, refs[i].state[p]["momentum_buffer"]), i
     assert 0 < workspace_of(o).nbytes < 4 * sum(w.numel() * 4 for w in weights)
+
+
+def _soap_cases(gen):
+    """(x, y, dims_x, dims_y) as SOAP contracts them: a tensor with a basis along one dimension (forward and
+    backward, from contiguous and permuted tensors) and a gradient with itself over all dimensions but one."""
+    for shape in [(7, 5), (1, 9), (9, 1), (3, 4, 5), (2, 1, 6), (40, 300), (1,), (12,)]:
+        x = torch.randn(shape, generator=gen)
+        for source in (x, x.permute([*range(1, x.dim()), 0]).contiguous().permute([x.dim() - 1, *range(x.dim() - 1)])):
+            basis = torch.linalg.qr(torch.randn(shape[0], shape[0], generator=gen))[0]  # column-major, as SOAP's
+            yield source, basis, [0], [0]
+            yield source, basis, [0], [1]
+            for i in range(x.dim()):
+                others = [d for d in range(x.dim()) if d != i]
+                yield source, source, others, others
+
+
+def test_tensordot_into_is_bit_identical_to_tensordot():
+    from optzoo.optimizer.soap import _tensordot_into
+
+    gen = torch.Generator().manual_seed(3)
+    space = Workspace()
+    for x, y, dims_x, dims_y in _soap_cases(gen):
+        expected = torch.tensordot(x, y, dims=[dims_x, dims_y])
+        got = _tensordot_into(x, y, dims_x, dims_y, space, "out")
+        assert got.shape == expected.shape and got.stride() == expected.stride(), (x.shape, dims_x, dims_y)
+        assert torch.equal(got, expected), (x.shape, dims_x, dims_y)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 33, 130])
+def test_soap_qr_into_the_state_is_bit_identical_to_linalg_qr(size):
+    """geqrf + householder_product into the transposed state equals linalg.qr's Q (the same LAPACK calls)."""
+    gen = torch.Generator().manual_seed(size)
+    for _ in range(3):
+        columns = torch.randn(size, size, generator=gen) @ torch.randn(size, size, generator=gen)
+        state = torch.full((size, size), float("nan"))
+        torch.linalg.householder_product(*torch.geqrf(columns), out=state.t())
+        assert torch.equal(state.t(), torch.linalg.qr(columns)[0])
+
+
+def test_soap_workspace_path_on_changing_shapes():
+    """The foreach (workspace) path against the readable one for 40 steps, bit for bit, with parameters of
+    several shapes through the same buffers, one joining late, refreshes every 3 steps."""
+    gen = torch.Generator().manual_seed(11)
+    shapes = [(6, 20), (20, 6), (3, 4, 5), (30,), (1, 7), (25, 25)]
+    paths = {impl: opt.create("soap", lr=0.01, precondition_frequency=3, impl=impl)
+             for impl in ("reference", "foreach")}
+    weights = {impl: [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)]
+               for impl in paths}
+    states = {impl: [o.create_state(i, w) for i, w in enumerate(weights[impl])] for impl, o in paths.items()}
+    for step in range(40):
+        live = list(range(len(shapes))) if step >= 20 else list(range(len(shapes) - 1))
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        for impl, o in paths.items():
+            o.update(live, [weights[impl][i] for i in live], [grads[i] for i in live],
+                     [states[impl][i] for i in live])
+    for i in range(len(shapes)):
+        assert torch.equal(weights["reference"][i], weights["foreach"][i]), shapes[i]
+        for a, b in zip(torch.utils._pytree.tree_leaves(states["reference"][i]),
+                        torch.utils._pytree.tree_leaves(states["foreach"][i])):
+            assert torch.equal(a, b), shapes[i]
+    assert workspace_of(paths["foreach"]).nbytes > 0 and "_workspace" not in paths["reference"].__dict__
