@@ -133,3 +133,29 @@ def test_soap_workspace_path_on_changing_shapes():
                         torch.utils._pytree.tree_leaves(states["foreach"][i])):
             assert torch.equal(a, b), shapes[i]
     assert workspace_of(paths["foreach"]).nbytes > 0 and "_workspace" not in paths["reference"].__dict__
+
+
+def test_muon_adamw_side_one_tensor_at_a_time_equals_torch_adamw():
+    """AdamW-side tensors of ADAMW_ONE_BY_ONE values or more take the per-tensor loop with a workspace denominator,
+    the rest the foreach ops: both bit-identical to torch.optim.AdamW over 30 steps."""
+    from optzoo.optimizer.muon import ADAMW_ONE_BY_ONE
+
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(ADAMW_ONE_BY_ONE // 64, 64), (ADAMW_ONE_BY_ONE + 37,), (300, 7), (64,), (2 * ADAMW_ONE_BY_ONE // 8, 8)]
+    weights = [torch.randn(s, generator=gen) for s in shapes]
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    ref = torch.optim.AdamW(params, lr=0.01, weight_decay=0.05, betas=(0.8, 0.95))
+    o = opt.create("muon", lr=0.01, wd=0.05, adamw_beta1=0.8, adamw_beta2=0.95, impl="foreach")
+    for w in weights:
+        w.use_muon = False
+    states = [o.create_state(i, w) for i, w in enumerate(weights)]
+    for _ in range(30):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        ref.step()
+        o.update(list(range(len(shapes))), weights, grads, states)
+    for w, p, s in zip(weights, params, states):
+        assert torch.equal(w, p.detach()), w.shape
+        assert torch.equal(s.exp_avg, ref.state[p]["exp_avg"]) and torch.equal(s.exp_avg_sq, ref.state[p]["exp_avg_sq"])
+    assert workspace_of(o).nbytes == 4 * max(w.numel() for w in weights)

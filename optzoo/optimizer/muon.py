@@ -36,6 +36,8 @@ __all__ = ["Muon", "MuonAdamWState", "MuonState", "label_params", "newton_schulz
 #: Keller Jordan's quintic coefficients (torch.optim.Muon's defaults)
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 ADJUST_LR_FNS = ("original", "match_rms_adamw", "none")
+#: AdamW-side tensors this large are stepped one at a time on the fast path (torch's parallel grain size)
+ADAMW_ONE_BY_ONE = 32768
 _ADAMW_NAME = re.compile(r"embed|(^|[._/])(lm_head|head|classifier)([._/]|$)", re.IGNORECASE)
 
 
@@ -344,6 +346,26 @@ class Muon(Optimizer):
             w.add_(ortho.view(w.shape), alpha=-_adjusted_lr(lr, self.adjust_lr_fn, ortho.shape))
 
     def _adamw_foreach(self, weights, gs, states, lrs, wds, ts) -> None:
+        """torch.optim.AdamW's operations, bit for bit: tensors of ``ADAMW_ONE_BY_ONE`` values or more one at a
+        time, all passes over a tensor while it is in cache (as torch's for-loop), the denominator in a workspace
+        buffer (as large as the largest such tensor); the smaller ones together, in ``torch._foreach`` calls."""
+        space = workspace_of(self)
+        small = []
+        for k, (w, g, state, lr, wd, t) in enumerate(zip(weights, gs, states, lrs, wds, ts)):
+            if w.numel() < ADAMW_ONE_BY_ONE or not w.is_contiguous():
+                small.append(k)
+                continue
+            rate, step_size, bias2_sqrt = self._adamw_scalars(lr, t)
+            w.mul_(1 - rate * wd)
+            state.exp_avg.lerp_(g, 1 - self.adamw_beta1)
+            state.exp_avg_sq.mul_(self.adamw_beta2).addcmul_(g, g, value=1 - self.adamw_beta2)
+            second = state.exp_avg_sq
+            denom = torch.sqrt(second, out=space.buffer("adamw_denom", second.shape, second.dtype, second.device))
+            denom.div_(bias2_sqrt).add_(self.adamw_epsilon)
+            w.addcdiv_(state.exp_avg, denom, value=-step_size)
+        if not small:
+            return
+        weights, gs, states, lrs, wds, ts = ([seq[k] for k in small] for seq in (weights, gs, states, lrs, wds, ts))
         scalars = [self._adamw_scalars(lr, t) for lr, t in zip(lrs, ts)]
         torch._foreach_mul_(weights, [1 - rate * wd for (rate, _, _), wd in zip(scalars, wds)])
         means, variances = [s.exp_avg for s in states], [s.exp_avg_sq for s in states]
