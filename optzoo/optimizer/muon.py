@@ -180,6 +180,11 @@ class Muon(Optimizer):
         batch_newton_schulz: the fast path stacks same-shape matrices into one ``bmm`` chain
             (:func:`newton_schulz_batched`): fewer, larger matrix products, equal to torch.optim.Muon to bfloat16
             rounding of the update; default False: one matrix at a time, bit-identical to torch.optim.Muon.
+
+    The fast path (``impl="foreach"``, the default) keeps a workspace (:mod:`optzoo.optimizer.workspace`) for
+    its products and temporaries: two float32 copies of the largest Muon matrix, two bfloat16 ``m x m`` (``m``
+    its largest short side) and one float32 copy of the largest AdamW-side tensor of ``ADAMW_ONE_BY_ONE``
+    values or more; torch.optim.Muon allocates as much afresh in every step.
     """
 
     default_learning_rate = 1e-3

@@ -139,6 +139,12 @@ class SOAP(Optimizer):
         precondition_1d: rotate 1-D weights too (default False: plain Adam for them).
         correct_bias: Adam's bias correction (default True).
         normalize_gradient: divide the rotated-back step by ``RMS + eps`` (default False).
+
+    The fast path (``impl="foreach"``, the default) writes its matrix products into a workspace
+    (:mod:`optzoo.optimizer.workspace`) kept across steps: three float32 copies of the largest weight and one
+    ``d x d`` matrix for the largest rotated dimension (the package allocates these afresh in every step), and
+    refreshes ``Q`` with ``geqrf`` + ``householder_product`` (``linalg.qr``'s two LAPACK calls) straight into the
+    state. Both paths are bit-identical to the package.
     """
 
     default_learning_rate = 3e-3
@@ -218,7 +224,7 @@ class SOAP(Optimizer):
             if len(state.gg[0]) > 0:
                 column, row = g.unsqueeze(1), g.unsqueeze(0)
                 outer = column @ row if space is None else \
-                    torch.mm(column, row, out=space.buffer("soap_outer", state.gg[0].shape, g.dtype, g.device))
+                    torch.mm(column, row, out=space.buffer("soap_square", state.gg[0].shape, g.dtype, g.device))
                 state.gg[0].lerp_(outer, weight=weight)
             return
         g = self._as_preconditioned(g)
@@ -226,7 +232,7 @@ class SOAP(Optimizer):
             if len(gg) > 0:
                 others = [*chain(range(i), range(i + 1, g.dim()))]
                 outer = torch.tensordot(g, g, dims=[others, others]) if space is None else \
-                    _tensordot_into(g, g, others, others, space, "soap_outer")
+                    _tensordot_into(g, g, others, others, space, "soap_square")
                 gg.lerp_(outer, weight=weight)
 
     def _refresh(self, state: SOAPState, space: Workspace | None = None) -> None:
@@ -239,7 +245,7 @@ class SOAP(Optimizer):
                 continue
             basis = q.t()
             product = gg @ basis if space is None else \
-                torch.mm(gg, basis, out=space.buffer("soap_power", gg.shape, gg.dtype, gg.device))
+                torch.mm(gg, basis, out=space.buffer("soap_square", gg.shape, gg.dtype, gg.device))
             order = torch.argsort((basis * product).sum(dim=0), descending=True)
             exp_avg_sq = exp_avg_sq.index_select(i, order)
             columns = product.index_select(1, order)
