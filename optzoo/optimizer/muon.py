@@ -104,11 +104,10 @@ def newton_schulz(update: torch.Tensor, coefficients, steps: int, eps: float) ->
 def newton_schulz_in_workspace(update: torch.Tensor, coefficients, steps: int, eps: float,
                                space: Workspace) -> torch.Tensor:
     """:func:`newton_schulz` bit for bit, with every product written into ``space``'s buffers (``out=``) instead of
-    fresh tensors: per ``(rows, cols)`` shape two bfloat16 ``rows*cols`` buffers (the iterate, ping-ponged) and two
-    ``m x m`` ones (``m`` the short side: the Gram matrix and the polynomial in it). The same operands in the same
-    layouts reach the same kernels: the first product reads the transposed view of the bfloat16 copy, as
-    :func:`newton_schulz` does. The result is a view of a buffer, valid until the next call for a matrix with
-    as many elements."""
+    fresh tensors: two bfloat16 buffers of ``rows*cols`` (the iterate, ping-ponged) and two of ``m x m`` (``m`` the
+    short side: the Gram matrix and the polynomial in it). The same operands in the same layouts reach the same
+    kernels: the first product reads the transposed view of the bfloat16 copy, as :func:`newton_schulz` does. The
+    result is a view of a buffer, valid until the next call with this ``space``."""
     a, b, c = coefficients
     rows, cols = update.shape
     short, wide = min(rows, cols), max(rows, cols)
@@ -266,7 +265,7 @@ class Muon(Optimizer):
     # ------------------------------------------------------------------ the rule
     def _muon_direction(self, g, state: MuonState, space: Workspace | None = None) -> torch.Tensor:
         """The momentum updated and the direction to orthogonalise; with ``space``, the Nesterov direction is
-        written into its buffer for this shape (``torch.lerp(..., out=)``: the same kernel as ``g.lerp``)."""
+        written into its ``muon_direction`` buffer (``torch.lerp(..., out=)``: the same kernel as ``g.lerp``)."""
         state.momentum.lerp_(g, 1 - self.momentum)
         if not self.nesterov:
             return state.momentum
@@ -335,10 +334,10 @@ class Muon(Optimizer):
 
     def _muon_in_workspace(self, weights, gs, states, lrs, wds) -> None:
         """The default fast path: one matrix at a time, as torch.optim.Muon, bit for bit, with the Nesterov
-        direction and every Newton–Schulz product written into the optimizer's workspace (buffers per shape, kept
-        across steps: about twice the bytes of one float32 matrix of each shape) instead of fresh tensors. A
-        bfloat16 or non-contiguous direction takes :func:`newton_schulz` (``Tensor.bfloat16()`` returns a
-        bfloat16 tensor itself, which torch then scales in place; a strided one keeps its strides)."""
+        direction and every Newton–Schulz product written into the optimizer's workspace (kept across steps, each
+        buffer as large as the largest matrix needs) instead of fresh tensors. A bfloat16 or non-contiguous
+        direction takes :func:`newton_schulz` (``Tensor.bfloat16()`` returns a bfloat16 tensor itself, which torch
+        then scales in place; a strided one keeps its strides)."""
         space = workspace_of(self)
         for w, g, state, lr, wd in zip(weights, gs, states, lrs, wds):
             direction = self._muon_direction(g, state, space if g.is_contiguous() else None)

@@ -78,11 +78,10 @@ def _free_buffer(space: Workspace, x):
 
 def _tensordot_into(x, y, dims_x, dims_y, space: Workspace, name: str):
     """``torch.tensordot(x, y, dims=[dims_x, dims_y])`` with the product written into ``space``'s buffer ``name``.
-    ATen's tensordot permutes ``x`` to (free, contracted) dimensions and
-    ``y`` to (contracted, free), reshapes both to matrices and calls ``mm``; this makes the same views and copies
-    and calls ``torch.mm(..., out=)``, so the kernel sees the same operands and the result is bit for bit the
-    same (tests/test_workspace.py). A contracted dimension of length 1 (which tensordot sums away first) is a
-    single exact product either way."""
+    ATen's tensordot permutes ``x`` to (free, contracted) dimensions and ``y`` to (contracted, free), reshapes both
+    to matrices and calls ``mm``; this makes the same views and copies and calls ``torch.mm(..., out=)``, so the
+    kernel sees the same operands and the result is bit for bit the same (tests/test_workspace.py). A contracted
+    dimension of length 1 (which tensordot sums away first) is a single exact product either way."""
     free_x = [d for d in range(x.dim()) if d not in dims_x]
     free_y = [d for d in range(y.dim()) if d not in dims_y]
     rows = math.prod(x.shape[d] for d in free_x)
@@ -249,7 +248,7 @@ class SOAP(Optimizer):
             order = torch.argsort((basis * product).sum(dim=0), descending=True)
             exp_avg_sq = exp_avg_sq.index_select(i, order)
             columns = product.index_select(1, order)
-            if space is not None and q.dtype == torch.float32:
+            if space is not None and q.dtype == torch.float32 and q.device.type == "cpu":  # verified: LAPACK
                 torch.linalg.householder_product(*torch.geqrf(columns), out=basis)
             else:
                 q.copy_(torch.linalg.qr(columns.to(torch.float32))[0].t())
@@ -288,7 +287,7 @@ class SOAP(Optimizer):
             state.exp_avg_sq.lerp_(self._rotate(g, state).square(), weight=1.0 - self.beta2)
             denom = state.exp_avg_sq.sqrt().add_(self.epsilon)
             step = self._rotate(self._rotate(state.exp_avg, state) / denom, state, backward=True)
-        else:  # the same operations, on the rotation buffers in place (layouts kept, so the roundings are)
+        else:  # the same operations, in place on the rotation buffers (the same layouts, the same roundings)
             state.exp_avg_sq.lerp_(_owned(self._rotate(g, state, space=space), g).square_(), weight=1.0 - self.beta2)
             second = state.exp_avg_sq
             denom = torch.sqrt(second, out=space.buffer("soap_denom", second.shape, second.dtype, second.device))

@@ -1,14 +1,15 @@
-"""Scratch buffers that an optimizer keeps across steps for the outputs of its matrix products.
+"""Scratch buffers that an optimizer keeps across steps for the outputs of its matrix products and temporaries.
 
 Muon's Newton–Schulz iteration and SOAP's projections make the same few products, of the same shapes, every step.
-Written into fresh tensors they pay an allocation (and, for large results, the page faults of new memory) per
-product; written with ``out=`` into buffers kept per shape they do not. ``torch.mm(a, b, out=buf)`` and
-``torch.addmm(c, a, b, out=buf)`` run the same kernel as the allocating calls on the same operands (a contiguous
-``buf`` of the result's shape), so the results are bit for bit the same (tests/test_workspace.py checks it).
+Written into fresh tensors they pay an allocation per product (and the page faults of new memory whenever the
+allocator has given it back to the system); written with ``out=`` into kept buffers they do not.
+``torch.mm(a, b, out=buf)`` and ``torch.addmm(c, a, b, out=buf)`` run the same kernel as the allocating calls on
+the same operands (a contiguous ``buf`` of the result's shape), so the results are bit for bit the same
+(tests/test_workspace.py checks it).
 
 A :class:`Workspace` belongs to one optimizer object (never a module global): an optimizer step is not
-re-entrant, and two optimizers do not share buffers. A buffer handed out is valid until the next request for the
-same key: a caller uses it before asking for that key again.
+re-entrant, and two optimizers do not share buffers. A tensor handed out is valid until the next request for the
+same name (whatever its shape): a caller uses it before asking for that name again.
 """
 
 from __future__ import annotations
