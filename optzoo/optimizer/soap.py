@@ -20,7 +20,6 @@ import torch
 from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
 from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_int, check_real
-from .workspace import Workspace, workspace_of
 
 __all__ = ["SOAP", "SOAPState", "merged_shape"]
 
@@ -54,54 +53,15 @@ def merged_shape(shape, max_dim: int) -> list[int]:
     return merged
 
 
-def _project(x, qs, backward: bool = False, space: Workspace | None = None):
+def _project(x, qs, backward: bool = False):
     """``x`` rotated by every ``Q_i`` (stored transposed) along dimension ``i`` (``Q_i^T`` forward, ``Q_i``
-    backward); a dimension without a basis is only cycled to the end, as the reference does. With ``space`` the
-    products are written into its buffers (:func:`_tensordot_into`): the result may then be a view of one."""
+    backward); a dimension without a basis is only cycled to the end, as the reference does."""
     for q in qs:
         if len(q) > 0:
-            if space is None:
-                x = torch.tensordot(x, q.t(), dims=[[0], [1 if backward else 0]])
-            else:
-                x = _tensordot_into(x, q.t(), [0], [1 if backward else 0], space, _free_buffer(space, x))
+            x = torch.tensordot(x, q.t(), dims=[[0], [1 if backward else 0]])
         else:
             x = x.permute([*range(1, x.dim()), 0])
     return x
-
-
-def _free_buffer(space: Workspace, x):
-    """Which of the two rotation buffers ``x`` is not a view of (a product must not overwrite its operand)."""
-    taken = x.untyped_storage().data_ptr()
-    first = space.buffer("soap_rotation0", (1,), x.dtype, x.device)
-    return "soap_rotation1" if first.untyped_storage().data_ptr() == taken else "soap_rotation0"
-
-
-def _tensordot_into(x, y, dims_x, dims_y, space: Workspace, name: str):
-    """``torch.tensordot(x, y, dims=[dims_x, dims_y])`` with the product written into ``space``'s buffer ``name``.
-    ATen's tensordot permutes ``x`` to (free, contracted) dimensions and ``y`` to (contracted, free), reshapes both
-    to matrices and calls ``mm``; this makes the same views and copies and calls ``torch.mm(..., out=)``, so the
-    kernel sees the same operands and the result is bit for bit the same (tests/test_workspace.py). A contracted
-    dimension of length 1 (which tensordot sums away first) is a single exact product either way."""
-    free_x = [d for d in range(x.dim()) if d not in dims_x]
-    free_y = [d for d in range(y.dim()) if d not in dims_y]
-    rows = math.prod(x.shape[d] for d in free_x)
-    inner = math.prod(x.shape[d] for d in dims_x)
-    cols = math.prod(y.shape[d] for d in free_y)
-    if rows == 1 and cols == 1:  # tensordot makes this one a dot product (of flattened operands), not an mm
-        return torch.tensordot(x, y, dims=[dims_x, dims_y])
-    left = x.permute(free_x + list(dims_x)).reshape(rows, inner)
-    right = y.permute(list(dims_y) + free_y).reshape(inner, cols)
-    out = space.buffer(name, (rows, cols), x.dtype, x.device)
-    torch.mm(left, right, out=out)
-    return out.view([x.shape[d] for d in free_x] + [y.shape[d] for d in free_y])
-
-
-def _owned(rotated, source):
-    """``rotated`` if it shares no memory with ``source`` (a buffer or a temporary, safe to change in place), else a
-    copy with its layout (an unrotated tensor is ``source`` itself, permuted)."""
-    if rotated.untyped_storage().data_ptr() != source.untyped_storage().data_ptr():
-        return rotated
-    return torch.empty_like(rotated).copy_(rotated)
 
 
 def _eigenbasis(gg):
@@ -139,11 +99,9 @@ class SOAP(Optimizer):
         correct_bias: Adam's bias correction (default True).
         normalize_gradient: divide the rotated-back step by ``RMS + eps`` (default False).
 
-    The fast path (``impl="foreach"``, the default) writes its matrix products into a workspace
-    (:mod:`optzoo.optimizer.workspace`) kept across steps: three float32 copies of the largest weight and one
-    ``d x d`` matrix for the largest rotated dimension (the package allocates these afresh in every step), and
-    refreshes ``Q`` with ``geqrf`` + ``householder_product`` (``linalg.qr``'s two LAPACK calls) straight into the
-    state. Both paths are bit-identical to the package.
+    The fast path (``impl="foreach"``, the default) refreshes ``Q`` with ``geqrf`` + ``householder_product``
+    (the two LAPACK calls ``linalg.qr`` makes, without its ``R``) written straight into the state; both paths are
+    bit-identical to the package.
     """
 
     default_learning_rate = 3e-3
@@ -214,57 +172,50 @@ class SOAP(Optimizer):
         return x.reshape(merged_shape(x.shape, self.max_precondition_dim)) if self.merge_dims and x.dim() > 1 else x
 
     # ------------------------------------------------------------------ preconditioner
-    # ``space`` (a Workspace, on the fast path): the matrix products are written into its buffers (``out=``), the
-    # QR's Q straight into the state; ``None`` (the readable path): the package's own calls.
-    def _accumulate(self, g, state: SOAPState, space: Workspace | None = None) -> None:
+    def _accumulate(self, g, state: SOAPState) -> None:
         """``L_i = lerp(L_i, G_(i) G_(i)^T, 1 - shampoo_beta)`` for every rotated dimension."""
         weight = 1.0 - self._shampoo_beta()
         if g.dim() == 1:
             if len(state.gg[0]) > 0:
-                column, row = g.unsqueeze(1), g.unsqueeze(0)
-                outer = column @ row if space is None else \
-                    torch.mm(column, row, out=space.buffer("soap_square", state.gg[0].shape, g.dtype, g.device))
-                state.gg[0].lerp_(outer, weight=weight)
+                state.gg[0].lerp_(g.unsqueeze(1) @ g.unsqueeze(0), weight=weight)
             return
         g = self._as_preconditioned(g)
         for i, gg in enumerate(state.gg):
             if len(gg) > 0:
                 others = [*chain(range(i), range(i + 1, g.dim()))]
-                outer = torch.tensordot(g, g, dims=[others, others]) if space is None else \
-                    _tensordot_into(g, g, others, others, space, "soap_square")
-                gg.lerp_(outer, weight=weight)
+                gg.lerp_(torch.tensordot(g, g, dims=[others, others]), weight=weight)
 
-    def _refresh(self, state: SOAPState, space: Workspace | None = None) -> None:
-        """One power iteration and a QR per rotated dimension; the second moment re-sorted to the new order. The
-        fast path factors with ``geqrf`` + ``householder_product`` (the two LAPACK calls ``linalg.qr`` makes,
-        without its ``R``) and writes Q into the state's transposed layout directly."""
+    def _refresh(self, state: SOAPState, fast: bool = False) -> None:
+        """One power iteration and a QR per rotated dimension; the second moment re-sorted to the new order.
+        ``fast`` (float32 on the CPU): the QR's Q by ``geqrf`` + ``householder_product``, the two LAPACK calls
+        ``linalg.qr`` makes (so the same Q, bit for bit), without ``linalg.qr``'s R (its ``triu``) and written
+        straight into the state's transposed layout (no transposed copy)."""
         exp_avg_sq = self._as_preconditioned(state.exp_avg_sq)
         for i, (gg, q) in enumerate(zip(state.gg, state.q)):
             if len(gg) == 0:
                 continue
             basis = q.t()
-            product = gg @ basis if space is None else \
-                torch.mm(gg, basis, out=space.buffer("soap_square", gg.shape, gg.dtype, gg.device))
+            product = gg @ basis
             order = torch.argsort((basis * product).sum(dim=0), descending=True)
             exp_avg_sq = exp_avg_sq.index_select(i, order)
             columns = product.index_select(1, order)
-            if space is not None and q.dtype == torch.float32 and q.device.type == "cpu":  # verified: LAPACK
+            if fast and q.dtype == torch.float32 and q.device.type == "cpu":
                 torch.linalg.householder_product(*torch.geqrf(columns), out=basis)
             else:
                 q.copy_(torch.linalg.qr(columns.to(torch.float32))[0].t())
         state.exp_avg_sq.copy_(exp_avg_sq.reshape(state.exp_avg_sq.shape))
 
-    def _update_preconditioner(self, g, state: SOAPState, k: int, space: Workspace | None = None) -> None:
-        self._accumulate(g, state, space)
+    def _update_preconditioner(self, g, state: SOAPState, k: int, fast: bool = False) -> None:
+        self._accumulate(g, state)
         if not state.started:
             for gg, q in zip(state.gg, state.q):
                 if len(gg) > 0:
                     q.copy_(_eigenbasis(gg).t())
         elif k % self.precondition_frequency == 0:
-            self._refresh(state, space)
+            self._refresh(state, fast)
 
-    def _rotate(self, x, state: SOAPState, backward: bool = False, space: Workspace | None = None):
-        y = _project(self._as_preconditioned(x), state.q, backward, space)
+    def _rotate(self, x, state: SOAPState, backward: bool = False):
+        y = _project(self._as_preconditioned(x), state.q, backward)
         return y.reshape(x.shape)
 
     # ------------------------------------------------------------------ the rule
@@ -276,24 +227,16 @@ class SOAP(Optimizer):
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         self._soap_step(weight, rescale_clip(grad, self.rescale_grad, self.clip_gradient), state, lr, wd, t)
 
-    def _soap_step(self, weight, g, state: SOAPState, lr, wd, t, space: Workspace | None = None) -> None:
+    def _soap_step(self, weight, g, state: SOAPState, lr, wd, t, fast: bool = False) -> None:
         if not state.started:
-            self._update_preconditioner(g, state, 0, space)
+            self._update_preconditioner(g, state, 0)
             state.started.fill_(1)
             return
         k = t - 1
         state.exp_avg.lerp_(g, weight=1.0 - self.beta1)
-        if space is None:
-            state.exp_avg_sq.lerp_(self._rotate(g, state).square(), weight=1.0 - self.beta2)
-            denom = state.exp_avg_sq.sqrt().add_(self.epsilon)
-            step = self._rotate(self._rotate(state.exp_avg, state) / denom, state, backward=True)
-        else:  # the same operations, in place on the rotation buffers (the same layouts, the same roundings)
-            state.exp_avg_sq.lerp_(_owned(self._rotate(g, state, space=space), g).square_(), weight=1.0 - self.beta2)
-            second = state.exp_avg_sq
-            denom = torch.sqrt(second, out=space.buffer("soap_denom", second.shape, second.dtype, second.device))
-            denom.add_(self.epsilon)
-            mean = _owned(self._rotate(state.exp_avg, state, space=space), state.exp_avg)
-            step = self._rotate(mean.div_(denom), state, backward=True, space=space)
+        state.exp_avg_sq.lerp_(self._rotate(g, state).square(), weight=1.0 - self.beta2)
+        denom = state.exp_avg_sq.sqrt().add_(self.epsilon)
+        step = self._rotate(self._rotate(state.exp_avg, state) / denom, state, backward=True)
         if self.normalize_gradient:
             step.div_(torch.mean(step.square()).sqrt_().add_(self.epsilon))
         if self.norm_sum_reducer is not None:  # a shard: the whole step was computed, the weight has its rows
@@ -301,12 +244,11 @@ class SOAP(Optimizer):
         weight.add_(step, alpha=-self._step_size(lr, k))
         if wd != 0.0:
             weight.mul_(1.0 - wd * lr)
-        self._update_preconditioner(g, state, k, space)
+        self._update_preconditioner(g, state, k, fast)
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
         if self.norm_sum_reducer is not None:  # FSDP2 shards: every rank gathers the whole gradients
             gs = self.norm_sum_reducer.gather_rows(gs, weights)
-        space = workspace_of(self)
         for w, g, s, lr, wd, t in zip(weights, gs, states, lrs, wds, ts):
-            self._soap_step(w, g, s, lr, wd, t, space)
+            self._soap_step(w, g, s, lr, wd, t, fast=True)

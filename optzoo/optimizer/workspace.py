@@ -1,11 +1,9 @@
-"""Scratch buffers that an optimizer keeps across steps for the outputs of its matrix products and temporaries.
+"""Scratch buffers that an optimizer keeps across steps for large temporaries (Muon's AdamW side: the
+denominator of its embedding and head).
 
-Muon's Newton–Schulz iteration and SOAP's projections make the same few products, of the same shapes, every step.
-Written into fresh tensors they pay an allocation per product (and the page faults of new memory whenever the
-allocator has given it back to the system); written with ``out=`` into kept buffers they do not.
-``torch.mm(a, b, out=buf)`` and ``torch.addmm(c, a, b, out=buf)`` run the same kernel as the allocating calls on
-the same operands (a contiguous ``buf`` of the result's shape), so the results are bit for bit the same
-(tests/test_workspace.py checks it).
+A temporary allocated afresh in every step costs an allocation, and the page faults of new memory whenever the
+allocator has given the block back to the system; a kept buffer written with ``out=`` does not, and the same
+kernel writes the same values into it.
 
 A :class:`Workspace` belongs to one optimizer object (never a module global): an optimizer step is not
 re-entrant, and two optimizers do not share buffers. A tensor handed out is valid until the next request for the
@@ -24,8 +22,7 @@ __all__ = ["Workspace", "workspace_of"]
 class Workspace:
     """Buffers by ``(name, dtype, device)``, each grown to the largest size asked for and kept; a request returns
     a contiguous view of the first ``prod(shape)`` elements. One buffer per name (not per shape) keeps the memory
-    that consecutive products of different shapes touch the same, and so in cache, as a caching allocator's
-    recycled blocks are."""
+    that consecutive tensors of different shapes touch the same, and so in cache."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
