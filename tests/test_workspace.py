@@ -1,6 +1,7 @@
 """Kept scratch buffers (optzoo/optimizer/workspace.py) and the fast paths of Muon and SOAP that differ from their
-readable ones: Muon's AdamW side one large tensor at a time with a kept denominator, SOAP's QR by geqrf +
-householder_product into the state. All bit-identical (rtol = atol = 0) to the references."""
+readable ones: Muon's Newton-Schulz products and Nesterov direction written into kept buffers (out=), its AdamW
+side one large tensor at a time with a kept denominator, SOAP's QR by geqrf + householder_product into the state.
+All bit-identical (rtol = atol = 0) to the references."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import pytest
 import torch
 
 from optzoo import optimizer as opt
+from optzoo.optimizer import muon
+from optzoo.optimizer.muon import NS_COEFFICIENTS, newton_schulz, newton_schulz_in_workspace
 from optzoo.optimizer.workspace import Workspace, workspace_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: wide, tall, square, a single row or column, odd sizes
+NS_SHAPES = [(8, 24), (24, 8), (17, 17), (1, 13), (13, 1), (33, 70), (70, 33), (5, 5), (64, 16)]
 
 
 def test_buffers_grow_and_are_reused():
@@ -30,11 +36,27 @@ def test_buffers_grow_and_are_reused():
     assert workspace_of(o) is workspace_of(o) and workspace_of(o) is not workspace_of(opt.create("muon"))
 
 
+@pytest.mark.parametrize("steps", [0, 1, 5])
+def test_newton_schulz_in_workspace_is_bit_identical(steps):
+    gen = torch.Generator().manual_seed(steps)
+    space = Workspace()
+    for rep in range(2):  # shapes in turn through the same buffers, growing and shrinking
+        for shape in NS_SHAPES:
+            update = torch.randn(shape, generator=gen) * 10.0 ** int(torch.randint(-3, 3, (1,), generator=gen))
+            expected = newton_schulz(update, NS_COEFFICIENTS, steps, 1e-7)
+            got = newton_schulz_in_workspace(update, NS_COEFFICIENTS, steps, 1e-7, space)
+            assert got.shape == expected.shape and got.stride() == expected.stride(), shape
+            assert torch.equal(got, expected), (shape, rep, (got.float() - expected.float()).abs().max())
+    assert newton_schulz_in_workspace(torch.zeros(3, 5), NS_COEFFICIENTS, 5, 1e-7, space).abs().sum() == 0
+
+
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_muon_fast_path_equals_torch_muon_on_changing_shapes_and_dtypes(nesterov):
+def test_muon_fast_path_equals_torch_muon_on_changing_shapes_and_dtypes(nesterov, monkeypatch):
     """The default (foreach) path against torch.optim.Muon for 60 steps, bit for bit: float32 and bfloat16
-    weights (torch scales a bfloat16 momentum in place when not Nesterov), several shapes, a parameter joining
-    half-way."""
+    weights (the bfloat16 ones take the allocating calls: torch scales a bfloat16 momentum in place when not
+    Nesterov), matrices over and under the workspace threshold (lowered to 300 values) sharing its buffers, a
+    parameter joining half-way."""
+    monkeypatch.setattr(muon, "NS_IN_WORKSPACE", 300)
     gen = torch.Generator().manual_seed(7)
     specs = [((12, 30), torch.float32), ((30, 12), torch.float32), ((12, 30), torch.float32), ((9, 9), torch.bfloat16),
              ((40, 6), torch.float32)]
@@ -53,6 +75,7 @@ def test_muon_fast_path_equals_torch_muon_on_changing_shapes_and_dtypes(nesterov
     for i, (w, p) in enumerate(zip(weights, params)):
         assert torch.equal(w, p.detach()), i
         assert torch.equal(states[i].momentum, refs[i].state[p]["momentum_buffer"]), i
+    assert workspace_of(o).nbytes > 0
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 33, 130])
