@@ -339,10 +339,9 @@ class Muon(Optimizer):
     def _muon_in_workspace(self, weights, gs, states, lrs, wds) -> None:
         """The default fast path: one matrix at a time, as torch.optim.Muon, bit for bit, with the Nesterov
         direction and every Newton–Schulz product of a matrix of ``NS_IN_WORKSPACE`` values or more written into
-        the optimizer's workspace (kept across steps, each
-        buffer as large as the largest matrix needs) instead of fresh tensors. A bfloat16 or non-contiguous
-        direction takes :func:`newton_schulz` (``Tensor.bfloat16()`` returns a bfloat16 tensor itself, which torch
-        then scales in place; a strided one keeps its strides)."""
+        the optimizer's workspace (kept across steps, each buffer as large as the largest matrix needs) instead of
+        fresh tensors. A bfloat16 or non-contiguous direction takes :func:`newton_schulz` (``Tensor.bfloat16()``
+        returns a bfloat16 tensor itself, which torch then scales in place; a strided one keeps its strides)."""
         space = workspace_of(self)
         for w, g, state, lr, wd in zip(weights, gs, states, lrs, wds):
             large = g.numel() >= NS_IN_WORKSPACE
