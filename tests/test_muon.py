@@ -60,7 +60,7 @@ def test_muon_equals_torch_optim_muon_and_adamw(case, seed, impl):
     shapes += [shapes[0], shapes[0][::-1]]  # same-shape matrices batch together; the transpose goes the other way
     ours, params, ref, updater = run_both(_reference(kwargs), "muon", kwargs, shapes, steps=100, seed=seed,
                                           impl=impl)
-    tol = (0.0, 0.0) if impl == "reference" else (1e-6, 1e-7)
+    tol = (0.0, 0.0)
     for i, (w, p) in enumerate(zip(ours, params)):
         assert_same(w, p, *tol, f"weight {i} {tuple(w.shape)}")
         mine, theirs = updater.states[i], ref.state[p]

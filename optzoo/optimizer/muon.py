@@ -28,12 +28,19 @@ import torch
 from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
 from .reference_names import accepts_reference_names
 from .validation import check_bool, check_choice, check_int, check_real
+from .workspace import Workspace, workspace_of
 
-__all__ = ["Muon", "MuonAdamWState", "MuonState", "label_params", "newton_schulz", "newton_schulz_batched"]
+__all__ = ["Muon", "MuonAdamWState", "MuonState", "label_params", "newton_schulz", "newton_schulz_batched",
+           "newton_schulz_in_workspace"]
 
 #: Keller Jordan's quintic coefficients (torch.optim.Muon's defaults)
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 ADJUST_LR_FNS = ("original", "match_rms_adamw", "none")
+#: AdamW-side tensors this large are stepped one at a time on the fast path (torch's parallel grain size)
+ADAMW_ONE_BY_ONE = 32768
+#: Muon matrices this large take their Newton-Schulz products into the workspace on the fast path (smaller ones:
+#: the allocating calls cost less than the buffers' bookkeeping)
+NS_IN_WORKSPACE = 32768
 _ADAMW_NAME = re.compile(r"embed|(^|[._/])(lm_head|head|classifier)([._/]|$)", re.IGNORECASE)
 
 
@@ -97,6 +104,32 @@ def newton_schulz(update: torch.Tensor, coefficients, steps: int, eps: float) ->
     return x.T if tall else x
 
 
+def newton_schulz_in_workspace(update: torch.Tensor, coefficients, steps: int, eps: float,
+                               space: Workspace) -> torch.Tensor:
+    """:func:`newton_schulz` bit for bit, with every product written into ``space``'s buffers (``out=``) instead of
+    fresh tensors: two bfloat16 buffers of ``rows*cols`` (the iterate, ping-ponged) and two of ``m x m`` (``m`` the
+    short side: the Gram matrix and the polynomial in it). The same operands in the same layouts reach the same
+    kernels: the first product reads the transposed view of the bfloat16 copy, as :func:`newton_schulz` does. The
+    result is a view of a buffer, valid until the next call with this ``space``."""
+    a, b, c = coefficients
+    rows, cols = update.shape
+    short, wide = min(rows, cols), max(rows, cols)
+    iterates = [space.buffer(f"ns_iterate{k}", (rows * cols,), torch.bfloat16, update.device) for k in (0, 1)]
+    x = iterates[0].view(rows, cols)
+    x.copy_(update)  # update.bfloat16()
+    tall = rows > cols
+    if tall:
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))
+    gram = space.buffer("ns_gram", (short, short), torch.bfloat16, update.device)
+    polynomial = space.buffer("ns_polynomial", (short, short), torch.bfloat16, update.device)
+    for k in range(steps):
+        torch.mm(x, x.T, out=gram)
+        torch.addmm(gram, gram, gram, beta=b, alpha=c, out=polynomial)
+        x = torch.addmm(x, polynomial, x, beta=a, out=iterates[(k + 1) % 2].view(short, wide))
+    return x.T if tall else x
+
+
 def newton_schulz_batched(updates: torch.Tensor, coefficients, steps: int, eps: float) -> torch.Tensor:
     """:func:`newton_schulz` of a stack ``[k, n, m]`` of same-shape matrices with one ``bmm`` chain. The same
     bfloat16 arithmetic, but batched GEMMs sum their products in another order than ``addmm``: a few elements in a
@@ -149,6 +182,12 @@ class Muon(Optimizer):
         batch_newton_schulz: the fast path stacks same-shape matrices into one ``bmm`` chain
             (:func:`newton_schulz_batched`): fewer, larger matrix products, equal to torch.optim.Muon to bfloat16
             rounding of the update; default False: one matrix at a time, bit-identical to torch.optim.Muon.
+
+    The fast path (``impl="foreach"``, the default) keeps a workspace (:mod:`optzoo.optimizer.workspace`) for
+    its products and temporaries: two float32 copies of the largest Muon matrix, two bfloat16 ``m x m`` (``m``
+    its largest short side) and one float32 copy of the largest AdamW-side tensor of ``ADAMW_ONE_BY_ONE``
+    values or more (4.2 MiB on the benchmark's transformer); torch.optim.Muon allocates as much afresh in every
+    step. Matrices under ``NS_IN_WORKSPACE`` values take the allocating calls.
     """
 
     default_learning_rate = 1e-3
@@ -228,9 +267,16 @@ class Muon(Optimizer):
         return leaf.shape == weight.shape
 
     # ------------------------------------------------------------------ the rule
-    def _muon_direction(self, g, state: MuonState) -> torch.Tensor:
+    def _muon_direction(self, g, state: MuonState, space: Workspace | None = None) -> torch.Tensor:
+        """The momentum updated and the direction to orthogonalise; with ``space``, the Nesterov direction is
+        written into its ``muon_direction`` buffer (``torch.lerp(..., out=)``: the same kernel as ``g.lerp``)."""
         state.momentum.lerp_(g, 1 - self.momentum)
-        return g.lerp(state.momentum, self.momentum) if self.nesterov else state.momentum
+        if not self.nesterov:
+            return state.momentum
+        if space is None:
+            return g.lerp(state.momentum, self.momentum)
+        out = space.buffer("muon_direction", g.shape, g.dtype, g.device)
+        return torch.lerp(g, state.momentum, self.momentum, out=out)
 
     def _adamw_scalars(self, lr, t):
         """``(rate, step_size, sqrt(1 - beta2^t))`` of the AdamW side, as torch.optim.AdamW computes them."""
@@ -262,9 +308,11 @@ class Muon(Optimizer):
             self._adamw_foreach(*([seq[i] for i in adamw] for seq in (weights, gs, states, lrs, wds, ts)))
         if not muon:
             return
+        reducer = self.norm_sum_reducer
+        if reducer is None and not self.batch_newton_schulz:
+            return self._muon_in_workspace(*([seq[i] for i in muon] for seq in (weights, gs, states, lrs, wds)))
         # momentum one tensor at a time: torch._foreach_lerp rounds differently from Tensor.lerp on some sizes
         directions = [self._muon_direction(gs[i], states[i]) for i in muon]
-        reducer = self.norm_sum_reducer
         if reducer is not None:  # FSDP2 shards: every rank gathers the whole directions (one all_gather)
             directions = reducer.gather_rows(directions, [weights[i] for i in muon])
         groups: dict[tuple, list[int]] = {}
@@ -288,7 +336,45 @@ class Muon(Optimizer):
                 w.mul_(1 - lrs[i] * wds[i])
                 w.add_(ortho.view(w.shape), alpha=-_adjusted_lr(lrs[i], self.adjust_lr_fn, (rows, cols)))
 
+    def _muon_in_workspace(self, weights, gs, states, lrs, wds) -> None:
+        """The default fast path: one matrix at a time, as torch.optim.Muon, bit for bit, with the Nesterov
+        direction and every Newton–Schulz product of a matrix of ``NS_IN_WORKSPACE`` values or more written into
+        the optimizer's workspace (kept across steps, each buffer as large as the largest matrix needs) instead of
+        fresh tensors. A bfloat16 or non-contiguous direction takes :func:`newton_schulz` (``Tensor.bfloat16()``
+        returns a bfloat16 tensor itself, which torch then scales in place; a strided one keeps its strides)."""
+        space = workspace_of(self)
+        for w, g, state, lr, wd in zip(weights, gs, states, lrs, wds):
+            large = g.numel() >= NS_IN_WORKSPACE
+            direction = self._muon_direction(g, state, space if large and g.is_contiguous() else None)
+            matrix = direction.reshape(len(direction), -1)
+            if large and direction.dtype == torch.float32 and direction.is_contiguous():
+                ortho = newton_schulz_in_workspace(matrix, self.ns_coefficients, self.ns_steps, self.epsilon, space)
+            else:
+                ortho = newton_schulz(matrix, self.ns_coefficients, self.ns_steps, self.epsilon)
+            w.mul_(1 - lr * wd)
+            w.add_(ortho.view(w.shape), alpha=-_adjusted_lr(lr, self.adjust_lr_fn, ortho.shape))
+
     def _adamw_foreach(self, weights, gs, states, lrs, wds, ts) -> None:
+        """torch.optim.AdamW's operations, bit for bit: tensors of ``ADAMW_ONE_BY_ONE`` values or more one at a
+        time, all passes over a tensor while it is in cache (as torch's for-loop), the denominator in a workspace
+        buffer (as large as the largest such tensor); the smaller ones together, in ``torch._foreach`` calls."""
+        space = workspace_of(self)
+        small = []
+        for k, (w, g, state, lr, wd, t) in enumerate(zip(weights, gs, states, lrs, wds, ts)):
+            if w.numel() < ADAMW_ONE_BY_ONE or not w.is_contiguous():
+                small.append(k)
+                continue
+            rate, step_size, bias2_sqrt = self._adamw_scalars(lr, t)
+            w.mul_(1 - rate * wd)
+            state.exp_avg.lerp_(g, 1 - self.adamw_beta1)
+            state.exp_avg_sq.mul_(self.adamw_beta2).addcmul_(g, g, value=1 - self.adamw_beta2)
+            second = state.exp_avg_sq
+            denom = torch.sqrt(second, out=space.buffer("adamw_denom", second.shape, second.dtype, second.device))
+            denom.div_(bias2_sqrt).add_(self.adamw_epsilon)
+            w.addcdiv_(state.exp_avg, denom, value=-step_size)
+        if not small:
+            return
+        weights, gs, states, lrs, wds, ts = ([seq[k] for k in small] for seq in (weights, gs, states, lrs, wds, ts))
         scalars = [self._adamw_scalars(lr, t) for lr, t in zip(lrs, ts)]
         torch._foreach_mul_(weights, [1 - rate * wd for (rate, _, _), wd in zip(scalars, wds)])
         means, variances = [s.exp_avg for s in states], [s.exp_avg_sq for s in states]

@@ -98,6 +98,10 @@ class SOAP(Optimizer):
         precondition_1d: rotate 1-D weights too (default False: plain Adam for them).
         correct_bias: Adam's bias correction (default True).
         normalize_gradient: divide the rotated-back step by ``RMS + eps`` (default False).
+
+    The fast path (``impl="foreach"``, the default) refreshes ``Q`` with ``geqrf`` + ``householder_product``
+    (the two LAPACK calls ``linalg.qr`` makes, without its ``R``) written straight into the state; both paths are
+    bit-identical to the package.
     """
 
     default_learning_rate = 3e-3
@@ -181,8 +185,11 @@ class SOAP(Optimizer):
                 others = [*chain(range(i), range(i + 1, g.dim()))]
                 gg.lerp_(torch.tensordot(g, g, dims=[others, others]), weight=weight)
 
-    def _refresh(self, state: SOAPState) -> None:
-        """One power iteration and a QR per rotated dimension; the second moment re-sorted to the new order."""
+    def _refresh(self, state: SOAPState, fast: bool = False) -> None:
+        """One power iteration and a QR per rotated dimension; the second moment re-sorted to the new order.
+        ``fast`` (float32 on the CPU): the QR's Q by ``geqrf`` + ``householder_product``, the two LAPACK calls
+        ``linalg.qr`` makes (so the same Q, bit for bit), without ``linalg.qr``'s R (its ``triu``) and written
+        straight into the state's transposed layout (no transposed copy)."""
         exp_avg_sq = self._as_preconditioned(state.exp_avg_sq)
         for i, (gg, q) in enumerate(zip(state.gg, state.q)):
             if len(gg) == 0:
@@ -191,17 +198,21 @@ class SOAP(Optimizer):
             product = gg @ basis
             order = torch.argsort((basis * product).sum(dim=0), descending=True)
             exp_avg_sq = exp_avg_sq.index_select(i, order)
-            q.copy_(torch.linalg.qr(product.index_select(1, order).to(torch.float32))[0].t())
+            columns = product.index_select(1, order)
+            if fast and q.dtype == torch.float32 and q.device.type == "cpu":
+                torch.linalg.householder_product(*torch.geqrf(columns), out=basis)
+            else:
+                q.copy_(torch.linalg.qr(columns.to(torch.float32))[0].t())
         state.exp_avg_sq.copy_(exp_avg_sq.reshape(state.exp_avg_sq.shape))
 
-    def _update_preconditioner(self, g, state: SOAPState, k: int) -> None:
+    def _update_preconditioner(self, g, state: SOAPState, k: int, fast: bool = False) -> None:
         self._accumulate(g, state)
         if not state.started:
             for gg, q in zip(state.gg, state.q):
                 if len(gg) > 0:
                     q.copy_(_eigenbasis(gg).t())
         elif k % self.precondition_frequency == 0:
-            self._refresh(state)
+            self._refresh(state, fast)
 
     def _rotate(self, x, state: SOAPState, backward: bool = False):
         y = _project(self._as_preconditioned(x), state.q, backward)
@@ -216,7 +227,7 @@ class SOAP(Optimizer):
     def _reference_rule(self, weight, grad, state, lr, wd, t):
         self._soap_step(weight, rescale_clip(grad, self.rescale_grad, self.clip_gradient), state, lr, wd, t)
 
-    def _soap_step(self, weight, g, state: SOAPState, lr, wd, t) -> None:
+    def _soap_step(self, weight, g, state: SOAPState, lr, wd, t, fast: bool = False) -> None:
         if not state.started:
             self._update_preconditioner(g, state, 0)
             state.started.fill_(1)
@@ -233,11 +244,11 @@ class SOAP(Optimizer):
         weight.add_(step, alpha=-self._step_size(lr, k))
         if wd != 0.0:
             weight.mul_(1.0 - wd * lr)
-        self._update_preconditioner(g, state, k)
+        self._update_preconditioner(g, state, k, fast)
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
         if self.norm_sum_reducer is not None:  # FSDP2 shards: every rank gathers the whole gradients
             gs = self.norm_sum_reducer.gather_rows(gs, weights)
         for w, g, s, lr, wd, t in zip(weights, gs, states, lrs, wds, ts):
-            self._soap_step(w, g, s, lr, wd, t)
+            self._soap_step(w, g, s, lr, wd, t, fast=True)
