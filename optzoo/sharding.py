@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
-import time
 import weakref
 
 import torch
@@ -140,24 +138,6 @@ def create_state(opt: Optimizer, index, param: torch.Tensor):
     return _map_state(wrap, state)
 
 
-#: how long a sharded step on CPU polls its collective before it blocks in ``wait()``
-POLL_SECONDS = 2e-3
-
-
-def _poll(work) -> None:
-    """Polls an asynchronous CPU collective for up to :data:`POLL_SECONDS`, yielding the core between polls.
-
-    The norm all-reduce of a trust-ratio step is a few hundred bytes: its time is latency. A thread that blocks in
-    ``wait()`` lets its (virtual) CPU idle, and the peer's answer must then wake it: 0.2-0.4 ms on this project's
-    2-core machine after a millisecond of work, against 0.1-0.2 ms for the same all-reduce back to back. Polling
-    keeps the waiting process running (``sched_yield`` hands the core to any other runnable thread, such as a
-    rank sharing it); past the bound, or for a GPU collective (whose ``wait`` does not block the host), it
-    blocks as before."""
-    deadline = time.perf_counter() + POLL_SECONDS
-    while not work.is_completed() and time.perf_counter() < deadline:
-        os.sched_yield()
-
-
 class _ShardSums:
     """The reducer of one sharded step over the mesh's process group. Called as ``reduce(sums, owners)`` it adds
     up the partial sums of squares of ``Shard(0)`` tensors, one ``all_reduce`` for all tensors (other columns
@@ -173,10 +153,7 @@ class _ShardSums:
 
     def _collective(self, what: str, collective, *args):
         try:
-            work = collective(*args, group=self.group, async_op=True)
-            if args[-1].device.type == "cpu":
-                _poll(work)
-            work.wait()
+            return collective(*args, group=self.group)
         except RuntimeError as err:
             raise ShardingError(f"the {what} of a sharded step failed (a worker died or the process group timed "
                                 f"out): {err}") from err
