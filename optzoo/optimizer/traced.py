@@ -65,8 +65,9 @@ def _smallest_first(weights) -> list[int]:
 
 
 def _reordered(value, order: list[int]):
-    """``value`` in ``order`` when it is a per-tensor list (tensors, states, scalars), else as it is."""
-    if isinstance(value, (list, tuple)) and len(value) == len(order) and not hasattr(value, "_fields"):
+    """``value`` in ``order`` when it is a per-tensor list (tensors, states, scalars), else as it is (a rule hands its
+    per-tensor values over as lists; a hyperparameter tuple such as ``betas`` is never reordered)."""
+    if type(value) is list and len(value) == len(order):
         return [value[i] for i in order]
     return value
 
