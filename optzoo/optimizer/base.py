@@ -220,6 +220,11 @@ class Optimizer:
     #: ``reduce(sums, owners)`` while :mod:`optzoo.sharding` runs a step on local shards, else None
     #: (see ``optzoo.optimizer.trust_ratio._tensor_norms``)
     norm_sum_reducer = None
+    #: a state that matches its template (:meth:`_state_template`: shape and dtype per entry, by the weight's shape
+    #: and dtype alone) needs no other shape check: set where ``_state_shape_fits`` is overridden only to accept the
+    #: shapes ``create_state`` makes (factored moments, preconditioners), so that such states take the list-level
+    #: check of :meth:`_inputs_usual` instead of the entry-by-entry one
+    template_fixes_state_shapes: ClassVar[bool] = False
 
     def __init__(self, rescale_grad=1.0, param_idx2name=None, wd=0.0, clip_gradient=None, learning_rate=None,
                  lr_scheduler=None, begin_num_update=0, multi_precision=False, param_dict=None,
@@ -694,7 +699,10 @@ class Optimizer:
         repeated, no shared memory), checked in a few passes over the lists instead of entry by entry. False
         means "check entry by entry" (which names what is wrong), not that something is."""
         klass = type(self)
-        if klass._check_pair is not Optimizer._check_pair or klass._state_shape_fits is not Optimizer._state_shape_fits:
+        if klass._check_pair is not Optimizer._check_pair:
+            return False
+        if klass._state_shape_fits is not Optimizer._state_shape_fits and not (
+                klass.template_fixes_state_shapes and self.norm_sum_reducer is None):  # a shard's template: whole
             return False
         if not all(isinstance(t, torch.Tensor) for t in itertools.chain(weights, grads)):
             return False

@@ -119,6 +119,7 @@ class Adafactor(Optimizer):
         >>> opt = Adafactor(learning_rate=0.01, wd=0.0)
     """
 
+    template_fixes_state_shapes = True
     default_learning_rate = 0.01
     #: RMS(w), RMS(U) and (2-D weights) column means are whole-tensor sums: a sharded step reduces them
     uses_tensor_norms = True
@@ -273,6 +274,7 @@ class CAME(Optimizer):
         >>> opt = CAME(learning_rate=2e-4, beta1=0.9, beta2=0.999, beta3=0.9999)
     """
 
+    template_fixes_state_shapes = True
     default_learning_rate = 2e-4
     #: RMS(u) and (2-D weights) column and row means are whole-tensor sums: a sharded step reduces them
     uses_tensor_norms = True

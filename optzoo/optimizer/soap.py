@@ -104,6 +104,7 @@ class SOAP(Optimizer):
     bit-identical to the package.
     """
 
+    template_fixes_state_shapes = True
     default_learning_rate = 3e-3
     #: on Shard(0) parameters (FSDP2) optzoo.sharding's reducer gathers the whole gradients (one all_gather per
     #: step); every rank keeps the whole states (``Replicate()``), computes the whole step and applies its rows
