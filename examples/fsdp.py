@@ -120,6 +120,7 @@ def main():
             dist.barrier()
     if rank == 0:
         print(f"{args.steps - start} steps on {world} process(es) in {time.perf_counter() - began:.1f} s")
+    dist.barrier()  # every rank done before any tears its process group down
     dist.destroy_process_group()
 
 

@@ -89,6 +89,8 @@ def main():
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout))
     try:
         (parity if args.job == "parity" else train)(args, dist.get_rank(), dist.get_world_size())
+        dist.barrier()  # tear down together: a rank that closed its group while a peer still wrote its final
+        # snapshot aborted at exit once ("terminate called without an active exception", CI on 2026-12-05)
     finally:
         dist.destroy_process_group()
 
