@@ -25,6 +25,7 @@ ROWS = [
                 + _errors("epsilon", [-1e-8]) + [({"merge_dims": 1}, TypeError, "merge_dims"),
                                                   ({"betas": (0.9,)}, ValueError, "betas")]),
         first_step_still="SOAP's first update of a tensor only accumulates L_i and computes its eigenbasis Q_i",
-        # both paths make the package's operations on the same operands (the fast one into workspace buffers)
+        # both paths make the package's operations on the same operands (the fast one gets its QR from the same two
+        # LAPACK calls, geqrf + householder_product, without R)
         impl_tol=Tol(0.0, 0.0, "bit-identical"), sparse="none", oracle=None, train_kwargs={"learning_rate": 0.01}),
 ]
