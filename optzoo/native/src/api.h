@@ -178,6 +178,18 @@ inline float one_minus(double x) { return 1.0f - static_cast<float>(x); }  // 1 
 // state slots (nullptr for None) at element i of the chunk.
 struct NoLowPrecision {};
 
+// torch.lerp(a, b, weight) with a scalar weight, its formula fixed: a + weight*(b - a) (kLow: |weight| < 0.5), else
+// b - (b - a)*(1 - weight). lerp picks the formula as torch does; a loop that fixes it per tensor vectorizes better.
+template <bool kLow>
+inline float lerp_fixed(float a, float b, float weight) {
+    const float diff = b - a;
+    return kLow ? a + weight * diff : b - diff * (1.0f - weight);
+}
+
+inline float lerp(float a, float b, float weight) {
+    return std::fabs(weight) < 0.5f ? lerp_fixed<true>(a, b, weight) : lerp_fixed<false>(a, b, weight);
+}
+
 // Software prefetch of the element-wise loops: every block of kPrefetchBlock elements first asks for the cache lines
 // kPrefetchAhead elements further on, in every stream. The hardware prefetchers alone keep too few lines in flight
 // once a rule has real arithmetic (a division, a square root): the loads then wait on memory and the arithmetic does
@@ -277,30 +289,10 @@ void for_balanced(const StepArgs& a, Fn&& fn) {
     }
 }
 
-template <class Rule, typename G, typename L>
-void elementwise_typed(const StepArgs& a) {
-    for_balanced(a, [&](const Chunk& ch) {
-        float sc[kMaxScalars];
-        for (int k = 0; k < kMaxScalars; ++k) sc[k] = a.scalars[ch.tensor * kMaxScalars + k];
-        elementwise_chunk<Rule, G, L>(a, sc, ch);
-    });
-}
-
-// Dispatches on the gradient dtype (float32, or the low-precision weight's dtype under multi-precision).
-template <class Rule>
-void elementwise(const StepArgs& a) {
-    if (a.low_precision == nullptr) {
-        elementwise_typed<Rule, float, NoLowPrecision>(a);
-    } else if (a.low_precision_dtype == kFloat16) {
-        elementwise_typed<Rule, Half, Half>(a);
-    } else {
-        elementwise_typed<Rule, BFloat16, BFloat16>(a);
-    }
-}
-
-// Like elementwise<Rule>, for rules that compile one element loop per combination of per-tensor flags (a select on a
-// flag inside the loop costs every element): Pick::run<G, L>(a, sc, ch) calls elementwise_chunk with the loop
-// that fits the tensor's scalars sc.
+// The dtype dispatch of every element-wise rule: Pick::run<G, L>(a, sc, ch) runs one chunk with the tensor's scalars
+// sc (gradient dtype float32, or the low-precision weight's dtype under multi-precision). A rule that compiles one
+// element loop per combination of per-tensor flags (a select on a flag inside the loop costs every element) picks
+// the loop there; elementwise<Rule> has one loop.
 template <class Pick, typename G, typename L>
 void picked_typed(const StepArgs& a) {
     for_balanced(a, [&](const Chunk& ch) {
@@ -320,5 +312,14 @@ void elementwise_picked(const StepArgs& a) {
         picked_typed<Pick, BFloat16, BFloat16>(a);
     }
 }
+
+template <class Rule>
+struct OneLoop {
+    template <typename G, typename L>
+    static void run(const StepArgs& a, const float* sc, const Chunk& ch) { elementwise_chunk<Rule, G, L>(a, sc, ch); }
+};
+
+template <class Rule>
+void elementwise(const StepArgs& a) { elementwise_picked<OneLoop<Rule>>(a); }
 
 }  // namespace optzoo

@@ -5,12 +5,6 @@
 namespace optzoo {
 namespace {
 
-// torch.lerp(a, b, weight) with a scalar weight: a + weight*(b - a) below 0.5, b - (b - a)*(1 - weight) above
-inline float lerp(float a, float b, float weight) {
-    const float diff = b - a;
-    return std::fabs(weight) < 0.5f ? a + weight * diff : b - diff * (1.0f - weight);
-}
-
 // the decay mode and factor from [weight_decouple, fixed_decay] and the tensor's lr, wd
 inline void prepare_decay(double weight_decouple, double fixed_decay, double lr, double wd, float* mode,
                           float* factor) {
@@ -59,14 +53,6 @@ inline float adopt_grad(const float* sc, float grad, float w) {
 
 template <int kDecay>
 inline float adopt_decayed(const float* sc, float w) { return kDecay == kDecoupled ? w * sc[3] : w; }
-
-// torch.lerp(a, b, weight) with the formula fixed: a + weight*(b - a) (kLow: |weight| < 0.5), else
-// b - (b - a)*(1 - weight)
-template <bool kLow>
-inline float lerp_fixed(float a, float b, float weight) {
-    const float diff = b - a;
-    return kLow ? a + weight * diff : b - diff * (1.0f - weight);
-}
 
 // the first step only records v = g^2 (plus the decoupled decay of the weight)
 template <int kDecay>

@@ -239,11 +239,6 @@ inline void split(double x, float* out) {
 }
 inline double joined(const float* in) { return static_cast<double>(in[0]) + static_cast<double>(in[1]); }
 
-// torch.lerp's formula: start + w*(end - start) for |w| < 0.5, else end - (end - start)*(1 - w)
-inline float lerp(float start, float end, float w) {
-    return std::abs(w) < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
-}
-
 inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
 
 template <typename L>
