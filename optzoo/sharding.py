@@ -15,7 +15,8 @@ estimate, the same way. Adafactor and CAME add their shards' column sums, row-st
 :meth:`_ShardSums.sum_parts` (one all-reduce per stage for all tensors), keeping a 2-D weight's column
 statistics whole on every rank; Muon and SOAP (``needs_whole_tensors``) gather whole tensors with
 :meth:`_ShardSums.gather_rows` (one all-gather per step), compute the whole update on every rank and apply
-their rows (SOAP's states are whole on every rank, ``whole_tensor_state``).
+their rows (SOAP's states are whole on every rank, ``whole_tensor_state``). On a mesh of one process the shards
+are whole tensors: no reducer, the rule's unsharded fast path (one fused native call for LAMB), no collective.
 
 Optimizer-wide quantities stay equal to the unsharded run: every rank updates every parameter in the same
 order, so Nadam's momentum schedule and the update counts advance alike, and SGLD draws each tensor's
@@ -351,7 +352,9 @@ def _build_views(opt: Optimizer, settings, indices, params, grads, states):
     if needs_norms and opt.impl == "reference" and sharded_ids:
         raise ValueError(f"{type(opt).__name__}(impl='reference') computes each tensor's norm alone; sharded "
                          "parameters need the fast path (impl='auto' or 'foreach'), which reduces the norms")
-    reducer = _ShardSums(group, sharded_ids, rows) if needs_norms and sharded_ids else None
+    # a mesh of one process holds whole tensors: nothing to add up or gather, the rule's unsharded step serves
+    one_rank = group is not None and torch.distributed.get_world_size(group) == 1
+    reducer = _ShardSums(group, sharded_ids, rows) if needs_norms and sharded_ids and not one_rank else None
     return _LocalViews(settings, params, states, local_params, local_states, reducer, rows), local_grads
 
 

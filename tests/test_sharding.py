@@ -417,6 +417,55 @@ def test_trainer_checkpoint_is_one_file_written_by_rank_0_and_reshards(resharded
                         f"{name} Trainer resumed on 2 ranks vs one process")
 
 
+# ---------------------------------------------------------------------------------------------- one rank
+#: the rules whose sharded step needs the reducer (norms, sums, whole tensors)
+REDUCED = ["lamb", "lans", "lars", "lbsgd", "mars", "prodigy", "adafactor", "came", "muon", "soap"]
+
+
+def one_rank_job(rank, world, outdir):
+    """Each rule of REDUCED on DTensors of a one-process mesh and on plain tensors, counting the collectives."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    calls = []
+    for collective in ("all_reduce", "all_gather"):
+        original = getattr(dist, collective)
+        setattr(dist, collective, lambda *a, _f=original, _n=collective, **k: (calls.append(_n), _f(*a, **k))[1])
+    out = {}
+    for name in REDUCED:
+        fulls = [torch.randn(7, 3, generator=torch.Generator().manual_seed(1)), torch.randn(3)]
+        plain = [torch.nn.Parameter(f.clone()) for f in fulls]
+        placed = [torch.nn.Parameter(distribute_tensor(f.clone(), mesh, [Shard(0)])) for f in fulls]
+        opts = [optzoo.TorchOptimizer(ps, name, **kwargs_of(name)) for ps in (plain, placed)]
+        del calls[:]
+        for k in range(6):
+            for ps, opt in zip((plain, placed), opts):
+                for j, p in enumerate(ps):
+                    g = torch.randn(p.shape, generator=torch.Generator().manual_seed(10 * k + j))
+                    p.grad = g if ps is plain else distribute_tensor(g, mesh, [Shard(0)])
+                opt.step()
+        out[name] = snapshot_of(placed, opts[1]), snapshot_of(plain, opts[0]), list(calls)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    return run_job("one_rank_job", 1, tmp_path_factory.mktemp("one"))[0][0]
+
+
+@pytest.mark.parametrize("name", REDUCED)
+def test_a_one_process_mesh_steps_like_plain_tensors_without_collectives(one_rank, name):
+    """On a mesh of one process the shards are whole tensors: the unsharded step, bit for bit, and no all-reduce
+    or all-gather (the reducer is left out)."""
+    got, want, calls = one_rank[name]
+    assert calls == [], f"{name} on a one-process mesh made collectives: {calls[:4]}"
+    for kind in ("weights", "states"):
+        for k, (g, w) in enumerate(zip(got[kind], want[kind])):
+            for a, b in zip(g if kind == "states" else [g], w if kind == "states" else [w]):
+                assert torch.equal(a, b), f"{name}: {kind} {k} differs from the plain-tensor run"
+
+
 # ---------------------------------------------------------------------------------------------- kept views
 def changed_after_steps_job(rank, world, outdir):
     """LAMB and Adam on DTensor parameters, each step against the same steps on plain tensors, while what a step
