@@ -56,6 +56,7 @@ __all__ = [
 #: implementation names accepted by ``impl=``; "auto" resolves to the fastest one available.
 IMPLS = ("auto", "reference", "foreach", "native")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_KEPT_LAYOUTS = 8  # states' layouts an optimizer keeps as checked (Optimizer._inputs_usual): a few parameter lists
 
 
 #: NamedTuple state classes a checkpoint may name (nothing else is ever instantiated while loading).
@@ -697,13 +698,50 @@ class Optimizer:
         """True when every entry certainly passes :meth:`_check_inputs`: the usual case (dense floating-point
         pairs of equal shapes and dtypes, one device, states exactly as ``create_state`` makes them, no entry
         repeated, no shared memory), checked in a few passes over the lists instead of entry by entry. False
-        means "check entry by entry" (which names what is wrong), not that something is."""
+        means "check entry by entry" (which names what is wrong), not that something is.
+
+        With the native kernels built (:func:`optzoo.native.built`) one C++ pass makes every check but the states'
+        comparison with ``create_state``'s, and hands back the states' layout (every shape and dtype) as bytes:
+        a layout that matched once is kept (a few per optimizer), so a step whose layout is one of them compares
+        no template at all."""
         klass = type(self)
         if klass._check_pair is not Optimizer._check_pair:
             return False
         if klass._state_shape_fits is not Optimizer._state_shape_fits and not (
                 klass.template_fixes_state_shapes and self.norm_sum_reducer is None):  # a shard's template: whole
             return False
+        lib = native.built()
+        if lib is None:
+            return self._inputs_usual_python(indices, weights, grads, states)
+        layouts = self.__dict__.setdefault("_usual_layouts", {}).setdefault(bool(self.multi_precision), [])
+        found = lib.usual_inputs(*(v if type(v) is list else list(v) for v in (weights, grads, states)), layouts)
+        if found is None or found is True:
+            return found is True
+        if not self._states_as_made(indices, weights, states):
+            return False
+        layouts.append(found)
+        del layouts[:-_KEPT_LAYOUTS]
+        return True
+
+    def _states_as_made(self, indices, weights, states) -> bool:
+        """Whether every state has the flat entries (None, or a tensor's shape and dtype) of the state
+        ``create_state`` makes for its weight (one template per weight shape and dtype); False, never an error,
+        where it has not."""
+        expected = {}  # (shape, dtype) -> the flat state create_state makes
+        for index, weight, state in zip(indices, weights, states):
+            key = (weight.shape, weight.dtype)
+            template = expected.get(key)
+            if template is None:
+                template = expected[key] = self._state_template(index, weight)
+                if template is None:
+                    return False
+            flat = [state] if isinstance(state, torch.Tensor) else _flat_state(state)
+            if [None if leaf is None else (leaf.shape, leaf.dtype) for leaf in flat] != template:
+                return False
+        return True
+
+    def _inputs_usual_python(self, indices, weights, grads, states) -> bool:
+        """:meth:`_inputs_usual` without the native kernels."""
         if not all(isinstance(t, torch.Tensor) for t in itertools.chain(weights, grads)):
             return False
         shapes, dtypes = [w.shape for w in weights], [w.dtype for w in weights]
@@ -743,6 +781,8 @@ class Optimizer:
         cannot tell."""
         key = (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight))
         templates = self.__dict__.setdefault("_state_templates", {})
+        if fresh:
+            self.__dict__.pop("_usual_layouts", None)  # found with the templates replaced here
         if fresh or key not in templates:
             try:
                 meta = torch.empty(key[0], dtype=torch.float32 if key[2] else weight.dtype, device="meta")
