@@ -56,7 +56,8 @@ CASES = {
     "a state that is its weight": (lambda o, w, g, s: _state_is(s, -1, w[-1]), SHARE),
     "a state that is a view of another weight": (lambda o, w, g, s: _state_is(s, -1, w[0].view(-1)[:5]), SHARE),
     "a gradient that is its weight": (lambda o, w, g, s: g.__setitem__(-1, w[-1]), SHARE),
-    "a weight on another device (meta)": (lambda o, w, g, s: _meta(o, w, g, s), (ValueError, "the weight of parameter {last}")),
+    "a weight on another device (meta)": (
+        lambda o, w, g, s: _meta(o, w, g, s), (ValueError, "the weight of parameter {last}")),
     "a state on another device (meta)": (
         lambda o, w, g, s: _state_is(s, -1, torch.empty(5, device="meta")), (ValueError, "is on meta")),
     "a sparse gradient": (lambda o, w, g, s: g.__setitem__(-1, g[-1].to_sparse()), None),

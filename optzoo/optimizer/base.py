@@ -674,12 +674,15 @@ class Optimizer:
         any weight); an optimizer with other state shapes (factored moments, preconditioners) overrides this."""
         return leaf.shape[:1] == weight.shape[:1] or leaf.numel() == 1
 
-    def _check_inputs(self, indices, weights, grads, states) -> None:
+    def _check_inputs(self, indices, weights, grads, states) -> bool:
+        """ValueError/TypeError naming the entry for bad input. True when the lists are the usual case
+        (:meth:`_inputs_usual`: then no gradient is sparse and no entry repeats), False when they were checked
+        entry by entry."""
         if not (len(indices) == len(weights) == len(grads) == len(states)):
             raise ValueError(f"update needs as many indices, weights, grads and states; got {len(indices)}, "
                              f"{len(weights)}, {len(grads)} and {len(states)}")
         if self._inputs_usual(indices, weights, grads, states):
-            return
+            return True
         for index, w, g, s in zip(indices, weights, grads, states):
             self._check_pair(w, g)
             self._check_state_layout(index, w, s)
@@ -693,6 +696,7 @@ class Optimizer:
         rounds = repeat_rounds(indices, weights, states) or [range(len(indices))]
         for r in rounds:  # a repeated entry is updated once per occurrence, round by round (see _apply)
             check_no_shared_memory(*([column[k] for k in r] for column in (indices, weights, grads, states)))
+        return False
 
     def _inputs_usual(self, indices, weights, grads, states) -> bool:
         """True when every entry certainly passes :meth:`_check_inputs`: the usual case (dense floating-point

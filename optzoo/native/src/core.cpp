@@ -773,6 +773,11 @@ bool usual_pass(UsualScratch& u, PyObject* weights, PyObject* grads, PyObject* s
     const c10::Device device = first->device();
     if (!(device.is_cpu() || device.is_cuda())) return false;
     for (Py_ssize_t i = 0; i < n; ++i) {
+        for (int stage = 0; stage < 4; ++stage) {  // the metadata ahead, as unpack_dense asks for it
+            const Py_ssize_t ahead = i + (4 - stage) * kPrefetchStride;
+            if (ahead >= n) continue;
+            for (PyObject* list : {weights, grads, states}) prefetch_entry(PyList_GET_ITEM(list, ahead), stage);
+        }
         PyObject* weight_obj = PyList_GET_ITEM(weights, i);
         const at::Tensor* weight = as_tensor(weight_obj);
         const at::Tensor* grad = as_tensor(PyList_GET_ITEM(grads, i));
