@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import operator
 import warnings
 from typing import ClassVar
 
@@ -56,6 +57,7 @@ __all__ = [
 #: implementation names accepted by ``impl=``; "auto" resolves to the fastest one available.
 IMPLS = ("auto", "reference", "foreach", "native")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_SHAPE, _DTYPE, _IS_SPARSE = (operator.attrgetter(name) for name in ("shape", "dtype", "is_sparse"))
 _KEPT_LAYOUTS = 8  # states' layouts an optimizer keeps as checked (Optimizer._inputs_usual): a few parameter lists
 
 
@@ -746,12 +748,12 @@ class Optimizer:
 
     def _inputs_usual_python(self, indices, weights, grads, states) -> bool:
         """:meth:`_inputs_usual` without the native kernels."""
-        if not all(isinstance(t, torch.Tensor) for t in itertools.chain(weights, grads)):
+        if not all(map(isinstance, itertools.chain(weights, grads), itertools.repeat(torch.Tensor))):
             return False
-        shapes, dtypes = [w.shape for w in weights], [w.dtype for w in weights]
-        if shapes != [g.shape for g in grads] or dtypes != [g.dtype for g in grads]:
+        shapes, dtypes = list(map(_SHAPE, weights)), list(map(_DTYPE, weights))
+        if shapes != list(map(_SHAPE, grads)) or dtypes != list(map(_DTYPE, grads)):
             return False
-        if not all(dtype.is_floating_point for dtype in set(dtypes)) or any(g.is_sparse for g in grads):
+        if not all(dtype.is_floating_point for dtype in set(dtypes)) or any(map(_IS_SPARSE, grads)):
             return False
         if len(set(map(id, weights))) != len(weights):
             return False  # a repeated entry: updated round by round (see _apply)
