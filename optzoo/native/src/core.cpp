@@ -678,8 +678,8 @@ bool step_rows(int rule, py::object weight, py::object rows_obj, py::object valu
 // step (Optimizer._inputs_usual), for lists of any tensors (any dtype, strided views, CUDA), in one pass here.
 // None: "look closer" (the Python check entry by entry runs and names what is wrong, if anything is): a weight or
 // gradient that is not a tensor, a weight that is not floating point or listed twice, a gradient of another shape
-// or dtype, a tensor on another device than the first weight or that is not strided (sparse, a tensor subclass
-// with its own dispatch, a device other than cpu and cuda), a state entry that is not a tensor or None, or a tensor
+// or dtype, a tensor on another device than the first weight or that is not strided (sparse, nested, a tensor
+// subclass with its own dispatch, a tensor without storage), a state entry that is not a tensor or None, or a tensor
 // the step writes (weight or state) touching a byte another tensor of the step touches (by the byte range
 // [data, data + extent) a strided tensor can reach: interleaved views count as overlapping). Otherwise the states'
 // layout decides: True when its signature (every weight's dtype and shape, every state's flat entries: None, or
@@ -697,7 +697,8 @@ struct UsualScratch {
 // (not strided, no storage, a Python-dispatch subclass, another device than `device`).
 bool note_strided(std::vector<Region>& regions, const at::Tensor& t, const c10::Device& device, int role) {
     const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-    if (t.layout() != at::kStrided || impl->is_python_dispatch() || !impl->has_storage() || t.device() != device)
+    if (t.layout() != at::kStrided || t.is_nested() || impl->is_python_dispatch() || !impl->has_storage() ||
+        t.device() != device)
         return false;
     const int64_t numel = t.numel();
     if (numel == 0) return true;
@@ -771,7 +772,6 @@ bool usual_pass(UsualScratch& u, PyObject* weights, PyObject* grads, PyObject* s
     const at::Tensor* first = as_tensor(PyList_GET_ITEM(weights, 0));
     if (first == nullptr) return false;
     const c10::Device device = first->device();
-    if (!(device.is_cpu() || device.is_cuda())) return false;
     for (Py_ssize_t i = 0; i < n; ++i) {
         for (int stage = 0; stage < 4; ++stage) {  // the metadata ahead, as unpack_dense asks for it
             const Py_ssize_t ahead = i + (4 - stage) * kPrefetchStride;
@@ -781,10 +781,9 @@ bool usual_pass(UsualScratch& u, PyObject* weights, PyObject* grads, PyObject* s
         PyObject* weight_obj = PyList_GET_ITEM(weights, i);
         const at::Tensor* weight = as_tensor(weight_obj);
         const at::Tensor* grad = as_tensor(PyList_GET_ITEM(grads, i));
-        if (weight == nullptr || grad == nullptr || !at::isFloatingType(weight->scalar_type()) ||
+        if (weight == nullptr || grad == nullptr || !note_strided(u.regions, *weight, device, kWeightRole) ||
+            !note_strided(u.regions, *grad, device, kGradRole) || !at::isFloatingType(weight->scalar_type()) ||
             grad->scalar_type() != weight->scalar_type() || grad->sizes() != weight->sizes())
-            return false;
-        if (!note_strided(u.regions, *weight, device, kWeightRole) || !note_strided(u.regions, *grad, device, kGradRole))
             return false;
         if (weight->numel() == 0) u.empty_weights.push_back(weight_obj);  // listed twice, they would not overlap
         sign_tensor(u.signature, *weight);
