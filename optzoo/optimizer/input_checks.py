@@ -10,7 +10,9 @@
   error, not a reshaped update).
 
 The native core (``optzoo/native/src/core.cpp``) makes the same checks in C++ and names tensors by their position
-in the call (``@3``); :func:`native_positions` turns those into the optimizer's parameter indices.
+in the call (``@3``); :func:`native_positions` turns those into the optimizer's parameter indices. Where the native
+library is built, the torch paths' usual case (``Optimizer._inputs_usual``) is its ``usual_inputs`` pass; the Python
+functions here are the check without it, and the slow path that names the offending tensors on both.
 """
 
 from __future__ import annotations
