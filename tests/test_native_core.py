@@ -229,6 +229,24 @@ def test_no_compiler_falls_back_with_one_warning_line(tmp_path):
     assert len(warning_lines) == 1 and "no C++ compiler" in warning_lines[0]
 
 
+def test_a_foreach_step_never_builds_the_kernels_for_its_input_check(tmp_path):
+    """The foreach path's usual-case check uses the native pass only where the library is already built
+    (native.built()): with an empty cache it runs the Python check, compiling nothing and warning nothing."""
+    code = """
+    import torch
+    from optzoo import native, optimizer as opt
+    o = opt.create("adam", impl="foreach")
+    w = torch.ones(3)
+    o.update([0], [w], [torch.ones(3)], [o.create_state(0, w)])
+    print("built", native.built(), "loaded", native._module, "kept", "_usual_layouts" in o.__dict__)
+"""
+    proc = _python(code, {"OPTZOO_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "built None loaded None kept False" in proc.stdout
+    assert "compiling" not in proc.stderr and "unavailable" not in proc.stderr
+    assert not list(tmp_path.glob("**/*.so")) and not list(tmp_path.glob("**/*.o"))
+
+
 def test_cold_build_is_announced_shared_by_concurrent_processes_and_cached(tmp_path):
     require_native()
     env = {"OPTZOO_CACHE": str(tmp_path)}

@@ -94,3 +94,27 @@ def test_traced_step_sets_its_inductor_options_for_its_graph_only():
     mine = TracedStep(opt, options={"cpp.min_chunk_size": 64}, fullgraph=True)._compile_options
     assert mine == {"options": {**INDUCTOR_OPTIONS, "cpp.min_chunk_size": 64}, "fullgraph": True}
     assert TracedStep(opt, mode="max-autotune-no-cudagraphs")._compile_options == {"mode": "max-autotune-no-cudagraphs"}
+
+
+def test_a_kept_size_order_stays_right_when_a_weight_changes_size(monkeypatch):
+    """TracedStep keeps the smallest-first order while the same weight objects come; a weight given new data of
+    another size (same object) leaves that order stale, which must cost nothing but speed: the step still equals
+    the eager one, bit for bit with the arithmetic run eagerly (torch.compile stood in by the function itself)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    eager, w_eager, s_eager = _setup("lion")
+    traced_opt, w_traced, s_traced = _setup("lion")
+    for opt in (eager, traced_opt):  # per-tensor rates: the scalars go over as a vector, reordered with the tensors
+        opt.set_lr_mult({3: 0.5, 1: 2.0})
+    step = TracedStep(traced_opt)
+    g = torch.Generator().manual_seed(1)
+    for k in range(4):
+        if k == 2:  # the smallest weight becomes the largest: the kept order no longer sorts by size
+            for ws, ss, opt in ((w_eager, s_eager, eager), (w_traced, s_traced, traced_opt)):
+                ws[3].data = torch.linspace(-1, 1, 40)
+                ss[3] = opt.create_state(3, ws[3])
+        grads = [torch.randn(w.shape, generator=g) for w in w_eager]
+        eager.update(list(range(4)), w_eager, grads, s_eager)
+        step.update(list(range(4)), w_traced, grads, s_traced)
+        for a, b in zip(w_eager + [s.exp_avg for s in s_eager], w_traced + [s.exp_avg for s in s_traced]):
+            assert torch.equal(a, b)
+    assert step._order[0] == [3, 1, 0, 2]  # the order of the first steps (weight 3 had one value), kept

@@ -29,6 +29,10 @@ Python API of the loaded module (``load()``):
 * ``step_into(rule, weights, grads, states, lrs, wds, ts, hyper, multi_precision, aux, results) -> bool``: ``step``
   for a rule that reports values of the step (Prodigy's new d), written into ``results``, a float64 tensor of the
   rule's size that the caller keeps.
+* ``usual_inputs(weights, grads, states, known) -> True | bytes | None``: the torch paths' check of a step's lists in
+  one pass (``Optimizer._inputs_usual``): None when something needs a closer look (shared memory, a tensor on
+  another device, a sparse gradient...), True when the states' layout signature is one of ``known`` (bytes the
+  caller found to match ``create_state``), else that signature (see core.cpp).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["BASE_CXXFLAGS", "CXXFLAGS", "NATIVE_ARCH", "NativeUnavailable", "build", "cache_dir", "load",
+__all__ = ["BASE_CXXFLAGS", "CXXFLAGS", "NATIVE_ARCH", "NativeUnavailable", "build", "built", "cache_dir", "load",
            "portable_arch", "rule_id", "unavailable_reason"]
 
 #: flags of every build; the CPU-specific part (:data:`NATIVE_ARCH` or :func:`portable_arch`) is added to them.
@@ -65,6 +69,7 @@ CXXFLAGS = BASE_CXXFLAGS[:1] + NATIVE_ARCH + BASE_CXXFLAGS[1:]  # the default bu
 
 _module = None
 _failure: str | None = None
+_probed = False  # whether built() has looked for the library
 
 
 class NativeUnavailable(RuntimeError):
@@ -182,7 +187,8 @@ def build(verbose: bool = True) -> Path:
     return _build(cxx, sources, portable_arch(), f"portable:{platform.machine()}", verbose)
 
 
-def _build(cxx: str, sources: dict[str, bytes], arch: tuple[str, ...], cpu: str, verbose: bool) -> Path:
+def _plan(cxx: str, sources: dict[str, bytes], arch: tuple[str, ...], cpu: str):
+    """``(units, unit_flags, keys, link_flags, target)``: what a build compiles and links, and the library's path."""
     units = sorted((n for n in sources if n.endswith(".cpp")), key=lambda n: n != "core.cpp")  # slowest first
     base = [BASE_CXXFLAGS[0], *arch, *BASE_CXXFLAGS[1:]]
     torch_flags = [*base, *_torch_flags(), f"-D_OPTZOO_TORCH={torch.__version__}"]
@@ -193,12 +199,16 @@ def _build(cxx: str, sources: dict[str, bytes], arch: tuple[str, ...], cpu: str,
                   f"-Wl,-rpath,{torch_lib}"]
     digest = hashlib.sha256("\n".join([*link_flags, *(f"{n}={keys[n]}" for n in units)]).encode())
     key = digest.hexdigest()[:16]  # the library changes whenever any of its objects does
-    folder = cache_dir()
-    target = folder / f"optzoo_native_{key}.so"
+    return units, unit_flags, keys, link_flags, cache_dir() / f"optzoo_native_{key}.so"
+
+
+def _build(cxx: str, sources: dict[str, bytes], arch: tuple[str, ...], cpu: str, verbose: bool) -> Path:
+    units, unit_flags, keys, link_flags, target = _plan(cxx, sources, arch, cpu)
+    folder = target.parent
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"optzoo_native_{key}.lock", "w") as lock:
+    with open(target.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same kernels
         if target.exists():
             return target
@@ -226,7 +236,7 @@ def load():
     global _module, _failure
     if _module is not None or _failure is not None:
         return _module
-    if os.environ.get("OPTZOO_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _disabled():
         _failure = "disabled by OPTZOO_NATIVE=0"
         return None
     try:
@@ -240,6 +250,36 @@ def load():
         warnings.warn(f"optzoo: native kernels unavailable ({_failure}); using the torch._foreach path",
                       RuntimeWarning, stacklevel=2)
     return _module
+
+
+def _disabled() -> bool:
+    return os.environ.get("OPTZOO_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def built():
+    """The native module when it is loaded, or when the library :func:`load` would load first is already built
+    (it is loaded then); ``None`` otherwise. Never compiles and never warns: for work the torch path does as well
+    (the input checks of ``impl="foreach"`` steps, see ``Optimizer._inputs_usual``), where a first-use compile
+    would surprise. Looks for the library once per process; a later :func:`load` makes it available here too."""
+    global _probed
+    if _module is not None or _failure is not None or _probed:
+        return _module
+    _probed = True
+    if _disabled():
+        return None
+    try:
+        cxx = _find_compiler()
+        if cxx is None:
+            return None
+        if _arch_choice() == "native":
+            arch, cpu = NATIVE_ARCH, f"native:{_cpu_id()}"
+        else:
+            arch, cpu = portable_arch(), f"portable:{platform.machine()}"
+        if not _plan(cxx, _sources(), arch, cpu)[-1].exists():
+            return None
+    except (NativeUnavailable, OSError, subprocess.SubprocessError):
+        return None
+    return load()
 
 
 def unavailable_reason() -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import operator
 import warnings
 from typing import ClassVar
 
@@ -56,6 +57,8 @@ __all__ = [
 #: implementation names accepted by ``impl=``; "auto" resolves to the fastest one available.
 IMPLS = ("auto", "reference", "foreach", "native")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_SHAPE, _DTYPE, _IS_SPARSE = (operator.attrgetter(name) for name in ("shape", "dtype", "is_sparse"))
+_KEPT_LAYOUTS = 8  # states' layouts an optimizer keeps as checked (Optimizer._inputs_usual): a few parameter lists
 
 
 #: NamedTuple state classes a checkpoint may name (nothing else is ever instantiated while loading).
@@ -673,12 +676,15 @@ class Optimizer:
         any weight); an optimizer with other state shapes (factored moments, preconditioners) overrides this."""
         return leaf.shape[:1] == weight.shape[:1] or leaf.numel() == 1
 
-    def _check_inputs(self, indices, weights, grads, states) -> None:
+    def _check_inputs(self, indices, weights, grads, states) -> bool:
+        """ValueError/TypeError naming the entry for bad input. True when the lists are the usual case
+        (:meth:`_inputs_usual`: then no gradient is sparse and no entry repeats), False when they were checked
+        entry by entry."""
         if not (len(indices) == len(weights) == len(grads) == len(states)):
             raise ValueError(f"update needs as many indices, weights, grads and states; got {len(indices)}, "
                              f"{len(weights)}, {len(grads)} and {len(states)}")
         if self._inputs_usual(indices, weights, grads, states):
-            return
+            return True
         for index, w, g, s in zip(indices, weights, grads, states):
             self._check_pair(w, g)
             self._check_state_layout(index, w, s)
@@ -692,24 +698,62 @@ class Optimizer:
         rounds = repeat_rounds(indices, weights, states) or [range(len(indices))]
         for r in rounds:  # a repeated entry is updated once per occurrence, round by round (see _apply)
             check_no_shared_memory(*([column[k] for k in r] for column in (indices, weights, grads, states)))
+        return False
 
     def _inputs_usual(self, indices, weights, grads, states) -> bool:
         """True when every entry certainly passes :meth:`_check_inputs`: the usual case (dense floating-point
         pairs of equal shapes and dtypes, one device, states exactly as ``create_state`` makes them, no entry
         repeated, no shared memory), checked in a few passes over the lists instead of entry by entry. False
-        means "check entry by entry" (which names what is wrong), not that something is."""
+        means "check entry by entry" (which names what is wrong), not that something is.
+
+        With the native kernels built (:func:`optzoo.native.built`) one C++ pass makes every check but the states'
+        comparison with ``create_state``'s, and hands back the states' layout (every shape and dtype) as bytes:
+        a layout that matched once is kept (a few per optimizer), so a step whose layout is one of them compares
+        no template at all."""
         klass = type(self)
         if klass._check_pair is not Optimizer._check_pair:
             return False
         if klass._state_shape_fits is not Optimizer._state_shape_fits and not (
                 klass.template_fixes_state_shapes and self.norm_sum_reducer is None):  # a shard's template: whole
             return False
-        if not all(isinstance(t, torch.Tensor) for t in itertools.chain(weights, grads)):
+        lib = native.built()
+        if lib is None:
+            return self._inputs_usual_python(indices, weights, grads, states)
+        layouts = self.__dict__.setdefault("_usual_layouts", {}).setdefault(bool(self.multi_precision), [])
+        found = lib.usual_inputs(*(v if type(v) is list else list(v) for v in (weights, grads, states)), layouts)
+        if found is None or found is True:
+            return found is True
+        if not self._states_as_made(indices, weights, states):
             return False
-        shapes, dtypes = [w.shape for w in weights], [w.dtype for w in weights]
-        if shapes != [g.shape for g in grads] or dtypes != [g.dtype for g in grads]:
+        layouts.append(found)
+        del layouts[:-_KEPT_LAYOUTS]
+        return True
+
+    def _states_as_made(self, indices, weights, states) -> bool:
+        """Whether every state has the flat entries (None, or a tensor's shape and dtype) of the state
+        ``create_state`` makes for its weight (one template per weight shape and dtype); False, never an error,
+        where it has not."""
+        expected = {}  # (shape, dtype) -> the flat state create_state makes
+        for index, weight, state in zip(indices, weights, states):
+            key = (weight.shape, weight.dtype)
+            template = expected.get(key)
+            if template is None:
+                template = expected[key] = self._state_template(index, weight)
+                if template is None:
+                    return False
+            flat = [state] if isinstance(state, torch.Tensor) else _flat_state(state)
+            if [None if leaf is None else (leaf.shape, leaf.dtype) for leaf in flat] != template:
+                return False
+        return True
+
+    def _inputs_usual_python(self, indices, weights, grads, states) -> bool:
+        """:meth:`_inputs_usual` without the native kernels."""
+        if not all(map(isinstance, itertools.chain(weights, grads), itertools.repeat(torch.Tensor))):
             return False
-        if not all(dtype.is_floating_point for dtype in set(dtypes)) or any(g.is_sparse for g in grads):
+        shapes, dtypes = list(map(_SHAPE, weights)), list(map(_DTYPE, weights))
+        if shapes != list(map(_SHAPE, grads)) or dtypes != list(map(_DTYPE, grads)):
+            return False
+        if not all(dtype.is_floating_point for dtype in set(dtypes)) or any(map(_IS_SPARSE, grads)):
             return False
         if len(set(map(id, weights))) != len(weights):
             return False  # a repeated entry: updated round by round (see _apply)
@@ -743,6 +787,8 @@ class Optimizer:
         cannot tell."""
         key = (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight))
         templates = self.__dict__.setdefault("_state_templates", {})
+        if fresh:
+            self.__dict__.pop("_usual_layouts", None)  # found with the templates replaced here
         if fresh or key not in templates:
             try:
                 meta = torch.empty(key[0], dtype=torch.float32 if key[2] else weight.dtype, device="meta")

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Optimizer, f32, f32s, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, f32, f32s, per_tensor, register, rescale_clip, rescale_clip_foreach, state_class
 from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_real
 
@@ -111,5 +111,5 @@ class Lion(Optimizer):
     _step_scalars = ("lrs", "weight_factors")
 
     def _foreach_parts(self, weights, grads, states, lrs, wds, ts):
-        weight_factors = [1.0 - self._decay(lr, wd) for lr, wd in zip(lrs, wds)]
+        weight_factors = per_tensor(lambda lr, wd: 1.0 - self._decay(lr, wd), lrs, wds)
         return lion_foreach, (weights, grads, states), dict(lrs=lrs, weight_factors=weight_factors, **self._hyper())

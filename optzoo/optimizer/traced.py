@@ -27,6 +27,8 @@ Example::
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from .base import Optimizer
@@ -40,12 +42,12 @@ def supports_tracing(optimizer: Optimizer) -> bool:
 
 
 def _as_tensor(values, device, vector: bool) -> torch.Tensor:
-    """Per-tensor scalars as float32 on ``device`` (rounded as :func:`~optzoo.optimizer.base.f32` rounds):
-    a vector if ``vector`` or if they differ, else one 0-d tensor."""
+    """Per-tensor scalars as float32 on ``device`` (rounded once to nearest, as :func:`~optzoo.optimizer.base.f32`
+    rounds): a vector if ``vector`` or if they differ, else one 0-d tensor."""
     values = list(values)
     if not vector and values.count(values[0]) == len(values):
         values = values[0]
-    return torch.tensor(values, dtype=torch.float64).to(device=device, dtype=torch.float32)
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 #: Inductor settings of a traced step's graph (``torch.compile(options=...)``: for this graph only; a user's
@@ -61,14 +63,15 @@ def _smallest_first(weights) -> list[int]:
     worth splitting among threads; a one-thread loop after that runs as ``omp single``, whose implicit barrier
     costs more than a small loop. Smallest first, every one-thread loop runs before the region (no barrier) and
     the region holds only the split loops (one barrier each)."""
-    return sorted(range(len(weights)), key=lambda i: weights[i].numel())
+    return sorted(range(len(weights)), key=[w.numel() for w in weights].__getitem__)
 
 
-def _reordered(value, order: list[int]):
+def _reordered(value, order: list[int], pick=None):
     """``value`` in ``order`` when it is a per-tensor list (tensors, states, scalars), else as it is (a rule hands its
-    per-tensor values over as lists; a hyperparameter tuple such as ``betas`` is never reordered)."""
+    per-tensor values over as lists; a hyperparameter tuple such as ``betas`` is never reordered). ``pick``:
+    ``operator.itemgetter(*order)``, where ``order`` has two or more entries."""
     if type(value) is list and len(value) == len(order):
-        return [value[i] for i in order]
+        return list(pick(value)) if pick is not None else [value[i] for i in order]
     return value
 
 
@@ -91,6 +94,11 @@ class TracedStep:
         # the scalars once handed over as vectors stay vectors when their values happen to coincide (Nadam's
         # 1 - m_schedule all reach 1.0), so that the graph compiled for vectors is not compiled again for 0-d
         self._vectors: set[str] = set()
+        # the last step's weights (their ids) and the order of _smallest_first with its itemgetter: the same
+        # weights come every step. A stale order (a weight of that id reshaped since) is a valid order all the same:
+        # every list is reordered alike and the arithmetic is per tensor; only the thread barriers may cost more.
+        self._order_for: tuple = ()
+        self._order: tuple[list[int], object] = ([], None)
 
     def update(self, indices, weights, grads, states) -> None:
         """Updates ``weights`` and ``states`` in place, as ``optimizer.update(indices, weights, grads, states)``."""
@@ -98,11 +106,11 @@ class TracedStep:
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         indices, weights, grads, states = list(indices), list(weights), list(grads), list(states)
-        opt._check_inputs(indices, weights, grads, states)
-        if any(g.is_sparse for g in grads):
-            raise ValueError("TracedStep takes dense gradients only; pass grad.to_dense() or use optimizer.update")
-        if len(set(map(id, weights))) != len(weights):
-            raise ValueError("TracedStep: a weight is listed twice; use optimizer.update, which updates it twice")
+        if not opt._check_inputs(indices, weights, grads, states):  # the usual case has neither of these
+            if any(g.is_sparse for g in grads):
+                raise ValueError("TracedStep takes dense gradients only; pass grad.to_dense() or use optimizer.update")
+            if len(set(map(id, weights))) != len(weights):
+                raise ValueError("TracedStep: a weight is listed twice; use optimizer.update, which updates it twice")
         if not weights:
             return
         opt._update_count(indices)
@@ -111,9 +119,13 @@ class TracedStep:
         fn, args, kwargs = opt._foreach_parts(weights, grads, states, lrs, wds, ts)
         # the bookkeeping ran in update order (Nadam's shared schedule depends on it); the arithmetic is per tensor,
         # so the graph takes the tensors smallest first (see _smallest_first)
-        order = _smallest_first(weights)
-        args = tuple(_reordered(arg, order) for arg in args)
-        kwargs = {name: _reordered(value, order) for name, value in kwargs.items()}
+        ids = tuple(map(id, weights))
+        if ids != self._order_for:
+            order = _smallest_first(weights)
+            self._order_for, self._order = ids, (order, operator.itemgetter(*order) if len(order) > 1 else None)
+        order, pick = self._order
+        args = tuple(_reordered(arg, order, pick) for arg in args)
+        kwargs = {name: _reordered(value, order, pick) for name, value in kwargs.items()}
         for name in opt._step_scalars:
             kwargs[name] = _as_tensor(kwargs[name], weights[0].device, name in self._vectors)
             if kwargs[name].dim():

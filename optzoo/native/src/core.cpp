@@ -540,6 +540,7 @@ void prefetch_tensor(PyObject* obj, int stage) {
 }
 
 void prefetch_entry(PyObject* obj, int stage) {
+    if (obj == Py_None) return;  // (a None state: THPVariable_Check would ask Python's isinstance, ~0.1 us)
     if (stage == 0) {
         __builtin_prefetch(obj);
     } else if (PyTuple_Check(obj)) {
@@ -672,6 +673,150 @@ bool step_rows(int rule, py::object weight, py::object rows_obj, py::object valu
     return true;
 }
 
+
+// ------------------------------------------------------------------------------------------ the usual-case check
+// usual_inputs(weights, grads, states, known) -> True | bytes | None: the check the torch paths make before every
+// step (Optimizer._inputs_usual), for lists of any tensors (any dtype, strided views, CUDA), in one pass here.
+// None: "look closer" (the Python check entry by entry runs and names what is wrong, if anything is): a weight or
+// gradient that is not a tensor, a weight that is not floating point or listed twice, a gradient of another shape
+// or dtype, a tensor on another device than the first weight or that is not strided (sparse, nested, a tensor
+// subclass with its own dispatch, a tensor without storage), a state entry that is not a tensor or None, or a tensor
+// the step writes (weight or state) touching a byte another tensor of the step touches (by the byte range
+// [data, data + extent) a strided tensor can reach: interleaved views count as overlapping). Otherwise the states'
+// layout decides: True when its signature (every weight's dtype and shape, every state's flat entries: None, or
+// dtype and shape) is byte for byte one of `known` (a list of bytes), else that signature as bytes, which the caller
+// compares with the states create_state makes (and keeps in `known` if they agree).
+
+struct UsualScratch {
+    std::vector<int64_t> signature;
+    std::vector<Region> regions;
+    std::vector<Span> spans, span_scratch;
+    std::vector<PyObject*> empty_weights;
+};
+
+// The byte range a strided tensor can reach (nothing for 0-size); false when the tensor is not one this check reads
+// (not strided, no storage, a Python-dispatch subclass, another device than `device`).
+bool note_strided(std::vector<Region>& regions, const at::Tensor& t, const c10::Device& device, int role) {
+    const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+    if (t.layout() != at::kStrided || t.is_nested() || impl->is_python_dispatch() || !impl->has_storage() ||
+        t.device() != device)
+        return false;
+    const int64_t numel = t.numel();
+    if (numel == 0) return true;
+    int64_t extent = 1;
+    const auto sizes = t.sizes(), strides = t.strides();
+    for (size_t d = 0; d < sizes.size(); ++d) extent += (sizes[d] - 1) * std::abs(strides[d]);
+    const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+    regions.push_back(Region{begin, begin + static_cast<uintptr_t>(extent * t.element_size()), 0, role, 0});
+    return true;
+}
+
+void sign_tensor(std::vector<int64_t>& sig, const at::Tensor& t) {
+    sig.push_back(static_cast<int64_t>(t.scalar_type()));
+    sig.push_back(t.dim());
+    const auto sizes = t.sizes();
+    sig.insert(sig.end(), sizes.begin(), sizes.end());
+}
+
+// Appends the flat entries of one state (None, a tensor, or tuples/lists of them, nested) to the signature and
+// their memory to the regions; false for anything else.
+bool sign_state(UsualScratch& u, PyObject* obj, const c10::Device& device, int64_t& entries, int depth) {
+    if (obj == Py_None) {
+        u.signature.push_back(-1);
+        ++entries;
+        return true;
+    }
+    if (PyTuple_Check(obj) || PyList_Check(obj)) {  // asked first: THPVariable_Check of a tuple calls isinstance
+        if (depth > 8) return false;
+        const Py_ssize_t n = PySequence_Fast_GET_SIZE(obj);
+        for (Py_ssize_t k = 0; k < n; ++k)
+            if (!sign_state(u, PySequence_Fast_GET_ITEM(obj, k), device, entries, depth + 1)) return false;
+        return true;
+    }
+    const at::Tensor* t = as_tensor(obj);
+    if (t == nullptr || !note_strided(u.regions, *t, device, kStateRole)) return false;
+    sign_tensor(u.signature, *t);
+    ++entries;
+    return true;
+}
+
+// Whether any two regions touch a common byte: the sorted spans first; only where they do, the exact check by role
+// (two gradients may share memory).
+bool written_overlap(UsualScratch& u) {
+    u.spans.resize(u.regions.size());
+    for (size_t i = 0; i < u.regions.size(); ++i) u.spans[i] = {u.regions[i].begin, u.regions[i].end};
+    sort_spans(u.spans, u.span_scratch);
+    uintptr_t reach = 0;
+    bool any = false;
+    for (const Span& span : u.spans) {
+        if (span.begin < reach) {
+            any = true;
+            break;
+        }
+        reach = std::max(reach, span.end);
+    }
+    if (!any) return false;
+    std::stable_sort(u.regions.begin(), u.regions.end(),
+                     [](const Region& a, const Region& b) { return a.begin < b.begin; });
+    uintptr_t reach_any = 0, reach_written = 0;
+    for (const Region& r : u.regions) {
+        if (r.begin < (r.written() ? reach_any : reach_written)) return true;
+        reach_any = std::max(reach_any, r.end);
+        if (r.written()) reach_written = std::max(reach_written, r.end);
+    }
+    return false;
+}
+
+bool usual_pass(UsualScratch& u, PyObject* weights, PyObject* grads, PyObject* states) {
+    const Py_ssize_t n = PyList_GET_SIZE(weights);
+    if (PyList_GET_SIZE(grads) != n || PyList_GET_SIZE(states) != n) return false;
+    if (n == 0) return true;
+    const at::Tensor* first = as_tensor(PyList_GET_ITEM(weights, 0));
+    if (first == nullptr) return false;
+    const c10::Device device = first->device();
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        for (int stage = 0; stage < 4; ++stage) {  // the metadata ahead, as unpack_dense asks for it
+            const Py_ssize_t ahead = i + (4 - stage) * kPrefetchStride;
+            if (ahead >= n) continue;
+            for (PyObject* list : {weights, grads, states}) prefetch_entry(PyList_GET_ITEM(list, ahead), stage);
+        }
+        PyObject* weight_obj = PyList_GET_ITEM(weights, i);
+        const at::Tensor* weight = as_tensor(weight_obj);
+        const at::Tensor* grad = as_tensor(PyList_GET_ITEM(grads, i));
+        if (weight == nullptr || grad == nullptr || !note_strided(u.regions, *weight, device, kWeightRole) ||
+            !note_strided(u.regions, *grad, device, kGradRole) || !at::isFloatingType(weight->scalar_type()) ||
+            grad->scalar_type() != weight->scalar_type() || grad->sizes() != weight->sizes())
+            return false;
+        if (weight->numel() == 0) u.empty_weights.push_back(weight_obj);  // listed twice, they would not overlap
+        sign_tensor(u.signature, *weight);
+        const size_t count_at = u.signature.size();
+        u.signature.push_back(0);
+        int64_t entries = 0;
+        if (!sign_state(u, PyList_GET_ITEM(states, i), device, entries, 0)) return false;
+        u.signature[count_at] = entries;
+    }
+    std::sort(u.empty_weights.begin(), u.empty_weights.end());
+    if (std::adjacent_find(u.empty_weights.begin(), u.empty_weights.end()) != u.empty_weights.end()) return false;
+    return !written_overlap(u);
+}
+
+py::object usual_inputs(py::list weights, py::list grads, py::list states, py::list known) {
+    static thread_local UsualScratch scratch;
+    UsualScratch& u = scratch;
+    u.signature.clear();
+    u.regions.clear();
+    u.empty_weights.clear();
+    if (!usual_pass(u, weights.ptr(), grads.ptr(), states.ptr())) return py::none();
+    const char* data = reinterpret_cast<const char*>(u.signature.data());
+    const Py_ssize_t size = static_cast<Py_ssize_t>(u.signature.size() * sizeof(int64_t));
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(known.ptr()); ++k) {
+        PyObject* item = PyList_GET_ITEM(known.ptr(), k);
+        if (PyBytes_Check(item) && PyBytes_GET_SIZE(item) == size && std::memcmp(PyBytes_AS_STRING(item), data, size) == 0)
+            return py::reinterpret_borrow<py::object>(Py_True);
+    }
+    return py::bytes(data, size);
+}
+
 }  // namespace
 }  // namespace optzoo
 
@@ -687,4 +832,5 @@ PYBIND11_MODULE(_optzoo_native, m) {
     m.def("norm_sums", &optzoo::norm_sums);
     m.def("step_into", &optzoo::step_into);
     m.def("step_rows", &optzoo::step_rows);
+    m.def("usual_inputs", &optzoo::usual_inputs);
 }
