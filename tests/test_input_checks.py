@@ -11,6 +11,7 @@ import random
 import pytest
 import torch
 from native_support import require_native
+from optimizer_table import ROW_BY_NAME, ROWS
 
 import optzoo.optimizer as oo
 from optzoo import native
@@ -56,8 +57,9 @@ CASES = {
     "a state that is its weight": (lambda o, w, g, s: _state_is(s, -1, w[-1]), SHARE),
     "a state that is a view of another weight": (lambda o, w, g, s: _state_is(s, -1, w[0].view(-1)[:5]), SHARE),
     "a gradient that is its weight": (lambda o, w, g, s: g.__setitem__(-1, w[-1]), SHARE),
-    "a weight on another device (meta)": (
-        lambda o, w, g, s: _meta(o, w, g, s), (ValueError, "the weight of parameter {last}")),
+    # legal, as a step over two devices is (each device's tensors checked apart); a meta tensor has no memory to
+    # share (its data pointer, 0 for all, once made the check name it as sharing memory with its gradient)
+    "a weight on another device (meta)": (lambda o, w, g, s: _meta(o, w, g, s), None),
     "a state on another device (meta)": (
         lambda o, w, g, s: _state_is(s, -1, torch.empty(5, device="meta")), (ValueError, "is on meta")),
     "a sparse gradient": (lambda o, w, g, s: g.__setitem__(-1, g[-1].to_sparse()), None),
@@ -206,3 +208,23 @@ def test_native_and_python_checks_agree(seed, monkeypatch):
     fast = opt._inputs_usual(indices, weights, grads, states)
     monkeypatch.setattr(native, "built", lambda: None)
     assert fast == opt._inputs_usual(indices, weights, grads, states)
+
+
+@pytest.mark.parametrize("impl", ["foreach", "reference"])
+@pytest.mark.parametrize("name", [row.name for row in ROWS])
+def test_a_plain_tuple_where_the_rule_reads_a_named_state_is_a_named_error(path, name, impl):
+    """Every layout check compares flat entries, which a plain tuple of the right tensors passes; the rule then reads
+    ``state.mean``: the state's own type is checked too (a plain tuple of AdamState's tensors named an
+    AttributeError before, and Muon, whose state's type picks the side, skipped the parameter). A state of the type
+    create_state makes still steps."""
+    row = ROW_BY_NAME[name]
+    opt = oo.create(name, impl=impl, **row.configs[0])
+    weights = [torch.randn(4, 3), torch.randn(5)]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    grads = [torch.randn_like(w) for w in weights]
+    if not any(type(s) is not tuple and isinstance(s, tuple) for s in states):
+        pytest.skip(f"{name}'s states are no named tuples")
+    opt.update([0, 1], weights, [g.clone() for g in grads], states)  # as made: fine
+    plain = [tuple(s) if isinstance(s, tuple) else s for s in states]
+    with pytest.raises(ValueError, match=r"the state of parameter \d is a tuple\b.*expected a \w+State"):
+        opt.update([0, 1], weights, grads, plain)

@@ -61,6 +61,20 @@ _SHAPE, _DTYPE, _IS_SPARSE = (operator.attrgetter(name) for name in ("shape", "d
 _KEPT_LAYOUTS = 8  # states' layouts an optimizer keeps as checked (Optimizer._inputs_usual): a few parameter lists
 
 
+def _state_kind(state):
+    """A state's nesting of tuple types (``AdamState``, a master copy's plain tuple...), tensors and None as None:
+    what a state's flat layout does not show and its rule reads (``state.mean``)."""
+    if isinstance(state, tuple):
+        return type(state), tuple(_state_kind(item) for item in state)
+    return None
+
+
+def _kind_name(kind) -> str:
+    if kind is None:
+        return "tensor or None"
+    return f"{kind[0].__name__}({', '.join(_kind_name(item) for item in kind[1])})"
+
+
 #: NamedTuple state classes a checkpoint may name (nothing else is ever instantiated while loading).
 STATE_CLASSES: dict[str, type] = {}
 
@@ -721,13 +735,20 @@ class Optimizer:
             return self._inputs_usual_python(indices, weights, grads, states)
         layouts = self.__dict__.setdefault("_usual_layouts", {}).setdefault(bool(self.multi_precision), [])
         found = lib.usual_inputs(*(v if type(v) is list else list(v) for v in (weights, grads, states)), layouts)
-        if found is None or found is True:
-            return found is True
-        if not self._states_as_made(indices, weights, states):
+        if found is None:
             return False
-        layouts.append(found)
-        del layouts[:-_KEPT_LAYOUTS]
-        return True
+        if found is not True:
+            if not self._states_as_made(indices, weights, states):
+                return False
+            layouts.append(found)
+            del layouts[:-_KEPT_LAYOUTS]
+        return self._state_types_as_made(states)
+
+    def _state_types_as_made(self, states) -> bool:
+        """Whether every state's own type (not its entries') is one ``create_state`` made: a plain tuple where the
+        rule reads ``AdamState``'s names goes to the entry-by-entry check, which names it."""
+        made = {kind[0] if kind else None for kind in self.__dict__.get("_state_kinds", {}).values()}
+        return {t if issubclass(t, tuple) else None for t in set(map(type, states))} <= made
 
     def _states_as_made(self, indices, weights, states) -> bool:
         """Whether every state has the flat entries (None, or a tensor's shape and dtype) of the state
@@ -771,7 +792,7 @@ class Optimizer:
         for key, flat in zip(keys, flats):
             if [None if leaf is None else (leaf.shape, leaf.dtype) for leaf in flat] != expected[key]:
                 return False
-        return not _may_share_memory(list(weights) + leaves, list(grads))  # one device too
+        return self._state_types_as_made(states) and not _may_share_memory(list(weights) + leaves, list(grads))
 
     def _check_state_layout(self, index, weight, state, check_device: bool = True) -> None:
         """ValueError unless ``state`` has the layout, shapes and dtypes of the state this optimizer makes for
@@ -780,6 +801,11 @@ class Optimizer:
             check_state_layout(index, weight, state, self._state_template(index, weight), check_device)
         except ValueError:  # the cached template may predate a settings change (RMSProp's centered): once more
             check_state_layout(index, weight, state, self._state_template(index, weight, fresh=True), check_device)
+        made = self.__dict__.get("_state_kinds", {}).get(
+            (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight)), None)
+        if made is not None and _state_kind(state) != made:
+            raise ValueError(f"the state of parameter {index!r} is a {_kind_name(_state_kind(state))}, expected a "
+                             f"{_kind_name(made)} as create_state makes it (its rule reads the entries by name)")
 
     def _state_template(self, index, weight, fresh: bool = False):
         """``[(shape, dtype) or None, ...]``: the flat entries of the state ``create_state_multi_precision`` makes
@@ -797,6 +823,7 @@ class Optimizer:
                     state = (meta, state)
                 templates[key] = [None if leaf is None else (tuple(leaf.shape), leaf.dtype)
                                   for leaf in _flat_state(state)]
+                self.__dict__.setdefault("_state_kinds", {})[key] = _state_kind(state)
             except Exception:  # a custom create_state that cannot run on meta tensors: no template
                 templates[key] = None
         return templates[key]

@@ -57,7 +57,7 @@ def _flat(state) -> list:
 
 def _region(t: torch.Tensor):
     """``(device, first byte, end byte)`` of the memory a strided tensor can touch; None for none or sparse."""
-    if t.numel() == 0 or t.layout != torch.strided:
+    if t.numel() == 0 or t.layout != torch.strided or t.device.type == "meta":  # meta: shapes, no memory
         return None
     extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
     begin = t.data_ptr()

@@ -266,6 +266,15 @@ class Muon(Optimizer):
     def _state_shape_fits(self, weight, leaf) -> bool:
         return leaf.shape == weight.shape
 
+    def _check_state_layout(self, index, weight, state, check_device: bool = True) -> None:
+        """The state's type is its side (no template checks it): anything but a MuonState or MuonAdamWState (after
+        a master copy) would be skipped by the rule, a silent no-op."""
+        inner = state[1] if self._uses_master_copy(weight) and type(state) is tuple and len(state) == 2 else state
+        if not isinstance(inner, (MuonState, MuonAdamWState)):
+            raise ValueError(f"the state of parameter {index!r} is a {type(inner).__name__}, expected a MuonState "
+                             "or MuonAdamWState as create_state makes it (its type says which side steps it)")
+        super()._check_state_layout(index, weight, state, check_device)
+
     # ------------------------------------------------------------------ the rule
     def _muon_direction(self, g, state: MuonState, space: Workspace | None = None) -> torch.Tensor:
         """The momentum updated and the direction to orthogonalise; with ``space``, the Nesterov direction is
