@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import torch
+import torch.fx.experimental._config
 
 from .base import Optimizer
 
@@ -72,25 +73,123 @@ def _reordered(value, order: list[int]):
     return value
 
 
+#: a step over more tensors than this runs chunked (``TracedStep(chunk_above=...)``; None: never)
+CHUNK_ABOVE = 128
+#: tensors per chunk of a chunked step (``TracedStep(chunk_size=...)``)
+CHUNK_SIZE = 64
+#: values of each padding tensor of a short chunk (Dynamo specializes sizes 0 and 1)
+_PAD_NUMEL = 2
+_CHANNELS_LAST = {4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
+
+
+def _flat_view(tensor: torch.Tensor, perm) -> torch.Tensor | None:
+    """``tensor``'s values as a 1-D tensor over its memory in the order of ``perm`` (None: as laid out when
+    contiguous), or None when they are not laid out so. Not a view in autograd's sense (``Tensor.set_`` on the same
+    storage): Dynamo guards on a view's base too, and views of 1-D and of 2-D tensors would need two graphs."""
+    t = tensor if perm is None else tensor.permute(perm)
+    if not t.is_contiguous():
+        return None
+    return _alias(t)
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor over the memory of the contiguous ``t``, sharing its storage."""
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
+
+
+def _map_state(state, fn):
+    """``state`` (a tensor, None, or a tuple or NamedTuple of them) with ``fn`` applied to each tensor; None when
+    ``fn`` returns None for one."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    parts = [_map_state(part, fn) for part in state]
+    if any(p is None and q is not None for p, q in zip(parts, state)):
+        return None
+    return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
+
+
+def _flattened(weight, grad, state):
+    """``(weight, grad, state)`` as 1-D tensors over the same values in the same order: views of the weight and the
+    states (updated in place), the gradient viewed or copied (only read). None when a weight or a state cannot be
+    viewed so (neither contiguous nor channels-last like its weight)."""
+    perm = None
+    if not weight.is_contiguous():
+        perm = _CHANNELS_LAST.get(weight.dim())
+        if perm is None or not weight.permute(perm).is_contiguous():
+            return None
+    w = _flat_view(weight, perm)
+    s = _map_state(state, lambda t: _flat_view(t, perm) if t.shape == weight.shape else None)
+    if state is not None and s is None:
+        return None
+    g = _flat_view(grad, perm)
+    return w, (g if g is not None else (grad if perm is None else grad.permute(perm)).reshape(-1)), s
+
+
+def _layout(entry):
+    """What a padding entry must match: the structure, dtypes and devices of ``entry``."""
+    if isinstance(entry, torch.Tensor):
+        return entry.dtype, entry.device
+    return type(entry), tuple(_layout(part) for part in entry)
+
+
+def _zeros_like_entry(entry):
+    """A padding entry shaped as ``entry``: zeros of ``_PAD_NUMEL`` values (every rule keeps them finite)."""
+    return _map_state(entry, lambda t: torch.zeros(_PAD_NUMEL, dtype=t.dtype, device=t.device))
+
+
+def _padded_indices(chunk: list[int], size: int) -> list[int]:
+    """``chunk`` filled up to ``size`` with its last entry (the padding's per-tensor scalars)."""
+    return chunk + [chunk[-1]] * (size - len(chunk))
+
+
+def _taken(value, indices: list[int], n: int):
+    """The entries ``indices`` of a per-tensor list ``value`` (else ``value``)."""
+    if type(value) is list and len(value) == n:
+        return [value[i] for i in indices]
+    return value
+
+
+def _no_duck_shapes():
+    """Dynamo's setting for a chunk's graph: tensors of equal size are not assumed equal in size (with duck shapes,
+    two chunks' tensors that differ where the first chunk's were equal would compile again)."""
+    return torch.fx.experimental._config.patch(use_duck_shape=False)
+
+
 class TracedStep:
     """:meth:`update` is ``optimizer.update`` with the rule's tensor arithmetic compiled by ``torch.compile``
     (``compile_options`` are passed to it; its ``options`` start from :data:`INDUCTOR_OPTIONS` unless a ``mode`` is
     given). Dense gradients only, no ``multi_precision`` master copies."""
 
-    def __init__(self, optimizer: Optimizer, **compile_options):
+    def __init__(self, optimizer: Optimizer, *, chunk_size: int = CHUNK_SIZE, chunk_above: int | None = CHUNK_ABOVE,
+                 **compile_options):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"TracedStep expects an optzoo optimizer, got {type(optimizer).__name__}")
         if not supports_tracing(optimizer):
             raise ValueError(f"{type(optimizer).__name__} has no traceable foreach arithmetic; traced steps exist "
                              "for SGD, NAG, Adam, AdamW, AdaBelief, Adamax, Nadam, RMSProp and Lion")
+        if type(chunk_size) is not int or chunk_size < 1:
+            raise ValueError(f"TracedStep: chunk_size must be an int >= 1, got {chunk_size!r}")
+        if chunk_above is not None and (type(chunk_above) is not int or chunk_above < 0):
+            raise ValueError(f"TracedStep: chunk_above must be None or an int >= 0, got {chunk_above!r}")
         self.optimizer = optimizer
+        self.chunk_size, self.chunk_above = chunk_size, chunk_above
         if "mode" not in compile_options:  # torch.compile takes a mode or options, not both
             compile_options["options"] = {**INDUCTOR_OPTIONS, **(compile_options.get("options") or {})}
         self._compile_options = compile_options
-        self._compiled: dict = {}  # arithmetic function -> its compiled form
+        self._compiled: dict = {}  # (arithmetic function, chunked) -> its compiled form
         # the scalars once handed over as vectors stay vectors when their values happen to coincide (Nadam's
         # 1 - m_schedule all reach 1.0), so that the graph compiled for vectors is not compiled again for 0-d
         self._vectors: set[str] = set()
+        self._pads: dict = {}  # (argument, slot, layout) -> the padding entry of a short chunk (kept across steps)
+
+    def _compiled_fn(self, fn, chunked: bool):
+        compiled = self._compiled.get((fn, chunked))
+        if compiled is None:
+            options = dict(self._compile_options, dynamic=True) if chunked else self._compile_options
+            compiled = self._compiled[(fn, chunked)] = torch.compile(fn, **options)
+        return compiled
 
     def update(self, indices, weights, grads, states) -> None:
         """Updates ``weights`` and ``states`` in place, as ``optimizer.update(indices, weights, grads, states)``."""
@@ -108,6 +207,9 @@ class TracedStep:
         opt._update_count(indices)
         lrs, wds = opt._get_lrs(indices), opt._get_wds(indices)
         ts = [opt._index_update_count[i] for i in indices]
+        if self.chunk_above is not None and len(weights) > self.chunk_above:
+            self._chunked_update(weights, grads, states, lrs, wds, ts)
+            return
         fn, args, kwargs = opt._foreach_parts(weights, grads, states, lrs, wds, ts)
         # the bookkeeping ran in update order (Nadam's shared schedule depends on it); the arithmetic is per tensor,
         # so the graph takes the tensors smallest first (see _smallest_first)
@@ -118,8 +220,60 @@ class TracedStep:
             kwargs[name] = _as_tensor(kwargs[name], weights[0].device, name in self._vectors)
             if kwargs[name].dim():
                 self._vectors.add(name)
-        compiled = self._compiled.get(fn)
-        if compiled is None:
-            compiled = self._compiled[fn] = torch.compile(fn, **self._compile_options)
         with torch.no_grad():
-            compiled(*args, **kwargs)
+            self._compiled_fn(fn, False)(*args, **kwargs)
+
+    def _chunked_update(self, weights, grads, states, lrs, wds, ts) -> None:
+        """The step over many tensors: the arithmetic compiled once with dynamic sizes, run on chunks of
+        ``chunk_size`` flattened tensors (see the module's docstring, "Many tensors")."""
+        opt, size = self.optimizer, self.chunk_size
+        n = len(weights)
+        flat = [_flattened(w, g, s) for w, g, s in zip(weights, grads, states)]
+        entries = [f if f is not None else (w, g, s) for f, w, g, s in zip(flat, weights, grads, states)]
+        fn, args, kwargs = opt._foreach_parts(*map(list, zip(*entries)), lrs, wds, ts)  # in update order
+        # sizes 0 and 1 are specialized by Dynamo (a graph of their own); they, and the tensors that cannot be
+        # flattened in place, take the eager arithmetic
+        eager = [i for i in range(n) if flat[i] is None or weights[i].numel() < 2]
+        groups: dict = {}
+        for i in sorted(set(range(n)).difference(eager), key=lambda i: weights[i].numel()):
+            groups.setdefault((weights[i].device, weights[i].dtype), []).append(i)
+        # every per-step scalar a vector (0-d ones would compile again once they differ between tensors); the
+        # decays too when they differ, else constants of the graph as in the one-graph step
+        scalars = list(opt._step_scalars)
+        if "wds" in kwargs and kwargs["wds"].count(kwargs["wds"][0]) != n:
+            scalars.append("wds")
+        with torch.no_grad():
+            if eager:
+                fn(*(_taken(arg, eager, n) for arg in args),
+                   **{name: _taken(value, eager, n) for name, value in kwargs.items()})
+            compiled = self._compiled_fn(fn, True)
+            for (device, _), members in groups.items():
+                chunks = [members[k:k + size] for k in range(0, len(members), size)]
+                padded = {name: [kwargs[name][i] for chunk in chunks for i in _padded_indices(chunk, size)]
+                          for name in scalars}
+                vector_chunks = {name: [_alias(v) for v in _as_tensor(padded[name], device, True).split(size)]
+                                 for name in scalars}
+                with _no_duck_shapes():
+                    for c, chunk in enumerate(chunks):
+                        cargs = tuple(self._chunk_of(arg, chunk, n, ("arg", k)) for k, arg in enumerate(args))
+                        ckwargs = {name: self._chunk_of(value, chunk, n, ("kw", name))
+                                   for name, value in kwargs.items() if name not in scalars}
+                        ckwargs.update({name: vector_chunks[name][c] for name in scalars})
+                        compiled(*cargs, **ckwargs)
+
+    def _chunk_of(self, value, chunk: list[int], n: int, where):
+        """The entries ``chunk`` of a per-tensor list ``value``, padded to ``chunk_size`` (else ``value``)."""
+        if type(value) is not list or len(value) != n:
+            return value
+        taken = [value[i] for i in chunk]
+        template = taken[-1]
+        for slot in range(self.chunk_size - len(chunk)):
+            if template is None or isinstance(template, (int, float)):
+                taken.append(template)
+                continue
+            key = (where, slot, _layout(template))
+            pad = self._pads.get(key)
+            if pad is None:
+                pad = self._pads[key] = _zeros_like_entry(template)
+            taken.append(pad)
+        return taken
