@@ -89,6 +89,8 @@ def _flat_view(tensor: torch.Tensor, perm) -> torch.Tensor | None:
     t = tensor if perm is None else tensor.permute(perm)
     if not t.is_contiguous():
         return None
+    if t.dim() == 1 and t._base is None:
+        return t  # already so (a parameter of a 1-D shape): no new tensor each step
     return _alias(t)
 
 
@@ -184,12 +186,30 @@ class TracedStep:
         self._vectors: set[str] = set()
         self._pads: dict = {}  # (argument, slot, layout) -> the padding entry of a short chunk (kept across steps)
 
-    def _compiled_fn(self, fn, chunked: bool):
-        compiled = self._compiled.get((fn, chunked))
+    def _compiled_fn(self, fn, chunked: bool, split: bool = False):
+        """``fn`` compiled: for the one-graph step, or (``chunked``) with dynamic sizes for the chunks, one compiled
+        form for the chunks whose loops ``split`` among threads and one for the others (a chunk graph decides
+        once, from the sizes it is compiled on, which loops it splits)."""
+        key = (fn, chunked, split)
+        compiled = self._compiled.get(key)
         if compiled is None:
-            options = dict(self._compile_options, dynamic=True) if chunked else self._compile_options
-            compiled = self._compiled[(fn, chunked)] = torch.compile(fn, **options)
+            options = self._compile_options
+            if chunked:
+                options = dict(options, dynamic=True)
+                if "options" in options:  # not with a mode; explicit, as the hints are only the first chunk's
+                    options["options"] = {**options["options"], "cpp.min_chunk_size": 1 if split else 1 << 40}
+            compiled = self._compiled[key] = torch.compile(fn, **options)
         return compiled
+
+    def _split_from(self, device: torch.device) -> int:
+        """The least size whose loop Inductor splits among threads on ``device`` (``cpp.min_chunk_size`` values a
+        thread); a chunk graph is compiled for the tensors below it or for those at or above it, not both."""
+        if device.type != "cpu" or "options" not in self._compile_options:
+            return 1 << 62
+        from torch._inductor import config  # imported by the first compile
+
+        options = self._compile_options.get("options") or {}
+        return torch.get_num_threads() * options.get("cpp.min_chunk_size", config.cpp.min_chunk_size)
 
     def update(self, indices, weights, grads, states) -> None:
         """Updates ``weights`` and ``states`` in place, as ``optimizer.update(indices, weights, grads, states)``."""
@@ -234,9 +254,11 @@ class TracedStep:
         # sizes 0 and 1 are specialized by Dynamo (a graph of their own); they, and the tensors that cannot be
         # flattened in place, take the eager arithmetic
         eager = [i for i in range(n) if flat[i] is None or weights[i].numel() < 2]
-        groups: dict = {}
+        groups: dict = {}  # (device, dtype, split among threads) -> the tensors, smallest first
+        split_from = {w.device: self._split_from(w.device) for w in weights}
         for i in sorted(set(range(n)).difference(eager), key=lambda i: weights[i].numel()):
-            groups.setdefault((weights[i].device, weights[i].dtype), []).append(i)
+            w = weights[i]
+            groups.setdefault((w.device, w.dtype, w.numel() >= split_from[w.device]), []).append(i)
         # every per-step scalar a vector (0-d ones would compile again once they differ between tensors); the
         # decays too when they differ, else constants of the graph as in the one-graph step
         scalars = list(opt._step_scalars)
@@ -246,8 +268,8 @@ class TracedStep:
             if eager:
                 fn(*(_taken(arg, eager, n) for arg in args),
                    **{name: _taken(value, eager, n) for name, value in kwargs.items()})
-            compiled = self._compiled_fn(fn, True)
-            for (device, _), members in groups.items():
+            for (device, _, split), members in groups.items():
+                compiled = self._compiled_fn(fn, True, split)
                 chunks = [members[k:k + size] for k in range(0, len(members), size)]
                 padded = {name: [kwargs[name][i] for chunk in chunks for i in _padded_indices(chunk, size)]
                           for name in scalars}
