@@ -18,6 +18,22 @@ and a traced Nadam multiplies by reciprocals where the eager step divides (as th
 step agrees with the eager one to rounding (a few float32 ulps), not bit for bit. Speed on the CPU: docs/native.md,
 "Traced steps".
 
+Many tensors: Inductor's compile time grows faster than the number of tensors in one graph (its scheduler weighs
+fusions pair by pair: ~0.2 s a tensor at 100-300 tensors; 2,000 did not compile in 3.5 minutes). A step over more
+than ``chunk_above`` tensors (:data:`CHUNK_ABOVE`) runs chunked instead:
+
+* every tensor seen as 1-D over its memory (contiguous or channels-last; the weight and its states alike), the
+  tensors ordered smallest first and cut into chunks of ``chunk_size`` (:data:`CHUNK_SIZE`), the last chunk filled
+  up with zero tensors of two values that the step keeps for the purpose;
+* the arithmetic compiled once with dynamic sizes (``dynamic=True``, duck shapes off so that sizes equal in the
+  chunk it compiles on are not assumed equal elsewhere) serves every chunk: one graph per dtype, two when some
+  tensors are large enough for Inductor to split their loops among threads (threads x ``cpp.min_chunk_size``
+  values), since a graph decides that once;
+* the per-step scalars are float32 vectors, one per chunk, taken in the chunk's order (the weight decays too when
+  they differ between tensors; equal, they stay constants of the graph);
+* tensors of 0 or 1 value (Dynamo specializes those sizes: they would compile graphs of their own) and tensors that
+  cannot be seen as 1-D in place (transposed, sliced) run the same arithmetic eagerly.
+
 Example::
 
     opt = optzoo.optimizer.create("adam", learning_rate=1e-3, impl="foreach")
@@ -74,9 +90,9 @@ def _reordered(value, order: list[int]):
 
 
 #: a step over more tensors than this runs chunked (``TracedStep(chunk_above=...)``; None: never)
-CHUNK_ABOVE = 128
+CHUNK_ABOVE = 200
 #: tensors per chunk of a chunked step (``TracedStep(chunk_size=...)``)
-CHUNK_SIZE = 64
+CHUNK_SIZE = 32
 #: values of each padding tensor of a short chunk (Dynamo specializes sizes 0 and 1)
 _PAD_NUMEL = 2
 _CHANNELS_LAST = {4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
