@@ -134,6 +134,9 @@ def test_chunked_traced_step_follows_the_eager_step(name):
     for k in range(6):
         update = indices if k != 2 else indices[3:]  # a step without some tensors: their counts fall behind
         grads = [torch.randn(w_eager[i].shape, generator=g) for i in update]
+        if k % 2:  # views into one buffer (as DDP's buckets hand them over)
+            flat = torch.cat([x.reshape(-1) for x in grads])
+            grads = list(map(torch.Tensor.view_as, flat.split([x.numel() for x in grads]), grads))
         eager.update(update, [w_eager[i] for i in update], grads, [s_eager[i] for i in update])
         step.update(update, [w_traced[i] for i in update], grads, [s_traced[i] for i in update])
     assert w_traced[8].is_contiguous(memory_format=torch.channels_last) and not w_traced[11].is_contiguous()

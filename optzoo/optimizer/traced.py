@@ -123,6 +123,8 @@ def _map_state(state, fn):
     if isinstance(state, torch.Tensor):
         return fn(state)
     parts = [_map_state(part, fn) for part in state]
+    if all(p is q for p, q in zip(parts, state)):
+        return state
     if any(p is None and q is not None for p, q in zip(parts, state)):
         return None
     return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
@@ -132,6 +134,11 @@ def _flattened(weight, grad, state):
     """``(weight, grad, state)`` as 1-D tensors over the same values in the same order: views of the weight and the
     states (updated in place), the gradient viewed or copied (only read). None when a weight or a state cannot be
     viewed so (neither contiguous nor channels-last like its weight)."""
+    if weight.dim() == 1 and weight._base is None and weight.is_contiguous():  # the usual 1-D parameter: as it is
+        s = _map_state(state, lambda t: t if t.shape == weight.shape and t._base is None and t.is_contiguous()
+                       else None)
+        if (s is not None or state is None) and grad._base is None and grad.is_contiguous():
+            return weight, grad, s
     perm = None
     if not weight.is_contiguous():
         perm = _CHANNELS_LAST.get(weight.dim())
