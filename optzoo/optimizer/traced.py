@@ -185,7 +185,8 @@ def _no_duck_shapes():
 class TracedStep:
     """:meth:`update` is ``optimizer.update`` with the rule's tensor arithmetic compiled by ``torch.compile``
     (``compile_options`` are passed to it; its ``options`` start from :data:`INDUCTOR_OPTIONS` unless a ``mode`` is
-    given). Dense gradients only, no ``multi_precision`` master copies."""
+    given). Dense gradients only, no ``multi_precision`` master copies. A step over more than ``chunk_above`` tensors
+    (None: never) runs chunked, ``chunk_size`` tensors a chunk (the module's docstring, "Many tensors")."""
 
     def __init__(self, optimizer: Optimizer, *, chunk_size: int = CHUNK_SIZE, chunk_above: int | None = CHUNK_ABOVE,
                  **compile_options):
