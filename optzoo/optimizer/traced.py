@@ -279,7 +279,7 @@ class TracedStep:
         # flattened in place, take the eager arithmetic
         eager = [i for i in range(n) if flat[i] is None or weights[i].numel() < 2]
         groups: dict = {}  # (device, dtype, split among threads) -> the tensors, smallest first
-        split_from = {w.device: self._split_from(w.device) for w in weights}
+        split_from = {device: self._split_from(device) for device in {w.device for w in weights}}
         for i in sorted(set(range(n)).difference(eager), key=lambda i: weights[i].numel()):
             w = weights[i]
             groups.setdefault((w.device, w.dtype, w.numel() >= split_from[w.device]), []).append(i)
