@@ -154,8 +154,8 @@ def _flattened(weight, grad, state):
 
 def _layout(entry):
     """What a padding entry must match: the structure, dtypes and devices of ``entry``."""
-    if isinstance(entry, torch.Tensor):
-        return entry.dtype, entry.device
+    if entry is None or isinstance(entry, torch.Tensor):
+        return None if entry is None else (entry.dtype, entry.device)
     return type(entry), tuple(_layout(part) for part in entry)
 
 
@@ -286,7 +286,7 @@ class TracedStep:
         # every per-step scalar a vector (0-d ones would compile again once they differ between tensors); the
         # decays too when they differ, else constants of the graph as in the one-graph step
         scalars = list(opt._step_scalars)
-        if "wds" in kwargs and kwargs["wds"].count(kwargs["wds"][0]) != n:
+        if type(kwargs.get("wds")) is list and kwargs["wds"].count(kwargs["wds"][0]) != n:
             scalars.append("wds")
         with torch.no_grad():
             if eager:
