@@ -9,7 +9,7 @@ from torch._dynamo.utils import counters
 
 import optzoo.optimizer as oo
 from optzoo import lr_scheduler
-from optzoo.optimizer.traced import TracedStep, supports_tracing
+from optzoo.optimizer.traced import CHUNK_ABOVE, CHUNK_SIZE, TracedStep, supports_tracing
 
 FULL = os.environ.get("OPTZOO_FULL") == "1"
 #: every rule TracedStep takes, as (name, extra arguments); CI samples SGD and Nadam (per-tensor scalar vectors)
@@ -118,3 +118,89 @@ def test_a_kept_size_order_stays_right_when_a_weight_changes_size(monkeypatch):
         for a, b in zip(w_eager + [s.exp_avg for s in s_eager], w_traced + [s.exp_avg for s in s_traced]):
             assert torch.equal(a, b)
     assert step._order[0] == [3, 1, 0, 2]  # the order of the first steps (weight 3 had one value), kept
+
+
+# ------------------------------------------------------------------------------------------ chunked steps
+#: a chunked set: 1-element tensors (eager arithmetic), 1-D and 2-D ones, a channels-last 4-D one (flattened in
+#: its memory order) and a transposed one (not flattenable in place: eager), in no order of size
+CHUNKED_SHAPES = [(3, 5), (1,), (9,), (2, 2), (17,), (1, 1), (4, 3), (6,), (2, 3, 2, 2), (11,), (5, 2), (7, 3), (2,)]
+CHUNK = 4  # tensors per chunk: the 10 flattenable tensors make 3 chunks, the last one padded
+
+
+def _chunked_setup(name, seed=0):
+    opt, _, _ = _setup(name, seed)
+    # per-tensor rates and decays: the scalars handed over as vectors, chunked with their tensors
+    opt.set_lr_mult({0: 0.5, 4: 2.0, 9: 0.25})
+    opt.set_wd_mult({2: 0.0, 6: 3.0})
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(s, generator=g) for s in CHUNKED_SHAPES]
+    weights[8] = weights[8].to(memory_format=torch.channels_last)
+    weights[11] = torch.randn(3, 7, generator=g).t()
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    return opt, weights, states
+
+
+def _leaves(states):
+    return [x for s in states for x in ([s] if torch.is_tensor(s) else s or [])]
+
+
+@pytest.mark.parametrize("name", list(TRACED) if FULL else ["sgd", "nadam", "lion"])
+def test_chunked_traced_step_follows_the_eager_step(name):
+    """Chunks of CHUNK tensors, each step's per-tensor scalars (rates, Nadam's schedule, Lion's decay factors,
+    decays) taken with their tensors; the states too."""
+    eager, w_eager, s_eager = _chunked_setup(name)
+    traced_opt, w_traced, s_traced = _chunked_setup(name)
+    step = TracedStep(traced_opt, chunk_size=CHUNK, chunk_above=0)
+    torch._dynamo.reset()
+    counters.clear()
+    g = torch.Generator().manual_seed(1)
+    indices = list(range(len(CHUNKED_SHAPES)))
+    for k in range(6):
+        update = indices if k != 2 else indices[3:]  # a step without some tensors: their counts fall behind
+        grads = [torch.randn(w_eager[i].shape, generator=g) for i in update]
+        if k % 2:  # views into one buffer (as DDP's buckets hand them over)
+            flat = torch.cat([x.reshape(-1) for x in grads])
+            grads = list(map(torch.Tensor.view_as, flat.split([x.numel() for x in grads]), grads))
+        eager.update(update, [w_eager[i] for i in update], grads, [s_eager[i] for i in update])
+        step.update(update, [w_traced[i] for i in update], grads, [s_traced[i] for i in update])
+    assert w_traced[8].is_contiguous(memory_format=torch.channels_last) and not w_traced[11].is_contiguous()
+    for a, b in zip(w_traced + _leaves(s_traced), w_eager + _leaves(s_eager), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert counters["stats"]["unique_graphs"] <= 2  # the 10-tensor and the 7-tensor steps' chunks
+
+
+def test_chunked_traced_step_compiles_once_for_a_thousand_tensors():
+    """1,200 tensors of many sizes (1-D and 2-D, some without decay) and three large enough for Inductor to split
+    their loops among threads: one graph serves every chunk of the small ones, one the large ones; a changing
+    learning rate, update count and per-tensor counts do not compile again."""
+    g = torch.Generator().manual_seed(3)
+    sizes = torch.randint(2, 300, (1200,), generator=g).tolist()
+    shapes = [(s,) if k % 3 else (s, 1 + k % 4) for k, s in enumerate(sizes)]
+    opt = oo.create("adam", impl="foreach", wd=1e-3,
+                    lr_scheduler=lr_scheduler.FactorScheduler(step=1, factor=0.9, base_lr=0.01))
+    opt.set_wd_mult(dict.fromkeys(range(0, 1200, 7), 0.0))
+    step = TracedStep(opt, chunk_size=32)
+    split_from = step._split_from(torch.device("cpu"))
+    shapes[5:8] = [(split_from + k,) for k in range(3)]
+    weights = [torch.randn(s, generator=g) for s in shapes]
+    states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+    torch._dynamo.reset()
+    counters.clear()
+    indices = list(range(len(shapes)))
+    for k in range(4):
+        update = indices if k != 1 else indices[::2]  # every other tensor: two update counts from then on
+        step.update(update, [weights[i] for i in update], [torch.ones_like(weights[i]) for i in update],
+                    [states[i] for i in update])
+    assert counters["stats"]["unique_graphs"] == 2, "a chunk, a rate or an update count compiled a new graph"
+    assert all(torch.isfinite(w).all() for w in weights)
+
+
+def test_chunked_traced_step_settings():
+    """The threshold: at most chunk_above tensors take the one-graph step; bad settings are refused by name."""
+    opt = oo.create("sgd", impl="foreach")
+    assert (TracedStep(opt).chunk_size, TracedStep(opt).chunk_above) == (CHUNK_SIZE, CHUNK_ABOVE)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            TracedStep(opt, chunk_size=bad)
+    with pytest.raises(ValueError, match="chunk_above"):
+        TracedStep(opt, chunk_above=-1)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .. import native
-from .base import Optimizer, f32, f32s, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
+from .base import Optimizer, any_decay, f32, f32s, one_minus, register, rescale_clip, rescale_clip_foreach, state_class
 from .validation import check_bool, check_real
 
 __all__ = [
@@ -64,7 +64,7 @@ def _decayed_grad(weight, grad, wd, rescale_grad, clip_gradient, dtype):
 def _decayed_grads_foreach(weights, grads, wds, rescale_grad, clip_gradient, states):
     """:func:`_decayed_grad` for every tensor; ``states`` give each gradient's working dtype."""
     gs = rescale_clip_foreach([g.to(s.dtype) for g, s in zip(grads, states)], rescale_grad, clip_gradient)
-    if any(wds):
+    if any_decay(wds):
         decay = torch._foreach_mul([w.to(s.dtype) for w, s in zip(weights, states)], f32s(wds))
         torch._foreach_add_(gs, decay)
     return gs

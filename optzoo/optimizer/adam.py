@@ -19,6 +19,7 @@ import torch
 
 from .base import (
     Optimizer,
+    any_decay,
     decayed_grads_foreach,
     f32,
     f32s,
@@ -232,7 +233,7 @@ def adamw_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsilon, 
     denoms = torch._foreach_sqrt(variances)
     torch._foreach_add_(denoms, f32(epsilon))
     steps = torch._foreach_div(means, denoms)
-    if any(wds):
+    if any_decay(wds):
         torch._foreach_add_(steps, _scaled(weights, wds))
     torch._foreach_mul_(steps, f32s(lr_ts))
     torch._foreach_sub_(weights, steps)
@@ -269,7 +270,7 @@ def adabelief_foreach(weights, grads, states, *, lr_ts, wds, beta1, beta2, epsil
                       clip_gradient, aggregated=True):
     """All tensors at once; the same arithmetic as :func:`adabelief_reference`."""
     gs = rescale_clip_foreach(grads, rescale_grad, None)
-    if any(wds):
+    if any_decay(wds):
         torch._foreach_add_(gs, _scaled(weights, wds))
     if clip_gradient is not None:
         torch._foreach_clamp_min_(gs, -f32(clip_gradient))

@@ -40,6 +40,7 @@ from .validation import check_bool, check_choice, check_int, check_real, reject_
 __all__ = [
     "IMPLS",
     "Optimizer",
+    "any_decay",
     "create",
     "f32",
     "f32s",
@@ -103,6 +104,13 @@ def f32s(values) -> float | list[float]:
     return np.asarray(values, dtype=np.float64).astype(np.float32).tolist()
 
 
+def any_decay(wds) -> bool:
+    """Whether some tensor has weight decay: ``any(wds)`` for Python rates; a chunked traced step's rates that
+    differ between tensors come as a float32 vector (:mod:`optzoo.optimizer.traced`) and always add ``wd * w``
+    (0 where a tensor has none), so that its graph does not depend on their values."""
+    return isinstance(wds, torch.Tensor) or any(wds)
+
+
 def per_tensor(fn, *columns) -> list:
     """``[fn(*args) for args in zip(*columns)]``, calling ``fn`` once per distinct ``args``: per-tensor scalars
     (bias corrections, decay factors) usually share one update count and one learning rate."""
@@ -157,12 +165,12 @@ def sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def decayed_grads_foreach(weights, grads, wds, rescale_grad: float, clip_gradient: float | None):
     """MXNet 2.0's canonical gradient for every tensor, ``clip(rescale_grad * grad) + wd * weight`` (new tensors)."""
-    if any(wds) and f32(rescale_grad) == 1.0 and clip_gradient is None:  # the same sum in one pass fewer
+    if any_decay(wds) and f32(rescale_grad) == 1.0 and clip_gradient is None:  # the same sum in one pass fewer
         gs = torch._foreach_mul(list(weights), f32s(wds))
         torch._foreach_add_(gs, list(grads))
         return gs
     gs = rescale_clip_foreach(grads, rescale_grad, clip_gradient)
-    if any(wds):
+    if any_decay(wds):
         torch._foreach_add_(gs, torch._foreach_mul(list(weights), f32s(wds)))
     return gs
 

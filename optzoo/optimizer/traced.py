@@ -18,6 +18,22 @@ and a traced Nadam multiplies by reciprocals where the eager step divides (as th
 step agrees with the eager one to rounding (a few float32 ulps), not bit for bit. Speed on the CPU: docs/native.md,
 "Traced steps".
 
+Many tensors: Inductor's compile time grows faster than the number of tensors in one graph (its scheduler weighs
+fusions pair by pair: ~0.2 s a tensor at 100-300 tensors; 2,000 did not compile in 3.5 minutes). A step over more
+than ``chunk_above`` tensors (:data:`CHUNK_ABOVE`) runs chunked instead:
+
+* every tensor seen as 1-D over its memory (contiguous or channels-last; the weight and its states alike), the
+  tensors ordered smallest first and cut into chunks of ``chunk_size`` (:data:`CHUNK_SIZE`), the last chunk filled
+  up with zero tensors of two values that the step keeps for the purpose;
+* the arithmetic compiled once with dynamic sizes (``dynamic=True``, duck shapes off so that sizes equal in the
+  chunk it compiles on are not assumed equal elsewhere) serves every chunk: one graph per dtype, two when some
+  tensors are large enough for Inductor to split their loops among threads (threads x ``cpp.min_chunk_size``
+  values), since a graph decides that once;
+* the per-step scalars are float32 vectors, one per chunk, taken in the chunk's order (the weight decays too when
+  they differ between tensors; equal, they stay constants of the graph);
+* tensors of 0 or 1 value (Dynamo specializes those sizes: they would compile graphs of their own) and tensors that
+  cannot be seen as 1-D in place (transposed, sliced) run the same arithmetic eagerly.
+
 Example::
 
     opt = optzoo.optimizer.create("adam", learning_rate=1e-3, impl="foreach")
@@ -30,6 +46,7 @@ from __future__ import annotations
 import operator
 
 import torch
+import torch.fx.experimental._config
 
 from .base import Optimizer
 
@@ -75,22 +92,122 @@ def _reordered(value, order: list[int], pick=None):
     return value
 
 
+#: a step over more tensors than this runs chunked (``TracedStep(chunk_above=...)``; None: never)
+CHUNK_ABOVE = 200
+#: tensors per chunk of a chunked step (``TracedStep(chunk_size=...)``)
+CHUNK_SIZE = 32
+#: values of each padding tensor of a short chunk (Dynamo specializes sizes 0 and 1)
+_PAD_NUMEL = 2
+_CHANNELS_LAST = {4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
+
+
+def _flat_view(tensor: torch.Tensor, perm) -> torch.Tensor | None:
+    """``tensor``'s values as a 1-D tensor over its memory in the order of ``perm`` (None: as laid out when
+    contiguous), or None when they are not laid out so. Not a view in autograd's sense (``Tensor.set_`` on the same
+    storage): Dynamo guards on a view's base too, and views of 1-D and of 2-D tensors would need two graphs."""
+    t = tensor if perm is None else tensor.permute(perm)
+    if not t.is_contiguous():
+        return None
+    if t.dim() == 1 and t._base is None:
+        return t  # already so (a parameter of a 1-D shape): no new tensor each step
+    return _alias(t)
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor over the memory of the contiguous ``t``, sharing its storage."""
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
+
+
+def _map_state(state, fn):
+    """``state`` (a tensor, None, or a tuple or NamedTuple of them) with ``fn`` applied to each tensor; None when
+    ``fn`` returns None for one."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    parts = [_map_state(part, fn) for part in state]
+    if all(p is q for p, q in zip(parts, state)):
+        return state
+    if any(p is None and q is not None for p, q in zip(parts, state)):
+        return None
+    return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
+
+
+def _flattened(weight, grad, state):
+    """``(weight, grad, state)`` as 1-D tensors over the same values in the same order: views of the weight and the
+    states (updated in place), the gradient viewed or copied (only read). None when a weight or a state cannot be
+    viewed so (neither contiguous nor channels-last like its weight)."""
+    if weight.dim() == 1 and weight._base is None and weight.is_contiguous():  # the usual 1-D parameter: as it is
+        s = _map_state(state, lambda t: t if t.shape == weight.shape and t._base is None and t.is_contiguous()
+                       else None)
+        if (s is not None or state is None) and grad._base is None and grad.is_contiguous():
+            return weight, grad, s
+    perm = None
+    if not weight.is_contiguous():
+        perm = _CHANNELS_LAST.get(weight.dim())
+        if perm is None or not weight.permute(perm).is_contiguous():
+            return None
+    w = _flat_view(weight, perm)
+    s = _map_state(state, lambda t: _flat_view(t, perm) if t.shape == weight.shape else None)
+    if state is not None and s is None:
+        return None
+    g = _flat_view(grad, perm)
+    return w, (g if g is not None else (grad if perm is None else grad.permute(perm)).reshape(-1)), s
+
+
+def _layout(entry):
+    """What a padding entry must match: the structure, dtypes and devices of ``entry``."""
+    if entry is None or isinstance(entry, torch.Tensor):
+        return None if entry is None else (entry.dtype, entry.device)
+    return type(entry), tuple(_layout(part) for part in entry)
+
+
+def _zeros_like_entry(entry):
+    """A padding entry shaped as ``entry``: zeros of ``_PAD_NUMEL`` values (every rule keeps them finite)."""
+    return _map_state(entry, lambda t: torch.zeros(_PAD_NUMEL, dtype=t.dtype, device=t.device))
+
+
+def _padded_indices(chunk: list[int], size: int) -> list[int]:
+    """``chunk`` filled up to ``size`` with its last entry (the padding's per-tensor scalars)."""
+    return chunk + [chunk[-1]] * (size - len(chunk))
+
+
+def _taken(value, indices: list[int], n: int):
+    """The entries ``indices`` of a per-tensor list ``value`` (else ``value``)."""
+    if type(value) is list and len(value) == n:
+        return [value[i] for i in indices]
+    return value
+
+
+def _no_duck_shapes():
+    """Dynamo's setting for a chunk's graph: tensors of equal size are not assumed equal in size (with duck shapes,
+    two chunks' tensors that differ where the first chunk's were equal would compile again)."""
+    return torch.fx.experimental._config.patch(use_duck_shape=False)
+
+
 class TracedStep:
     """:meth:`update` is ``optimizer.update`` with the rule's tensor arithmetic compiled by ``torch.compile``
     (``compile_options`` are passed to it; its ``options`` start from :data:`INDUCTOR_OPTIONS` unless a ``mode`` is
-    given). Dense gradients only, no ``multi_precision`` master copies."""
+    given). Dense gradients only, no ``multi_precision`` master copies. A step over more than ``chunk_above`` tensors
+    (None: never) runs chunked, ``chunk_size`` tensors a chunk (the module's docstring, "Many tensors")."""
 
-    def __init__(self, optimizer: Optimizer, **compile_options):
+    def __init__(self, optimizer: Optimizer, *, chunk_size: int = CHUNK_SIZE, chunk_above: int | None = CHUNK_ABOVE,
+                 **compile_options):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"TracedStep expects an optzoo optimizer, got {type(optimizer).__name__}")
         if not supports_tracing(optimizer):
             raise ValueError(f"{type(optimizer).__name__} has no traceable foreach arithmetic; traced steps exist "
                              "for SGD, NAG, Adam, AdamW, AdaBelief, Adamax, Nadam, RMSProp and Lion")
+        if type(chunk_size) is not int or chunk_size < 1:
+            raise ValueError(f"TracedStep: chunk_size must be an int >= 1, got {chunk_size!r}")
+        if chunk_above is not None and (type(chunk_above) is not int or chunk_above < 0):
+            raise ValueError(f"TracedStep: chunk_above must be None or an int >= 0, got {chunk_above!r}")
         self.optimizer = optimizer
+        self.chunk_size, self.chunk_above = chunk_size, chunk_above
         if "mode" not in compile_options:  # torch.compile takes a mode or options, not both
             compile_options["options"] = {**INDUCTOR_OPTIONS, **(compile_options.get("options") or {})}
         self._compile_options = compile_options
-        self._compiled: dict = {}  # arithmetic function -> its compiled form
+        self._compiled: dict = {}  # (arithmetic function, chunked) -> its compiled form
         # the scalars once handed over as vectors stay vectors when their values happen to coincide (Nadam's
         # 1 - m_schedule all reach 1.0), so that the graph compiled for vectors is not compiled again for 0-d
         self._vectors: set[str] = set()
@@ -99,6 +216,32 @@ class TracedStep:
         # every list is reordered alike and the arithmetic is per tensor; only the thread barriers may cost more.
         self._order_for: tuple = ()
         self._order: tuple[list[int], object] = ([], None)
+        self._pads: dict = {}  # (argument, slot, layout) -> the padding entry of a short chunk (kept across steps)
+
+    def _compiled_fn(self, fn, chunked: bool, split: bool = False):
+        """``fn`` compiled: for the one-graph step, or (``chunked``) with dynamic sizes for the chunks, one compiled
+        form for the chunks whose loops ``split`` among threads and one for the others (a chunk graph decides
+        once, from the sizes it is compiled on, which loops it splits)."""
+        key = (fn, chunked, split)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            options = self._compile_options
+            if chunked:
+                options = dict(options, dynamic=True)
+                if "options" in options:  # not with a mode; explicit, as the hints are only the first chunk's
+                    options["options"] = {**options["options"], "cpp.min_chunk_size": 1 if split else 1 << 40}
+            compiled = self._compiled[key] = torch.compile(fn, **options)
+        return compiled
+
+    def _split_from(self, device: torch.device) -> int:
+        """The least size whose loop Inductor splits among threads on ``device`` (``cpp.min_chunk_size`` values a
+        thread); a chunk graph is compiled for the tensors below it or for those at or above it, not both."""
+        if device.type != "cpu" or "options" not in self._compile_options:
+            return 1 << 62
+        from torch._inductor import config  # imported by the first compile
+
+        options = self._compile_options.get("options") or {}
+        return torch.get_num_threads() * options.get("cpp.min_chunk_size", config.cpp.min_chunk_size)
 
     def update(self, indices, weights, grads, states) -> None:
         """Updates ``weights`` and ``states`` in place, as ``optimizer.update(indices, weights, grads, states)``."""
@@ -116,6 +259,9 @@ class TracedStep:
         opt._update_count(indices)
         lrs, wds = opt._get_lrs(indices), opt._get_wds(indices)
         ts = [opt._index_update_count[i] for i in indices]
+        if self.chunk_above is not None and len(weights) > self.chunk_above:
+            self._chunked_update(weights, grads, states, lrs, wds, ts)
+            return
         fn, args, kwargs = opt._foreach_parts(weights, grads, states, lrs, wds, ts)
         # the bookkeeping ran in update order (Nadam's shared schedule depends on it); the arithmetic is per tensor,
         # so the graph takes the tensors smallest first (see _smallest_first)
@@ -130,8 +276,62 @@ class TracedStep:
             kwargs[name] = _as_tensor(kwargs[name], weights[0].device, name in self._vectors)
             if kwargs[name].dim():
                 self._vectors.add(name)
-        compiled = self._compiled.get(fn)
-        if compiled is None:
-            compiled = self._compiled[fn] = torch.compile(fn, **self._compile_options)
         with torch.no_grad():
-            compiled(*args, **kwargs)
+            self._compiled_fn(fn, False)(*args, **kwargs)
+
+    def _chunked_update(self, weights, grads, states, lrs, wds, ts) -> None:
+        """The step over many tensors: the arithmetic compiled once with dynamic sizes, run on chunks of
+        ``chunk_size`` flattened tensors (see the module's docstring, "Many tensors")."""
+        opt, size = self.optimizer, self.chunk_size
+        n = len(weights)
+        flat = [_flattened(w, g, s) for w, g, s in zip(weights, grads, states)]
+        entries = [f if f is not None else (w, g, s) for f, w, g, s in zip(flat, weights, grads, states)]
+        fn, args, kwargs = opt._foreach_parts(*map(list, zip(*entries)), lrs, wds, ts)  # in update order
+        # sizes 0 and 1 are specialized by Dynamo (a graph of their own); they, and the tensors that cannot be
+        # flattened in place, take the eager arithmetic
+        eager = [i for i in range(n) if flat[i] is None or weights[i].numel() < 2]
+        groups: dict = {}  # (device, dtype, split among threads) -> the tensors, smallest first
+        split_from = {device: self._split_from(device) for device in {w.device for w in weights}}
+        for i in sorted(set(range(n)).difference(eager), key=lambda i: weights[i].numel()):
+            w = weights[i]
+            groups.setdefault((w.device, w.dtype, w.numel() >= split_from[w.device]), []).append(i)
+        # every per-step scalar a vector (0-d ones would compile again once they differ between tensors); the
+        # decays too when they differ, else constants of the graph as in the one-graph step
+        scalars = list(opt._step_scalars)
+        if type(kwargs.get("wds")) is list and kwargs["wds"].count(kwargs["wds"][0]) != n:
+            scalars.append("wds")
+        with torch.no_grad():
+            if eager:
+                fn(*(_taken(arg, eager, n) for arg in args),
+                   **{name: _taken(value, eager, n) for name, value in kwargs.items()})
+            for (device, _, split), members in groups.items():
+                compiled = self._compiled_fn(fn, True, split)
+                chunks = [members[k:k + size] for k in range(0, len(members), size)]
+                padded = {name: [kwargs[name][i] for chunk in chunks for i in _padded_indices(chunk, size)]
+                          for name in scalars}
+                vector_chunks = {name: [_alias(v) for v in _as_tensor(padded[name], device, True).split(size)]
+                                 for name in scalars}
+                with _no_duck_shapes():
+                    for c, chunk in enumerate(chunks):
+                        cargs = tuple(self._chunk_of(arg, chunk, n, ("arg", k)) for k, arg in enumerate(args))
+                        ckwargs = {name: self._chunk_of(value, chunk, n, ("kw", name))
+                                   for name, value in kwargs.items() if name not in scalars}
+                        ckwargs.update({name: vector_chunks[name][c] for name in scalars})
+                        compiled(*cargs, **ckwargs)
+
+    def _chunk_of(self, value, chunk: list[int], n: int, where):
+        """The entries ``chunk`` of a per-tensor list ``value``, padded to ``chunk_size`` (else ``value``)."""
+        if type(value) is not list or len(value) != n:
+            return value
+        taken = [value[i] for i in chunk]
+        template = taken[-1]
+        for slot in range(self.chunk_size - len(chunk)):
+            if template is None or isinstance(template, (int, float)):
+                taken.append(template)
+                continue
+            key = (where, slot, _layout(template))
+            pad = self._pads.get(key)
+            if pad is None:
+                pad = self._pads[key] = _zeros_like_entry(template)
+            taken.append(pad)
+        return taken
