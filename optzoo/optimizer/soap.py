@@ -64,6 +64,23 @@ def _project(x, qs, backward: bool = False):
     return x
 
 
+def _project_matrix(x, qs, backward: bool = False):
+    """:func:`_project` of a matrix, bit for bit: each ``tensordot`` written as the operations torch's
+    ``tensordot`` runs for it (its operands permuted, the contracted dimension inner, then reshaped, and one
+    ``mm``), without the Python wrapper's and the dispatcher's work around them (a small matrix's step is mostly
+    that work). A contracted dimension of length 1 takes ``tensordot`` itself (which sums it away first)."""
+    for q in qs:
+        if len(q) > 1:
+            rows, cols = x.shape
+            basis = q if backward else q.t()  # q.t() permuted with the contracted dimension first
+            x = torch.mm(x.t().reshape(cols, rows), basis.reshape(rows, rows))
+        elif len(q) > 0:
+            x = torch.tensordot(x, q.t(), dims=[[0], [1 if backward else 0]])
+        else:
+            x = x.t()
+    return x
+
+
 def _eigenbasis(gg):
     """Eigenvectors of ``gg + 1e-30 I``, largest eigenvalue first."""
     _, q = torch.linalg.eigh(gg + 1e-30 * torch.eye(gg.shape[0], device=gg.device, dtype=gg.dtype))
@@ -181,6 +198,13 @@ class SOAP(Optimizer):
                 state.gg[0].lerp_(g.unsqueeze(1) @ g.unsqueeze(0), weight=weight)
             return
         g = self._as_preconditioned(g)
+        if g.dim() == 2 and min(g.shape) > 1:  # torch.tensordot's own operations for a matrix (_project_matrix)
+            rows, cols = g.shape
+            for i, gg in enumerate(state.gg):
+                if len(gg) > 0:
+                    gg.lerp_(torch.mm(g.reshape(rows, cols), g.t().reshape(cols, rows)) if i == 0 else
+                             torch.mm(g.t().reshape(cols, rows), g.reshape(rows, cols)), weight=weight)
+            return
         for i, gg in enumerate(state.gg):
             if len(gg) > 0:
                 others = [*chain(range(i), range(i + 1, g.dim()))]
@@ -216,7 +240,8 @@ class SOAP(Optimizer):
             self._refresh(state, fast)
 
     def _rotate(self, x, state: SOAPState, backward: bool = False):
-        y = _project(self._as_preconditioned(x), state.q, backward)
+        y = self._as_preconditioned(x)
+        y = _project_matrix(y, state.q, backward) if y.dim() == 2 else _project(y, state.q, backward)
         return y.reshape(x.shape)
 
     # ------------------------------------------------------------------ the rule
