@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import native
 from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
 from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_int, check_real
@@ -272,9 +273,44 @@ class SOAP(Optimizer):
             weight.mul_(1.0 - wd * lr)
         self._update_preconditioner(g, state, k, fast)
 
+    def _native_adam(self):
+        """The native module when the fast path steps SOAP's unrotated tensors in one native call (``impl="auto"``,
+        the default, where the kernels are built; not with ``normalize_gradient`` or on shards), else None."""
+        if self._impl_request != "auto" or self.normalize_gradient or self.norm_sum_reducer is not None:
+            return None
+        return native.load()
+
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
         if self.norm_sum_reducer is not None:  # FSDP2 shards: every rank gathers the whole gradients
             gs = self.norm_sum_reducer.gather_rows(gs, weights)
-        for w, g, s, lr, wd, t in zip(weights, gs, states, lrs, wds, ts):
-            self._soap_step(w, g, s, lr, wd, t, fast=True)
+        kernels = self._native_adam()
+        unrotated = []
+        for k, (w, g, s, lr, wd, t) in enumerate(zip(weights, gs, states, lrs, wds, ts)):
+            if kernels is not None and not any(len(q) for q in s.q) and s.started:
+                unrotated.append(k)  # Adam, element-wise: one native call for all of them below
+            else:
+                self._soap_step(w, g, s, lr, wd, t, fast=True)
+        if unrotated and not self._adam_natively(kernels, *([seq[k] for k in unrotated]
+                                                            for seq in (weights, gs, states, lrs, wds, ts))):
+            for k in unrotated:
+                self._soap_step(weights[k], gs[k], states[k], lrs[k], wds[k], ts[k], fast=True)
+
+    def _adam_natively(self, kernels, weights, gs, states, lrs, wds, ts) -> bool:
+        """The step of tensors SOAP does not rotate (no eigenbasis in any dimension: 1-D weights without
+        ``precondition_1d``, dimensions over ``max_precondition_dim``), past their first step: there SOAP is Adam.
+        Three calls for all of them: the native rule ``soap_moments`` (both moments' lerps, one pass), torch's
+        square roots (``torch._foreach_sqrt``: MKL's, which the kernels cannot reproduce) and ``soap_apply`` (the
+        scaled step and the decay, one pass; rules_soap.cpp). They round as the torch operations of
+        :meth:`_soap_step` do (lerp and the scaled add as fused multiply-adds), so bit for bit. False (nothing
+        written) where the kernels do not take the tensors (not float32, not contiguous)."""
+        means, variances = [s.exp_avg for s in states], [s.exp_avg_sq for s in states]
+        if not kernels.step(native.rule_id("soap_moments"), weights, gs, [(m, v) for m, v in zip(means, variances)],
+                            lrs, wds, ts, [self.beta1, self.beta2], False, None):
+            return False
+        roots = list(torch._foreach_sqrt(variances))
+        sizes = [self._step_size(lr, t - 1) for lr, t in zip(lrs, ts)]
+        if not kernels.step(native.rule_id("soap_apply"), weights, roots, means, lrs, wds, ts, [self.epsilon], False,
+                            sizes):
+            raise RuntimeError("soap_apply declined tensors soap_moments took")  # the same tensors: cannot happen
+        return True
