@@ -41,9 +41,15 @@ def _flat(state) -> list:
     """The state's entries in order, nested tuples flattened, ``None`` kept (entry k is "state k")."""
     if state is None or isinstance(state, torch.Tensor):
         return [state]
-    if isinstance(state, (tuple, list)):
-        return [leaf for item in state for leaf in _flat(item)]
-    return [state]
+    if not isinstance(state, (tuple, list)):
+        return [state]
+    out = []
+    for item in state:  # a leaf is taken here, without a call per leaf (SOAP's states hold dozens per step)
+        if item is None or isinstance(item, torch.Tensor):
+            out.append(item)
+        else:
+            out.extend(_flat(item))
+    return out
 
 
 def _region(t: torch.Tensor):
