@@ -69,13 +69,14 @@ def _project_matrix(x, qs, backward: bool = False):
     """:func:`_project` of a matrix, bit for bit: each ``tensordot`` written as the operations torch's
     ``tensordot`` runs for it (its operands permuted, the contracted dimension inner, then reshaped, and one
     ``mm``), without the Python wrapper's and the dispatcher's work around them (a small matrix's step is mostly
-    that work). A contracted dimension of length 1 takes ``tensordot`` itself (which sums it away first)."""
+    that work). A contracted dimension of length 1 takes ``tensordot`` itself (which sums it away first); the
+    reshapes, which keep the strides of a matrix whose sides are both longer than 1, run only for the others."""
     for q in qs:
-        if len(q) > 1:
+        if q.shape[0] > 1:
             rows, cols = x.shape
             basis = q if backward else q.t()  # q.t() permuted with the contracted dimension first
-            x = torch.mm(x.t().reshape(cols, rows), basis.reshape(rows, rows))
-        elif len(q) > 0:
+            x = torch.mm(x.t(), basis) if cols > 1 else torch.mm(x.t().reshape(cols, rows), basis.reshape(rows, rows))
+        elif q.shape[0] > 0:
             x = torch.tensordot(x, q.t(), dims=[[0], [1 if backward else 0]])
         else:
             x = x.t()
@@ -200,11 +201,9 @@ class SOAP(Optimizer):
             return
         g = self._as_preconditioned(g)
         if g.dim() == 2 and min(g.shape) > 1:  # torch.tensordot's own operations for a matrix (_project_matrix)
-            rows, cols = g.shape
-            for i, gg in enumerate(state.gg):
-                if len(gg) > 0:
-                    gg.lerp_(torch.mm(g.reshape(rows, cols), g.t().reshape(cols, rows)) if i == 0 else
-                             torch.mm(g.t().reshape(cols, rows), g.reshape(rows, cols)), weight=weight)
+            for i, gg in enumerate(state.gg):  # both sides over 1: tensordot's reshapes keep the strides
+                if gg.shape[0] > 0:
+                    gg.lerp_(torch.mm(g, g.t()) if i == 0 else torch.mm(g.t(), g), weight=weight)
             return
         for i, gg in enumerate(state.gg):
             if len(gg) > 0:
@@ -231,9 +230,9 @@ class SOAP(Optimizer):
                 q.copy_(torch.linalg.qr(columns.to(torch.float32))[0].t())
         state.exp_avg_sq.copy_(exp_avg_sq.reshape(state.exp_avg_sq.shape))
 
-    def _update_preconditioner(self, g, state: SOAPState, k: int, fast: bool = False) -> None:
+    def _update_preconditioner(self, g, state: SOAPState, k: int, fast: bool = False, started=None) -> None:
         self._accumulate(g, state)
-        if not state.started:
+        if not (state.started if started is None else started):
             for gg, q in zip(state.gg, state.q):
                 if len(gg) > 0:
                     q.copy_(_eigenbasis(gg).t())
@@ -243,7 +242,7 @@ class SOAP(Optimizer):
     def _rotate(self, x, state: SOAPState, backward: bool = False):
         y = self._as_preconditioned(x)
         y = _project_matrix(y, state.q, backward) if y.dim() == 2 else _project(y, state.q, backward)
-        return y.reshape(x.shape)
+        return y if y.shape == x.shape else y.reshape(x.shape)
 
     # ------------------------------------------------------------------ the rule
     def _step_size(self, lr: float, k: int) -> float:
@@ -256,7 +255,7 @@ class SOAP(Optimizer):
 
     def _soap_step(self, weight, g, state: SOAPState, lr, wd, t, fast: bool = False) -> None:
         if not state.started:
-            self._update_preconditioner(g, state, 0)
+            self._update_preconditioner(g, state, 0, started=False)
             state.started.fill_(1)
             return
         k = t - 1
@@ -271,7 +270,7 @@ class SOAP(Optimizer):
         weight.add_(step, alpha=-self._step_size(lr, k))
         if wd != 0.0:
             weight.mul_(1.0 - wd * lr)
-        self._update_preconditioner(g, state, k, fast)
+        self._update_preconditioner(g, state, k, fast, started=True)
 
     def _native_adam(self):
         """The native module when the fast path steps SOAP's unrotated tensors in one native call (``impl="auto"``,
@@ -287,7 +286,7 @@ class SOAP(Optimizer):
         kernels = self._native_adam()
         unrotated = []
         for k, (w, g, s, lr, wd, t) in enumerate(zip(weights, gs, states, lrs, wds, ts)):
-            if kernels is not None and not any(len(q) for q in s.q) and s.started:
+            if kernels is not None and not any(q.shape[0] for q in s.q) and s.started:
                 unrotated.append(k)  # Adam, element-wise: one native call for all of them below
             else:
                 self._soap_step(w, g, s, lr, wd, t, fast=True)
