@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from native_support import require_native
 from reference_parity import FULL, assert_same, random_shapes, run_both
 
 import optzoo
@@ -50,7 +51,7 @@ def _reference(kwargs, adamw_kwargs=None):
     return make
 
 
-@pytest.mark.parametrize("impl", ["reference", "foreach"])
+@pytest.mark.parametrize("impl", ["reference", "foreach", "auto"])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("seed", SEEDS)
 def test_muon_equals_torch_optim_muon_and_adamw(case, seed, impl):
@@ -93,6 +94,46 @@ def test_adamw_side_hyperparameters_follow_torch_adamw():
     ours, params, _, _ = run_both(make, "muon", ours_kwargs, [(6, 9), (9,)], steps=60, impl="reference")
     for w, p in zip(ours, params):
         assert_same(w, p, 0.0, 0.0, "weight")
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_native_passes_equal_torch_optim_muon_on_large_and_odd_matrices(nesterov):
+    """impl="auto" runs the element-wise passes natively (muon_direction, muon_apply: rules_muon.cpp); on matrices
+    over NS_IN_WORKSPACE (the workspace iteration), tall ones (a transposed result to add), odd sizes (vector
+    tails) and a strided gradient (the torch operations' fallback) they equal torch.optim.Muon bit for bit."""
+    require_native()
+    shapes = [(300, 130), (130, 300), (181, 181), (33, 7), (7, 33), (1, 50), (50, 1), (200,)]
+    kwargs = {"lr": 0.02, "nesterov": nesterov}
+    ours, params, ref, updater = run_both(_reference(kwargs), "muon", kwargs, shapes, steps=12, impl="auto")
+    assert updater.optimizer._native_passes() is not None
+    for i, (w, p) in enumerate(zip(ours, params)):
+        assert_same(w, p, 0.0, 0.0, f"weight {i} {tuple(w.shape)}")
+        if p.dim() == 2:
+            assert_same(updater.states[i].momentum, ref.state[p]["momentum_buffer"], 0.0, 0.0, f"momentum {i}")
+
+
+def test_native_passes_under_multi_precision_and_strided_gradients():
+    """bfloat16 weights with float32 master copies, and a transposed (non-contiguous) gradient, which the native
+    pass declines (the torch operations take it): every weight and momentum as impl="foreach" has them."""
+    require_native()
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(300, 130), (130, 300), (33, 7), (20,)]
+    runs = {}
+    for impl in ("auto", "foreach"):
+        g2 = torch.Generator().manual_seed(4)
+        ws = [torch.randn(s, generator=gen.manual_seed(5)).bfloat16() for s in shapes]
+        o = opt.create("muon", lr=0.02, impl=impl, multi_precision=True)
+        states = [o.create_state_multi_precision(i, w) for i, w in enumerate(ws)]
+        for _ in range(6):
+            grads = [torch.randn(s, generator=g2).bfloat16() for s in shapes]
+            grads[2] = torch.randn(shapes[2][::-1], generator=g2).bfloat16().t()
+            o.update_multi_precision(list(range(len(ws))), ws, grads, states)
+        runs[impl] = ws, states
+    for i in range(len(shapes)):
+        assert torch.equal(runs["auto"][0][i], runs["foreach"][0][i]), f"weight {i}"
+        assert torch.equal(runs["auto"][1][i][0], runs["foreach"][1][i][0]), f"master copy {i}"
+        for a, b in zip(runs["auto"][1][i][1], runs["foreach"][1][i][1]):
+            assert torch.equal(a, b), f"state {i}"
 
 
 def test_batched_newton_schulz_equals_one_matrix_at_a_time_to_bfloat16_rounding():
@@ -148,7 +189,7 @@ def test_unsupported_parameters_are_refused_not_skipped():
         o.update([0], [w], [torch.eye(4).to_sparse()], [o.create_state(0, w)])
 
 
-@pytest.mark.parametrize("impl", ["reference", "foreach"])
+@pytest.mark.parametrize("impl", ["reference", "foreach", "auto"])
 def test_forced_convolution_kernel_is_orthogonalised_flattened(impl):
     """A 4-D weight with use_muon=True steps as torch.optim.Muon steps its (out, in*kh*kw) view."""
     gen = torch.Generator().manual_seed(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from native_support import require_native
 from reference_parity import FULL, assert_same, random_shapes, run_both
 
 from optzoo import optimizer as opt
@@ -46,7 +47,7 @@ def _compare(ours, params, ref, updater, tol=(0.0, 0.0)):
             assert_same(q.t(), their_q, *tol, f"Q[{k}] {i}")
 
 
-@pytest.mark.parametrize("impl", ["reference", "foreach"])
+@pytest.mark.parametrize("impl", ["reference", "foreach", "auto"])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("seed", SEEDS)
 def test_soap_equals_pytorch_optimizer(case, seed, impl):
@@ -55,6 +56,38 @@ def test_soap_equals_pytorch_optimizer(case, seed, impl):
     result = run_both(lambda ps: pytorch_optimizer.SOAP(ps, **kwargs), "soap", kwargs, shapes, steps=110, seed=seed,
                       impl=impl)
     _compare(*result)
+
+
+@pytest.mark.parametrize("case", [0, 1, 2])
+def test_unrotated_tensors_natively_equal_pytorch_optimizer(case):
+    """impl="auto" steps the tensors SOAP does not rotate (1-D, dimensions over max_precondition_dim) with the native
+    rules soap_moments and soap_apply (rules_soap.cpp) around torch's square roots; on long vectors (thousands of
+    values: the lerps' and the scaled add's vector loops and tails) and a matrix over max_precondition_dim they equal
+    pytorch-optimizer bit for bit, next to rotated tensors and a strided gradient (the torch operations take it)."""
+    require_native()
+    kwargs = {**CASES[case], "max_precondition_dim": 40}
+    if case == 2:
+        kwargs["max_precondition_dim"] = 12  # precondition_1d: the 1-D tensors under 12 values are rotated
+    shapes = [(5003,), (64, 130), (3, 7), (300,), (9,)]
+    result = run_both(lambda ps: pytorch_optimizer.SOAP(ps, **kwargs), "soap", kwargs, shapes, steps=25, impl="auto")
+    assert result[3].optimizer._native_adam() is not None
+    _compare(*result)
+
+
+def test_native_unrotated_step_declines_strided_gradients():
+    """A strided gradient of an unrotated tensor: the native call takes nothing, the torch operations step it."""
+    require_native()
+    runs = {}
+    for impl in ("auto", "foreach"):
+        gen = torch.Generator().manual_seed(7)
+        w = torch.randn(300, generator=gen)
+        o = opt.create("soap", learning_rate=3e-3, impl=impl)
+        state = o.create_state(0, w)
+        for _ in range(5):
+            o.update([0], [w], [torch.randn(600, generator=gen)[::2]], [state])
+        runs[impl] = w, state
+    assert torch.equal(runs["auto"][0], runs["foreach"][0])
+    assert torch.equal(runs["auto"][1].exp_avg_sq, runs["foreach"][1].exp_avg_sq)
 
 
 def test_merge_dims_where_the_package_and_the_authors_agree():

@@ -25,13 +25,14 @@ from typing import NamedTuple
 
 import torch
 
+from .. import native
 from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
 from .reference_names import accepts_reference_names
 from .validation import check_bool, check_choice, check_int, check_real
 from .workspace import Workspace, workspace_of
 
 __all__ = ["Muon", "MuonAdamWState", "MuonState", "label_params", "newton_schulz", "newton_schulz_batched",
-           "newton_schulz_in_workspace"]
+           "newton_schulz_in_workspace", "ns_input_buffer"]
 
 #: Keller Jordan's quintic coefficients (torch.optim.Muon's defaults)
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -104,19 +105,27 @@ def newton_schulz(update: torch.Tensor, coefficients, steps: int, eps: float) ->
     return x.T if tall else x
 
 
+def ns_input_buffer(space: Workspace, rows: int, cols: int, device) -> torch.Tensor:
+    """The ``[rows, cols]`` bfloat16 buffer :func:`newton_schulz_in_workspace` starts from (``prefilled=True``: a
+    caller that wrote the bfloat16 input there itself)."""
+    return space.buffer("ns_iterate0", (rows * cols,), torch.bfloat16, device).view(rows, cols)
+
+
 def newton_schulz_in_workspace(update: torch.Tensor, coefficients, steps: int, eps: float,
-                               space: Workspace) -> torch.Tensor:
+                               space: Workspace, prefilled: bool = False) -> torch.Tensor:
     """:func:`newton_schulz` bit for bit, with every product written into ``space``'s buffers (``out=``) instead of
     fresh tensors: two bfloat16 buffers of ``rows*cols`` (the iterate, ping-ponged) and two of ``m x m`` (``m`` the
     short side: the Gram matrix and the polynomial in it). The same operands in the same layouts reach the same
     kernels: the first product reads the transposed view of the bfloat16 copy, as :func:`newton_schulz` does. The
-    result is a view of a buffer, valid until the next call with this ``space``."""
+    result is a view of a buffer, valid until the next call with this ``space``. ``prefilled``: ``update`` is
+    :func:`ns_input_buffer` already holding ``update.bfloat16()`` (Muon's native pass writes it there)."""
     a, b, c = coefficients
     rows, cols = update.shape
     short, wide = min(rows, cols), max(rows, cols)
     iterates = [space.buffer(f"ns_iterate{k}", (rows * cols,), torch.bfloat16, update.device) for k in (0, 1)]
     x = iterates[0].view(rows, cols)
-    x.copy_(update)  # update.bfloat16()
+    if not prefilled:
+        x.copy_(update)  # update.bfloat16()
     tall = rows > cols
     if tall:
         x = x.T
@@ -183,11 +192,15 @@ class Muon(Optimizer):
             (:func:`newton_schulz_batched`): fewer, larger matrix products, equal to torch.optim.Muon to bfloat16
             rounding of the update; default False: one matrix at a time, bit-identical to torch.optim.Muon.
 
-    The fast path (``impl="foreach"``, the default) keeps a workspace (:mod:`optzoo.optimizer.workspace`) for
-    its products and temporaries: two float32 copies of the largest Muon matrix, two bfloat16 ``m x m`` (``m``
-    its largest short side) and one float32 copy of the largest AdamW-side tensor of ``ADAMW_ONE_BY_ONE``
-    values or more (4.2 MiB on the benchmark's transformer); torch.optim.Muon allocates as much afresh in every
-    step. Matrices under ``NS_IN_WORKSPACE`` values take the allocating calls.
+    The fast path (``impl="auto"``, the default, or ``"foreach"``; ``self.impl`` says ``"foreach"`` for both)
+    keeps a workspace (:mod:`optzoo.optimizer.workspace`) for its products and temporaries: two bfloat16 copies
+    of the largest Muon matrix (the iterate), two bfloat16 ``m x m`` (``m`` its largest short side), one float32
+    copy of the largest AdamW-side tensor of ``ADAMW_ONE_BY_ONE`` values or more and, with ``impl="foreach"``
+    (torch operations only), a float32 copy of the largest Muon matrix for the Nesterov direction;
+    torch.optim.Muon allocates as much afresh in every step. Matrices under ``NS_IN_WORKSPACE`` values take the
+    allocating calls. With ``impl="auto"`` and the native kernels built, the element-wise work around each
+    Newton–Schulz iteration is two native passes (:meth:`_muon_in_workspace`), bit-identical to the torch
+    operations.
     """
 
     default_learning_rate = 1e-3
@@ -345,23 +358,54 @@ class Muon(Optimizer):
                 w.mul_(1 - lrs[i] * wds[i])
                 w.add_(ortho.view(w.shape), alpha=-_adjusted_lr(lrs[i], self.adjust_lr_fn, (rows, cols)))
 
+    def _native_passes(self):
+        """The native module when the fast path runs Muon's element-wise passes natively (``impl="auto"``, the
+        default, where the kernels are built: :mod:`optzoo.native`'s ``muon_direction`` and ``muon_apply``), else
+        None (``impl="foreach"``: torch operations only). Both are bit-identical to torch.optim.Muon."""
+        if self._impl_request != "auto":
+            return None
+        return native.load()
+
     def _muon_in_workspace(self, weights, gs, states, lrs, wds) -> None:
         """The default fast path: one matrix at a time, as torch.optim.Muon, bit for bit, with the Nesterov
         direction and every Newton–Schulz product of a matrix of ``NS_IN_WORKSPACE`` values or more written into
         the optimizer's workspace (kept across steps, each buffer as large as the largest matrix needs) instead of
         fresh tensors. A bfloat16 or non-contiguous direction takes :func:`newton_schulz` (``Tensor.bfloat16()``
-        returns a bfloat16 tensor itself, which torch then scales in place; a strided one keeps its strides)."""
+        returns a bfloat16 tensor itself, which torch then scales in place; a strided one keeps its strides).
+
+        With the native kernels (:meth:`_native_passes`), the element-wise work around the iteration is two passes
+        over each matrix instead of six torch operations: ``muon_direction`` updates the momentum and writes the
+        bfloat16 Nesterov direction straight into the iteration's input (no float32 direction, no cast), and
+        ``muon_apply`` decays the weight and adds the scaled result (no float32 copy of the bfloat16 result). They
+        round as torch's lerp, cast, mul and add do (a fused multiply-add for lerp and the add), so the weights and
+        momenta equal the torch operations' bit for bit. A tensor they do not take (not float32, not contiguous)
+        goes through the torch operations."""
         space = workspace_of(self)
+        kernels = self._native_passes()
         for w, g, state, lr, wd in zip(weights, gs, states, lrs, wds):
             large = g.numel() >= NS_IN_WORKSPACE
-            direction = self._muon_direction(g, state, space if large and g.is_contiguous() else None)
-            matrix = direction.reshape(len(direction), -1)
-            if large and direction.dtype == torch.float32 and direction.is_contiguous():
-                ortho = newton_schulz_in_workspace(matrix, self.ns_coefficients, self.ns_steps, self.epsilon, space)
-            else:
-                ortho = newton_schulz(matrix, self.ns_coefficients, self.ns_steps, self.epsilon)
-            w.mul_(1 - lr * wd)
-            w.add_(ortho.view(w.shape), alpha=-_adjusted_lr(lr, self.adjust_lr_fn, ortho.shape))
+            rows = len(g)
+            cols = g.numel() // rows if rows else 0
+            ortho = None
+            if kernels is not None and rows and cols:
+                start = ns_input_buffer(space, rows, cols, g.device) if large else \
+                    torch.empty((rows, cols), dtype=torch.bfloat16, device=g.device)
+                if kernels.muon_direction(g, state.momentum, start, self.momentum, self.nesterov):
+                    ortho = newton_schulz_in_workspace(start, self.ns_coefficients, self.ns_steps, self.epsilon,
+                                                       space, prefilled=True) if large else \
+                        newton_schulz(start, self.ns_coefficients, self.ns_steps, self.epsilon)
+            if ortho is None:
+                direction = self._muon_direction(g, state, space if large and g.is_contiguous() else None)
+                matrix = direction.reshape(len(direction), -1)
+                if large and direction.dtype == torch.float32 and direction.is_contiguous():
+                    ortho = newton_schulz_in_workspace(matrix, self.ns_coefficients, self.ns_steps, self.epsilon,
+                                                       space)
+                else:
+                    ortho = newton_schulz(matrix, self.ns_coefficients, self.ns_steps, self.epsilon)
+            decay, alpha = 1 - lr * wd, -_adjusted_lr(lr, self.adjust_lr_fn, ortho.shape)
+            if kernels is None or not kernels.muon_apply(w, ortho, decay, alpha):
+                w.mul_(decay)
+                w.add_(ortho.view(w.shape), alpha=alpha)
 
     def _adamw_foreach(self, weights, gs, states, lrs, wds, ts) -> None:
         """torch.optim.AdamW's operations, bit for bit: tensors of ``ADAMW_ONE_BY_ONE`` values or more one at a

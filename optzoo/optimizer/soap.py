@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import native
 from .base import Optimizer, register, rescale_clip, rescale_clip_readonly_foreach, state_class
 from .reference_names import accepts_reference_names, split_tuple
 from .validation import check_bool, check_int, check_real
@@ -61,6 +62,24 @@ def _project(x, qs, backward: bool = False):
             x = torch.tensordot(x, q.t(), dims=[[0], [1 if backward else 0]])
         else:
             x = x.permute([*range(1, x.dim()), 0])
+    return x
+
+
+def _project_matrix(x, qs, backward: bool = False):
+    """:func:`_project` of a matrix, bit for bit: each ``tensordot`` written as the operations torch's
+    ``tensordot`` runs for it (its operands permuted, the contracted dimension inner, then reshaped, and one
+    ``mm``), without the Python wrapper's and the dispatcher's work around them (a small matrix's step is mostly
+    that work). A contracted dimension of length 1 takes ``tensordot`` itself (which sums it away first); the
+    reshapes, which keep the strides of a matrix whose sides are both longer than 1, run only for the others."""
+    for q in qs:
+        if q.shape[0] > 1:
+            rows, cols = x.shape
+            basis = q if backward else q.t()  # q.t() permuted with the contracted dimension first
+            x = torch.mm(x.t(), basis) if cols > 1 else torch.mm(x.t().reshape(cols, rows), basis.reshape(rows, rows))
+        elif q.shape[0] > 0:
+            x = torch.tensordot(x, q.t(), dims=[[0], [1 if backward else 0]])
+        else:
+            x = x.t()
     return x
 
 
@@ -181,6 +200,11 @@ class SOAP(Optimizer):
                 state.gg[0].lerp_(g.unsqueeze(1) @ g.unsqueeze(0), weight=weight)
             return
         g = self._as_preconditioned(g)
+        if g.dim() == 2 and min(g.shape) > 1:  # torch.tensordot's own operations for a matrix (_project_matrix)
+            for i, gg in enumerate(state.gg):  # both sides over 1: tensordot's reshapes keep the strides
+                if gg.shape[0] > 0:
+                    gg.lerp_(torch.mm(g, g.t()) if i == 0 else torch.mm(g.t(), g), weight=weight)
+            return
         for i, gg in enumerate(state.gg):
             if len(gg) > 0:
                 others = [*chain(range(i), range(i + 1, g.dim()))]
@@ -206,9 +230,9 @@ class SOAP(Optimizer):
                 q.copy_(torch.linalg.qr(columns.to(torch.float32))[0].t())
         state.exp_avg_sq.copy_(exp_avg_sq.reshape(state.exp_avg_sq.shape))
 
-    def _update_preconditioner(self, g, state: SOAPState, k: int, fast: bool = False) -> None:
+    def _update_preconditioner(self, g, state: SOAPState, k: int, fast: bool = False, started=None) -> None:
         self._accumulate(g, state)
-        if not state.started:
+        if not (state.started if started is None else started):
             for gg, q in zip(state.gg, state.q):
                 if len(gg) > 0:
                     q.copy_(_eigenbasis(gg).t())
@@ -216,8 +240,9 @@ class SOAP(Optimizer):
             self._refresh(state, fast)
 
     def _rotate(self, x, state: SOAPState, backward: bool = False):
-        y = _project(self._as_preconditioned(x), state.q, backward)
-        return y.reshape(x.shape)
+        y = self._as_preconditioned(x)
+        y = _project_matrix(y, state.q, backward) if y.dim() == 2 else _project(y, state.q, backward)
+        return y if y.shape == x.shape else y.reshape(x.shape)
 
     # ------------------------------------------------------------------ the rule
     def _step_size(self, lr: float, k: int) -> float:
@@ -230,7 +255,7 @@ class SOAP(Optimizer):
 
     def _soap_step(self, weight, g, state: SOAPState, lr, wd, t, fast: bool = False) -> None:
         if not state.started:
-            self._update_preconditioner(g, state, 0)
+            self._update_preconditioner(g, state, 0, started=False)
             state.started.fill_(1)
             return
         k = t - 1
@@ -245,11 +270,46 @@ class SOAP(Optimizer):
         weight.add_(step, alpha=-self._step_size(lr, k))
         if wd != 0.0:
             weight.mul_(1.0 - wd * lr)
-        self._update_preconditioner(g, state, k, fast)
+        self._update_preconditioner(g, state, k, fast, started=True)
+
+    def _native_adam(self):
+        """The native module when the fast path steps SOAP's unrotated tensors in one native call (``impl="auto"``,
+        the default, where the kernels are built; not with ``normalize_gradient`` or on shards), else None."""
+        if self._impl_request != "auto" or self.normalize_gradient or self.norm_sum_reducer is not None:
+            return None
+        return native.load()
 
     def _foreach_rule(self, weights, grads, states, lrs, wds, ts):
         gs = rescale_clip_readonly_foreach(grads, self.rescale_grad, self.clip_gradient)
         if self.norm_sum_reducer is not None:  # FSDP2 shards: every rank gathers the whole gradients
             gs = self.norm_sum_reducer.gather_rows(gs, weights)
-        for w, g, s, lr, wd, t in zip(weights, gs, states, lrs, wds, ts):
-            self._soap_step(w, g, s, lr, wd, t, fast=True)
+        kernels = self._native_adam()
+        unrotated = []
+        for k, (w, g, s, lr, wd, t) in enumerate(zip(weights, gs, states, lrs, wds, ts)):
+            if kernels is not None and not any(q.shape[0] for q in s.q) and s.started:
+                unrotated.append(k)  # Adam, element-wise: one native call for all of them below
+            else:
+                self._soap_step(w, g, s, lr, wd, t, fast=True)
+        if unrotated and not self._adam_natively(kernels, *([seq[k] for k in unrotated]
+                                                            for seq in (weights, gs, states, lrs, wds, ts))):
+            for k in unrotated:
+                self._soap_step(weights[k], gs[k], states[k], lrs[k], wds[k], ts[k], fast=True)
+
+    def _adam_natively(self, kernels, weights, gs, states, lrs, wds, ts) -> bool:
+        """The step of tensors SOAP does not rotate (no eigenbasis in any dimension: 1-D weights without
+        ``precondition_1d``, dimensions over ``max_precondition_dim``), past their first step: there SOAP is Adam.
+        Three calls for all of them: the native rule ``soap_moments`` (both moments' lerps, one pass), torch's
+        square roots (``torch._foreach_sqrt``: MKL's, which the kernels cannot reproduce) and ``soap_apply`` (the
+        scaled step and the decay, one pass; rules_soap.cpp). They round as the torch operations of
+        :meth:`_soap_step` do (lerp and the scaled add as fused multiply-adds), so bit for bit. False (nothing
+        written) where the kernels do not take the tensors (not float32, not contiguous)."""
+        means, variances = [s.exp_avg for s in states], [s.exp_avg_sq for s in states]
+        if not kernels.step(native.rule_id("soap_moments"), weights, gs, [(m, v) for m, v in zip(means, variances)],
+                            lrs, wds, ts, [self.beta1, self.beta2], False, None):
+            return False
+        roots = list(torch._foreach_sqrt(variances))
+        sizes = [self._step_size(lr, t - 1) for lr, t in zip(lrs, ts)]
+        if not kernels.step(native.rule_id("soap_apply"), weights, roots, means, lrs, wds, ts, [self.epsilon], False,
+                            sizes):
+            raise RuntimeError("soap_apply declined tensors soap_moments took")  # the same tensors: cannot happen
+        return True

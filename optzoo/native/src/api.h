@@ -323,3 +323,33 @@ template <class Rule>
 void elementwise(const StepArgs& a) { elementwise_picked<OneLoop<Rule>>(a); }
 
 }  // namespace optzoo
+
+namespace optzoo {
+
+// ------------------------------------------------------------------------------------------ torch's FMA arithmetic
+// torch's CPU kernels for lerp and for add/sub with alpha compute with one fused multiply-add (their vector loops
+// call fmadd; their scalar tails are contracted by the compiler): rules that must equal those torch operations bit
+// for bit (Muon's and SOAP's, compared with torch.optim.Muon and pytorch-optimizer) use these, not lerp above.
+
+// torch.lerp(a, b, weight), scalar weight: fma(weight, b - a, a) for |weight| < 0.5, else fma(weight - 1, b - a, b)
+inline float torch_lerp(float a, float b, float weight) {
+    const float diff = b - a;
+    return std::fabs(weight) < 0.5f ? std::fma(weight, diff, a) : std::fma(weight - 1.0f, diff, b);
+}
+
+// a.add_(b, alpha=alpha) in float32: fma(b, alpha, a)
+inline float torch_add_alpha(float a, float b, float alpha) { return std::fma(b, alpha, a); }
+
+// ------------------------------------------------------------------------------------------ Muon (rules_muon.cpp)
+// The element-wise passes of torch.optim.Muon around its Newton-Schulz iteration, one pass each (core.cpp's
+// muon_direction and muon_apply check the tensors and call them):
+//   muon_direction: momentum.lerp_(g, 1 - mu); out = bfloat16(g.lerp(momentum, mu)) (nesterov) or
+//     bfloat16(momentum): the Newton-Schulz input, written without the float32 direction in between;
+//   muon_apply: w = w * decay, then w.add_(ortho, alpha) with ortho a bfloat16 [rows, cols] matrix of any strides
+//     (the iteration's result is transposed for tall matrices).
+void muon_direction(const float* grad, float* momentum, BFloat16* out, int64_t n, float one_minus_mu, float mu,
+                    bool nesterov, int n_threads);
+void muon_apply(float* weight, const BFloat16* ortho, int64_t rows, int64_t cols, int64_t row_stride,
+                int64_t col_stride, float decay, float alpha, int n_threads);
+
+}  // namespace optzoo

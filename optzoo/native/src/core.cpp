@@ -817,6 +817,67 @@ py::object usual_inputs(py::list weights, py::list grads, py::list states, py::l
     return py::bytes(data, size);
 }
 
+// ------------------------------------------------------------------------------------------ Muon's passes
+// The bytes [begin, end) a tensor's elements span (its storage offset on; strides must be non-negative).
+std::pair<uintptr_t, uintptr_t> span_of(const at::Tensor& t) {
+    const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+    int64_t last = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    return {begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size())};
+}
+
+bool disjoint(const at::Tensor& a, const at::Tensor& b) {
+    if (a.numel() == 0 || b.numel() == 0) return true;
+    const auto x = span_of(a), y = span_of(b);
+    return x.second <= y.first || y.second <= x.first;
+}
+
+// muon_direction(grad, momentum, out, mu, nesterov) -> bool: momentum.lerp_(grad, 1 - mu) and out =
+// bfloat16(grad.lerp(momentum, mu)) (nesterov, else bfloat16(momentum)) in one pass (rules_muon.cpp). grad and
+// momentum float32, out bfloat16, all contiguous CPU tensors of the same size, out sharing memory with neither.
+// False (nothing written) when the tensors are not such.
+bool muon_direction_entry(py::object grad_obj, py::object momentum_obj, py::object out_obj, double mu,
+                          bool nesterov) {
+    const at::Tensor* g = as_tensor(grad_obj.ptr());
+    const at::Tensor* m = as_tensor(momentum_obj.ptr());
+    const at::Tensor* out = as_tensor(out_obj.ptr());
+    if (g == nullptr || m == nullptr || out == nullptr) return false;
+    const int64_t n = m->numel();
+    if (!plain(*g, at::kFloat, n) || !plain(*m, at::kFloat, n) || !plain(*out, at::kBFloat16, n)) return false;
+    if (!disjoint(*out, *m) || !disjoint(*out, *g) || !disjoint(*m, *g)) return false;
+    {
+        py::gil_scoped_release release;
+        muon_direction(g->data_ptr<float>(), m->data_ptr<float>(), static_cast<BFloat16*>(out->data_ptr()), n,
+                       static_cast<float>(1.0 - mu), static_cast<float>(mu), nesterov, at::get_num_threads());
+    }
+    m->unsafeGetTensorImpl()->bump_version();
+    out->unsafeGetTensorImpl()->bump_version();
+    return true;
+}
+
+// muon_apply(weight, ortho, decay, alpha) -> bool: weight.mul_(decay) then weight.add_(ortho, alpha=alpha) in one
+// pass, with decay and alpha rounded to float32 as torch rounds them. weight a contiguous float32 CPU tensor;
+// ortho a bfloat16 CPU matrix [rows, cols] of weight's size (rows = weight.shape[0]) with any non-negative strides,
+// sharing no memory with weight. False (nothing written) otherwise.
+bool muon_apply_entry(py::object weight_obj, py::object ortho_obj, double decay, double alpha) {
+    const at::Tensor* w = as_tensor(weight_obj.ptr());
+    const at::Tensor* o = as_tensor(ortho_obj.ptr());
+    if (w == nullptr || o == nullptr || o->dim() != 2 || w->dim() < 1) return false;
+    const int64_t rows = o->size(0), cols = o->size(1);
+    if (!plain(*w, at::kFloat, rows * cols) || w->size(0) != rows) return false;
+    if (!o->device().is_cpu() || o->layout() != at::kStrided || o->scalar_type() != at::kBFloat16 || o->is_neg() ||
+        o->stride(0) < 0 || o->stride(1) < 0 || !disjoint(*w, *o))
+        return false;
+    if (rows * cols == 0) return true;
+    {
+        py::gil_scoped_release release;
+        muon_apply(w->data_ptr<float>(), static_cast<const BFloat16*>(o->data_ptr()), rows, cols, o->stride(0),
+                   o->stride(1), static_cast<float>(decay), static_cast<float>(alpha), at::get_num_threads());
+    }
+    w->unsafeGetTensorImpl()->bump_version();
+    return true;
+}
+
 }  // namespace
 }  // namespace optzoo
 
@@ -833,4 +894,6 @@ PYBIND11_MODULE(_optzoo_native, m) {
     m.def("step_into", &optzoo::step_into);
     m.def("step_rows", &optzoo::step_rows);
     m.def("usual_inputs", &optzoo::usual_inputs);
+    m.def("muon_direction", &optzoo::muon_direction_entry);
+    m.def("muon_apply", &optzoo::muon_apply_entry);
 }
