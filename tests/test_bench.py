@@ -186,7 +186,7 @@ def test_multi_pass_floor_of_mars_and_prodigy():
 
 def test_compiled_columns_time_a_compiled_step():
     """--compiled: optzoo's foreach rule and torch.optim's step under torch.compile, with the compile time apart."""
-    from optzoo.bench.torch_runner import make_grads, run_compiled, run_torch_compiled
+    from optzoo.bench.torch_runner import TORCH_COMPILED_MAX_TENSORS, make_grads, run_compiled, run_torch_compiled
 
     shapes = [(10,), (3, 4)]
     grads = make_grads(shapes)
@@ -196,6 +196,10 @@ def test_compiled_columns_time_a_compiled_step():
         assert row["pct_sol"] is None  # no SoL given: none invented
     # a rule without a traced step has no compiled form a user could run: said, not timed
     assert "no traced step" in run_compiled("lamb", shapes, grads, 1, 0.001, 20, 0.0)["unavailable"]
+    # torch's compile over thousands of tensors takes tens of minutes: not timed, said (nothing compiled)
+    many = [(2,)] * (TORCH_COMPILED_MAX_TENSORS + 1)
+    assert "not measured over 501 tensors" in run_torch_compiled("sgd", many, make_grads(many), 1, 0.001, 8,
+                                                                 0.0)["unavailable"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the run without a CUDA device")
