@@ -167,6 +167,10 @@ def test_chunked_traced_step_follows_the_eager_step(name):
     for a, b in zip(w_traced + _leaves(s_traced), w_eager + _leaves(s_eager), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert counters["stats"]["unique_graphs"] <= 2  # the 10-tensor and the 7-tensor steps' chunks
+    # written through 1-D aliases, yet modified in place for autograd: every weight's and state's version moved
+    versions = [t._version for t in w_traced + _leaves(s_traced)]
+    step.update(indices, w_traced, [torch.zeros_like(w) for w in w_traced], s_traced)
+    assert all(t._version > v for t, v in zip(w_traced + _leaves(s_traced), versions))
 
 
 def test_chunked_traced_step_compiles_once_for_a_thousand_tensors():

@@ -155,6 +155,14 @@ def _flattened(weight, grad, state):
     return w, (g if g is not None else (grad if perm is None else grad.permute(perm)).reshape(-1)), s
 
 
+def _state_leaves(state) -> list[torch.Tensor]:
+    if state is None:
+        return []
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [leaf for part in state for leaf in _state_leaves(part)]
+
+
 def _layout(entry):
     """What a padding entry must match: the structure, dtypes and devices of ``entry``."""
     if entry is None or isinstance(entry, torch.Tensor):
@@ -318,6 +326,10 @@ class TracedStep:
                                    for name, value in kwargs.items() if name not in scalars}
                         ckwargs.update({name: vector_chunks[name][c] for name in scalars})
                         compiled(*cargs, **ckwargs)
+            # the chunks wrote through 1-D aliases (Tensor.set_), which autograd's version counters do not see: the
+            # weights and states count as modified in place, as after any optimizer step
+            torch._C._increment_version([t for i in range(n) if flat[i] is not None
+                                         for t in (weights[i], *_state_leaves(states[i]))])
 
     def _chunk_of(self, value, chunk: list[int], n: int, where):
         """The entries ``chunk`` of a per-tensor list ``value``, padded to ``chunk_size`` (else ``value``)."""
