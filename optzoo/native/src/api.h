@@ -178,8 +178,10 @@ inline float one_minus(double x) { return 1.0f - static_cast<float>(x); }  // 1 
 // state slots (nullptr for None) at element i of the chunk.
 struct NoLowPrecision {};
 
-// torch.lerp(a, b, weight) with a scalar weight, its formula fixed: a + weight*(b - a) (kLow: |weight| < 0.5), else
+// torch.lerp's formula with a scalar weight, fixed: a + weight*(b - a) (kLow: |weight| < 0.5), else
 // b - (b - a)*(1 - weight). lerp picks the formula as torch does; a loop that fixes it per tensor vectorizes better.
+// A separate multiply and add: torch's CPU kernel fuses them (torch_lerp below), which differs in the last bit on a
+// few percent of values; the rules using this one are compared with their references to a tolerance, not bit for bit.
 template <bool kLow>
 inline float lerp_fixed(float a, float b, float weight) {
     const float diff = b - a;
