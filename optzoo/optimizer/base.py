@@ -812,8 +812,9 @@ class Optimizer:
         made = self.__dict__.get("_state_kinds", {}).get(
             (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight)), None)
         if made is not None and _state_kind(state) != made:
-            raise ValueError(f"the state of parameter {index!r} is a {_kind_name(_state_kind(state))}, expected a "
-                             f"{_kind_name(made)} as create_state makes it (its rule reads the entries by name)")
+            given = _kind_name(_state_kind(state)) if isinstance(state, tuple) else type(state).__name__
+            raise ValueError(f"the state of parameter {index!r} is a {given}, expected a {_kind_name(made)} as "
+                             "create_state makes it (its rule reads the entries by name)")
 
     def _state_template(self, index, weight, fresh: bool = False):
         """``[(shape, dtype) or None, ...]``: the flat entries of the state ``create_state_multi_precision`` makes
