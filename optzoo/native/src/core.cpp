@@ -687,6 +687,16 @@ bool step_rows(int rule, py::object weight, py::object rows_obj, py::object valu
 // dtype and shape) is byte for byte one of `known` (a list of bytes), else that signature as bytes, which the caller
 // compares with the states create_state makes (and keeps in `known` if they agree).
 
+// The bytes [begin, end) a non-empty strided tensor's elements can reach, from its first element (the usual-case
+// check's regions; Muon's passes check their tensors apart with it).
+std::pair<uintptr_t, uintptr_t> span_of(const at::Tensor& t) {
+    const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+    int64_t extent = 1;
+    const auto sizes = t.sizes(), strides = t.strides();
+    for (size_t d = 0; d < sizes.size(); ++d) extent += (sizes[d] - 1) * std::abs(strides[d]);
+    return {begin, begin + static_cast<uintptr_t>(extent * t.element_size())};
+}
+
 struct UsualScratch {
     std::vector<int64_t> signature;
     std::vector<Region> regions;
@@ -701,13 +711,9 @@ bool note_strided(std::vector<Region>& regions, const at::Tensor& t, const c10::
     if (t.layout() != at::kStrided || t.is_nested() || impl->is_python_dispatch() || !impl->has_storage() ||
         t.device() != device)
         return false;
-    const int64_t numel = t.numel();
-    if (numel == 0) return true;
-    int64_t extent = 1;
-    const auto sizes = t.sizes(), strides = t.strides();
-    for (size_t d = 0; d < sizes.size(); ++d) extent += (sizes[d] - 1) * std::abs(strides[d]);
-    const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
-    regions.push_back(Region{begin, begin + static_cast<uintptr_t>(extent * t.element_size()), 0, role, 0});
+    if (t.numel() == 0) return true;
+    const auto [begin, end] = span_of(t);
+    regions.push_back(Region{begin, end, 0, role, 0});
     return true;
 }
 
@@ -818,14 +824,6 @@ py::object usual_inputs(py::list weights, py::list grads, py::list states, py::l
 }
 
 // ------------------------------------------------------------------------------------------ Muon's passes
-// The bytes [begin, end) a tensor's elements span (its storage offset on; strides must be non-negative).
-std::pair<uintptr_t, uintptr_t> span_of(const at::Tensor& t) {
-    const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-    int64_t last = 0;
-    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
-    return {begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size())};
-}
-
 bool disjoint(const at::Tensor& a, const at::Tensor& b) {
     if (a.numel() == 0 || b.numel() == 0) return true;
     const auto x = span_of(a), y = span_of(b);
