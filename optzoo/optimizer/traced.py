@@ -48,7 +48,7 @@ import operator
 import torch
 import torch.fx.experimental._config
 
-from .base import Optimizer
+from .base import Optimizer, _leaves
 
 __all__ = ["TracedStep", "supports_tracing"]
 
@@ -153,14 +153,6 @@ def _flattened(weight, grad, state):
         return None
     g = _flat_view(grad, perm)
     return w, (g if g is not None else (grad if perm is None else grad.permute(perm)).reshape(-1)), s
-
-
-def _state_leaves(state) -> list[torch.Tensor]:
-    if state is None:
-        return []
-    if isinstance(state, torch.Tensor):
-        return [state]
-    return [leaf for part in state for leaf in _state_leaves(part)]
 
 
 def _layout(entry):
@@ -329,7 +321,7 @@ class TracedStep:
             # the chunks wrote through 1-D aliases (Tensor.set_), which autograd's version counters do not see: the
             # weights and states count as modified in place, as after any optimizer step
             torch._C._increment_version([t for i in range(n) if flat[i] is not None
-                                         for t in (weights[i], *_state_leaves(states[i]))])
+                                         for t in (weights[i], *_leaves(states[i]))])
 
     def _chunk_of(self, value, chunk: list[int], n: int, where):
         """The entries ``chunk`` of a per-tensor list ``value``, padded to ``chunk_size`` (else ``value``)."""
