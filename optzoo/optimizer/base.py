@@ -758,19 +758,20 @@ class Optimizer:
         made = {kind[0] if kind else None for kind in self.__dict__.get("_state_kinds", {}).values()}
         return {t if issubclass(t, tuple) else None for t in set(map(type, states))} <= made
 
-    def _states_as_made(self, indices, weights, states) -> bool:
+    def _states_as_made(self, indices, weights, states, flats=None) -> bool:
         """Whether every state has the flat entries (None, or a tensor's shape and dtype) of the state
         ``create_state`` makes for its weight (one template per weight shape and dtype); False, never an error,
-        where it has not."""
+        where it has not. ``flats``: the states already flattened (their leaves tensors or None)."""
+        if flats is None:
+            flats = ([state] if isinstance(state, torch.Tensor) else _flat_state(state) for state in states)
         expected = {}  # (shape, dtype) -> the flat state create_state makes
-        for index, weight, state in zip(indices, weights, states):
+        for index, weight, flat in zip(indices, weights, flats):
             key = (weight.shape, weight.dtype)
             template = expected.get(key)
             if template is None:
                 template = expected[key] = self._state_template(index, weight)
                 if template is None:
                     return False
-            flat = [state] if isinstance(state, torch.Tensor) else _flat_state(state)
             if [None if leaf is None else (leaf.shape, leaf.dtype) for leaf in flat] != template:
                 return False
         return True
@@ -786,20 +787,12 @@ class Optimizer:
             return False
         if len(set(map(id, weights))) != len(weights):
             return False  # a repeated entry: updated round by round (see _apply)
-        keys = list(zip(shapes, dtypes))
-        expected = {}  # (shape, dtype) -> the flat state create_state makes
-        for index, weight, key in zip(indices, weights, keys):
-            if key not in expected:
-                expected[key] = self._state_template(index, weight)
-                if expected[key] is None:
-                    return False
         flats = [[state] if isinstance(state, torch.Tensor) else _flat_state(state) for state in states]
         leaves = [leaf for flat in flats for leaf in flat if leaf is not None]
         if not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
             return False
-        for key, flat in zip(keys, flats):
-            if [None if leaf is None else (leaf.shape, leaf.dtype) for leaf in flat] != expected[key]:
-                return False
+        if not self._states_as_made(indices, weights, states, flats):
+            return False
         return self._state_types_as_made(states) and not _may_share_memory(list(weights) + leaves, list(grads))
 
     def _check_state_layout(self, index, weight, state, check_device: bool = True) -> None:
