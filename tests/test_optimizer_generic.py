@@ -207,6 +207,38 @@ def test_multi_precision_follows_float32(row: Row, dtype):
         np.testing.assert_allclose(masters[i].numpy(), ref[f"f32/w/{i}"], rtol=50 * eps, atol=50 * eps)
 
 
+#: rules whose arithmetic torch cannot run in float16 on the CPU (SOAP's eigh): only the master-copy path
+_NO_HALF_ARITHMETIC = {"soap"}
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.multi_precision], ids=lambda r: r.name)
+@pytest.mark.parametrize("impl", ["reference", "foreach", "auto"])
+def test_update_steps_states_as_given_with_multi_precision(row: Row, impl):
+    """``update`` (unlike ``update_multi_precision``) unwraps no master copy: with ``multi_precision=True`` a float16
+    weight and the plain state ``create_state`` makes step exactly as without the flag, and the master-copy pair
+    is refused with a ValueError naming its layout (not an AttributeError inside the rule)."""
+    kwargs = {**row.feature_kwargs, "wd": row.wd(0.01), "impl": impl}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float16 accumulation's warning
+        runs = []
+        for multi_precision in (True, False) if row.name not in _NO_HALF_ARITHMETIC else ():
+            optimizer = opt.create(row.name, **kwargs, multi_precision=multi_precision)
+            gen = torch.Generator().manual_seed(3)
+            weights = [torch.randn(shape, generator=gen).half() for shape in ((8, 5), (6,))]
+            states = [optimizer.create_state(i, w) for i, w in enumerate(weights)]
+            for _ in range(5):
+                grads = [torch.randn(w.shape, generator=gen).half() for w in weights]
+                optimizer.update([0, 1], weights, grads, states)
+            runs.append(weights + [leaf for s in states for leaf in flatten_state(s)])
+        for a, b in zip(*runs or [[], []]):  # bit for bit (float16 accumulation may overflow, Prodigy's: NaN where NaN)
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        optimizer = opt.create(row.name, **kwargs, multi_precision=True)
+        w = torch.randn(8, 5).half()
+        pair = optimizer.create_state_multi_precision(0, w)
+        with pytest.raises(ValueError, match="state of parameter 0"):
+            optimizer.update([0], [w], [torch.randn(8, 5).half()], [pair])
+
+
 @pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
 def test_low_precision_without_master_copy_warns_once(row: Row):
     optimizer = opt.create(row.name, **row.feature_kwargs)

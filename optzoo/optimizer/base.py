@@ -470,7 +470,7 @@ class Optimizer:
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         indices, weights, grads, states = list(indices), list(weights), list(grads), list(states)
-        self._check_inputs(indices, weights, grads, states)
+        self._check_inputs(indices, weights, grads, states, masters=False)  # update steps the states as given
         if self.impl == "reference":
             self.step(indices, weights, grads, states)
         else:
@@ -698,18 +698,20 @@ class Optimizer:
         any weight); an optimizer with other state shapes (factored moments, preconditioners) overrides this."""
         return leaf.shape[:1] == weight.shape[:1] or leaf.numel() == 1
 
-    def _check_inputs(self, indices, weights, grads, states) -> bool:
+    def _check_inputs(self, indices, weights, grads, states, masters: bool = True) -> bool:
         """ValueError/TypeError naming the entry for bad input. True when the lists are the usual case
         (:meth:`_inputs_usual`: then no gradient is sparse and no entry repeats), False when they were checked
-        entry by entry."""
+        entry by entry. ``masters``: whether the caller unwraps master copies (``update_multi_precision``, the
+        torch.optim step), so that a low-precision weight's state is the ``(weight32, state)`` pair with
+        ``multi_precision``; :meth:`update` steps the states as they are given (False)."""
         if not (len(indices) == len(weights) == len(grads) == len(states)):
             raise ValueError(f"update needs as many indices, weights, grads and states; got {len(indices)}, "
                              f"{len(weights)}, {len(grads)} and {len(states)}")
-        if self._inputs_usual(indices, weights, grads, states):
+        if self._inputs_usual(indices, weights, grads, states, masters):
             return True
         for index, w, g, s in zip(indices, weights, grads, states):
             self._check_pair(w, g)
-            self._check_state_layout(index, w, s)
+            self._check_state_layout(index, w, s, masters=masters)
             for leaf in _leaves(s):
                 if leaf.device != w.device:
                     raise ValueError(f"state of parameter {index!r} is on {leaf.device} but its weight is on "
@@ -722,7 +724,7 @@ class Optimizer:
             check_no_shared_memory(*([column[k] for k in r] for column in (indices, weights, grads, states)))
         return False
 
-    def _inputs_usual(self, indices, weights, grads, states) -> bool:
+    def _inputs_usual(self, indices, weights, grads, states, masters: bool = True) -> bool:
         """True when every entry certainly passes :meth:`_check_inputs`: the usual case (dense floating-point
         pairs of equal shapes and dtypes, one device, states exactly as ``create_state`` makes them, no entry
         repeated, no shared memory), checked in a few passes over the lists instead of entry by entry. False
@@ -740,13 +742,14 @@ class Optimizer:
             return False
         lib = native.built()
         if lib is None:
-            return self._inputs_usual_python(indices, weights, grads, states)
-        layouts = self.__dict__.setdefault("_usual_layouts", {}).setdefault(bool(self.multi_precision), [])
+            return self._inputs_usual_python(indices, weights, grads, states, masters)
+        kept = self.__dict__.setdefault("_usual_layouts", {})
+        layouts = kept.setdefault(bool(self.multi_precision and masters), [])
         found = lib.usual_inputs(*(v if type(v) is list else list(v) for v in (weights, grads, states)), layouts)
         if found is None:
             return False
         if found is not True:
-            if not self._states_as_made(indices, weights, states):
+            if not self._states_as_made(indices, weights, states, masters=masters):
                 return False
             layouts.append(found)
             del layouts[:-_KEPT_LAYOUTS]
@@ -758,10 +761,11 @@ class Optimizer:
         made = {kind[0] if kind else None for kind in self.__dict__.get("_state_kinds", {}).values()}
         return {t if issubclass(t, tuple) else None for t in set(map(type, states))} <= made
 
-    def _states_as_made(self, indices, weights, states, flats=None) -> bool:
+    def _states_as_made(self, indices, weights, states, flats=None, masters: bool = True) -> bool:
         """Whether every state has the flat entries (None, or a tensor's shape and dtype) of the state
         ``create_state`` makes for its weight (one template per weight shape and dtype); False, never an error,
-        where it has not. ``flats``: the states already flattened (their leaves tensors or None)."""
+        where it has not. ``flats``: the states already flattened (their leaves tensors or None); ``masters`` as
+        in :meth:`_check_inputs`."""
         if flats is None:
             flats = ([state] if isinstance(state, torch.Tensor) else _flat_state(state) for state in states)
         expected = {}  # (shape, dtype) -> the flat state create_state makes
@@ -769,14 +773,14 @@ class Optimizer:
             key = (weight.shape, weight.dtype)
             template = expected.get(key)
             if template is None:
-                template = expected[key] = self._state_template(index, weight)
+                template = expected[key] = self._state_template(index, weight, masters=masters)
                 if template is None:
                     return False
             if [None if leaf is None else (leaf.shape, leaf.dtype) for leaf in flat] != template:
                 return False
         return True
 
-    def _inputs_usual_python(self, indices, weights, grads, states) -> bool:
+    def _inputs_usual_python(self, indices, weights, grads, states, masters: bool = True) -> bool:
         """:meth:`_inputs_usual` without the native kernels."""
         if not all(map(isinstance, itertools.chain(weights, grads), itertools.repeat(torch.Tensor))):
             return False
@@ -791,29 +795,32 @@ class Optimizer:
         leaves = [leaf for flat in flats for leaf in flat if leaf is not None]
         if not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
             return False
-        if not self._states_as_made(indices, weights, states, flats):
+        if not self._states_as_made(indices, weights, states, flats, masters):
             return False
         return self._state_types_as_made(states) and not _may_share_memory(list(weights) + leaves, list(grads))
 
-    def _check_state_layout(self, index, weight, state, check_device: bool = True) -> None:
+    def _check_state_layout(self, index, weight, state, check_device: bool = True, masters: bool = True) -> None:
         """ValueError unless ``state`` has the layout, shapes and dtypes of the state this optimizer makes for
-        ``weight`` (see :func:`~optzoo.optimizer.input_checks.check_state_layout`)."""
+        ``weight`` (see :func:`~optzoo.optimizer.input_checks.check_state_layout`; ``masters`` as in
+        :meth:`_check_inputs`)."""
         try:
-            check_state_layout(index, weight, state, self._state_template(index, weight), check_device)
+            check_state_layout(index, weight, state, self._state_template(index, weight, masters=masters),
+                               check_device)
         except ValueError:  # the cached template may predate a settings change (RMSProp's centered): once more
-            check_state_layout(index, weight, state, self._state_template(index, weight, fresh=True), check_device)
+            check_state_layout(index, weight, state, self._state_template(index, weight, fresh=True, masters=masters),
+                               check_device)
         made = self.__dict__.get("_state_kinds", {}).get(
-            (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight)), None)
+            (tuple(weight.shape), weight.dtype, masters and self._uses_master_copy(weight)), None)
         if made is not None and _state_kind(state) != made:
             given = _kind_name(_state_kind(state)) if isinstance(state, tuple) else type(state).__name__
             raise ValueError(f"the state of parameter {index!r} is a {given}, expected a {_kind_name(made)} as "
                              "create_state makes it (its rule reads the entries by name)")
 
-    def _state_template(self, index, weight, fresh: bool = False):
+    def _state_template(self, index, weight, fresh: bool = False, masters: bool = True):
         """``[(shape, dtype) or None, ...]``: the flat entries of the state ``create_state_multi_precision`` makes
-        for ``weight`` (made once per shape and dtype on the meta device, again with ``fresh``), or None where it
-        cannot tell."""
-        key = (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight))
+        for ``weight`` (``create_state`` without ``masters``; made once per shape and dtype on the meta device,
+        again with ``fresh``), or None where it cannot tell."""
+        key = (tuple(weight.shape), weight.dtype, masters and self._uses_master_copy(weight))
         templates = self.__dict__.setdefault("_state_templates", {})
         if fresh:
             self.__dict__.pop("_usual_layouts", None)  # found with the templates replaced here

@@ -271,7 +271,7 @@ class Muon(Optimizer):
         finally:
             self._decided = None
 
-    def _state_template(self, index, weight, fresh: bool = False):
+    def _state_template(self, index, weight, fresh: bool = False, masters: bool = True):
         """No template: which side a parameter takes (and so its state's layout) depends on the parameter's own
         attributes and name, which a meta-tensor template does not have; ``_state_shape_fits`` checks the shapes."""
         return None
@@ -279,14 +279,15 @@ class Muon(Optimizer):
     def _state_shape_fits(self, weight, leaf) -> bool:
         return leaf.shape == weight.shape
 
-    def _check_state_layout(self, index, weight, state, check_device: bool = True) -> None:
+    def _check_state_layout(self, index, weight, state, check_device: bool = True, masters: bool = True) -> None:
         """The state's type is its side (no template checks it): anything but a MuonState or MuonAdamWState (after
         a master copy) would be skipped by the rule, a silent no-op."""
-        inner = state[1] if self._uses_master_copy(weight) and type(state) is tuple and len(state) == 2 else state
+        master = masters and self._uses_master_copy(weight)
+        inner = state[1] if master and type(state) is tuple and len(state) == 2 else state
         if not isinstance(inner, (MuonState, MuonAdamWState)):
             raise ValueError(f"the state of parameter {index!r} is a {type(inner).__name__}, expected a MuonState "
                              "or MuonAdamWState as create_state makes it (its type says which side steps it)")
-        super()._check_state_layout(index, weight, state, check_device)
+        super()._check_state_layout(index, weight, state, check_device, masters)
 
     # ------------------------------------------------------------------ the rule
     def _muon_direction(self, g, state: MuonState, space: Workspace | None = None) -> torch.Tensor:

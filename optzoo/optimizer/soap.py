@@ -175,13 +175,14 @@ class SOAP(Optimizer):
         dims = self._preconditioned_shape(shape)
         return tuple(leaf.shape) in {tuple(weight.shape), shape, (), (0,), *((d, d) for d in dims)}
 
-    def _state_template(self, index, weight, fresh: bool = False):
+    def _state_template(self, index, weight, fresh: bool = False, masters: bool = True):
         """The template of the whole parameter's state when ``weight`` is a shard (the state is kept whole)."""
         shape = self._whole_shape(weight)
         if shape == tuple(weight.shape):
-            return super()._state_template(index, weight, fresh)
-        template = super()._state_template(index, torch.empty(shape, dtype=weight.dtype, device="meta"), fresh)
-        if template is not None and self._uses_master_copy(weight):
+            return super()._state_template(index, weight, fresh, masters)
+        template = super()._state_template(index, torch.empty(shape, dtype=weight.dtype, device="meta"), fresh,
+                                           masters)
+        if template is not None and masters and self._uses_master_copy(weight):
             template = [(tuple(weight.shape), torch.float32), *template[1:]]  # the master copy holds the rows
         return template
 

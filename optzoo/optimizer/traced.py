@@ -249,7 +249,8 @@ class TracedStep:
         if not isinstance(indices, (list, tuple)):
             indices, weights, grads, states = [indices], [weights], [grads], [states]
         indices, weights, grads, states = list(indices), list(weights), list(grads), list(states)
-        if not opt._check_inputs(indices, weights, grads, states):  # the usual case has neither of these
+        # as optimizer.update, the states stepped as given (no master copies unwrapped)
+        if not opt._check_inputs(indices, weights, grads, states, masters=False):  # the usual case has neither
             if any(g.is_sparse for g in grads):
                 raise ValueError("TracedStep takes dense gradients only; pass grad.to_dense() or use optimizer.update")
             if len(set(map(id, weights))) != len(weights):
