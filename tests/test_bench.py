@@ -119,6 +119,36 @@ def test_bad_arguments_are_rejected(tmp_path):
         assert proc.returncode == 2 and "optzoo bench:" in proc.stderr, args
 
 
+def test_trust_passes_script_times_every_pass_of_every_rule(tmp_path):
+    """bench/trust_passes.py: each split pass of LARS/LAMB/LANS, and every rule's step, against the floor's passes,
+    for our library and (--against) a second one; bad arguments exit with the argument named."""
+    from optzoo import native
+
+    try:
+        sol.load()
+    except sol.SolUnavailable as err:
+        pytest.skip(str(err))
+    if native.load() is None:
+        pytest.skip("native kernels unavailable")
+    script = ["bench/trust_passes.py", "--quick", "--rounds", "1", "--target-ms", "1", "--shapes", "resnet50"]
+    proc = subprocess.run([sys.executable, *script, "--threads", "2", "--against", str(native.build(verbose=False))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    blocks = proc.stdout.split("\nresnet50 ")[1:]
+    assert [b.split(":")[0] for b in blocks] == ["lamb", "lars", "lans", "lbsgd"]
+    for block in blocks:
+        name, rows = block.split(":")[0], block.strip().splitlines()[1:]
+        n_passes = {"lans": 3}.get(name, 2)
+        assert [r.split()[0] + (" " + r.split()[1] if r.split()[0] == "pass" else "") for r in rows] == [
+            "step", *[f"pass {k + 1}" for k in range(n_passes)]], block
+        for row in rows:  # lbsgd has no split entries: only its step is timed
+            timed = name != "lbsgd" or row.split()[0] == "step"
+            assert row.count("%") == (2 if timed else 0) and ("other" in row) == timed, row
+    for args in (["--optimizers", "adam"], ["--shapes", "huge"], ["--rounds", "0"]):
+        proc = subprocess.run([sys.executable, *script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "trust_passes.py: error: --" + args[0][2:] in proc.stderr, args
+
+
 def _sol_test_lists(n_lists: int, seed: int) -> list[list[torch.Tensor]]:
     """``n_lists`` lists of random tensors whose sizes cut chunks every way (skips without the SoL kernels)."""
     try:
