@@ -208,3 +208,36 @@ def test_chunked_traced_step_settings():
             TracedStep(opt, chunk_size=bad)
     with pytest.raises(ValueError, match="chunk_above"):
         TracedStep(opt, chunk_above=-1)
+
+
+def test_chunked_step_keeps_its_plan_and_makes_a_new_one_when_a_weight_or_state_changes(monkeypatch):
+    """The 1-D aliases, chunks and padding of a chunked step are kept while the same weights and states come (only
+    gradients and scalars are new); a weight given new memory, reshaped or transposed in place (same object, same
+    data pointer), or a state replaced, makes a new plan: no step writes through a stale alias. Bit for bit equal to
+    the eager step (AdamW: its chunked arithmetic rounds as the eager one does) (torch.compile stood in by the function itself)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    eager, w_eager, s_eager = _chunked_setup("adamw")
+    traced_opt, w_traced, s_traced = _chunked_setup("adamw")
+    step = TracedStep(traced_opt, chunk_size=CHUNK, chunk_above=0)
+    g = torch.Generator().manual_seed(4)
+    indices = list(range(len(CHUNKED_SHAPES)))
+    changes = {
+        2: lambda ws, ss, opt: setattr(ws[0], "data", torch.randn(3, 5, generator=torch.Generator().manual_seed(5))),
+        3: lambda ws, ss, opt: [setattr(t, "data", t.data.view(5, 3)) for t in (ws[0], *ss[0])],  # same memory
+        4: lambda ws, ss, opt: setattr(ws[3], "data", ws[3].data.t()),  # (2, 2): same pointer and shape, strides not
+        5: lambda ws, ss, opt: ss.__setitem__(6, opt.create_state(6, ws[6])),  # a fresh state (zeros)
+        6: lambda ws, ss, opt: ss[9].mean.set_(torch.full((11,), 0.5)),  # a state's tensor given new memory
+    }
+    plans = []
+    for k in range(8):
+        if k in changes:
+            for ws, ss, opt in ((w_eager, s_eager, eager), (w_traced, s_traced, traced_opt)):
+                changes[k](ws, ss, opt)
+        grads = [torch.randn(w.shape, generator=g) for w in w_eager]
+        eager.update(indices, w_eager, grads, s_eager)
+        step.update(indices, w_traced, grads, s_traced)
+        plans.append(step._plan)
+        for a, b in zip(w_eager + _leaves(s_eager), w_traced + _leaves(s_traced), strict=True):
+            assert torch.equal(a, b), f"step {k}"
+    assert plans[1] is plans[0] and plans[7] is plans[6]  # kept while nothing changed
+    assert len({id(p) for p in plans[1:7]}) == 6  # a new one at every change

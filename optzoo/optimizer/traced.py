@@ -43,6 +43,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import operator
 
 import torch
@@ -133,15 +134,19 @@ def _map_state(state, fn):
     return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
 
 
-def _flattened(weight, grad, state):
-    """``(weight, grad, state)`` as 1-D tensors over the same values in the same order: views of the weight and the
-    states (updated in place), the gradient viewed or copied (only read). None when a weight or a state cannot be
-    viewed so (neither contiguous nor channels-last like its weight)."""
+#: the perm of a 1-D weight (and states) taken as it is, its gradient too when 1-D in its own memory
+_AS_IS = "as is"
+
+
+def _flattened_pair(weight, state):
+    """``(weight, state, perm)``: the weight and its state as 1-D tensors over their memory (updated in place
+    through them) and how its gradient is to be seen (:func:`_flat_grad`); None when the weight or a state cannot
+    be seen so (neither contiguous nor channels-last like its weight)."""
     if weight.dim() == 1 and weight._base is None and weight.is_contiguous():  # the usual 1-D parameter: as it is
         s = _map_state(state, lambda t: t if t.shape == weight.shape and t._base is None and t.is_contiguous()
                        else None)
-        if (s is not None or state is None) and grad._base is None and grad.is_contiguous():
-            return weight, grad, s
+        if s is not None or state is None:
+            return weight, s, _AS_IS
     perm = None
     if not weight.is_contiguous():
         perm = _CHANNELS_LAST.get(weight.dim())
@@ -151,8 +156,15 @@ def _flattened(weight, grad, state):
     s = _map_state(state, lambda t: _flat_view(t, perm) if t.shape == weight.shape else None)
     if state is not None and s is None:
         return None
+    return w, s, perm
+
+
+def _flat_grad(grad, perm):
+    """The gradient of a weight flattened with ``perm`` (:func:`_flattened_pair`; ``_AS_IS`` counts as None) as a
+    1-D tensor in the same order: over its memory when laid out so, else a copy (it is only read)."""
+    perm = None if perm is _AS_IS else perm
     g = _flat_view(grad, perm)
-    return w, (g if g is not None else (grad if perm is None else grad.permute(perm)).reshape(-1)), s
+    return g if g is not None else (grad if perm is None else grad.permute(perm)).reshape(-1)
 
 
 def _layout(entry):
@@ -216,7 +228,8 @@ class TracedStep:
         # every list is reordered alike and the arithmetic is per tensor; only the thread barriers may cost more.
         self._order_for: tuple = ()
         self._order: tuple[list[int], object] = ([], None)
-        self._pads: dict = {}  # (argument, slot, layout) -> the padding entry of a short chunk (kept across steps)
+        self._pads: dict = {}  # (argument, missing, layout) -> the padding entries of a short chunk (kept)
+        self._plan: _ChunkPlan | None = None  # the chunked step's, kept while the same weights and states come
 
     def _compiled_fn(self, fn, chunked: bool, split: bool = False):
         """``fn`` compiled: for the one-graph step, or (``chunked``) with dynamic sizes for the chunks, one compiled
@@ -282,60 +295,154 @@ class TracedStep:
     def _chunked_update(self, weights, grads, states, lrs, wds, ts) -> None:
         """The step over many tensors: the arithmetic compiled once with dynamic sizes, run on chunks of
         ``chunk_size`` flattened tensors (see the module's docstring, "Many tensors")."""
-        opt, size = self.optimizer, self.chunk_size
-        n = len(weights)
-        flat = [_flattened(w, g, s) for w, g, s in zip(weights, grads, states)]
-        entries = [f if f is not None else (w, g, s) for f, w, g, s in zip(flat, weights, grads, states)]
-        fn, args, kwargs = opt._foreach_parts(*map(list, zip(*entries)), lrs, wds, ts)  # in update order
-        # sizes 0 and 1 are specialized by Dynamo (a graph of their own); they, and the tensors that cannot be
-        # flattened in place, take the eager arithmetic
-        eager = [i for i in range(n) if flat[i] is None or weights[i].numel() < 2]
-        groups: dict = {}  # (device, dtype, split among threads) -> the tensors, smallest first
-        split_from = {device: self._split_from(device) for device in {w.device for w in weights}}
-        for i in sorted(set(range(n)).difference(eager), key=lambda i: weights[i].numel()):
-            w = weights[i]
-            groups.setdefault((w.device, w.dtype, w.numel() >= split_from[w.device]), []).append(i)
+        opt, n = self.optimizer, len(weights)
+        plan = self._plan_for(weights, states)
+        fn, args, kwargs = opt._foreach_parts(plan.weights, plan.flat_grads(grads), plan.states, lrs, wds, ts)
         # every per-step scalar a vector (0-d ones would compile again once they differ between tensors); the
         # decays too when they differ, else constants of the graph as in the one-graph step
         scalars = list(opt._step_scalars)
         if type(kwargs.get("wds")) is list and kwargs["wds"].count(kwargs["wds"][0]) != n:
             scalars.append("wds")
+        lists = [k for k, arg in enumerate(args) if type(arg) is list and len(arg) == n]
+        others = {name: value for name, value in kwargs.items() if name not in scalars}
+        lists_kw = [name for name, value in others.items() if type(value) is list and len(value) == n]
         with torch.no_grad():
-            if eager:
-                fn(*(_taken(arg, eager, n) for arg in args),
-                   **{name: _taken(value, eager, n) for name, value in kwargs.items()})
-            for (device, _, split), members in groups.items():
-                compiled = self._compiled_fn(fn, True, split)
-                chunks = [members[k:k + size] for k in range(0, len(members), size)]
-                padded = {name: [kwargs[name][i] for chunk in chunks for i in _padded_indices(chunk, size)]
-                          for name in scalars}
-                vector_chunks = {name: [_alias(v) for v in _as_tensor(padded[name], device, True).split(size)]
-                                 for name in scalars}
+            if plan.eager:
+                fn(*(_taken(arg, plan.eager, n) for arg in args),
+                   **{name: _taken(value, plan.eager, n) for name, value in kwargs.items()})
+            for group in plan.groups:
+                compiled = self._compiled_fn(fn, True, group.split)
+                vectors = {name: group.vectors(name, kwargs[name]) for name in scalars}
+                cargs, ckwargs = list(args), dict(others)
                 with _no_duck_shapes():
-                    for c, chunk in enumerate(chunks):
-                        cargs = tuple(self._chunk_of(arg, chunk, n, ("arg", k)) for k, arg in enumerate(args))
-                        ckwargs = {name: self._chunk_of(value, chunk, n, ("kw", name))
-                                   for name, value in kwargs.items() if name not in scalars}
-                        ckwargs.update({name: vector_chunks[name][c] for name in scalars})
+                    for c, (take, missing) in enumerate(group.chunks):
+                        for k in lists:
+                            cargs[k] = self._chunk_of(args[k], take, missing, ("arg", k))
+                        for name in lists_kw:
+                            ckwargs[name] = self._chunk_of(others[name], take, missing, ("kw", name))
+                        for name in scalars:
+                            ckwargs[name] = vectors[name][c]
                         compiled(*cargs, **ckwargs)
             # the chunks wrote through 1-D aliases (Tensor.set_), which autograd's version counters do not see: the
             # weights and states count as modified in place, as after any optimizer step
-            torch._C._increment_version([t for i in range(n) if flat[i] is not None
-                                         for t in (weights[i], *_leaves(states[i]))])
+            torch._C._increment_version(plan.written)
 
-    def _chunk_of(self, value, chunk: list[int], n: int, where):
-        """The entries ``chunk`` of a per-tensor list ``value``, padded to ``chunk_size`` (else ``value``)."""
-        if type(value) is not list or len(value) != n:
-            return value
-        taken = [value[i] for i in chunk]
-        template = taken[-1]
-        for slot in range(self.chunk_size - len(chunk)):
+    def _plan_for(self, weights, states) -> _ChunkPlan:
+        """The chunk plan of these weights and states: the last step's while they are the same tensors over the
+        same memory (:meth:`_ChunkPlan.fits`), else a new one."""
+        plan = self._plan
+        if plan is None or not plan.fits(weights, states):
+            plan = self._plan = None  # the old aliases go before the new ones are made
+            plan = self._plan = _ChunkPlan(weights, states, self.chunk_size, self._split_from)
+        return plan
+
+    def _chunk_of(self, value, take, missing: int, where):
+        """The entries ``take`` of a per-tensor list ``value``, padded with ``missing`` entries to ``chunk_size``."""
+        taken = take(value)
+        if missing:
+            template = taken[-1]
             if template is None or isinstance(template, (int, float)):
-                taken.append(template)
-                continue
-            key = (where, slot, _layout(template))
-            pad = self._pads.get(key)
-            if pad is None:
-                pad = self._pads[key] = _zeros_like_entry(template)
-            taken.append(pad)
+                return taken + [template] * missing
+            key = (where, missing, _layout(template))
+            pads = self._pads.get(key)
+            if pads is None:
+                pads = self._pads[key] = [_zeros_like_entry(template) for _ in range(missing)]
+            return taken + pads
         return taken
+
+
+def _taker(indices: list[int]):
+    """A function returning the entries ``indices`` of a list, as a list (``operator.itemgetter``'s speed)."""
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda value: [value[index]]
+    get = operator.itemgetter(*indices)
+    return lambda value: list(get(value))
+
+
+_DATA_PTR, _STRIDE, _IS_CONTIGUOUS = torch.Tensor.data_ptr, torch.Tensor.stride, torch.Tensor.is_contiguous
+_SHAPE, _BASE = operator.attrgetter("shape"), operator.attrgetter("_base")
+
+
+def _memory_of(tensors) -> tuple:
+    """What a 1-D alias of each of ``tensors`` depends on: its data pointer, shape and strides (three C-level
+    passes over the list)."""
+    return list(map(_DATA_PTR, tensors)), list(map(_SHAPE, tensors)), list(map(_STRIDE, tensors))
+
+
+class _ChunkGroup:
+    """The tensors of one (device, dtype, loops-split) group, smallest first, cut into chunks: per chunk a taker
+    of its entries and the number of padding entries; the per-step scalar vectors kept per argument name."""
+
+    def __init__(self, device, split: bool, members: list[int], size: int):
+        self.device, self.split = device, split
+        chunks = [members[k:k + size] for k in range(0, len(members), size)]
+        self.chunks = [(_taker(chunk), size - len(chunk)) for chunk in chunks]
+        self._scalar_taker = _taker([i for chunk in chunks for i in _padded_indices(chunk, size)])
+        self._size, self._count = size, len(chunks)
+        self._vectors: dict = {}  # argument name -> (one float32 tensor, its chunks as 1-D tensors over it)
+
+    def vectors(self, name: str, values: list) -> list:
+        """The per-tensor scalars ``values`` as float32 vectors, one per chunk in the chunk's order (padding entries
+        repeat their chunk's last scalar): written into tensors kept across steps, one storage per name, each
+        chunk's a 1-D tensor of its own over it (not a view: Dynamo would guard on the base)."""
+        fresh = torch.tensor(self._scalar_taker(values), dtype=torch.float32, device=self.device)
+        kept = self._vectors.get(name)
+        if kept is None:
+            kept = self._vectors[name] = (fresh, [_alias(v) for v in fresh.split(self._size)])
+        else:
+            kept[0].copy_(fresh)
+        return kept[1]
+
+
+class _ChunkPlan:
+    """What a chunked step keeps while the same weights and states come: their 1-D aliases, which tensors take
+    the eager arithmetic, the chunk groups, and the tensors whose versions a step moves. Grads are new each step
+    (:meth:`flat_grads`). Holds the weights and states (and their aliases their storages) until a step with other
+    ones: their ids and data pointers cannot be taken by other tensors meanwhile."""
+
+    def __init__(self, weights, states, size: int, split_from):
+        n = len(weights)
+        self._weights, self._states = list(weights), list(states)
+        self._memory = _memory_of(self._weights + _leaves(self._states))
+        self.weights, self.states, self._perms = list(weights), list(states), [False] * n
+        for i, (w, s) in enumerate(zip(weights, states)):
+            flat = _flattened_pair(w, s)
+            if flat is not None and w.numel() >= 2:
+                self.weights[i], self.states[i], self._perms[i] = flat
+        # sizes 0 and 1 are specialized by Dynamo (a graph of their own); they, and the tensors that cannot be
+        # flattened in place, take the eager arithmetic
+        self.eager = [i for i in range(n) if self._perms[i] is False]
+        self._as_is = [p is _AS_IS for p in self._perms]
+        self._others = [i for i in range(n) if self._perms[i] is not False and self._perms[i] is not _AS_IS]
+        groups: dict = {}  # (device, dtype, split among threads) -> the tensors, smallest first
+        starts = {device: split_from(device) for device in {w.device for w in weights}}
+        for i in sorted((i for i in range(n) if self._perms[i] is not False), key=lambda i: weights[i].numel()):
+            w = weights[i]
+            groups.setdefault((w.device, w.dtype, w.numel() >= starts[w.device]), []).append(i)
+        self.groups = [_ChunkGroup(device, split, members, size) for (device, _, split), members in groups.items()]
+        self.written = [t for i in range(n) if self._perms[i] is not False for t in (weights[i], *_leaves(states[i]))]
+
+    def fits(self, weights, states) -> bool:
+        """Whether ``weights`` and ``states`` are this plan's tensors (the same objects) over the same memory (the
+        same data pointers, shapes and strides): a weight given new data (``w.data = ...``, ``w.set_()``) or a new
+        state makes a new plan, so that no step writes through a stale alias."""
+        if len(weights) != len(self._weights) or not all(map(operator.is_, weights, self._weights)):
+            return False
+        if not all(map(operator.is_, states, self._states)):
+            return False
+        return _memory_of(self._weights + _leaves(self._states)) == self._memory
+
+    def flat_grads(self, grads) -> list:
+        """``grads`` seen as the weights are (1-D, in the weights' memory order): a 1-D gradient as it is, others
+        as 1-D tensors over their memory (or copied, when not laid out as their weight); the eager ones as they
+        are."""
+        flat = list(grads)
+        bases, contiguous = list(map(_BASE, grads)), list(map(_IS_CONTIGUOUS, grads))
+        if bases.count(None) != len(bases) or not all(contiguous):
+            for i in itertools.compress(range(len(flat)), self._as_is):
+                if bases[i] is not None or not contiguous[i]:  # a view (of a bucket) or strided: 1-D of its own
+                    flat[i] = _flat_grad(grads[i], None)
+        for i in self._others:
+            flat[i] = _flat_grad(grads[i], self._perms[i])
+        return flat
