@@ -226,10 +226,12 @@ def test_chunked_step_keeps_its_plan_and_makes_a_new_one_when_a_weight_or_state_
         3: lambda ws, ss, opt: [setattr(t, "data", t.data.view(5, 3)) for t in (ws[0], *ss[0])],  # same memory
         4: lambda ws, ss, opt: setattr(ws[3], "data", ws[3].data.t()),  # (2, 2): same pointer and shape, strides not
         5: lambda ws, ss, opt: ss.__setitem__(6, opt.create_state(6, ws[6])),  # a fresh state (zeros)
-        6: lambda ws, ss, opt: ss[9].mean.set_(torch.full((11,), 0.5)),  # a state's tensor given new memory
+        6: lambda ws, ss, opt: ss[6].mean.set_(torch.full((4, 3), 0.5)),  # a state's tensor given new memory
+        # a 1-D weight and state (taken as they are, no alias) given new memory: the plan stays, the step is right
+        7: lambda ws, ss, opt: [setattr(t, "data", torch.full((9,), 0.25)) for t in (ws[2], ss[2].var)],
     }
     plans = []
-    for k in range(8):
+    for k in range(9):
         if k in changes:
             for ws, ss, opt in ((w_eager, s_eager, eager), (w_traced, s_traced, traced_opt)):
                 changes[k](ws, ss, opt)
@@ -239,5 +241,5 @@ def test_chunked_step_keeps_its_plan_and_makes_a_new_one_when_a_weight_or_state_
         plans.append(step._plan)
         for a, b in zip(w_eager + _leaves(s_eager), w_traced + _leaves(s_traced), strict=True):
             assert torch.equal(a, b), f"step {k}"
-    assert plans[1] is plans[0] and plans[7] is plans[6]  # kept while nothing changed
+    assert plans[1] is plans[0] and plans[8] is plans[7] is plans[6]  # kept while no alias went stale
     assert len({id(p) for p in plans[1:7]}) == 6  # a new one at every change

@@ -403,8 +403,7 @@ class _ChunkPlan:
 
     def __init__(self, weights, states, size: int, split_from):
         n = len(weights)
-        self._weights, self._states = list(weights), list(states)
-        self._memory = _memory_of(self._weights + _leaves(self._states))
+        self._weights, self._states, self._shapes = list(weights), list(states), list(map(_SHAPE, weights))
         self.weights, self.states, self._perms = list(weights), list(states), [False] * n
         for i, (w, s) in enumerate(zip(weights, states)):
             flat = _flattened_pair(w, s)
@@ -422,16 +421,21 @@ class _ChunkPlan:
             groups.setdefault((w.device, w.dtype, w.numel() >= starts[w.device]), []).append(i)
         self.groups = [_ChunkGroup(device, split, members, size) for (device, _, split), members in groups.items()]
         self.written = [t for i in range(n) if self._perms[i] is not False for t in (weights[i], *_leaves(states[i]))]
+        # the weights and states seen through aliases of their memory: what those aliases depend on
+        self._aliased = [t for i in self._others for t in (weights[i], *_leaves(states[i]))]
+        self._memory = _memory_of(self._aliased)
 
     def fits(self, weights, states) -> bool:
-        """Whether ``weights`` and ``states`` are this plan's tensors (the same objects) over the same memory (the
-        same data pointers, shapes and strides): a weight given new data (``w.data = ...``, ``w.set_()``) or a new
-        state makes a new plan, so that no step writes through a stale alias."""
+        """Whether ``weights`` and ``states`` are this plan's (the same objects, the weights of the same shapes) and
+        the ones seen through 1-D aliases still over the same memory (data pointers, shapes and strides): a weight
+        given new data (``w.data = ...``, ``w.set_()``, a reshape or transpose in place) or a new state makes a new
+        plan, so that no step writes through a stale alias. The weights and states taken as they are (1-D ones)
+        need no more: a step reads them as they are then."""
         if len(weights) != len(self._weights) or not all(map(operator.is_, weights, self._weights)):
             return False
-        if not all(map(operator.is_, states, self._states)):
+        if not all(map(operator.is_, states, self._states)) or list(map(_SHAPE, weights)) != self._shapes:
             return False
-        return _memory_of(self._weights + _leaves(self._states)) == self._memory
+        return _memory_of(self._aliased) == self._memory
 
     def flat_grads(self, grads) -> list:
         """``grads`` seen as the weights are (1-D, in the weights' memory order): a 1-D gradient as it is, others
