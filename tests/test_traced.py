@@ -214,7 +214,7 @@ def test_chunked_step_keeps_its_plan_and_makes_a_new_one_when_a_weight_or_state_
     """The 1-D aliases, chunks and padding of a chunked step are kept while the same weights and states come (only
     gradients and scalars are new); a weight given new memory, reshaped or transposed in place (same object, same
     data pointer), or a state replaced, makes a new plan: no step writes through a stale alias. Bit for bit equal to
-    the eager step (AdamW: its chunked arithmetic rounds as the eager one does) (torch.compile stood in by the function itself)."""
+    the eager step (AdamW's chunked arithmetic rounds as its eager one; torch.compile stood in by the function)."""
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
     eager, w_eager, s_eager = _chunked_setup("adamw")
     traced_opt, w_traced, s_traced = _chunked_setup("adamw")
@@ -243,3 +243,26 @@ def test_chunked_step_keeps_its_plan_and_makes_a_new_one_when_a_weight_or_state_
             assert torch.equal(a, b), f"step {k}"
     assert plans[1] is plans[0] and plans[8] is plans[7] is plans[6]  # kept while no alias went stale
     assert len({id(p) for p in plans[1:7]}) == 6  # a new one at every change
+
+
+def test_chunk_graphs_run_with_their_own_dynamo_settings(monkeypatch):
+    """The chunk calls run without duck shapes and, on the CPU, with Dynamo's size guards in C++; both settings
+    are the chunk calls' only (restored after the step)."""
+    import torch._dynamo
+    import torch.fx.experimental._config as fx_config
+
+    seen = []
+
+    def stand_in(fn, **kwargs):
+        def run(*args, **kw):
+            seen.append((fx_config.use_duck_shape, torch._dynamo.config.enable_cpp_symbolic_shape_guards))
+            return fn(*args, **kw)
+        return run
+
+    monkeypatch.setattr(torch, "compile", stand_in)
+    before = (fx_config.use_duck_shape, torch._dynamo.config.enable_cpp_symbolic_shape_guards)
+    opt, weights, states = _chunked_setup("sgd")
+    step = TracedStep(opt, chunk_size=CHUNK, chunk_above=0)
+    step.update(list(range(len(weights))), weights, [torch.ones_like(w) for w in weights], states)
+    assert seen and set(seen) == {(False, True)}
+    assert (fx_config.use_duck_shape, torch._dynamo.config.enable_cpp_symbolic_shape_guards) == before

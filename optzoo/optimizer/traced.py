@@ -43,6 +43,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 
@@ -191,10 +192,18 @@ def _taken(value, indices: list[int], n: int):
     return value
 
 
-def _no_duck_shapes():
-    """Dynamo's setting for a chunk's graph: tensors of equal size are not assumed equal in size (with duck shapes,
-    two chunks' tensors that differ where the first chunk's were equal would compile again)."""
-    return torch.fx.experimental._config.patch(use_duck_shape=False)
+def _chunk_settings(device: torch.device):
+    """Dynamo's settings for a chunk's graph: tensors of equal size are not assumed equal in size (with duck shapes,
+    two chunks' tensors that differ where the first chunk's were equal would compile again); on the CPU (where
+    Inductor compiles C++ anyway) the guards on the sizes run in C++ (Dynamo's default evaluates them in Python,
+    three ``Tensor.size`` calls a tensor a call)."""
+    import torch._dynamo  # imported by torch.compile's first call
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.fx.experimental._config.patch(use_duck_shape=False))
+    if device.type == "cpu":
+        stack.enter_context(torch._dynamo.config.patch(enable_cpp_symbolic_shape_guards=True))
+    return stack
 
 
 class TracedStep:
@@ -314,7 +323,7 @@ class TracedStep:
                 compiled = self._compiled_fn(fn, True, group.split)
                 vectors = {name: group.vectors(name, kwargs[name]) for name in scalars}
                 cargs, ckwargs = list(args), dict(others)
-                with _no_duck_shapes():
+                with _chunk_settings(group.device):
                     for c, (take, missing) in enumerate(group.chunks):
                         for k in lists:
                             cargs[k] = self._chunk_of(args[k], take, missing, ("arg", k))
