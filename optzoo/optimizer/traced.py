@@ -333,8 +333,9 @@ class TracedStep:
                             ckwargs[name] = vectors[name][c]
                         compiled(*cargs, **ckwargs)
             # the chunks wrote through 1-D aliases (Tensor.set_), which autograd's version counters do not see: the
-            # weights and states count as modified in place, as after any optimizer step
-            torch._C._increment_version(plan.written)
+            # weights and states count as modified in place, as after any optimizer step (the ones taken as they are
+            # were, by the compiled graph)
+            torch._C._increment_version(plan.aliased)
 
     def _plan_for(self, weights, states) -> _ChunkPlan:
         """The chunk plan of these weights and states: the last step's while they are the same tensors over the
@@ -406,7 +407,7 @@ class _ChunkGroup:
 
 class _ChunkPlan:
     """What a chunked step keeps while the same weights and states come: their 1-D aliases, which tensors take
-    the eager arithmetic, the chunk groups, and the tensors whose versions a step moves. Grads are new each step
+    the eager arithmetic, the chunk groups, and the tensors seen through aliases. Grads are new each step
     (:meth:`flat_grads`). Holds the weights and states (and their aliases their storages) until a step with other
     ones: their ids and data pointers cannot be taken by other tensors meanwhile."""
 
@@ -429,10 +430,9 @@ class _ChunkPlan:
             w = weights[i]
             groups.setdefault((w.device, w.dtype, w.numel() >= starts[w.device]), []).append(i)
         self.groups = [_ChunkGroup(device, split, members, size) for (device, _, split), members in groups.items()]
-        self.written = [t for i in range(n) if self._perms[i] is not False for t in (weights[i], *_leaves(states[i]))]
-        # the weights and states seen through aliases of their memory: what those aliases depend on
-        self._aliased = [t for i in self._others for t in (weights[i], *_leaves(states[i]))]
-        self._memory = _memory_of(self._aliased)
+        # the weights and states seen through aliases of their memory (what those aliases depend on)
+        self.aliased = [t for i in self._others for t in (weights[i], *_leaves(states[i]))]
+        self._memory = _memory_of(self.aliased)
 
     def fits(self, weights, states) -> bool:
         """Whether ``weights`` and ``states`` are this plan's (the same objects, the weights of the same shapes) and
@@ -444,7 +444,7 @@ class _ChunkPlan:
             return False
         if not all(map(operator.is_, states, self._states)) or list(map(_SHAPE, weights)) != self._shapes:
             return False
-        return _memory_of(self._aliased) == self._memory
+        return _memory_of(self.aliased) == self._memory
 
     def flat_grads(self, grads) -> list:
         """``grads`` seen as the weights are (1-D, in the weights' memory order): a 1-D gradient as it is, others
