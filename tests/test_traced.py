@@ -266,3 +266,51 @@ def test_chunk_graphs_run_with_their_own_dynamo_settings(monkeypatch):
     step.update(list(range(len(weights))), weights, [torch.ones_like(w) for w in weights], states)
     assert seen and set(seen) == {(False, True)}
     assert (fx_config.use_duck_shape, torch._dynamo.config.enable_cpp_symbolic_shape_guards) == before
+
+
+def test_split_choice_times_both_graphs_and_runs_the_faster():
+    """A group of large tensors runs the split-loop graph or the one-thread graph: each timed after an untimed
+    first call, then the faster one, both timed again every RETIME_EVERY steps; a slower machine switches."""
+    from optzoo.optimizer.traced import RETIME_EVERY, _SplitChoice
+
+    choice, picks = _SplitChoice(), []
+
+    def steps(count, split_s, single_s):
+        for _ in range(count):
+            split = choice.pick()
+            picks.append(split)
+            choice.record(split, split_s if split else single_s)
+
+    steps(4, 1.0, 2.0)
+    assert picks == [True, True, False, False]  # each warmed (may compile), then timed
+    steps(10, 1.0, 2.0)
+    assert picks[4:] == [True] * 10
+    steps(3, 5.0, 2.0)  # the cores got busy: the split loops' barriers wait
+    assert picks[14:] == [True, False, False]
+    del picks[:]
+    steps(2 * RETIME_EVERY, 5.0, 2.0)
+    retimed = [k for k, split in enumerate(picks) if split]
+    assert len(retimed) == 2 and picks[retimed[0] + 1] is False  # the split one timed again, then the other
+
+
+def test_large_tensors_give_the_same_result_on_split_or_one_thread_loops(monkeypatch):
+    """Whichever graph the large tensors run (loops split among threads, or one thread each), the step equals the
+    eager one to rounding, and the two graphs agree bit for bit."""
+    opt, _, _ = _setup("adam")
+    split_from = TracedStep(opt)._split_from(torch.device("cpu"))
+    shapes = [(k + 2,) for k in range(6)] + [(split_from + 3 * k,) for k in range(5)] + [(2, split_from // 2 + 1)]
+    results = {}
+    for run in ("eager", True, False):  # True: split loops, False: one thread
+        monkeypatch.setattr("optzoo.optimizer.traced._SplitChoice.pick", lambda self, run=run: run)
+        opt, _, _ = _setup("adam")
+        g = torch.Generator().manual_seed(9)
+        weights = [torch.randn(s, generator=g) for s in shapes]
+        states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+        step = TracedStep(opt, chunk_size=4, chunk_above=0)
+        for _ in range(3):
+            grads = [torch.randn(s, generator=g) for s in shapes]
+            (opt.update if run == "eager" else step.update)(list(range(len(shapes))), weights, grads, states)
+        results[run] = weights + _leaves(states)
+    for a, b in zip(results["eager"], results[True], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    assert all(map(torch.equal, results[True], results[False]))

@@ -32,7 +32,14 @@ than ``chunk_above`` tensors (:data:`CHUNK_ABOVE`) runs chunked instead:
 * the per-step scalars are float32 vectors, one per chunk, taken in the chunk's order (the weight decays too when
   they differ between tensors; equal, they stay constants of the graph);
 * tensors of 0 or 1 value (Dynamo specializes those sizes: they would compile graphs of their own) and tensors that
-  cannot be seen as 1-D in place (transposed, sliced) run the same arithmetic eagerly.
+  cannot be seen as 1-D in place (transposed, sliced) run the same arithmetic eagerly;
+* all of that but the gradients and the scalars' values is kept across steps (``_ChunkPlan``: the 1-D aliases, the
+  groups, the chunks' members and padding, the scalar vectors' tensors), while the same weight and state objects
+  come and the ones seen through aliases still lie in the same memory (data pointers, shapes, strides: a weight
+  given new data, reshaped or transposed in place gets a new plan, never a stale alias);
+* the chunk calls build Dynamo's size guards in C++ on the CPU (``enable_cpp_symbolic_shape_guards``, for these
+  calls only). What is left per step is Dynamo's own per-call Python (~3 us a tensor: the guards, one ``call_size``
+  per tensor, the AOT and Inductor wrappers), the rule's bookkeeping and the input checks (docs/native.md).
 
 Example::
 
@@ -46,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
+import time
 
 import torch
 import torch.fx.experimental._config
@@ -239,6 +247,7 @@ class TracedStep:
         self._order: tuple[list[int], object] = ([], None)
         self._pads: dict = {}  # (argument, missing, layout) -> the padding entries of a short chunk (kept)
         self._plan: _ChunkPlan | None = None  # the chunked step's, kept while the same weights and states come
+        self._split_choices: dict = {}  # (arithmetic, device, dtype) -> its split group's _SplitChoice
 
     def _compiled_fn(self, fn, chunked: bool, split: bool = False):
         """``fn`` compiled: for the one-graph step, or (``chunked``) with dynamic sizes for the chunks, one compiled
@@ -320,7 +329,11 @@ class TracedStep:
                 fn(*(_taken(arg, plan.eager, n) for arg in args),
                    **{name: _taken(value, plan.eager, n) for name, value in kwargs.items()})
             for group in plan.groups:
-                compiled = self._compiled_fn(fn, True, group.split)
+                split, choice = group.split, None
+                if split:  # the chunks of large tensors: their loops split among threads, or on one thread each
+                    choice = self._split_choices.setdefault((fn, group.device, group.dtype), _SplitChoice())
+                    split, start = choice.pick(), time.perf_counter()
+                compiled = self._compiled_fn(fn, True, split)
                 vectors = {name: group.vectors(name, kwargs[name]) for name in scalars}
                 cargs, ckwargs = list(args), dict(others)
                 with _chunk_settings(group.device):
@@ -332,6 +345,8 @@ class TracedStep:
                         for name in scalars:
                             ckwargs[name] = vectors[name][c]
                         compiled(*cargs, **ckwargs)
+                if choice is not None:
+                    choice.record(split, time.perf_counter() - start)
             # the chunks wrote through 1-D aliases (Tensor.set_), which autograd's version counters do not see: the
             # weights and states count as modified in place, as after any optimizer step (the ones taken as they are
             # were, by the compiled graph)
@@ -380,12 +395,47 @@ def _memory_of(tensors) -> tuple:
     return list(map(_DATA_PTR, tensors)), list(map(_SHAPE, tensors)), list(map(_STRIDE, tensors))
 
 
+#: a group of tensors large enough to split their loops among threads is timed both ways every this many steps
+RETIME_EVERY = 64
+
+
+class _SplitChoice:
+    """Which graph a group of large tensors runs: the one that splits each tensor's loop among the threads (one
+    barrier a tensor) or the one-thread graph of the small tensors (no barrier, one core's bandwidth). Each is
+    timed (wall clock, after a first untimed call that may compile), then the faster one runs, and both are timed
+    again every :data:`RETIME_EVERY` steps. On a quiet machine the split loops win; when other processes hold the
+    cores, every barrier waits for a descheduled thread (docs/native.md) and one thread wins by far. Both graphs
+    compute each value alike: the choice changes the time, not the result."""
+
+    def __init__(self):
+        self.times: dict[bool, float | None] = {True: None, False: None}
+        self._warm: set[bool] = set()
+        self._steps = 0  # steps since both were timed
+
+    def pick(self) -> bool:
+        """True: split the loops among threads; False: one thread a loop."""
+        if self.times[True] is None:
+            return True
+        if self.times[False] is None:
+            return False
+        if self._steps >= RETIME_EVERY:
+            return self._steps == RETIME_EVERY  # the split graph, then the one-thread graph, timed again
+        return self.times[True] <= self.times[False]
+
+    def record(self, split: bool, seconds: float) -> None:
+        if split not in self._warm:
+            self._warm.add(split)  # its first call may have compiled
+            return
+        self.times[split] = seconds
+        self._steps = 0 if self._steps > RETIME_EVERY else self._steps + 1
+
+
 class _ChunkGroup:
     """The tensors of one (device, dtype, loops-split) group, smallest first, cut into chunks: per chunk a taker
     of its entries and the number of padding entries; the per-step scalar vectors kept per argument name."""
 
-    def __init__(self, device, split: bool, members: list[int], size: int):
-        self.device, self.split = device, split
+    def __init__(self, device, dtype, split: bool, members: list[int], size: int):
+        self.device, self.dtype, self.split = device, dtype, split
         chunks = [members[k:k + size] for k in range(0, len(members), size)]
         self.chunks = [(_taker(chunk), size - len(chunk)) for chunk in chunks]
         self._scalar_taker = _taker([i for chunk in chunks for i in _padded_indices(chunk, size)])
@@ -429,7 +479,7 @@ class _ChunkPlan:
         for i in sorted((i for i in range(n) if self._perms[i] is not False), key=lambda i: weights[i].numel()):
             w = weights[i]
             groups.setdefault((w.device, w.dtype, w.numel() >= starts[w.device]), []).append(i)
-        self.groups = [_ChunkGroup(device, split, members, size) for (device, _, split), members in groups.items()]
+        self.groups = [_ChunkGroup(*key, members, size) for key, members in groups.items()]
         # the weights and states seen through aliases of their memory (what those aliases depend on)
         self.aliased = [t for i in self._others for t in (weights[i], *_leaves(states[i]))]
         self._memory = _memory_of(self.aliased)
