@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import operator
 import time
 
@@ -395,7 +396,8 @@ def _memory_of(tensors) -> tuple:
     return list(map(_DATA_PTR, tensors)), list(map(_SHAPE, tensors)), list(map(_STRIDE, tensors))
 
 
-#: a group of tensors large enough to split their loops among threads is timed both ways every this many steps
+#: a group of tensors large enough to split their loops among threads is timed both ways every this many steps at
+#: least (more where the slower way is much slower: the retiming costs at most ~2% of the steps' time)
 RETIME_EVERY = 64
 
 
@@ -403,14 +405,16 @@ class _SplitChoice:
     """Which graph a group of large tensors runs: the one that splits each tensor's loop among the threads (one
     barrier a tensor) or the one-thread graph of the small tensors (no barrier, one core's bandwidth). Each is
     timed (wall clock, after a first untimed call that may compile), then the faster one runs, and both are timed
-    again every :data:`RETIME_EVERY` steps. On a quiet machine the split loops win; when other processes hold the
-    cores, every barrier waits for a descheduled thread (docs/native.md) and one thread wins by far. Both graphs
-    compute each value alike: the choice changes the time, not the result."""
+    again every :data:`RETIME_EVERY` steps, or every 50 x (slower / faster) steps when that is more. On a quiet
+    machine the split loops win; when other processes hold the cores, every barrier waits for a descheduled thread
+    (docs/native.md) and one thread wins by far. Both graphs compute each value alike: the choice changes the time,
+    not the result."""
 
     def __init__(self):
         self.times: dict[bool, float | None] = {True: None, False: None}
         self._warm: set[bool] = set()
         self._steps = 0  # steps since both were timed
+        self._every = RETIME_EVERY
 
     def pick(self) -> bool:
         """True: split the loops among threads; False: one thread a loop."""
@@ -418,8 +422,8 @@ class _SplitChoice:
             return True
         if self.times[False] is None:
             return False
-        if self._steps >= RETIME_EVERY:
-            return self._steps == RETIME_EVERY  # the split graph, then the one-thread graph, timed again
+        if self._steps >= self._every:
+            return self._steps == self._every  # the split graph, then the one-thread graph, timed again
         return self.times[True] <= self.times[False]
 
     def record(self, split: bool, seconds: float) -> None:
@@ -427,7 +431,10 @@ class _SplitChoice:
             self._warm.add(split)  # its first call may have compiled
             return
         self.times[split] = seconds
-        self._steps = 0 if self._steps > RETIME_EVERY else self._steps + 1
+        self._steps = 0 if self._steps > self._every else self._steps + 1
+        fast, slow = sorted(t for t in self.times.values() if t is not None) if None not in self.times.values() \
+            else (1.0, 1.0)
+        self._every = max(RETIME_EVERY, math.ceil(50 * slow / max(fast, 1e-9)))
 
 
 class _ChunkGroup:
