@@ -404,7 +404,8 @@ RETIME_EVERY = 64
 class _SplitChoice:
     """Which graph a group of large tensors runs: the one that splits each tensor's loop among the threads (one
     barrier a tensor) or the one-thread graph of the small tensors (no barrier, one core's bandwidth). Each is
-    timed (wall clock, after a first untimed call that may compile), then the faster one runs, and both are timed
+    timed twice (wall clock, interleaved, after a first untimed call that may compile; the faster of the two kept),
+    then the faster one runs, and both are timed
     again every :data:`RETIME_EVERY` steps, or every 50 x (slower / faster) steps when that is more. On a quiet
     machine the split loops win; when other processes hold the cores, every barrier waits for a descheduled thread
     (docs/native.md) and one thread wins by far. Both graphs compute each value alike: the choice changes the time,
@@ -413,15 +414,17 @@ class _SplitChoice:
     def __init__(self):
         self.times: dict[bool, float | None] = {True: None, False: None}
         self._warm: set[bool] = set()
+        self._first = [True, False, True, False]  # the first timings, interleaved (each keeps its fastest)
         self._steps = 0  # steps since both were timed
         self._every = RETIME_EVERY
 
     def pick(self) -> bool:
         """True: split the loops among threads; False: one thread a loop."""
-        if self.times[True] is None:
-            return True
-        if self.times[False] is None:
-            return False
+        for split in (True, False):
+            if split not in self._warm:
+                return split
+        if self._first:
+            return self._first[0]
         if self._steps >= self._every:
             return self._steps == self._every  # the split graph, then the one-thread graph, timed again
         return self.times[True] <= self.times[False]
@@ -430,11 +433,15 @@ class _SplitChoice:
         if split not in self._warm:
             self._warm.add(split)  # its first call may have compiled
             return
+        if self._first:
+            del self._first[0]
+            seconds = min(seconds, self.times[split] or seconds)
+        else:
+            self._steps = 0 if self._steps > self._every else self._steps + 1
         self.times[split] = seconds
-        self._steps = 0 if self._steps > self._every else self._steps + 1
-        fast, slow = sorted(t for t in self.times.values() if t is not None) if None not in self.times.values() \
-            else (1.0, 1.0)
-        self._every = max(RETIME_EVERY, math.ceil(50 * slow / max(fast, 1e-9)))
+        if None not in self.times.values():
+            fast, slow = sorted(self.times.values())
+            self._every = max(RETIME_EVERY, math.ceil(50 * slow / max(fast, 1e-9)))
 
 
 class _ChunkGroup:
