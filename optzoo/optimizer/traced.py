@@ -38,7 +38,11 @@ than ``chunk_above`` tensors (:data:`CHUNK_ABOVE`) runs chunked instead:
   come and the ones seen through aliases still lie in the same memory (data pointers, shapes, strides: a weight
   given new data, reshaped or transposed in place gets a new plan, never a stale alias);
 * the chunk calls build Dynamo's size guards in C++ on the CPU (``enable_cpp_symbolic_shape_guards``, for these
-  calls only). What is left per step is Dynamo's own per-call Python (~3 us a tensor: the guards, one ``call_size``
+  calls only);
+* the large tensors' group runs its split-loop graph or the small tensors' one-thread graph, whichever its timing
+  says is faster (``_SplitChoice``: both timed at the first steps and again now and then; the same results either
+  way): the split loops' barriers win on a quiet machine and cost seconds a step when other processes hold the
+  cores. What is left per step is Dynamo's own per-call Python (~3 us a tensor: the guards, one ``call_size``
   per tensor, the AOT and Inductor wrappers), the rule's bookkeeping and the input checks (docs/native.md).
 
 Example::
