@@ -409,11 +409,11 @@ class _SplitChoice:
     """Which graph a group of large tensors runs: the one that splits each tensor's loop among the threads (one
     barrier a tensor) or the one-thread graph of the small tensors (no barrier, one core's bandwidth). Each is
     timed twice (wall clock, interleaved, after a first untimed call that may compile; the faster of the two kept),
-    then the faster one runs, and both are timed
-    again every :data:`RETIME_EVERY` steps, or every 50 x (slower / faster) steps when that is more. On a quiet
-    machine the split loops win; when other processes hold the cores, every barrier waits for a descheduled thread
-    (docs/native.md) and one thread wins by far. Both graphs compute each value alike: the choice changes the time,
-    not the result."""
+    then the faster one runs, and both are timed again every :data:`RETIME_EVERY` steps, or every 50 x (slower /
+    faster) steps when that is more. On a quiet machine the split loops win; when other processes hold the cores,
+    every barrier waits for a descheduled thread (docs/native.md) and one thread wins by far. Both graphs compute
+    each value alike: the choice changes the time, not the result. Where no tensor is small, the one-thread graph
+    is compiled at its first try (the compile time of a second chunk graph)."""
 
     def __init__(self):
         self.times: dict[bool, float | None] = {True: None, False: None}
@@ -457,7 +457,7 @@ class _ChunkGroup:
         chunks = [members[k:k + size] for k in range(0, len(members), size)]
         self.chunks = [(_taker(chunk), size - len(chunk)) for chunk in chunks]
         self._scalar_taker = _taker([i for chunk in chunks for i in _padded_indices(chunk, size)])
-        self._size, self._count = size, len(chunks)
+        self._size = size
         self._vectors: dict = {}  # argument name -> (one float32 tensor, its chunks as 1-D tensors over it)
 
     def vectors(self, name: str, values: list) -> list:
