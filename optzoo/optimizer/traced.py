@@ -409,11 +409,12 @@ class _SplitChoice:
     """Which graph a group of large tensors runs: the one that splits each tensor's loop among the threads (one
     barrier a tensor) or the one-thread graph of the small tensors (no barrier, one core's bandwidth). Each is
     timed twice (wall clock, interleaved, after a first untimed call that may compile; the faster of the two kept),
-    then the faster one runs, and both are timed again every :data:`RETIME_EVERY` steps, or every 50 x (slower /
-    faster) steps when that is more. On a quiet machine the split loops win; when other processes hold the cores,
-    every barrier waits for a descheduled thread (docs/native.md) and one thread wins by far. Both graphs compute
-    each value alike: the choice changes the time, not the result. Where no tensor is small, the one-thread graph
-    is compiled at its first try (the compile time of a second chunk graph)."""
+    then the faster one runs; both are timed again after :data:`RETIME_EVERY` steps (a burst of load during the
+    first timings is not kept long), then every 50 x (slower / faster) steps when that is more. On a quiet machine
+    the split loops win; when other processes hold the cores, every barrier waits for a descheduled thread
+    (docs/native.md) and one thread wins by far. Both graphs compute each value alike: the choice changes the time,
+    not the result. Where no tensor is small, the one-thread graph is compiled at its first try (the compile time
+    of a second chunk graph)."""
 
     def __init__(self):
         self.times: dict[bool, float | None] = {True: None, False: None}
@@ -421,6 +422,7 @@ class _SplitChoice:
         self._first = [True, False, True, False]  # the first timings, interleaved (each keeps its fastest)
         self._steps = 0  # steps since both were timed
         self._every = RETIME_EVERY
+        self._checked = False  # whether both were timed again once (the first interval is RETIME_EVERY)
 
     def pick(self) -> bool:
         """True: split the loops among threads; False: one thread a loop."""
@@ -440,10 +442,12 @@ class _SplitChoice:
         if self._first:
             del self._first[0]
             seconds = min(seconds, self.times[split] or seconds)
+        elif self._steps > self._every:  # the second of a retiming
+            self._steps, self._checked = 0, True
         else:
-            self._steps = 0 if self._steps > self._every else self._steps + 1
+            self._steps += 1
         self.times[split] = seconds
-        if None not in self.times.values():
+        if self._checked:
             fast, slow = sorted(self.times.values())
             self._every = max(RETIME_EVERY, math.ceil(50 * slow / max(fast, 1e-9)))
 
