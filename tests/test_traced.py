@@ -1,6 +1,7 @@
 """The traced (compiled) foreach step: agrees with the eager step over many steps, compiles once while the learning
 rate and the update counts change, and refuses what it cannot take."""
 
+import itertools
 import os
 
 import pytest
@@ -208,3 +209,115 @@ def test_chunked_traced_step_settings():
             TracedStep(opt, chunk_size=bad)
     with pytest.raises(ValueError, match="chunk_above"):
         TracedStep(opt, chunk_above=-1)
+
+
+def test_chunked_step_keeps_its_plan_and_makes_a_new_one_when_a_weight_or_state_changes(monkeypatch):
+    """The 1-D aliases, chunks and padding of a chunked step are kept while the same weights and states come (only
+    gradients and scalars are new); a weight given new memory, reshaped or transposed in place (same object, same
+    data pointer), or a state replaced, makes a new plan: no step writes through a stale alias. Bit for bit equal to
+    the eager step (AdamW's chunked arithmetic rounds as its eager one; torch.compile stood in by the function)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    eager, w_eager, s_eager = _chunked_setup("adamw")
+    traced_opt, w_traced, s_traced = _chunked_setup("adamw")
+    step = TracedStep(traced_opt, chunk_size=CHUNK, chunk_above=0)
+    g = torch.Generator().manual_seed(4)
+    indices = list(range(len(CHUNKED_SHAPES)))
+    changes = {
+        2: lambda ws, ss, opt: setattr(ws[0], "data", torch.randn(3, 5, generator=torch.Generator().manual_seed(5))),
+        3: lambda ws, ss, opt: [setattr(t, "data", t.data.view(5, 3)) for t in (ws[0], *ss[0])],  # same memory
+        4: lambda ws, ss, opt: setattr(ws[3], "data", ws[3].data.t()),  # (2, 2): same pointer and shape, strides not
+        5: lambda ws, ss, opt: ss.__setitem__(6, opt.create_state(6, ws[6])),  # a fresh state (zeros)
+        6: lambda ws, ss, opt: ss[6].mean.set_(torch.full((4, 3), 0.5)),  # a state's tensor given new memory
+        # a 1-D weight and state (taken as they are, no alias) given new memory: the plan stays, the step is right
+        7: lambda ws, ss, opt: [setattr(t, "data", torch.full((9,), 0.25)) for t in (ws[2], ss[2].var)],
+    }
+    plans = []
+    for k in range(9):
+        if k in changes:
+            for ws, ss, opt in ((w_eager, s_eager, eager), (w_traced, s_traced, traced_opt)):
+                changes[k](ws, ss, opt)
+        grads = [torch.randn(w.shape, generator=g) for w in w_eager]
+        eager.update(indices, w_eager, grads, s_eager)
+        step.update(indices, w_traced, grads, s_traced)
+        plans.append(step._plan)
+        for a, b in zip(w_eager + _leaves(s_eager), w_traced + _leaves(s_traced), strict=True):
+            assert torch.equal(a, b), f"step {k}"
+    assert plans[1] is plans[0] and plans[8] is plans[7] is plans[6]  # kept while no alias went stale
+    assert len({id(p) for p in plans[1:7]}) == 6  # a new one at every change
+
+
+def test_chunk_graphs_run_with_their_own_dynamo_settings(monkeypatch):
+    """The chunk calls run without duck shapes and, on the CPU, with Dynamo's size guards in C++; both settings
+    are the chunk calls' only (restored after the step)."""
+    import torch._dynamo
+    import torch.fx.experimental._config as fx_config
+
+    seen = []
+
+    def stand_in(fn, **kwargs):
+        def run(*args, **kw):
+            seen.append((fx_config.use_duck_shape, torch._dynamo.config.enable_cpp_symbolic_shape_guards))
+            return fn(*args, **kw)
+        return run
+
+    monkeypatch.setattr(torch, "compile", stand_in)
+    before = (fx_config.use_duck_shape, torch._dynamo.config.enable_cpp_symbolic_shape_guards)
+    opt, weights, states = _chunked_setup("sgd")
+    step = TracedStep(opt, chunk_size=CHUNK, chunk_above=0)
+    step.update(list(range(len(weights))), weights, [torch.ones_like(w) for w in weights], states)
+    assert seen and set(seen) == {(False, True)}
+    assert (fx_config.use_duck_shape, torch._dynamo.config.enable_cpp_symbolic_shape_guards) == before
+
+
+def test_split_choice_times_both_graphs_and_runs_the_faster():
+    """A group of large tensors runs the split-loop graph or the one-thread graph: each timed after an untimed
+    first call, then the faster one, both timed again after RETIME_EVERY steps, then every 50 x slower / faster
+    steps when more; a slower machine switches."""
+    from optzoo.optimizer.traced import RETIME_EVERY, _SplitChoice
+
+    choice, picks = _SplitChoice(), []
+
+    def steps(count, split_s, single_s):
+        for _ in range(count):
+            split = choice.pick()
+            picks.append(split)
+            choice.record(split, split_s if split else single_s)
+
+    steps(6, 1.0, 2.0)
+    assert picks == [True, False] * 3  # each warmed (may compile), then timed twice, interleaved
+    steps(10, 1.0, 2.0)
+    assert picks[6:] == [True] * 10
+    steps(3, 5.0, 2.0)  # the cores got busy: the split loops' barriers wait
+    assert picks[16:] == [True, False, False]
+    del picks[:]
+    steps(500, 5.0, 2.0)
+    retimed = [k for k, split in enumerate(picks) if split]
+    assert all(picks[k + 1] is False for k in retimed)  # the split graph timed again, then the other
+    assert retimed[0] < RETIME_EVERY  # the first time after RETIME_EVERY steps, whatever the ratio
+    assert min(b - a for a, b in itertools.pairwise(retimed)) >= 50 * 5 / 2  # then 50 x slower / faster apart
+    del picks[:]
+    steps(4000, 100.0, 1.0)  # far slower: retimed every 5,000 steps, not every RETIME_EVERY
+    assert picks.count(True) <= 1
+
+
+def test_large_tensors_give_the_same_result_on_split_or_one_thread_loops(monkeypatch):
+    """Whichever graph the large tensors run (loops split among threads, or one thread each), the step equals the
+    eager one to rounding, and the two graphs agree bit for bit."""
+    opt, _, _ = _setup("adam")
+    split_from = TracedStep(opt)._split_from(torch.device("cpu"))
+    shapes = [(k + 2,) for k in range(6)] + [(split_from + 3 * k,) for k in range(5)] + [(2, split_from // 2 + 1)]
+    results = {}
+    for run in ("eager", True, False):  # True: split loops, False: one thread
+        monkeypatch.setattr("optzoo.optimizer.traced._SplitChoice.pick", lambda self, run=run: run)
+        opt, _, _ = _setup("adam")
+        g = torch.Generator().manual_seed(9)
+        weights = [torch.randn(s, generator=g) for s in shapes]
+        states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+        step = TracedStep(opt, chunk_size=4, chunk_above=0)
+        for _ in range(3):
+            grads = [torch.randn(s, generator=g) for s in shapes]
+            (opt.update if run == "eager" else step.update)(list(range(len(shapes))), weights, grads, states)
+        results[run] = weights + _leaves(states)
+    for a, b in zip(results["eager"], results[True], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    assert all(map(torch.equal, results[True], results[False]))

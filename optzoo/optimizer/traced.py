@@ -32,7 +32,18 @@ than ``chunk_above`` tensors (:data:`CHUNK_ABOVE`) runs chunked instead:
 * the per-step scalars are float32 vectors, one per chunk, taken in the chunk's order (the weight decays too when
   they differ between tensors; equal, they stay constants of the graph);
 * tensors of 0 or 1 value (Dynamo specializes those sizes: they would compile graphs of their own) and tensors that
-  cannot be seen as 1-D in place (transposed, sliced) run the same arithmetic eagerly.
+  cannot be seen as 1-D in place (transposed, sliced) run the same arithmetic eagerly;
+* all of that but the gradients and the scalars' values is kept across steps (``_ChunkPlan``: the 1-D aliases, the
+  groups, the chunks' members and padding, the scalar vectors' tensors), while the same weight and state objects
+  come and the ones seen through aliases still lie in the same memory (data pointers, shapes, strides: a weight
+  given new data, reshaped or transposed in place gets a new plan, never a stale alias);
+* the chunk calls build Dynamo's size guards in C++ on the CPU (``enable_cpp_symbolic_shape_guards``, for these
+  calls only);
+* the large tensors' group runs its split-loop graph or the small tensors' one-thread graph, whichever its timing
+  says is faster (``_SplitChoice``: both timed at the first steps and again now and then; the same results either
+  way): the split loops' barriers win on a quiet machine and cost seconds a step when other processes hold the
+  cores. What is left per step is Dynamo's own per-call Python (~3 us a tensor: the guards, one ``call_size``
+  per tensor, the AOT and Inductor wrappers), the rule's bookkeeping and the input checks (docs/native.md).
 
 Example::
 
@@ -43,7 +54,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
 import operator
+import time
 
 import torch
 import torch.fx.experimental._config
@@ -133,15 +148,19 @@ def _map_state(state, fn):
     return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
 
 
-def _flattened(weight, grad, state):
-    """``(weight, grad, state)`` as 1-D tensors over the same values in the same order: views of the weight and the
-    states (updated in place), the gradient viewed or copied (only read). None when a weight or a state cannot be
-    viewed so (neither contiguous nor channels-last like its weight)."""
+#: the perm of a 1-D weight (and states) taken as it is, its gradient too when 1-D in its own memory
+_AS_IS = "as is"
+
+
+def _flattened_pair(weight, state):
+    """``(weight, state, perm)``: the weight and its state as 1-D tensors over their memory (updated in place
+    through them) and how its gradient is to be seen (:func:`_flat_grad`); None when the weight or a state cannot
+    be seen so (neither contiguous nor channels-last like its weight)."""
     if weight.dim() == 1 and weight._base is None and weight.is_contiguous():  # the usual 1-D parameter: as it is
         s = _map_state(state, lambda t: t if t.shape == weight.shape and t._base is None and t.is_contiguous()
                        else None)
-        if (s is not None or state is None) and grad._base is None and grad.is_contiguous():
-            return weight, grad, s
+        if s is not None or state is None:
+            return weight, s, _AS_IS
     perm = None
     if not weight.is_contiguous():
         perm = _CHANNELS_LAST.get(weight.dim())
@@ -151,8 +170,15 @@ def _flattened(weight, grad, state):
     s = _map_state(state, lambda t: _flat_view(t, perm) if t.shape == weight.shape else None)
     if state is not None and s is None:
         return None
+    return w, s, perm
+
+
+def _flat_grad(grad, perm):
+    """The gradient of a weight flattened with ``perm`` (:func:`_flattened_pair`; ``_AS_IS`` counts as None) as a
+    1-D tensor in the same order: over its memory when laid out so, else a copy (it is only read)."""
+    perm = None if perm is _AS_IS else perm
     g = _flat_view(grad, perm)
-    return w, (g if g is not None else (grad if perm is None else grad.permute(perm)).reshape(-1)), s
+    return g if g is not None else (grad if perm is None else grad.permute(perm)).reshape(-1)
 
 
 def _layout(entry):
@@ -179,10 +205,18 @@ def _taken(value, indices: list[int], n: int):
     return value
 
 
-def _no_duck_shapes():
-    """Dynamo's setting for a chunk's graph: tensors of equal size are not assumed equal in size (with duck shapes,
-    two chunks' tensors that differ where the first chunk's were equal would compile again)."""
-    return torch.fx.experimental._config.patch(use_duck_shape=False)
+def _chunk_settings(device: torch.device):
+    """Dynamo's settings for a chunk's graph: tensors of equal size are not assumed equal in size (with duck shapes,
+    two chunks' tensors that differ where the first chunk's were equal would compile again); on the CPU (where
+    Inductor compiles C++ anyway) the guards on the sizes run in C++ (Dynamo's default evaluates them in Python,
+    three ``Tensor.size`` calls a tensor a call)."""
+    import torch._dynamo  # imported by torch.compile's first call
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.fx.experimental._config.patch(use_duck_shape=False))
+    if device.type == "cpu":
+        stack.enter_context(torch._dynamo.config.patch(enable_cpp_symbolic_shape_guards=True))
+    return stack
 
 
 class TracedStep:
@@ -216,7 +250,9 @@ class TracedStep:
         # every list is reordered alike and the arithmetic is per tensor; only the thread barriers may cost more.
         self._order_for: tuple = ()
         self._order: tuple[list[int], object] = ([], None)
-        self._pads: dict = {}  # (argument, slot, layout) -> the padding entry of a short chunk (kept across steps)
+        self._pads: dict = {}  # (argument, missing, layout) -> the padding entries of a short chunk (kept)
+        self._plan: _ChunkPlan | None = None  # the chunked step's, kept while the same weights and states come
+        self._split_choices: dict = {}  # (arithmetic, device, dtype) -> its split group's _SplitChoice
 
     def _compiled_fn(self, fn, chunked: bool, split: bool = False):
         """``fn`` compiled: for the one-graph step, or (``chunked``) with dynamic sizes for the chunks, one compiled
@@ -283,60 +319,216 @@ class TracedStep:
     def _chunked_update(self, weights, grads, states, lrs, wds, ts) -> None:
         """The step over many tensors: the arithmetic compiled once with dynamic sizes, run on chunks of
         ``chunk_size`` flattened tensors (see the module's docstring, "Many tensors")."""
-        opt, size = self.optimizer, self.chunk_size
-        n = len(weights)
-        flat = [_flattened(w, g, s) for w, g, s in zip(weights, grads, states)]
-        entries = [f if f is not None else (w, g, s) for f, w, g, s in zip(flat, weights, grads, states)]
-        fn, args, kwargs = opt._foreach_parts(*map(list, zip(*entries)), lrs, wds, ts)  # in update order
-        # sizes 0 and 1 are specialized by Dynamo (a graph of their own); they, and the tensors that cannot be
-        # flattened in place, take the eager arithmetic
-        eager = [i for i in range(n) if flat[i] is None or weights[i].numel() < 2]
-        groups: dict = {}  # (device, dtype, split among threads) -> the tensors, smallest first
-        split_from = {device: self._split_from(device) for device in {w.device for w in weights}}
-        for i in sorted(set(range(n)).difference(eager), key=lambda i: weights[i].numel()):
-            w = weights[i]
-            groups.setdefault((w.device, w.dtype, w.numel() >= split_from[w.device]), []).append(i)
+        opt, n = self.optimizer, len(weights)
+        plan = self._plan_for(weights, states)
+        fn, args, kwargs = opt._foreach_parts(plan.weights, plan.flat_grads(grads), plan.states, lrs, wds, ts)
         # every per-step scalar a vector (0-d ones would compile again once they differ between tensors); the
         # decays too when they differ, else constants of the graph as in the one-graph step
         scalars = list(opt._step_scalars)
         if type(kwargs.get("wds")) is list and kwargs["wds"].count(kwargs["wds"][0]) != n:
             scalars.append("wds")
+        lists = [k for k, arg in enumerate(args) if type(arg) is list and len(arg) == n]
+        others = {name: value for name, value in kwargs.items() if name not in scalars}
+        lists_kw = [name for name, value in others.items() if type(value) is list and len(value) == n]
         with torch.no_grad():
-            if eager:
-                fn(*(_taken(arg, eager, n) for arg in args),
-                   **{name: _taken(value, eager, n) for name, value in kwargs.items()})
-            for (device, _, split), members in groups.items():
+            if plan.eager:
+                fn(*(_taken(arg, plan.eager, n) for arg in args),
+                   **{name: _taken(value, plan.eager, n) for name, value in kwargs.items()})
+            for group in plan.groups:
+                split, choice = group.split, None
+                if split:  # the chunks of large tensors: their loops split among threads, or on one thread each
+                    choice = self._split_choices.setdefault((fn, group.device, group.dtype), _SplitChoice())
+                    split, start = choice.pick(), time.perf_counter()
                 compiled = self._compiled_fn(fn, True, split)
-                chunks = [members[k:k + size] for k in range(0, len(members), size)]
-                padded = {name: [kwargs[name][i] for chunk in chunks for i in _padded_indices(chunk, size)]
-                          for name in scalars}
-                vector_chunks = {name: [_alias(v) for v in _as_tensor(padded[name], device, True).split(size)]
-                                 for name in scalars}
-                with _no_duck_shapes():
-                    for c, chunk in enumerate(chunks):
-                        cargs = tuple(self._chunk_of(arg, chunk, n, ("arg", k)) for k, arg in enumerate(args))
-                        ckwargs = {name: self._chunk_of(value, chunk, n, ("kw", name))
-                                   for name, value in kwargs.items() if name not in scalars}
-                        ckwargs.update({name: vector_chunks[name][c] for name in scalars})
+                vectors = {name: group.vectors(name, kwargs[name]) for name in scalars}
+                cargs, ckwargs = list(args), dict(others)
+                with _chunk_settings(group.device):
+                    for c, (take, missing) in enumerate(group.chunks):
+                        for k in lists:
+                            cargs[k] = self._chunk_of(args[k], take, missing, ("arg", k))
+                        for name in lists_kw:
+                            ckwargs[name] = self._chunk_of(others[name], take, missing, ("kw", name))
+                        for name in scalars:
+                            ckwargs[name] = vectors[name][c]
                         compiled(*cargs, **ckwargs)
+                if choice is not None:
+                    choice.record(split, time.perf_counter() - start)
             # the chunks wrote through 1-D aliases (Tensor.set_), which autograd's version counters do not see: the
-            # weights and states count as modified in place, as after any optimizer step
-            torch._C._increment_version([t for i in range(n) if flat[i] is not None
-                                         for t in (weights[i], *_leaves(states[i]))])
+            # weights and states count as modified in place, as after any optimizer step (the ones taken as they are
+            # were, by the compiled graph)
+            torch._C._increment_version(plan.aliased)
 
-    def _chunk_of(self, value, chunk: list[int], n: int, where):
-        """The entries ``chunk`` of a per-tensor list ``value``, padded to ``chunk_size`` (else ``value``)."""
-        if type(value) is not list or len(value) != n:
-            return value
-        taken = [value[i] for i in chunk]
-        template = taken[-1]
-        for slot in range(self.chunk_size - len(chunk)):
+    def _plan_for(self, weights, states) -> _ChunkPlan:
+        """The chunk plan of these weights and states: the last step's while they are the same tensors over the
+        same memory (:meth:`_ChunkPlan.fits`), else a new one."""
+        plan = self._plan
+        if plan is None or not plan.fits(weights, states):
+            plan = self._plan = None  # the old aliases go before the new ones are made
+            plan = self._plan = _ChunkPlan(weights, states, self.chunk_size, self._split_from)
+        return plan
+
+    def _chunk_of(self, value, take, missing: int, where):
+        """The entries ``take`` of a per-tensor list ``value``, padded with ``missing`` entries to ``chunk_size``."""
+        taken = take(value)
+        if missing:
+            template = taken[-1]
             if template is None or isinstance(template, (int, float)):
-                taken.append(template)
-                continue
-            key = (where, slot, _layout(template))
-            pad = self._pads.get(key)
-            if pad is None:
-                pad = self._pads[key] = _zeros_like_entry(template)
-            taken.append(pad)
+                return taken + [template] * missing
+            key = (where, missing, _layout(template))
+            pads = self._pads.get(key)
+            if pads is None:
+                pads = self._pads[key] = [_zeros_like_entry(template) for _ in range(missing)]
+            return taken + pads
         return taken
+
+
+def _taker(indices: list[int]):
+    """A function returning the entries ``indices`` of a list, as a list (``operator.itemgetter``'s speed)."""
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda value: [value[index]]
+    get = operator.itemgetter(*indices)
+    return lambda value: list(get(value))
+
+
+_DATA_PTR, _STRIDE, _IS_CONTIGUOUS = torch.Tensor.data_ptr, torch.Tensor.stride, torch.Tensor.is_contiguous
+_SHAPE, _BASE = operator.attrgetter("shape"), operator.attrgetter("_base")
+
+
+def _memory_of(tensors) -> tuple:
+    """What a 1-D alias of each of ``tensors`` depends on: its data pointer, shape and strides (three C-level
+    passes over the list)."""
+    return list(map(_DATA_PTR, tensors)), list(map(_SHAPE, tensors)), list(map(_STRIDE, tensors))
+
+
+#: a group of tensors large enough to split their loops among threads is timed both ways every this many steps at
+#: least (more where the slower way is much slower: the retiming costs at most ~2% of the steps' time)
+RETIME_EVERY = 64
+
+
+class _SplitChoice:
+    """Which graph a group of large tensors runs: the one that splits each tensor's loop among the threads (one
+    barrier a tensor) or the one-thread graph of the small tensors (no barrier, one core's bandwidth). Each is
+    timed twice (wall clock, interleaved, after a first untimed call that may compile; the faster of the two kept),
+    then the faster one runs; both are timed again after :data:`RETIME_EVERY` steps (a burst of load during the
+    first timings is not kept long), then every 50 x (slower / faster) steps when that is more. On a quiet machine
+    the split loops win; when other processes hold the cores, every barrier waits for a descheduled thread
+    (docs/native.md) and one thread wins by far. Both graphs compute each value alike: the choice changes the time,
+    not the result. Where no tensor is small, the one-thread graph is compiled at its first try (the compile time
+    of a second chunk graph)."""
+
+    def __init__(self):
+        self.times: dict[bool, float | None] = {True: None, False: None}
+        self._warm: set[bool] = set()
+        self._first = [True, False, True, False]  # the first timings, interleaved (each keeps its fastest)
+        self._steps = 0  # steps since both were timed
+        self._every = RETIME_EVERY
+        self._checked = False  # whether both were timed again once (the first interval is RETIME_EVERY)
+
+    def pick(self) -> bool:
+        """True: split the loops among threads; False: one thread a loop."""
+        for split in (True, False):
+            if split not in self._warm:
+                return split
+        if self._first:
+            return self._first[0]
+        if self._steps >= self._every:
+            return self._steps == self._every  # the split graph, then the one-thread graph, timed again
+        return self.times[True] <= self.times[False]
+
+    def record(self, split: bool, seconds: float) -> None:
+        if split not in self._warm:
+            self._warm.add(split)  # its first call may have compiled
+            return
+        if self._first:
+            del self._first[0]
+            seconds = min(seconds, self.times[split] or seconds)
+        elif self._steps > self._every:  # the second of a retiming
+            self._steps, self._checked = 0, True
+        else:
+            self._steps += 1
+        self.times[split] = seconds
+        if self._checked:
+            fast, slow = sorted(self.times.values())
+            self._every = max(RETIME_EVERY, math.ceil(50 * slow / max(fast, 1e-9)))
+
+
+class _ChunkGroup:
+    """The tensors of one (device, dtype, loops-split) group, smallest first, cut into chunks: per chunk a taker
+    of its entries and the number of padding entries; the per-step scalar vectors kept per argument name."""
+
+    def __init__(self, device, dtype, split: bool, members: list[int], size: int):
+        self.device, self.dtype, self.split = device, dtype, split
+        chunks = [members[k:k + size] for k in range(0, len(members), size)]
+        self.chunks = [(_taker(chunk), size - len(chunk)) for chunk in chunks]
+        self._scalar_taker = _taker([i for chunk in chunks for i in _padded_indices(chunk, size)])
+        self._size = size
+        self._vectors: dict = {}  # argument name -> (one float32 tensor, its chunks as 1-D tensors over it)
+
+    def vectors(self, name: str, values: list) -> list:
+        """The per-tensor scalars ``values`` as float32 vectors, one per chunk in the chunk's order (padding entries
+        repeat their chunk's last scalar): written into tensors kept across steps, one storage per name, each
+        chunk's a 1-D tensor of its own over it (not a view: Dynamo would guard on the base)."""
+        fresh = torch.tensor(self._scalar_taker(values), dtype=torch.float32, device=self.device)
+        kept = self._vectors.get(name)
+        if kept is None:
+            kept = self._vectors[name] = (fresh, [_alias(v) for v in fresh.split(self._size)])
+        else:
+            kept[0].copy_(fresh)
+        return kept[1]
+
+
+class _ChunkPlan:
+    """What a chunked step keeps while the same weights and states come: their 1-D aliases, which tensors take
+    the eager arithmetic, the chunk groups, and the tensors seen through aliases. Grads are new each step
+    (:meth:`flat_grads`). Holds the weights and states (and their aliases their storages) until a step with other
+    ones: their ids and data pointers cannot be taken by other tensors meanwhile."""
+
+    def __init__(self, weights, states, size: int, split_from):
+        n = len(weights)
+        self._weights, self._states, self._shapes = list(weights), list(states), list(map(_SHAPE, weights))
+        self.weights, self.states, self._perms = list(weights), list(states), [False] * n
+        for i, (w, s) in enumerate(zip(weights, states)):
+            flat = _flattened_pair(w, s)
+            if flat is not None and w.numel() >= 2:
+                self.weights[i], self.states[i], self._perms[i] = flat
+        # sizes 0 and 1 are specialized by Dynamo (a graph of their own); they, and the tensors that cannot be
+        # flattened in place, take the eager arithmetic
+        self.eager = [i for i in range(n) if self._perms[i] is False]
+        self._as_is = [p is _AS_IS for p in self._perms]
+        self._others = [i for i in range(n) if self._perms[i] is not False and self._perms[i] is not _AS_IS]
+        groups: dict = {}  # (device, dtype, split among threads) -> the tensors, smallest first
+        starts = {device: split_from(device) for device in {w.device for w in weights}}
+        for i in sorted((i for i in range(n) if self._perms[i] is not False), key=lambda i: weights[i].numel()):
+            w = weights[i]
+            groups.setdefault((w.device, w.dtype, w.numel() >= starts[w.device]), []).append(i)
+        self.groups = [_ChunkGroup(*key, members, size) for key, members in groups.items()]
+        # the weights and states seen through aliases of their memory (what those aliases depend on)
+        self.aliased = [t for i in self._others for t in (weights[i], *_leaves(states[i]))]
+        self._memory = _memory_of(self.aliased)
+
+    def fits(self, weights, states) -> bool:
+        """Whether ``weights`` and ``states`` are this plan's (the same objects, the weights of the same shapes) and
+        the ones seen through 1-D aliases still over the same memory (data pointers, shapes and strides): a weight
+        given new data (``w.data = ...``, ``w.set_()``, a reshape or transpose in place) or a new state makes a new
+        plan, so that no step writes through a stale alias. The weights and states taken as they are (1-D ones)
+        need no more: a step reads them as they are then."""
+        if len(weights) != len(self._weights) or not all(map(operator.is_, weights, self._weights)):
+            return False
+        if not all(map(operator.is_, states, self._states)) or list(map(_SHAPE, weights)) != self._shapes:
+            return False
+        return _memory_of(self.aliased) == self._memory
+
+    def flat_grads(self, grads) -> list:
+        """``grads`` seen as the weights are (1-D, in the weights' memory order): a 1-D gradient as it is, others
+        as 1-D tensors over their memory (or copied, when not laid out as their weight); the eager ones as they
+        are."""
+        flat = list(grads)
+        bases, contiguous = list(map(_BASE, grads)), list(map(_IS_CONTIGUOUS, grads))
+        if bases.count(None) != len(bases) or not all(contiguous):
+            for i in itertools.compress(range(len(flat)), self._as_is):
+                if bases[i] is not None or not contiguous[i]:  # a view (of a bucket) or strided: 1-D of its own
+                    flat[i] = _flat_grad(grads[i], None)
+        for i in self._others:
+            flat[i] = _flat_grad(grads[i], self._perms[i])
+        return flat
