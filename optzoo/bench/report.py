@@ -24,7 +24,7 @@ RULE_SOL_TARGETS = {("resnet50", "sgd"): 90.0, ("resnet50", "nadam"): 90.0}
 #: every shape set but those of :data:`PER_TENSOR_SETS`
 COMPILED_TARGET = 70.0
 #: shape sets that measure the cost per tensor (thousands of tensors of 64 to 4,096 values): no path reaches the SoL
-#: there (the native kernels 37-55%), so they carry no SoL goal, compiled or native
+#: there (the native kernels 35-55% in two quiet runs), so they carry no SoL goal, compiled or native
 PER_TENSOR_SETS = frozenset({"tiny", "vectors"})
 #: 2,000 x 64 Adam: the most a step may take (per-tensor overhead), in ms
 TINY_ADAM_MS = 1.5
