@@ -448,8 +448,10 @@ class Optimizer:
         return torch.zeros_like(weight, dtype=self.state_dtype or weight.dtype,
                                 memory_format=torch.contiguous_format)
 
-    def _uses_master_copy(self, weight: torch.Tensor) -> bool:
-        return self.multi_precision and weight.dtype in _LOW_PRECISION
+    def _uses_master_copy(self, weight: torch.Tensor, masters: bool = True) -> bool:
+        """Whether ``weight`` is stepped through a float32 master copy; ``masters``: whether the caller unwraps
+        master copies at all (see :meth:`_check_inputs`)."""
+        return masters and self.multi_precision and weight.dtype in _LOW_PRECISION
 
     def create_state_multi_precision(self, index, weight: torch.Tensor):
         """``(weight32, state)`` for low-precision weights with ``multi_precision``, else ``create_state``."""
@@ -810,7 +812,7 @@ class Optimizer:
             check_state_layout(index, weight, state, self._state_template(index, weight, fresh=True, masters=masters),
                                check_device)
         made = self.__dict__.get("_state_kinds", {}).get(
-            (tuple(weight.shape), weight.dtype, masters and self._uses_master_copy(weight)), None)
+            (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight, masters)), None)
         if made is not None and _state_kind(state) != made:
             given = _kind_name(_state_kind(state)) if isinstance(state, tuple) else type(state).__name__
             raise ValueError(f"the state of parameter {index!r} is a {given}, expected a {_kind_name(made)} as "
@@ -820,7 +822,7 @@ class Optimizer:
         """``[(shape, dtype) or None, ...]``: the flat entries of the state ``create_state_multi_precision`` makes
         for ``weight`` (``create_state`` without ``masters``; made once per shape and dtype on the meta device,
         again with ``fresh``), or None where it cannot tell."""
-        key = (tuple(weight.shape), weight.dtype, masters and self._uses_master_copy(weight))
+        key = (tuple(weight.shape), weight.dtype, self._uses_master_copy(weight, masters))
         templates = self.__dict__.setdefault("_state_templates", {})
         if fresh:
             self.__dict__.pop("_usual_layouts", None)  # found with the templates replaced here

@@ -282,7 +282,7 @@ class Muon(Optimizer):
     def _check_state_layout(self, index, weight, state, check_device: bool = True, masters: bool = True) -> None:
         """The state's type is its side (no template checks it): anything but a MuonState or MuonAdamWState (after
         a master copy) would be skipped by the rule, a silent no-op."""
-        master = masters and self._uses_master_copy(weight)
+        master = self._uses_master_copy(weight, masters)
         inner = state[1] if master and type(state) is tuple and len(state) == 2 else state
         if not isinstance(inner, (MuonState, MuonAdamWState)):
             raise ValueError(f"the state of parameter {index!r} is a {type(inner).__name__}, expected a MuonState "

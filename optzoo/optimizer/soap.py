@@ -182,7 +182,7 @@ class SOAP(Optimizer):
             return super()._state_template(index, weight, fresh, masters)
         template = super()._state_template(index, torch.empty(shape, dtype=weight.dtype, device="meta"), fresh,
                                            masters)
-        if template is not None and masters and self._uses_master_copy(weight):
+        if template is not None and self._uses_master_copy(weight, masters):
             template = [(tuple(weight.shape), torch.float32), *template[1:]]  # the master copy holds the rows
         return template
 
