@@ -63,7 +63,7 @@ import time
 import torch
 import torch.fx.experimental._config
 
-from .base import Optimizer, _leaves
+from .base import _SHAPE, Optimizer, _leaves
 
 __all__ = ["TracedStep", "supports_tracing"]
 
@@ -98,13 +98,21 @@ def _smallest_first(weights) -> list[int]:
     return sorted(range(len(weights)), key=[w.numel() for w in weights].__getitem__)
 
 
-def _reordered(value, order: list[int], pick=None):
-    """``value`` in ``order`` when it is a per-tensor list (tensors, states, scalars), else as it is (a rule hands its
-    per-tensor values over as lists; a hyperparameter tuple such as ``betas`` is never reordered). ``pick``:
-    ``operator.itemgetter(*order)``, where ``order`` has two or more entries."""
-    if type(value) is list and len(value) == len(order):
-        return list(pick(value)) if pick is not None else [value[i] for i in order]
-    return value
+def _taker(indices: list[int]):
+    """A function returning the entries ``indices`` (one or more) of a list, as a list (``operator.itemgetter``'s
+    speed)."""
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda value: [value[index]]
+    get = operator.itemgetter(*indices)
+    return lambda value: list(get(value))
+
+
+def _per_tensor(value, take, n: int):
+    """``take(value)`` when ``value`` is a per-tensor list of ``n`` entries (tensors, states, scalars), else
+    ``value`` as it is (a rule hands its per-tensor values over as lists; a hyperparameter tuple such as ``betas``
+    is never taken apart)."""
+    return take(value) if type(value) is list and len(value) == n else value
 
 
 #: a step over more tensors than this runs chunked (``TracedStep(chunk_above=...)``; None: never). One graph compiles
@@ -201,13 +209,6 @@ def _padded_indices(chunk: list[int], size: int) -> list[int]:
     return chunk + [chunk[-1]] * (size - len(chunk))
 
 
-def _taken(value, indices: list[int], n: int):
-    """The entries ``indices`` of a per-tensor list ``value`` (else ``value``)."""
-    if type(value) is list and len(value) == n:
-        return [value[i] for i in indices]
-    return value
-
-
 def _chunk_settings(device: torch.device):
     """Dynamo's settings for a chunk's graph: tensors of equal size are not assumed equal in size (with duck shapes,
     two chunks' tensors that differ where the first chunk's were equal would compile again); on the CPU (where
@@ -248,11 +249,11 @@ class TracedStep:
         # the scalars once handed over as vectors stay vectors when their values happen to coincide (Nadam's
         # 1 - m_schedule all reach 1.0), so that the graph compiled for vectors is not compiled again for 0-d
         self._vectors: set[str] = set()
-        # the last step's weights (their ids) and the order of _smallest_first with its itemgetter: the same
-        # weights come every step. A stale order (a weight of that id reshaped since) is a valid order all the same:
+        # the last step's weights (their ids), _smallest_first's order and its taker: the same weights come every
+        # step. A stale order (a weight of that id reshaped since) is a valid order all the same:
         # every list is reordered alike and the arithmetic is per tensor; only the thread barriers may cost more.
         self._order_for: tuple = ()
-        self._order: tuple[list[int], object] = ([], None)
+        self._order: tuple = ([], None)
         self._pads: dict = {}  # (argument, missing, layout) -> the padding entries of a short chunk (kept)
         self._plan: _ChunkPlan | None = None  # the chunked step's, kept while the same weights and states come
         self._split_choices: dict = {}  # (arithmetic, device, dtype) -> its split group's _SplitChoice
@@ -308,10 +309,10 @@ class TracedStep:
         ids = tuple(map(id, weights))
         if ids != self._order_for:
             order = _smallest_first(weights)
-            self._order_for, self._order = ids, (order, operator.itemgetter(*order) if len(order) > 1 else None)
-        order, pick = self._order
-        args = tuple(_reordered(arg, order, pick) for arg in args)
-        kwargs = {name: _reordered(value, order, pick) for name, value in kwargs.items()}
+            self._order_for, self._order = ids, (order, _taker(order))
+        n, take = len(weights), self._order[1]
+        args = tuple(_per_tensor(arg, take, n) for arg in args)
+        kwargs = {name: _per_tensor(value, take, n) for name, value in kwargs.items()}
         for name in opt._step_scalars:
             kwargs[name] = _as_tensor(kwargs[name], weights[0].device, name in self._vectors)
             if kwargs[name].dim():
@@ -335,8 +336,9 @@ class TracedStep:
         lists_kw = [name for name, value in others.items() if type(value) is list and len(value) == n]
         with torch.no_grad():
             if plan.eager:
-                fn(*(_taken(arg, plan.eager, n) for arg in args),
-                   **{name: _taken(value, plan.eager, n) for name, value in kwargs.items()})
+                take = _taker(plan.eager)
+                fn(*(_per_tensor(arg, take, n) for arg in args),
+                   **{name: _per_tensor(value, take, n) for name, value in kwargs.items()})
             for group in plan.groups:
                 split, choice = group.split, None
                 if split:  # the chunks of large tensors: their loops split among threads, or on one thread each
@@ -385,17 +387,8 @@ class TracedStep:
         return taken
 
 
-def _taker(indices: list[int]):
-    """A function returning the entries ``indices`` of a list, as a list (``operator.itemgetter``'s speed)."""
-    if len(indices) == 1:
-        index = indices[0]
-        return lambda value: [value[index]]
-    get = operator.itemgetter(*indices)
-    return lambda value: list(get(value))
-
-
 _DATA_PTR, _STRIDE, _IS_CONTIGUOUS = torch.Tensor.data_ptr, torch.Tensor.stride, torch.Tensor.is_contiguous
-_SHAPE, _BASE = operator.attrgetter("shape"), operator.attrgetter("_base")
+_BASE = operator.attrgetter("_base")
 
 
 def _memory_of(tensors) -> tuple:
