@@ -178,13 +178,21 @@ def build(verbose: bool = True) -> Path:
     if cxx is None:
         raise NativeUnavailable("no C++ compiler (g++) found")
     sources = _sources()
-    if _arch_choice() == "native":
+    *tuned, portable = _arch_targets()
+    for arch, cpu in tuned:
         try:
-            return _build(cxx, sources, NATIVE_ARCH, f"native:{_cpu_id()}", verbose)
+            return _build(cxx, sources, arch, cpu, verbose)
         except NativeUnavailable as err:
             print(f"optzoo: the -march=native build failed ({str(err).splitlines()[0]}); building portable "
                   "kernels instead", file=sys.stderr, flush=True)
-    return _build(cxx, sources, portable_arch(), f"portable:{platform.machine()}", verbose)
+    return _build(cxx, sources, *portable, verbose)
+
+
+def _arch_targets() -> list[tuple[tuple[str, ...], str]]:
+    """``(arch flags, CPU key)`` of the builds :func:`build` tries, in order: tuned for this CPU (unless
+    ``OPTZOO_NATIVE_ARCH=portable`` or the CPU is unknown), then portable."""
+    portable = (portable_arch(), f"portable:{platform.machine()}")
+    return [(NATIVE_ARCH, f"native:{_cpu_id()}"), portable] if _arch_choice() == "native" else [portable]
 
 
 def _plan(cxx: str, sources: dict[str, bytes], arch: tuple[str, ...], cpu: str):
@@ -271,11 +279,7 @@ def built():
         cxx = _find_compiler()
         if cxx is None:
             return None
-        if _arch_choice() == "native":
-            arch, cpu = NATIVE_ARCH, f"native:{_cpu_id()}"
-        else:
-            arch, cpu = portable_arch(), f"portable:{platform.machine()}"
-        if not _plan(cxx, _sources(), arch, cpu)[-1].exists():
+        if not _plan(cxx, _sources(), *_arch_targets()[0])[-1].exists():  # the library load() would build first
             return None
     except (NativeUnavailable, OSError, subprocess.SubprocessError):
         return None
