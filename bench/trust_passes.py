@@ -29,6 +29,7 @@ import optzoo.optimizer as oo
 from optzoo import native
 from optzoo.bench.shapes import SHAPE_SETS, get_shapes
 from optzoo.bench.sol import PassKernel
+from optzoo.bench.timing import time_step
 from optzoo.bench.torch_runner import MULTI_PASS, SPECS, _full_state_lists, _weights
 
 RULES = ("lamb", "lars", "lans", "lbsgd")
@@ -116,14 +117,8 @@ def main(argv=None):
     clock = time.process_time if opts.cpu_time else time.perf_counter
 
     def seconds(fn):
-        fn()
-        start = clock()
-        fn()
-        k = max(1, round(opts.target_ms / 1e3 / max(clock() - start, 1e-6)))
-        start = clock()
-        for _ in range(k):
-            fn()
-        return (clock() - start) / k
+        fn()  # warm
+        return time_step(fn, 1, opts.target_ms / 1e3, clock)[0]
 
     order = random.Random(0)
     print(f"{threads} threads, {'CPU' if opts.cpu_time else 'wall'} time, fastest of {opts.rounds} rounds; "
