@@ -4,8 +4,10 @@ No timing assertions: speed goals live in the benchmark's output, never in unit 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +149,57 @@ def test_trust_passes_script_times_every_pass_of_every_rule(tmp_path):
     for args in (["--optimizers", "adam"], ["--shapes", "huge"], ["--rounds", "0"]):
         proc = subprocess.run([sys.executable, *script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and "trust_passes.py: error: --" + args[0][2:] in proc.stderr, args
+
+
+def _compiled_bound_module():
+    spec = importlib.util.spec_from_file_location("compiled_bound", ROOT / "bench" / "compiled_bound.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compiled_bound_script_times_the_aot_forms_beside_the_sol(tmp_path):
+    """bench/compiled_bound.py: per rule, the native step, TracedStep and the two AOTInductor forms against the SoL,
+    each AOT form checked against the eager arithmetic; bad arguments exit with the argument named."""
+    try:
+        sol.load()
+    except sol.SolUnavailable as err:
+        pytest.skip(str(err))
+    script = ["bench/compiled_bound.py", "--quick", "--rounds", "1", "--target-ms", "1", "--threads", "2"]
+    proc = subprocess.run([sys.executable, *script, "--optimizers", "sgd"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("many-small sgd: 60 tensors, "))
+    differences = [float(x.split(",")[0].split(";")[0]) for x in lines[head].split("difference ")[1:]]
+    assert len(differences) == 2 and max(differences) <= 1e-5, lines[head]
+    rows = [re.fullmatch(r"\s+(\S+(?: \S+)?)\s+([\d.]+) \(\s*([\d.]+)%\)", line) for line in lines[head + 1:head + 5]]
+    assert all(rows) and [r[1] for r in rows] == ["native", "TracedStep", "aot split", "aot 1-thread"], lines[head:]
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[3]) > 0, row[0]
+    for args in (["--optimizers", "lamb"], ["--shapes", "huge"], ["--rounds", "0"]):
+        proc = subprocess.run([sys.executable, *script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "compiled_bound.py: error: --" + args[0][2:] in proc.stderr, args
+
+
+def test_compiled_bound_check_catches_an_aot_form_that_computes_otherwise(tmp_path):
+    """The check that vouches for the AOT forms: it passes the form compiled from the rule and fails it against
+    arithmetic that steps twice (the eager side made wrong on purpose)."""
+    bound = _compiled_bound_module()
+    shapes = [(n,) for n in (3, 700, 1500, 2048, 5000)]
+    gen = torch.Generator().manual_seed(3)
+    weights, grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(2)]
+    opt = oo.create("sgd", impl="foreach", learning_rate=0.1, momentum=0.9, wd=1e-4)
+    indices = list(range(len(shapes)))
+    states = [opt.create_state(i, w) for i, w in zip(indices, weights)]
+    recorder = bound.TracedStep(opt, chunk_size=2, chunk_above=0)
+    module, flat = bound._flat_calls(bound._recorded_chunks(recorder, indices, weights, grads, states))
+    assert len(flat) == 3 and [len(tensors) for tensors in flat] == [len(flat[0])] * 3
+    _, loader, _ = bound._aot_step(module, flat, False, tmp_path)
+    assert bound._check(module, loader, flat) <= bound.MAX_DIFFERENCE
+    fn = module.fn
+    module.fn = lambda *args, **kwargs: (fn(*args, **kwargs), fn(*args, **kwargs))
+    assert bound._check(module, loader, flat) > 100 * bound.MAX_DIFFERENCE
 
 
 def _sol_test_lists(n_lists: int, seed: int) -> list[list[torch.Tensor]]:
