@@ -10,8 +10,8 @@ chunk calls a chunked TracedStep makes (the same 1-D aliases, padding and per-st
 rule's arithmetic over one chunk with dynamic sizes (``torch.export``) and compiles it ahead of time with
 AOTInductor twice, each loop split among the threads ("aot split") or on one thread ("aot 1-thread"), as
 TracedStep's two chunk graphs. A step of those forms is one ``boxed_run`` (C++) a chunk with the recorded scalars:
-Inductor's kernels and a C++ call, no Python per tensor and no bookkeeping, so their "% SoL" bounds every
-torch.compile route on this machine from above. Before timing, each form's first and last chunks are checked
+Inductor's kernels and a C++ call, no Python per tensor and no bookkeeping, so their "% SoL" bounds from above
+what a torch.compile route running these kernels reaches on this machine. Before timing, each form's first and last chunks are checked
 against the eager arithmetic on copies (the largest difference relative to the tensor's largest value is printed;
 over 1e-5 fails).
 
