@@ -11,9 +11,9 @@ rule's arithmetic over one chunk with dynamic sizes (``torch.export``) and compi
 AOTInductor twice, each loop split among the threads ("aot split") or on one thread ("aot 1-thread"), as
 TracedStep's two chunk graphs. A step of those forms is one ``boxed_run`` (C++) a chunk with the recorded scalars:
 Inductor's kernels and a C++ call, no Python per tensor and no bookkeeping, so their "% SoL" bounds from above
-what a torch.compile route running these kernels reaches on this machine. Before timing, each form's first and last chunks are checked
-against the eager arithmetic on copies (the largest difference relative to the tensor's largest value is printed;
-over 1e-5 fails).
+what a torch.compile route running these kernels reaches on this machine. Before timing, each form's first and
+last chunks are checked against the eager arithmetic on copies (the largest difference relative to the tensor's
+largest value is printed; over 1e-5 fails).
 
 Timed side by side, rounds interleaved in a shuffled order, fastest round kept: the SoL touch kernel, the native
 step, TracedStep's step (as the benchmark's compiled column) and the two AOT forms. Compiling takes minutes a rule.
@@ -33,7 +33,7 @@ import torch.utils._pytree as pytree
 import optzoo.optimizer as oo
 from optzoo.bench.shapes import SHAPE_SETS, get_shapes
 from optzoo.bench.sol import TouchKernel
-from optzoo.bench.timing import time_step
+from optzoo.bench.timing import check_script_arguments, time_step
 from optzoo.bench.torch_runner import SPECS, _full_state_lists, _weights, make_grads
 from optzoo.optimizer.traced import INDUCTOR_OPTIONS, TracedStep, supports_tracing
 
@@ -183,13 +183,7 @@ def main(argv=None):
     for name in names:
         if name not in SPECS or not supports_tracing(oo.create(name, impl="foreach", **SPECS[name][0])):
             parser.error(f"--optimizers: {name!r} has no traced step (e.g. {', '.join(RULES)})")
-    for shape_name in opts.shapes.split(","):
-        if shape_name not in SHAPE_SETS:
-            parser.error(f"--shapes: {shape_name!r} is not one of {', '.join(SHAPE_SETS)}")
-    for flag, value, ok in (("--threads", opts.threads, opts.threads >= 0), ("--rounds", opts.rounds, opts.rounds >= 1),
-                            ("--target-ms", opts.target_ms, opts.target_ms > 0)):
-        if not ok:
-            parser.error(f"{flag} {value} is out of range (threads >= 0, rounds >= 1, target-ms > 0)")
+    check_script_arguments(parser, opts, SHAPE_SETS)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     threads = torch.get_num_threads()

@@ -29,7 +29,7 @@ import optzoo.optimizer as oo
 from optzoo import native
 from optzoo.bench.shapes import SHAPE_SETS, get_shapes
 from optzoo.bench.sol import PassKernel
-from optzoo.bench.timing import time_step
+from optzoo.bench.timing import check_script_arguments, time_step
 from optzoo.bench.torch_runner import MULTI_PASS, SPECS, _full_state_lists, _weights
 
 RULES = ("lamb", "lars", "lans", "lbsgd")
@@ -99,13 +99,7 @@ def main(argv=None):
     for name in names:
         if name not in RULES:
             parser.error(f"--optimizers: {name!r} is not one of {', '.join(RULES)}")
-    for shape_name in opts.shapes.split(","):
-        if shape_name not in SHAPE_SETS:
-            parser.error(f"--shapes: {shape_name!r} is not one of {', '.join(SHAPE_SETS)}")
-    for flag, value, ok in (("--threads", opts.threads, opts.threads >= 0), ("--rounds", opts.rounds, opts.rounds >= 1),
-                            ("--target-ms", opts.target_ms, opts.target_ms > 0)):
-        if not ok:
-            parser.error(f"{flag} {value} is out of range (threads >= 0, rounds >= 1, target-ms > 0)")
+    check_script_arguments(parser, opts, SHAPE_SETS)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     threads = torch.get_num_threads()
