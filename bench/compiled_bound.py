@@ -21,7 +21,6 @@ step, TracedStep's step (as the benchmark's compiled column) and the two AOT for
 
 from __future__ import annotations
 
-import argparse
 import random
 import tempfile
 import time
@@ -31,9 +30,10 @@ import torch
 import torch.utils._pytree as pytree
 
 import optzoo.optimizer as oo
-from optzoo.bench.shapes import SHAPE_SETS, get_shapes
+from optzoo.bench import check_instrument_arguments, instrument_parser
+from optzoo.bench.shapes import get_shapes
 from optzoo.bench.sol import TouchKernel
-from optzoo.bench.timing import check_script_arguments, time_step
+from optzoo.bench.timing import time_step
 from optzoo.bench.torch_runner import SPECS, _full_state_lists, _weights, make_grads
 from optzoo.optimizer.traced import INDUCTOR_OPTIONS, TracedStep, supports_tracing
 
@@ -171,19 +171,14 @@ def _timed_steps(name, shapes, grads, threads, workdir) -> tuple[dict, list[str]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default="many-small", help=f"comma-separated, of {', '.join(SHAPE_SETS)}")
-    parser.add_argument("--optimizers", default=",".join(RULES))
-    parser.add_argument("--threads", type=int, default=0, help="threads (0: torch's default)")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--target-ms", type=float, default=50.0, help="length of one round of one measurement")
-    parser.add_argument("--quick", action="store_true", help="the shape sets' small versions (a smoke test)")
+    parser = instrument_parser(__doc__.split("\n\n")[0], shapes="many-small", optimizers=",".join(RULES), rounds=7,
+                               target_ms=50.0)
     opts = parser.parse_args(argv)
     names = opts.optimizers.split(",")
     for name in names:
         if name not in SPECS or not supports_tracing(oo.create(name, impl="foreach", **SPECS[name][0])):
             parser.error(f"--optimizers: {name!r} has no traced step (e.g. {', '.join(RULES)})")
-    check_script_arguments(parser, opts, SHAPE_SETS)
+    check_instrument_arguments(parser, opts)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     threads = torch.get_num_threads()

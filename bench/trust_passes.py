@@ -18,7 +18,6 @@ counted: the loops' own cost, steadier on a shared machine; without it, waiting 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import random
 import time
@@ -27,9 +26,10 @@ import torch
 
 import optzoo.optimizer as oo
 from optzoo import native
-from optzoo.bench.shapes import SHAPE_SETS, get_shapes
+from optzoo.bench import check_instrument_arguments, instrument_parser
+from optzoo.bench.shapes import get_shapes
 from optzoo.bench.sol import PassKernel
-from optzoo.bench.timing import check_script_arguments, time_step
+from optzoo.bench.timing import time_step
 from optzoo.bench.torch_runner import MULTI_PASS, SPECS, _full_state_lists, _weights
 
 RULES = ("lamb", "lars", "lans", "lbsgd")
@@ -85,21 +85,16 @@ def _passes(lib, name, call):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default="resnet50,random", help=f"comma-separated, of {', '.join(SHAPE_SETS)}")
-    parser.add_argument("--optimizers", default=",".join(RULES))
-    parser.add_argument("--threads", type=int, default=0, help="threads (0: torch's default)")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--target-ms", type=float, default=30.0, help="length of one round of one measurement")
+    parser = instrument_parser(__doc__.split("\n\n")[0], shapes="resnet50,random", optimizers=",".join(RULES),
+                               rounds=15, target_ms=30.0)
     parser.add_argument("--cpu-time", action="store_true")
     parser.add_argument("--against", help="a second native library to time on the same calls")
-    parser.add_argument("--quick", action="store_true", help="the shape sets' small versions (a smoke test)")
     opts = parser.parse_args(argv)
     names = opts.optimizers.split(",")
     for name in names:
         if name not in RULES:
             parser.error(f"--optimizers: {name!r} is not one of {', '.join(RULES)}")
-    check_script_arguments(parser, opts, SHAPE_SETS)
+    check_instrument_arguments(parser, opts)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     threads = torch.get_num_threads()

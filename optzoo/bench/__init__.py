@@ -19,7 +19,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["QUICK_OPTIMIZERS", "QUICK_ROUNDS", "QUICK_SHAPES", "main", "mxnet_python", "noise_estimate"]
+__all__ = ["QUICK_OPTIMIZERS", "QUICK_ROUNDS", "QUICK_SHAPES", "check_instrument_arguments", "instrument_parser",
+           "main", "mxnet_python", "noise_estimate"]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: ``--quick`` without --optimizers/--shapes: one rule per kind of memory traffic (one state, two states, two
@@ -74,6 +75,37 @@ def _parser():
                    help="where the tensors live (cuda: optzoo runs its foreach path; SoL = a.add_(b) bandwidth)")
     p.add_argument("--out", default="bench-results", help="directory for bench.json and bench.png")
     return p
+
+
+def instrument_parser(description: str, *, shapes: str, optimizers: str, rounds: int,
+                      target_ms: float) -> argparse.ArgumentParser:
+    """The arguments the instrument scripts (``bench/trust_passes.py``, ``bench/compiled_bound.py``) share, with
+    their defaults: ``--shapes``, ``--optimizers``, ``--threads``, ``--rounds``, ``--target-ms``, ``--quick``. A
+    script adds its own and checks these with :func:`check_instrument_arguments`."""
+    from .shapes import SHAPE_SETS
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--shapes", default=shapes, help=f"comma-separated, of {', '.join(SHAPE_SETS)}")
+    parser.add_argument("--optimizers", default=optimizers)
+    parser.add_argument("--threads", type=int, default=0, help="threads (0: torch's default)")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--target-ms", type=float, default=target_ms, help="length of one round of one measurement")
+    parser.add_argument("--quick", action="store_true", help="the shape sets' small versions (a smoke test)")
+    return parser
+
+
+def check_instrument_arguments(parser: argparse.ArgumentParser, opts) -> None:
+    """``parser.error`` naming the flag for an :func:`instrument_parser` argument out of range: ``--shapes`` not
+    comma-separated shape set names, ``--threads`` < 0, ``--rounds`` < 1, ``--target-ms`` <= 0."""
+    from .shapes import SHAPE_SETS
+
+    for shape_name in opts.shapes.split(","):
+        if shape_name not in SHAPE_SETS:
+            parser.error(f"--shapes: {shape_name!r} is not one of {', '.join(SHAPE_SETS)}")
+    for flag, value, ok in (("--threads", opts.threads, opts.threads >= 0), ("--rounds", opts.rounds, opts.rounds >= 1),
+                            ("--target-ms", opts.target_ms, opts.target_ms > 0)):
+        if not ok:
+            parser.error(f"{flag} {value} is out of range (threads >= 0, rounds >= 1, target-ms > 0)")
 
 
 def _machine(threads: int) -> str:

@@ -5,7 +5,7 @@ as the top-level module ``timing`` from its own folder."""
 import statistics
 import time
 
-__all__ = ["STATISTICS", "check_script_arguments", "set_statistic", "time_step"]
+__all__ = ["STATISTICS", "set_statistic", "time_step"]
 
 #: how the runs of one measurement become its time: the median, or the minimum (the least disturbed run, for a
 #: machine shared with other work)
@@ -36,16 +36,3 @@ def time_step(step, repeats: int, target_s: float, clock=time.perf_counter) -> t
             step()
         samples.append((clock() - start) / k)
     return _statistic(samples), samples
-
-
-def check_script_arguments(parser, opts, shape_sets) -> None:
-    """``parser.error`` naming the flag for the arguments the instrument scripts (``bench/trust_passes.py``,
-    ``bench/compiled_bound.py``) share: ``--shapes`` (comma-separated names of ``shape_sets``), ``--threads`` >= 0,
-    ``--rounds`` >= 1, ``--target-ms`` > 0."""
-    for shape_name in opts.shapes.split(","):
-        if shape_name not in shape_sets:
-            parser.error(f"--shapes: {shape_name!r} is not one of {', '.join(shape_sets)}")
-    for flag, value, ok in (("--threads", opts.threads, opts.threads >= 0), ("--rounds", opts.rounds, opts.rounds >= 1),
-                            ("--target-ms", opts.target_ms, opts.target_ms > 0)):
-        if not ok:
-            parser.error(f"{flag} {value} is out of range (threads >= 0, rounds >= 1, target-ms > 0)")
